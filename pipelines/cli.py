@@ -1,0 +1,130 @@
+"""The `dgrpo` command line: run, compile, lineage, report, contract."""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dgrpo import contracts, lineage
+from dgrpo.config import ConfigError, load_config
+from dgrpo.report import build_report, format_report, summary_lines
+from dgrpo.store import ArtifactRef, StoreError, open_store
+
+app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
+                  no_args_is_help=True, add_completion=False)
+contract_app = typer.Typer(help="The versioned data contracts between stages.", no_args_is_help=True)
+app.add_typer(contract_app, name="contract")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the toy world).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.path=YAML value.")]
+
+
+def _config(config: Path | None, overrides: list[str] | None):
+    import yaml
+
+    pairs = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        pairs[key] = yaml.safe_load(value)
+    try:
+        return load_config(config, pairs)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None,
+        output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
+        store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).")] = None,
+        engine: Annotated[str, typer.Option(help="kfp (kfp.local, the default) or inprocess.")] = "kfp",
+        run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None):
+    """Train through the pipeline on this machine and print where the results are."""
+    from dgrpo_pipelines.local import new_run_id, open_context, run_pipeline
+
+    cfg = _config(config, set_)
+    run_id = run_id or new_run_id(cfg)
+    store_uri = store or str((output / "store").resolve())
+    ctx = open_context(cfg, store_uri, run_id)
+    work_dir = output / "runs" / run_id
+    typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds, engine {engine}, config {cfg.sha256()[:12]}")
+    typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
+    start = time.monotonic()
+    terminal = sys.stdout  # kfp.local's task logs are redirected away from it while the pipeline runs
+
+    def progress(done: int, total: int, event: dict) -> None:
+        shown = {k: v for k, v in event["metrics"].items()
+                 if k in ("reward_mean", "policy_loss", "approx_kl", "reward", "mode_entropy", "modes_over_10pct")}
+        bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
+        typer.echo(f"  [{bar}] {done:3d}/{total} {time.monotonic() - start:6.0f}s  round {event['round']:>3} "
+                   f"{event['stage']:<9} " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), file=terminal)
+
+    run_pipeline(ctx, store_uri, work_dir, engine, progress)
+    report = build_report(ctx.store, run_id)
+    typer.echo(f"done in {time.monotonic() - start:.0f}s")
+    typer.echo(f"  artifacts: {ctx.store.uri}")
+    typer.echo(f"  report:    {ctx.store.uri}/runs/{run_id}/report.md")
+    for line in summary_lines(report):
+        typer.echo("  " + line)
+
+
+@app.command()
+def compile(config: ConfigOpt = None, set_: SetOpt = None,
+            output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML path.")] = Path("pipeline.yaml")):
+    """Write the KFP IR YAML of the training pipeline for a cluster."""
+    from dgrpo_pipelines.training import compile_pipeline
+
+    cfg = _config(config, set_)
+    path = compile_pipeline(cfg, output)
+    typer.echo(f"wrote {path} ({cfg.rounds} rounds, config {cfg.sha256()[:12]})")
+
+
+def _resolve(artifact: str, store: str | None):
+    """An artifact given as a sha256, an object path/URI in a store, or a KFP artifact file holding a reference."""
+    path = Path(artifact)
+    if path.is_file() and path.stat().st_size < 4096 and path.read_bytes()[:1] == b"{":
+        ref = ArtifactRef.from_json(path.read_text(), source=str(path))
+        return open_store(store or ref.uri.split("/objects/")[0]), ref.sha256
+    if "/objects/" in artifact:
+        root, name = artifact.split("/objects/", 1)
+        return open_store(store or root), Path(name).name.split(".")[0]
+    if store is None:
+        raise typer.BadParameter("give --store when the artifact is a bare sha256")
+    return open_store(store), artifact
+
+
+@app.command("lineage")
+def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object path or KFP artifact file.")],
+                store: Annotated[str | None, typer.Option(help="Store URI.")] = None,
+                as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False):
+    """Print the chain from an artifact (e.g. a LoRA adapter) back to the base checkpoint and config."""
+    try:
+        st, sha = _resolve(artifact, store)
+        entries = lineage.chain(st, sha)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps([{"depth": d, "input": n, **vars(r)} for d, n, r in entries], indent=2))
+    else:
+        typer.echo(lineage.format_chain(entries))
+
+
+@app.command()
+def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
+    """Rebuild and print a run's report."""
+    typer.echo(format_report(build_report(open_store(store), run_id)))
+
+
+@contract_app.command("show")
+def contract_show(name: Annotated[str | None, typer.Argument(help="Contract name; all when omitted.")] = None):
+    """Print the columns of the stage contracts."""
+    names = [name] if name else list(contracts.CONTRACTS)
+    for n in names:
+        if n not in contracts.CONTRACTS:
+            raise typer.BadParameter(f"unknown contract {n!r} (known: {', '.join(contracts.CONTRACTS)})")
+        typer.echo(contracts.describe(contracts.CONTRACTS[n]) + "\n")

@@ -1,0 +1,122 @@
+"""Lineage records: which stage, config, code, image, inputs and seeds produced an artifact.
+
+A record is written beside every object (`lineage/<sha256>.json`) and names its inputs by hash, so the chain
+from a LoRA adapter back to the base checkpoint and the config can be walked in any store.
+"""
+
+import datetime
+import functools
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
+
+
+@dataclass
+class Provenance:
+    """What a stage knows about the artifacts it is about to write."""
+
+    stage: str
+    run_id: str
+    config_sha256: str
+    round: int | None = None
+    inputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LineageRecord:
+    sha256: str
+    kind: str
+    uri: str
+    stage: str
+    run_id: str
+    config_sha256: str
+    round: int | None
+    code_version: str
+    image: str | None
+    inputs: dict[str, str]
+    input_kinds: dict[str, str]
+    seeds: dict[str, int]
+    created_at: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LineageRecord":
+        return cls(**data)
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version plus the git revision when run from a checkout (DGRPO_CODE_VERSION overrides)."""
+    from dgrpo import __version__
+
+    if os.environ.get("DGRPO_CODE_VERSION"):
+        return os.environ["DGRPO_CODE_VERSION"]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout
+        return f"{__version__}+g{rev}{'.dirty' if dirty.strip() else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def record(store: ArtifactStore, ref: ArtifactRef, prov: Provenance) -> LineageRecord:
+    """Write the lineage record of `ref`, produced under `prov`."""
+    rec = LineageRecord(
+        sha256=ref.sha256, kind=ref.kind, uri=ref.uri, stage=prov.stage, run_id=prov.run_id,
+        config_sha256=prov.config_sha256, round=prov.round, code_version=code_version(),
+        image=os.environ.get("DGRPO_IMAGE"),
+        inputs={name: r.sha256 for name, r in prov.inputs.items()},
+        input_kinds={name: r.kind for name, r in prov.inputs.items()},
+        seeds=dict(prov.seeds),
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    key = f"lineage/{ref.sha256}.json"
+    if not store.exists(key):
+        store.put_json(key, asdict(rec))
+    return rec
+
+
+def read_record(store: ArtifactStore, sha256: str) -> LineageRecord:
+    try:
+        return LineageRecord.from_dict(store.get_json(f"lineage/{sha256}.json"))
+    except FileNotFoundError as exc:
+        raise StoreError(f"no lineage record for artifact {sha256} in {store.uri}") from exc
+
+
+def chain(store: ArtifactStore, sha256: str) -> list[tuple[int, str, LineageRecord]]:
+    """Depth-first walk of the lineage graph: (depth, input name, record), each artifact once."""
+    seen: set[str] = set()
+    out: list[tuple[int, str, LineageRecord]] = []
+
+    def visit(sha: str, name: str, depth: int) -> None:
+        rec = read_record(store, sha)
+        out.append((depth, name, rec))
+        if sha in seen:
+            return
+        seen.add(sha)
+        for input_name, input_sha in sorted(rec.inputs.items()):
+            visit(input_sha, input_name, depth + 1)
+
+    visit(sha256, "", 0)
+    return out
+
+
+def format_chain(entries: list[tuple[int, str, LineageRecord]]) -> str:
+    seen: set[str] = set()
+    lines = []
+    for depth, name, rec in entries:
+        label = f"{name}: " if name else ""
+        where = f" round {rec.round}" if rec.round is not None else ""
+        repeat = " (see above)" if rec.sha256 in seen and rec.inputs else ""
+        lines.append(f"{'  ' * depth}{label}{rec.kind} {rec.sha256[:12]} <- {rec.stage}{where}"
+                     f" config {rec.config_sha256[:12]} code {rec.code_version}{repeat}")
+        if depth == 0 or not rec.inputs:
+            lines.append(f"{'  ' * depth}  uri {rec.uri}")
+        seen.add(rec.sha256)
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The policy interface every backbone implements, and its shared LoRA handling.
+
+A policy wraps a flow-matching transformer and knows how to encode prompts (with the negative prompt that
+classifier-free guidance needs), predict the guided velocity, draw initial latents and decode images. LoRA is
+added with peft onto `transformer`; the reference model for KL is the same transformer with the adapter off.
+"""
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from dgrpo.config import LoraConfig
+
+LORA_PREFIX = "transformer."
+
+
+@dataclass(frozen=True)
+class BaseModelId:
+    """Identifies the base weights in lineage: where they come from and a hash of them."""
+
+    uri: str
+    sha256: str
+
+
+class FlowPolicy(ABC):
+    transformer: torch.nn.Module
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abstractmethod
+    def base_model(self) -> BaseModelId: ...
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per-prompt conditioning tensors (batch first), including the negative prompt's."""
+
+    @abstractmethod
+    def transformer_velocity(self, latents: torch.Tensor, sigma: torch.Tensor,
+                             cond: dict[str, torch.Tensor], negative: bool) -> torch.Tensor:
+        """One transformer pass on the positive (or negative) conditioning."""
+
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latents."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents [B, ...] to uint8 images [B, H, W, 3]."""
+
+    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor],
+                 guidance_scale: float) -> torch.Tensor:
+        """Guided velocity v = v_u + g (v_c - v_u); one pass when g == 1."""
+        v_c = self.transformer_velocity(latents, sigma, cond, negative=False)
+        if guidance_scale == 1.0:
+            return v_c
+        v_u = self.transformer_velocity(latents, sigma, cond, negative=True)
+        return v_u + guidance_scale * (v_c - v_u)
+
+    def initial_latents(self, seeds: list[int]) -> torch.Tensor:
+        """Gaussian latents, one generator per sample so a sample depends only on its own seed."""
+        return torch.stack([torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(s))
+                            for s in seeds]).to(self.device)
+
+    # LoRA -----------------------------------------------------------------------------------------------
+    def add_lora(self, cfg: LoraConfig, seed: int) -> None:
+        """Attach a fresh trainable adapter (B = 0, so the policy starts equal to the base model)."""
+        self.transformer.requires_grad_(False)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.transformer.add_adapter(PeftLoraConfig(
+                r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                target_modules=list(cfg.target_modules)))
+        for p in self.lora_parameters():
+            p.data = p.data.float()
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter in diffusers' LoRA format (keys prefixed 'transformer.')."""
+        return {LORA_PREFIX + k: v.detach().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not self.lora_parameters():
+            raise RuntimeError("load_lora_state_dict: call add_lora first")
+        stripped = {k.removeprefix(LORA_PREFIX): v for k, v in state.items()}
+        result = set_peft_model_state_dict(self.transformer, stripped)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"LoRA state has keys the model does not: {unexpected[:3]}")
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """The reference (base) model: the same transformer with the adapter off."""
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()

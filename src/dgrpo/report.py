@@ -1,0 +1,58 @@
+"""The run report: what a person reads after `dgrpo run`, built from the run's event records in the store."""
+
+import json
+
+from dgrpo.store import ArtifactStore
+
+SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity")
+
+
+def load_events(store: ArtifactStore, run_id: str) -> list[dict]:
+    return [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
+
+
+def build_report(store: ArtifactStore, run_id: str) -> dict:
+    events = load_events(store, run_id)
+    evals = [e for e in events if e["stage"] == "evaluate"]
+    if not evals:
+        raise ValueError(f"run {run_id}: no evaluation recorded in {store.uri}")
+    rewards = {e["round"]: e["metrics"]["reward_mean"] for e in events if e["stage"] == "reward"}
+    updates = [e for e in events if e["stage"] == "update"]
+    report = {
+        "run_id": run_id, "store": store.uri,
+        "evaluations": [{"round": e["round"], **e["metrics"], "grid": e["outputs"]["grid"]["uri"]} for e in evals],
+        "training_reward_by_round": rewards,
+        "first": {"round": evals[0]["round"], **evals[0]["metrics"]},
+        "last": {"round": evals[-1]["round"], **evals[-1]["metrics"]},
+        "final_adapter": updates[-1]["outputs"]["adapter"] if updates else None,
+    }
+    store.put_json(f"runs/{run_id}/report.json", report)
+    store.put_text(f"runs/{run_id}/report.md", format_report(report))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"# dgrpo run {report['run_id']}", "", "| after round | " + " | ".join(SHOWN) + " |",
+             "|---|" + "---|" * len(SHOWN)]
+    for e in report["evaluations"]:
+        lines.append(f"| {e['round']} | " + " | ".join(f"{e[k]:.3f}" if k in e else "-" for k in SHOWN) + " |")
+    lines += ["", "Training reward (mean over the round's rollouts): "
+              + ", ".join(f"r{r}: {v:.3f}" for r, v in sorted(report["training_reward_by_round"].items(),
+                                                              key=lambda kv: int(kv[0])))]
+    if report["final_adapter"]:
+        lines += ["", f"Final LoRA adapter: {report['final_adapter']['uri']}",
+                  f"Lineage: dgrpo lineage {report['final_adapter']['sha256']} --store {report['store']}"]
+    lines += ["", "Image grids:"] + [f"- after round {e['round']}: {e['grid']}" for e in report["evaluations"]]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(report: dict) -> list[str]:
+    def fmt(point: dict) -> str:
+        return ", ".join(f"{k} {point[k]:.3f}" for k in SHOWN if k in point)
+
+    return [f"first (after round {report['first']['round']}): {fmt(report['first'])}",
+            f"last  (after round {report['last']['round']}): {fmt(report['last'])}"]
+
+
+def dumps(report: dict) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,80 @@
+"""Evaluate stage: deterministic sampling on held-out prompts and seeds; quality, mode coverage, diversity."""
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dgrpo import artifacts
+from dgrpo.contracts import EVAL_SAMPLES
+from dgrpo.evaluation import MODE_CLASSIFIERS, image_grid, mode_coverage, pairwise_diversity, png_bytes
+from dgrpo.rewards import load_reward
+from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
+from dgrpo.stages.policy_io import load_policy_for_round
+from dgrpo.store import ArtifactRef
+from dgrpo.trajectories import sample_ode
+
+EVAL_BATCH = 128
+
+
+def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None) -> StageResult:
+    cfg, e = ctx.config, ctx.config.eval
+    policy = load_policy_for_round(ctx, adapter, trainable=False)
+    prompts = list(e.prompts)
+    group_of = torch.arange(len(prompts)).repeat_interleave(e.samples_per_prompt)
+    seeds = [derive_seed(e.seed, i % e.samples_per_prompt) for i in range(len(group_of))]
+    base_cond = policy.encode_prompts(prompts)
+    images = []
+    for start in range(0, len(group_of), EVAL_BATCH):
+        idx = group_of[start:start + EVAL_BATCH]
+        cond = {k: v[idx] for k, v in base_cond.items()}
+        x = sample_ode(policy, cond, seeds[start:start + EVAL_BATCH], e.num_steps, cfg.sampling.shift,
+                       e.guidance_scale)
+        images.append(policy.decode(x))
+    images = np.concatenate(images)
+    prompt_list = [prompts[p] for p in group_of.tolist()]
+    scores = load_reward(cfg.reward.name, cfg.reward.options)(images, prompt_list)
+    modes = None
+    if e.mode_classifier is not None:
+        classify, n_modes = MODE_CLASSIFIERS[e.mode_classifier]
+        modes = classify(images)
+
+    train_prompts = set(cfg.sampling.prompts)
+    per_prompt = []
+    for p, prompt in enumerate(prompts):
+        mask = (group_of == p).numpy()
+        row = {"prompt": prompt, "held_out": prompt not in train_prompts,
+               "reward": float(scores["reward"][mask].mean()), "diversity": pairwise_diversity(images[mask])}
+        if "quality" in scores:
+            row["quality"] = float(scores["quality"][mask].mean())
+        if modes is not None:
+            row["mode_entropy"], row["modes_over_10pct"] = mode_coverage(modes[mask], n_modes)
+            row["mode_shares"] = (np.bincount(modes[mask] + 1, minlength=n_modes + 1)[1:] / mask.sum()).tolist()
+        per_prompt.append(row)
+    metrics = _summarise(per_prompt)
+
+    table = pa.Table.from_pylist([{
+        "sample_id": f"eval{round_index}/p{p}/s{i % e.samples_per_prompt}", "group_id": f"eval{round_index}/p{p}",
+        "prompt": prompts[p], "round": round_index, "held_out": prompts[p] not in train_prompts,
+        "image_png": png_bytes(images[i]), "reward": float(scores["reward"][i]),
+        "mode": None if modes is None else int(modes[i]),
+    } for i, p in enumerate(group_of.tolist())], schema=EVAL_SAMPLES.schema)
+    prov = ctx.provenance("evaluate", round_index, {"adapter": adapter, "base_model": ctx.base_model_ref(policy)},
+                          seeds={"eval_seed": e.seed})
+    samples_ref = artifacts.write_table(ctx.store, table, EVAL_SAMPLES, prov)
+    rows = [images[(group_of == p).numpy()][: e.grid_columns] for p in range(len(prompts))]
+    grid_ref = artifacts.write_blob(ctx.store, image_grid(rows), "eval_grid", ".png", prov)
+    result = StageResult({"samples": samples_ref, "grid": grid_ref}, metrics)
+    emit_event(ctx, "evaluate", round_index, result)
+    ctx.store.put_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json", {"round": round_index, "metrics": metrics,
+                                                                             "per_prompt": per_prompt})
+    return result
+
+
+def _summarise(per_prompt: list[dict]) -> dict[str, float]:
+    """Means over prompts, overall and over the held-out prompts."""
+    keys = [k for k in ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity") if k in per_prompt[0]]
+    metrics = {k: float(np.mean([r[k] for r in per_prompt])) for k in keys}
+    held = [r for r in per_prompt if r["held_out"]]
+    if held:
+        metrics |= {f"heldout_{k}": float(np.mean([r[k] for r in held])) for k in keys}
+    return metrics

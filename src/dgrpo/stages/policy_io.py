@@ -1,0 +1,27 @@
+"""Loading the policy with a round's LoRA adapter, for the stages that run the model."""
+
+from dgrpo import artifacts
+from dgrpo.config import RunConfig
+from dgrpo.models import FlowPolicy, load_policy
+from dgrpo.stages.common import StageContext, derive_seed
+from dgrpo.store import ArtifactRef
+
+ADAPTER_KIND = "lora_adapter"
+OPTIMIZER_KIND = "optimizer_state"
+
+
+def lora_init_seed(config: RunConfig) -> int:
+    return derive_seed(config.seed, 1 << 20)
+
+
+def load_policy_for_round(ctx: StageContext, adapter: ArtifactRef | None, trainable: bool) -> FlowPolicy:
+    """The base policy with the run's adapter: fresh when training from scratch, loaded when given."""
+    policy = load_policy(ctx.config.model)
+    if adapter is not None or trainable:
+        policy.add_lora(ctx.config.lora, seed=lora_init_seed(ctx.config))
+    if adapter is not None:
+        policy.load_lora_state_dict(artifacts.read_tensors(ctx.store, adapter, ADAPTER_KIND))
+    policy.transformer.train(False)
+    return policy
+
+

@@ -1,0 +1,55 @@
+"""Whole-trajectory sampling on top of the per-step math in `dgrpo.sampling`."""
+
+from dataclasses import dataclass
+
+import torch
+
+from dgrpo.models.policy import FlowPolicy
+from dgrpo.sampling import euler_step, flow_sigmas, step_with_logprob
+
+
+@dataclass
+class Trajectories:
+    latents: torch.Tensor
+    """[B, T+1, ...]: x_0 (noise) to x_T (sample)."""
+    log_probs: torch.Tensor
+    """[B, T]: log-prob of each transition under the sampling policy."""
+    sigmas: torch.Tensor
+    """[T+1]."""
+
+
+def expand_conditioning(cond: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[index] for k, v in cond.items()}
+
+
+@torch.no_grad()
+def sample_sde(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[int], num_steps: int,
+               shift: float, noise_level: float, guidance_scale: float, method: str = "sde") -> Trajectories:
+    """Sample one trajectory per seed; each sample's initial and step noise come from its own seed."""
+    sigmas = flow_sigmas(num_steps, shift)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    x = torch.stack([torch.randn(policy.latent_shape(), generator=g) for g in generators]).to(policy.device)
+    latents, log_probs = [x], []
+    batch = x.shape[0]
+    for i in range(num_steps):
+        sigma = sigmas[i].expand(batch).to(policy.device)
+        v = policy.velocity(x.to(policy.dtype), sigma, cond, guidance_scale)
+        step = step_with_logprob(method, v, x, sigmas[i].item(), sigmas[i + 1].item(), sigmas[1].item(),
+                                 noise_level, generator=generators)
+        x = step.prev_sample
+        latents.append(x)
+        log_probs.append(step.log_prob)
+    return Trajectories(torch.stack(latents, 1), torch.stack(log_probs, 1), sigmas)
+
+
+@torch.no_grad()
+def sample_ode(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[int], num_steps: int,
+               shift: float, guidance_scale: float) -> torch.Tensor:
+    """Deterministic Euler sampling (noise level 0) for evaluation; returns the final latents."""
+    sigmas = flow_sigmas(num_steps, shift)
+    x = policy.initial_latents(seeds)
+    for i in range(num_steps):
+        sigma = sigmas[i].expand(x.shape[0]).to(policy.device)
+        v = policy.velocity(x.to(policy.dtype), sigma, cond, guidance_scale)
+        x = euler_step(v, x, sigmas[i].item(), sigmas[i + 1].item())
+    return x

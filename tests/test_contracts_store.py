@@ -1,0 +1,143 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from dgrpo import artifacts, contracts, lineage
+from dgrpo.contracts import REWARDS, SCORES, ContractError
+from dgrpo.lineage import Provenance
+from dgrpo.store import ArtifactRef, LocalStore, StoreError, open_store
+
+
+def rewards_table(n=3, reward_type=None):
+    return pa.table({
+        "sample_id": [f"s{i}" for i in range(n)], "group_id": ["g"] * n, "prompt": ["a red square"] * n,
+        "reward": pa.array([0.1 * i for i in range(n)], reward_type or pa.float64()),
+        "components": pa.array([[("quality", 0.5)]] * n, REWARDS.schema.field("components").type),
+    })
+
+
+def prov(stage="reward", **inputs):
+    return Provenance(stage=stage, run_id="r", config_sha256="c" * 64, round=0, inputs=inputs)
+
+
+def test_table_round_trip_keeps_contract_metadata(store):
+    ref = artifacts.write_table(store, rewards_table(), REWARDS, prov())
+    back = artifacts.read_table(store, ref, REWARDS)
+    assert back.column("reward").to_pylist() == pytest.approx([0, 0.1, 0.2])
+    assert back.schema.metadata[contracts.VERSION_KEY] == b"1"
+    assert ref.kind == "rewards" and ref.uri.endswith(".parquet")
+
+
+def test_missing_column_names_artifact_and_column(store):
+    with pytest.raises(ContractError, match=r"reward output 'rewards': missing column 'components'"):
+        artifacts.write_table(store, rewards_table().drop_columns(["components"]), REWARDS, prov())
+
+
+def test_wrong_type_names_both_types(store):
+    with pytest.raises(ContractError, match=r"column 'reward' has type float, contract rewards v1 expects double"):
+        artifacts.write_table(store, rewards_table(reward_type=pa.float32()), REWARDS, prov())
+
+
+def test_nulls_in_required_column_rejected(store):
+    table = rewards_table().set_column(3, "reward", pa.array([0.1, None, 0.3], pa.float64()))
+    with pytest.raises(ContractError, match="column 'reward' has nulls"):
+        artifacts.write_table(store, table, REWARDS, prov())
+
+
+def test_wrong_schema_version_rejected_on_read(store):
+    table = contracts.validate(rewards_table(), REWARDS, "t")
+    table = table.replace_schema_metadata({**table.schema.metadata, contracts.VERSION_KEY: b"99"})
+    import io
+
+    import pyarrow.parquet as pq
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    ref = store.put(buf.getvalue(), kind="rewards", suffix=".parquet")
+    with pytest.raises(ContractError, match=r"declares contract rewards v99, expected rewards v1"):
+        artifacts.read_table(store, ref, REWARDS)
+
+
+def test_reading_with_wrong_contract_rejected(store):
+    ref = artifacts.write_table(store, rewards_table(), REWARDS, prov())
+    with pytest.raises(ContractError, match="is a 'rewards' artifact, expected 'scores'"):
+        artifacts.read_table(store, ref, SCORES)
+
+
+def test_store_is_content_addressed_and_atomic(store):
+    a = store.put(b"hello", kind="blob")
+    b = store.put(b"hello", kind="blob")
+    assert a == b and a.uri.endswith("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+    leftovers = [p for p in store.root.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_corrupted_object_detected(store):
+    ref = store.put(b"payload", kind="blob")
+    path = store.local_path(ref)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"tampered")
+    with pytest.raises(StoreError, match="content hash .* does not match"):
+        store.get(ref)
+
+
+def test_failed_write_leaves_no_partial_object(store, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        store.put(b"data", kind="blob")
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+def test_ref_json_errors_name_the_source():
+    with pytest.raises(StoreError, match="adapter.json: not a dgrpo artifact reference"):
+        ArtifactRef.from_json('{"uri": 1}', source="adapter.json")
+
+
+def test_open_store_rejects_unknown_scheme():
+    with pytest.raises(StoreError, match="unsupported scheme 'gs'"):
+        open_store("gs://bucket/x")
+
+
+def test_lineage_chain_walks_inputs(store):
+    base = store.put(b"weights", kind="base_model")
+    lineage.record(store, base, prov("base_model"))
+    roll = store.put(b"rollouts", kind="rollouts")
+    lineage.record(store, roll, prov("rollout", base_model=base))
+    adapter = store.put(b"adapter", kind="lora_adapter")
+    lineage.record(store, adapter, prov("update", rollouts=roll, base_model=base))
+    entries = lineage.chain(store, adapter.sha256)
+    assert [(d, n, r.kind) for d, n, r in entries] == [
+        (0, "", "lora_adapter"), (1, "base_model", "base_model"), (1, "rollouts", "rollouts"),
+        (2, "base_model", "base_model")]
+    assert "lora_adapter" in lineage.format_chain(entries)
+
+
+def test_missing_lineage_is_an_error(store):
+    with pytest.raises(StoreError, match="no lineage record"):
+        lineage.chain(store, "0" * 64)
+
+
+def test_local_store_lists_keys(tmp_path):
+    s = LocalStore(tmp_path)
+    s.put_json("runs/x/events/a.json", {"a": 1})
+    assert s.list("runs/x/events") == ["runs/x/events/a.json"]
+
+
+def test_safetensors_bytes_do_not_depend_on_metadata_order():
+    import torch
+
+    t = {"w": torch.arange(6.0).reshape(2, 3)}
+    a = artifacts.tensors_to_bytes(t, {"b": "2", "a": "1", "c": "3"})
+    b = artifacts.tensors_to_bytes(t, {"c": "3", "a": "1", "b": "2"})
+    assert a == b
+    import tempfile
+
+    from safetensors import safe_open
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(a)
+        f.flush()
+        with safe_open(f.name, "pt") as st:
+            assert st.metadata() == {"a": "1", "b": "2", "c": "3"}
+            assert torch.equal(st.get_tensor("w"), t["w"])
