@@ -1,0 +1,248 @@
+"""Creativity reward math: planted modes are recovered, the bonus pays rarity, and the degenerate cases stay silent."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from dgrpo.diversity import (
+    affinity,
+    cosine_distances,
+    creativity_bonus,
+    diverse_rewards,
+    eigengap_k,
+    nearest_neighbour_width,
+    spectral_clusters,
+    vendi_score,
+)
+
+
+def blobs(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian modes around orthonormal directions: cross-mode cosine distance ~1, within-mode ~0.04."""
+    rng = np.random.default_rng(seed)
+    centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][: len(sizes)]
+    x = np.vstack([c + noise * rng.normal(size=(n, dim)) for c, n in zip(centres, sizes, strict=True)])
+    return x, np.repeat(np.arange(len(sizes)), sizes)
+
+
+def advantages(rewards: np.ndarray) -> np.ndarray:
+    """GRPO's group-normalised advantage."""
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+
+
+PLANTED = [[6, 6, 6, 6], [12, 6, 4, 2], [8, 8, 7, 1]]
+
+
+# --- cosine distances -------------------------------------------------------------------------------------------
+
+
+def test_cosine_distances_properties_and_known_values():
+    x, _ = blobs([5, 5, 5], seed=1)
+    d = cosine_distances(x)
+    assert d.shape == (15, 15)
+    assert np.all(d >= 0) and np.all(d <= 2)
+    np.testing.assert_array_equal(d, d.T)
+    np.testing.assert_array_equal(np.diag(d), 0.0)
+    special = cosine_distances(np.array([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0], [5.0, 0.0]]))
+    assert special[0, 1] == pytest.approx(1.0)  # orthogonal
+    assert special[0, 2] == pytest.approx(2.0)  # opposite
+    assert special[0, 3] == pytest.approx(0.0, abs=1e-12)  # same direction, other norm
+    copies = np.random.default_rng(0).normal(size=16) * np.array([[1.0], [2.0], [3.0], [7.0], [0.1]])
+    assert cosine_distances(copies).min() == 0.0  # rounding makes 1 - cos slightly negative; clipped
+
+
+@pytest.mark.parametrize("bad", [np.ones(3), np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[np.nan, 1.0]])])
+def test_cosine_distances_rejects_bad_embeddings(bad):
+    with pytest.raises(ValueError, match="embeddings"):
+        cosine_distances(bad)
+
+
+# --- affinity and kernel width ----------------------------------------------------------------------------------
+
+
+def test_affinity_keeps_self_affinity_and_follows_the_formula():
+    d = np.array([[0.0, 0.5, 1.0], [0.5, 0.0, 0.2], [1.0, 0.2, 0.0]])
+    a = affinity(d, kernel_width=0.5)
+    np.testing.assert_allclose(a, np.exp(-(d**2) / 0.5))
+    np.testing.assert_array_equal(np.diag(a), 1.0)
+
+
+def test_automatic_width_stays_on_the_within_mode_scale():
+    x, _ = blobs([6, 6, 6, 6])
+    d = cosine_distances(x)
+    width = nearest_neighbour_width(d)  # 7 neighbours > 5 mode mates: the 6th and 7th lie in other modes
+    within = np.median(np.sort(d, axis=1)[:, 1:6])
+    assert within / 2 < width < 3 * within < 0.2 * np.median(d[d > 0.5])
+    np.testing.assert_allclose(affinity(d), affinity(d, kernel_width=width))
+
+
+def test_automatic_width_is_positive_for_duplicates():
+    assert nearest_neighbour_width(np.zeros((4, 4))) == 1.0
+    d = cosine_distances(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    assert nearest_neighbour_width(d) > 0
+    assert np.all(np.isfinite(affinity(d)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"kernel_width": 0.0}, "kernel_width"),
+        ({"kernel_width": float("nan")}, "kernel_width"),
+        ({"n_neighbors": 0}, "n_neighbors"),
+    ],
+)
+def test_affinity_rejects_bad_parameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        affinity(np.zeros((3, 3)), **kwargs)
+
+
+# --- spectral clustering ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", PLANTED)
+@pytest.mark.parametrize("fixed_k", [True, False])
+def test_spectral_clusters_recover_planted_modes(sizes, fixed_k):
+    x, truth = blobs(sizes)
+    labels = spectral_clusters(cosine_distances(x), k=len(sizes) if fixed_k else None)
+    assert labels.max() + 1 == len(sizes)
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_eigengap_keeps_a_one_image_mode_as_its_own_cluster():
+    x, _ = blobs([8, 8, 7, 1], seed=3)
+    labels = spectral_clusters(cosine_distances(x))
+    assert labels.max() + 1 == 4
+    assert np.sum(labels == labels[-1]) == 1
+
+
+def test_single_tight_blob_gives_one_cluster():
+    x, _ = blobs([24], seed=2)
+    np.testing.assert_array_equal(spectral_clusters(cosine_distances(x)), np.zeros(24))
+
+
+def test_all_pairs_median_width_misses_the_modes():
+    """SPEC section 3: most pairs are cross-mode, so that width makes the graph look connected; ours does not."""
+    x, _ = blobs([6, 6, 6, 6])
+    d = cosine_distances(x)
+    assert spectral_clusters(d, kernel_width=float(np.median(d[np.triu_indices(24, 1)]))).max() == 0
+    assert spectral_clusters(d).max() == 3
+
+
+def test_eigengap_choice_and_cap():
+    values = np.array([1.0, 0.99, 0.98, 0.3, 0.25, 0.2])
+    assert eigengap_k(values, k_max=8) == 3
+    assert eigengap_k(values, k_max=2) == 1  # gap at 3 is beyond the cap; 1 -> 0.99 beats 0.99 -> 0.98
+    assert eigengap_k(np.array([1.0]), k_max=8) == 1
+
+
+def test_spectral_clusters_are_deterministic_canonical_and_permutation_equivariant():
+    x, truth = blobs([12, 6, 4, 2], seed=4)
+    perm = np.random.default_rng(0).permutation(len(truth))
+    d = cosine_distances(x[perm])
+    labels = spectral_clusters(d, seed=7)
+    np.testing.assert_array_equal(labels, spectral_clusters(d, seed=7))
+    _, first = np.unique(labels, return_index=True)
+    assert np.all(np.diff(first) > 0) and labels[0] == 0  # cluster j first appears before cluster j + 1
+    assert adjusted_rand_score(truth[perm], labels) == 1.0
+
+
+def test_spectral_clusters_edge_cases():
+    np.testing.assert_array_equal(spectral_clusters(np.zeros((1, 1))), [0])
+    np.testing.assert_array_equal(spectral_clusters(np.zeros((5, 5)), k=1), np.zeros(5))
+    assert spectral_clusters(np.zeros((5, 5))).dtype.kind == "i"
+
+
+@pytest.mark.parametrize(
+    ("distances", "kwargs", "name"),
+    [
+        (np.zeros((3, 4)), {}, "distances"),
+        (np.array([[0.0, 1.0], [0.5, 0.0]]), {}, "distances"),
+        (np.array([[0.0, np.inf], [np.inf, 0.0]]), {}, "distances"),
+        (np.zeros((3, 3)), {"k": 0}, "k"),
+        (np.zeros((3, 3)), {"k": 4}, "k"),
+        (np.zeros((3, 3)), {"k_max": 0}, "k_max"),
+    ],
+)
+def test_spectral_clusters_validate_inputs(distances, kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} "):
+        spectral_clusters(distances, **kwargs)
+
+
+# --- creativity bonus -------------------------------------------------------------------------------------------
+
+
+def test_bonus_of_a_singleton_in_a_group_of_24():
+    labels = np.array([0] * 23 + [1])
+    e = creativity_bonus(labels)
+    assert e.dtype == np.float64
+    assert e[-1] == pytest.approx(np.sqrt(24))
+    np.testing.assert_allclose(e[:-1], np.sqrt(24 / 23))
+
+
+def test_bonus_follows_cluster_sizes():
+    sizes = np.array([12, 6, 4, 2])
+    e = creativity_bonus(np.repeat([3, 0, 9, 5], sizes))  # label values themselves do not matter
+    np.testing.assert_allclose(e, np.sqrt(24 / np.repeat(sizes, sizes)))
+
+
+def test_equal_clusters_leave_advantages_unchanged():
+    """Constant E is no signal: Q + beta E has exactly the group-normalised advantages of Q."""
+    labels = np.repeat(np.arange(4), 6)
+    quality = np.random.default_rng(0).normal(0.88, 0.02, size=24)
+    np.testing.assert_allclose(creativity_bonus(labels), 2.0)
+    for normalization in ("none", "zscore", "minmax"):
+        _, reward = diverse_rewards(quality, labels, beta=3.0, normalization=normalization)
+        np.testing.assert_allclose(advantages(reward), advantages(quality), atol=1e-6)
+    _, unequal = diverse_rewards(quality, np.repeat(np.arange(4), [12, 6, 4, 2]), beta=3.0)
+    assert not np.allclose(advantages(unequal), advantages(quality), atol=1e-3)
+
+
+def test_zscore_and_minmax_normalisation():
+    labels = np.repeat(np.arange(4), [12, 6, 4, 2])
+    z = creativity_bonus(labels, "zscore")
+    assert z.mean() == pytest.approx(0.0, abs=1e-12) and z.std() == pytest.approx(1.0)
+    m = creativity_bonus(labels, "minmax")
+    assert m.min() == 0.0 and m.max() == 1.0
+    np.testing.assert_array_equal(m[labels == 3], 1.0)  # the rarest mode gets the full bonus
+    np.testing.assert_array_equal(np.argsort(z, kind="stable"), np.argsort(creativity_bonus(labels), kind="stable"))
+    for normalization in ("zscore", "minmax"):
+        np.testing.assert_array_equal(creativity_bonus(np.repeat(np.arange(3), 5), normalization), 0.0)
+
+
+def test_unknown_normalization_is_named():
+    with pytest.raises(ValueError, match="softmax"):
+        creativity_bonus(np.zeros(3, dtype=int), "softmax")
+
+
+def test_quality_gate_zeroes_the_bonus_below_mean_quality():
+    quality = np.array([0.9, 0.8, 0.85, 0.7, 0.95, 0.6])
+    labels = np.array([0, 0, 1, 1, 2, 3])
+    bonus, reward = diverse_rewards(quality, labels, beta=3.0, quality_gate=True)
+    above = quality >= quality.mean()
+    np.testing.assert_array_equal(bonus[~above], 0.0)
+    np.testing.assert_allclose(bonus[above], 3.0 * creativity_bonus(labels)[above])
+    np.testing.assert_allclose(reward, quality + bonus)
+    ungated, _ = diverse_rewards(quality, labels, beta=3.0)
+    assert np.all(ungated[~above] > 0)
+    flat = np.full(6, 0.7)  # its float mean is 0.7000000000000001
+    gated, _ = diverse_rewards(flat, labels, beta=1.0, quality_gate=True)
+    np.testing.assert_allclose(gated, creativity_bonus(labels))  # equal quality: nobody is below the mean
+
+
+def test_diverse_rewards_validate_inputs():
+    with pytest.raises(ValueError, match="quality"):
+        diverse_rewards(np.zeros(3), np.zeros(4, dtype=int), beta=1.0)
+    with pytest.raises(ValueError, match="beta"):
+        diverse_rewards(np.zeros(3), np.zeros(3, dtype=int), beta=-1.0)
+    with pytest.raises(ValueError, match="labels"):
+        diverse_rewards(np.zeros(0), np.zeros(0, dtype=int), beta=1.0)
+
+
+# --- Vendi score ------------------------------------------------------------------------------------------------
+
+
+def test_vendi_score_counts_effective_modes():
+    assert vendi_score(np.tile([[0.3, -1.2, 2.0]], (6, 1))) == pytest.approx(1.0)
+    assert vendi_score(np.eye(5) * np.arange(1, 6)[:, None]) == pytest.approx(5.0)
+    assert vendi_score(np.repeat(np.eye(2), 4, axis=0)) == pytest.approx(2.0)
+    x, _ = blobs([6, 6, 6, 6], noise=0.01)
+    assert 3.9 < vendi_score(x) < 4.2
