@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 CONFIG ?= configs/toy.yaml
+LINT_VENV ?= .venv-lint
+LINT_STAMP := $(LINT_VENV)/.installed-stamp
+K8S_VERSION ?= 1.32.0
+CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
+IMAGES_FILE ?= build/images.json
 
-.PHONY: install run run-inprocess test test-fast lint compile pretrain bench clean
+.PHONY: install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +20,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LINT_STAMP): requirements-lint.txt
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lint.txt
+	touch $(LINT_STAMP)
+
 run: $(STAMP)  ## train the toy world for 10 rounds through the Kubeflow pipeline (kfp.local)
 	$(BIN)/dgrpo run --config $(CONFIG) $(RUN_ARGS)
 
 run-inprocess: $(STAMP)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
-test: $(STAMP)  ## lint, unit tests and the end-to-end pipeline test
+test: $(STAMP) lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
 	$(BIN)/ruff check src components pipelines tests scripts
 	$(BIN)/pytest -q
 
@@ -31,8 +41,20 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src components pipelines tests scripts
 
-compile: $(STAMP)  ## write the KFP IR YAML of the pipeline
-	$(BIN)/dgrpo compile --config $(CONFIG) --output build/pipeline.yaml
+lint-images: $(STAMP) $(LINT_STAMP)  ## hadolint and checkov on every Dockerfile under images/
+	$(BIN)/hadolint images/*/Dockerfile
+	$(CHECKOV) --framework dockerfile -d images
+
+lint-manifests: $(STAMP) $(LINT_STAMP)  ## render manifests/, validate against the Kubernetes schemas, checkov
+	$(BIN)/python scripts/render_manifests.py manifests build/manifests.yaml
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) build/manifests.yaml manifests/s3-credentials.secret.yaml
+	$(CHECKOV) --framework kubernetes -f build/manifests.yaml -f manifests/s3-credentials.secret.yaml
+
+images: $(STAMP)  ## build and push the base and stage images (needs a Docker engine), write $(IMAGES_FILE)
+	$(BIN)/python scripts/images.py --output $(IMAGES_FILE)
+
+compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of `make images` when built)
+	$(if $(wildcard $(IMAGES_FILE)),DGRPO_IMAGES_FILE=$(IMAGES_FILE)) $(BIN)/dgrpo compile --config $(CONFIG) --output build/pipeline.yaml
 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain

@@ -1,9 +1,13 @@
-"""Shared fixtures: a small run config on the shipped toy checkpoint, and a temporary store."""
+"""Shared fixtures: a small run config on the shipped toy checkpoint, a temporary store, and a real S3 server."""
+
+import uuid
 
 import pytest
+import seaweedfs
 import torch
 
 from dgrpo.config import load_config
+from dgrpo.s3store import S3Store
 from dgrpo.stages.common import StageContext
 from dgrpo.store import LocalStore
 
@@ -26,3 +30,31 @@ def store(tmp_path):
 @pytest.fixture
 def ctx(store):
     return StageContext(small_config(), store, "test-run")
+
+
+S3_BUCKET = "dgrpo-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS on 127.0.0.1 with bucket S3_BUCKET; its endpoint and credentials file are in the environment
+    (inherited by kfp.local's task subprocesses) for the whole session."""
+    server = seaweedfs.start(tmp_path_factory.mktemp("seaweedfs"))
+    patch = pytest.MonkeyPatch()
+    try:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "DGRPO_S3_ADDRESSING_STYLE"):
+            patch.delenv(key, raising=False)
+        for key, value in server.env().items():
+            patch.setenv(key, value)
+        server.client().create_bucket(Bucket=S3_BUCKET)
+        yield server
+    finally:
+        patch.undo()
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    """An empty store under a fresh prefix of the test bucket."""
+    return S3Store(f"s3://{S3_BUCKET}/t-{uuid.uuid4().hex[:10]}")

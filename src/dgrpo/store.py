@@ -2,7 +2,7 @@
 
 Objects are immutable and named by their sha256, so an artifact reference pins its bytes and a read verifies
 them. Each object has a lineage record beside it. The store is an abstract seam: `LocalStore` writes to a
-directory with atomic temp-and-rename writes; an object-store backend implements the same four primitives.
+directory with atomic temp-and-rename writes; `dgrpo.s3store.S3Store` implements the same four primitives on S3.
 """
 
 import hashlib
@@ -159,8 +159,13 @@ class LocalStore(ArtifactStore):
 
 
 def open_store(uri: str) -> ArtifactStore:
-    """Open the store at `uri`: a directory path or a file:// URI."""
+    """Open the store at `uri`: a directory path, a file:// URI, or s3://bucket/prefix (see `dgrpo.s3store`)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.path if parsed.scheme else uri)
-    raise StoreError(f"store URI {uri!r}: unsupported scheme '{parsed.scheme}' (supported: a local path, file://)")
+    if parsed.scheme == "s3":
+        from dgrpo.s3store import S3Store
+
+        return S3Store(uri)
+    raise StoreError(f"store URI {uri!r}: unsupported scheme '{parsed.scheme}' "
+                     "(supported: a local path, file://, s3://)")

@@ -48,13 +48,18 @@ def publish(ctx: StageContext, result: StageResult, outputs: dict[str, FileArtif
         path = Path(artifact.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(ref.to_json())
-        rec = lineage.read_record(ctx.store, ref.sha256)
-        artifact.metadata.update({"dgrpo_uri": ref.uri, "sha256": ref.sha256, "kind": ref.kind,
-                                  "stage": rec.stage, "config_sha256": rec.config_sha256,
-                                  "code_version": rec.code_version, "inputs": rec.inputs, "seeds": rec.seeds})
+        artifact.metadata.update(lineage_metadata(lineage.read_record(ctx.store, ref.sha256)))
     if metrics is not None:
         for key, value in result.metrics.items():
             metrics.log_metric(key, float(value))
+
+
+def lineage_metadata(rec: lineage.LineageRecord) -> dict[str, Any]:
+    """The lineage record as KFP artifact metadata, shown in the KFP UI beside the artifact."""
+    return {"dgrpo_uri": rec.uri, "sha256": rec.sha256, "kind": rec.kind, "stage": rec.stage, "run_id": rec.run_id,
+            "round": rec.round, "image": rec.image, "config_sha256": rec.config_sha256,
+            "code_version": rec.code_version, "inputs": rec.inputs, "input_kinds": rec.input_kinds,
+            "seeds": rec.seeds, "created_at": rec.created_at}
 
 
 def write_grid_html(ctx: StageContext, grid: ArtifactRef, path: str) -> None:
