@@ -362,6 +362,12 @@ class KubernetesConfig:
             getattr(self.stages, name).validate(f"{path}.stages.{name}")
         self.model_cache.validate(f"{path}.model_cache")
 
+    def resolve_defaults(self) -> StageResources:
+        """`defaults` over the built-in, for tasks that are not a stage; caching off."""
+        values = {f.name: getattr(self.defaults, f.name) for f in dataclasses.fields(StageResources)}
+        values = {k: self.BUILTIN.get(k) if v is None else v for k, v in values.items()}
+        return StageResources(**values | {"caching": False})
+
     def resolve(self, stage: str) -> StageResources:
         """The effective settings of `stage`: its own, else the defaults, else the built-in."""
         own, default = getattr(self.stages, stage), self.defaults

@@ -17,7 +17,6 @@ from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.update import run_update
 from dgrpo.store import ArtifactRef
 
-
 SHARDED_STAGES = ("rollout", "reward")
 
 

@@ -32,18 +32,24 @@ class StartPoint:
     resumed_from: str = ""
 
     def to_json(self) -> str:
-        ref = (lambda r: None if r is None else json.loads(r.to_json()))
-        return json.dumps({"round": self.round, "adapter": ref(self.adapter),
-                           "optimizer_state": ref(self.optimizer_state), "resumed_from": self.resumed_from})
+        return json.dumps({"round": self.round, "adapter": _ref_dict(self.adapter),
+                           "optimizer_state": _ref_dict(self.optimizer_state), "resumed_from": self.resumed_from})
 
     @classmethod
     def from_json(cls, text: str, source: str = "start point") -> "StartPoint":
         try:
             data = json.loads(text)
-            ref = (lambda d: None if d is None else ArtifactRef(**d))
-            return cls(int(data["round"]), ref(data["adapter"]), ref(data["optimizer_state"]), data["resumed_from"])
+            return cls(int(data["round"]), _ref(data["adapter"]), _ref(data["optimizer_state"]), data["resumed_from"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{source}: not a dgrpo start point ({exc})") from exc
+
+
+def _ref_dict(ref: ArtifactRef | None) -> dict | None:
+    return None if ref is None else json.loads(ref.to_json())
+
+
+def _ref(data: dict | None) -> ArtifactRef | None:
+    return None if data is None else ArtifactRef(**data)
 
 
 def commit_key(run_id: str, round_index: int) -> str:
