@@ -12,15 +12,15 @@ from dgrpo.stages.interface import STAGES, SWAP_PARAMETERS
 
 def load_custom(stage: str, custom: CustomStage) -> BaseComponent:
     """The component of `pipeline.stages.<stage>`: a component YAML, or one built from an image and command."""
-    where = f"config field 'pipeline.stages.{stage}'"
+    where = f"config field 'pipeline.stages.{stage}"
     if custom.component is not None:
         path = Path(custom.component)
         if not path.is_file():
-            raise ValueError(f"{where}.component: no component YAML at {path.resolve()}")
+            raise ValueError(f"{where}.component': no component YAML at {path.resolve()}")
         try:
             comp = components.load_component_from_file(str(path))
         except Exception as exc:  # kfp raises several types for a malformed spec
-            raise ValueError(f"{where}.component: {path} is not a KFP component: {exc}") from exc
+            raise ValueError(f"{where}.component': {path} is not a KFP component: {exc}") from exc
     else:
         comp = components.load_component_from_text(yaml.safe_dump(container_spec(stage, custom)))
     iface = STAGES[stage]
@@ -29,7 +29,7 @@ def load_custom(stage: str, custom: CustomStage) -> BaseComponent:
     missing += [p.name for p in iface.writes if p.name not in outputs]
     unknown = sorted(inputs - {p.name for p in iface.reads} - set(SWAP_PARAMETERS))
     if missing or unknown:
-        raise ValueError(f"{where}: component {comp.name!r} must read {[p.name for p in iface.reads]} and write "
+        raise ValueError(f"{where}': component {comp.name!r} must read {[p.name for p in iface.reads]} and write "
                          f"{[p.name for p in iface.writes]} (see `dgrpo contract show {stage}`); missing "
                          f"{missing}, unknown inputs {unknown}")
     return comp
