@@ -22,14 +22,14 @@ run-inprocess: $(STAMP)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
 test: $(STAMP)  ## lint, unit tests and the end-to-end pipeline test
-	$(BIN)/ruff check src components pipelines tests scripts
+	$(BIN)/ruff check src components pipelines tests scripts examples
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src components pipelines tests scripts
+	$(BIN)/ruff check src components pipelines tests scripts examples
 
 compile: $(STAMP)  ## write the KFP IR YAML of the pipeline
 	$(BIN)/dgrpo compile --config $(CONFIG) --output build/pipeline.yaml

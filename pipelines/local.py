@@ -13,6 +13,7 @@ from kfp import local
 from dgrpo.config import RunConfig
 from dgrpo.engine import run_inprocess, training_plan
 from dgrpo.stages.common import StageContext
+from dgrpo.stages.resume import start_point
 from dgrpo.store import open_store
 
 ENGINES = ("kfp", "inprocess")
@@ -50,6 +51,7 @@ def run_pipeline(ctx: StageContext, store_uri: str, work_dir: Path, engine: str 
     kfp.local task logs go to work_dir/kfp.log."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    start_point(ctx, resume_from)  # a run that cannot start or resume fails here, not inside its first task
     watcher = EventWatcher(ctx, progress or (lambda *_: None))
     watcher.start()
     try:

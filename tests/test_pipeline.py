@@ -14,6 +14,7 @@ from dgrpo import artifacts, contracts, lineage
 from dgrpo.engine import training_plan
 from dgrpo.stages.common import StageContext
 from dgrpo.stages.policy_io import ADAPTER_KIND
+from dgrpo.stages.shards import read_merged
 from dgrpo.store import ArtifactRef, LocalStore
 
 STAGE_ORDER = ["rollout", "reward", "cluster", "update"]
@@ -72,18 +73,21 @@ def test_two_rounds_through_kfp_local(tmp_path):
     # every table between stages is valid against its contract on read
     kinds = {"rollouts": contracts.ROLLOUTS, "rewards": contracts.REWARDS, "scores": contracts.SCORES,
              "update_metrics": contracts.UPDATE_METRICS, "eval_samples": contracts.EVAL_SAMPLES}
+    all_events = [store.get_json(k) for k in store.list("runs/e2e/events")]
+    assert sum(e["stage"] == "rollout" for e in all_events) == 2 * cfg.rounds  # one event per shard
     n_tables = 0
-    for event in events.values():
+    for event in all_events:
         for out in event["outputs"].values():
             ref = ArtifactRef(**out)
             if ref.kind in kinds:
                 table = artifacts.read_table(store, ref, kinds[ref.kind])
                 assert table.num_rows > 0
                 n_tables += 1
-    assert n_tables == 4 * cfg.rounds + len(cfg.eval_rounds())
+    assert n_tables == (2 * 2 + 2) * cfg.rounds + len(cfg.eval_rounds())
 
-    rollouts = artifacts.read_table(store, ArtifactRef(**events[("rollout", 1)]["outputs"]["rollouts"]),
-                                    contracts.ROLLOUTS)
+    shards = [ArtifactRef(**e["outputs"]["rollouts"]) for e in all_events if (e["stage"], e["round"]) == ("rollout", 1)]
+    rollouts = read_merged(store, shards, contracts.ROLLOUTS)
+    assert [artifacts.read_table(store, r, contracts.ROLLOUTS).num_rows for r in shards] == [8, 8]
     assert rollouts.num_rows == cfg.sampling.prompts_per_round * cfg.sampling.group_size
     assert len(rollouts.column("log_probs")[0].as_py()) == cfg.sampling.num_steps
 
