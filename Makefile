@@ -32,14 +32,14 @@ run-inprocess: $(STAMP)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
 test: $(STAMP) lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
-	$(BIN)/ruff check src components pipelines tests scripts
+	$(BIN)/ruff check src components pipelines tests scripts examples
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src components pipelines tests scripts
+	$(BIN)/ruff check src components pipelines tests scripts examples
 
 lint-images: $(STAMP) $(LINT_STAMP)  ## hadolint and checkov on every Dockerfile under images/
 	$(BIN)/hadolint images/*/Dockerfile

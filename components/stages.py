@@ -1,74 +1,94 @@
-"""The five stage components. Each body imports and calls one `dgrpo.stages` function; nothing else.
+"""The stage components. Each body imports and calls one `dgrpo.stages` function; nothing else.
 
-No `from __future__ import annotations` here: KFP reads the annotations at definition time.
+Every stage gets the run's start point (`resume`'s output), which turns its round within this pipeline run into
+the fine-tune's absolute round. No `from __future__ import annotations` here: KFP reads the annotations at
+definition time.
 """
 
 
 from dgrpo_components.images import image_for
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+
+@dsl.component(base_image=image_for("update"), install_kfp_package=False)
+def resume(config_json: str, store_uri: str, run_id: str, resume_from: str, start: Output[Artifact]):
+    """Where this run begins: round 0, or after the last committed round of `resume_from`."""
+    from dgrpo.stages import entry
+    from dgrpo.stages.resume import start_point
+
+    ctx = entry.context(config_json, store_uri, run_id)
+    entry.write_text(start, start_point(ctx, resume_from).to_json())
 
 
 @dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
-def rollout(config_json: str, store_uri: str, run_id: str, round_index: int, rollouts: Output[Dataset],
-            metrics: Output[Metrics], adapter: Input[Model] | None = None):
-    """Sample G SDE trajectories per prompt with the current adapter."""
+def rollout(config_json: str, store_uri: str, run_id: str, round_index: int, shard_index: int, shard_count: int,
+            start: Input[Artifact], rollouts: Output[Dataset], metrics: Output[Metrics],
+            adapter: Input[Model] | None = None):
+    """Sample G SDE trajectories per prompt of one shard with the current adapter."""
     from dgrpo.stages import entry
     from dgrpo.stages.rollout import run_rollout
 
     ctx = entry.context(config_json, store_uri, run_id)
-    result = run_rollout(ctx, round_index, entry.read_ref(adapter))
+    round_abs, adapter_ref, _ = entry.round_state(start, round_index, adapter)
+    result = run_rollout(ctx, round_abs, adapter_ref, shard_index, shard_count)
     entry.publish(ctx, result, {"rollouts": rollouts}, metrics)
 
 
 @dsl.component(base_image=image_for("reward"), install_kfp_package=False)
-def reward(config_json: str, store_uri: str, run_id: str, round_index: int, rollouts: Input[Dataset],
-           rewards: Output[Dataset], metrics: Output[Metrics]):
-    """Score every rollout image with the configured reward model."""
+def reward(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
+           rollouts: Input[Dataset], rewards: Output[Dataset], metrics: Output[Metrics]):
+    """Score every rollout image of one shard with the configured reward model."""
     from dgrpo.stages import entry
     from dgrpo.stages.reward import run_reward
 
     ctx = entry.context(config_json, store_uri, run_id)
-    result = run_reward(ctx, round_index, entry.read_ref(rollouts))
+    round_abs, _, _ = entry.round_state(start, 0)
+    result = run_reward(ctx, round_abs + round_index, entry.read_ref(rollouts))
     entry.publish(ctx, result, {"rewards": rewards}, metrics)
 
 
 @dsl.component(base_image=image_for("cluster"), install_kfp_package=False)
-def cluster(config_json: str, store_uri: str, run_id: str, round_index: int, rollouts: Input[Dataset],
-            rewards: Input[Dataset], scores: Output[Dataset], metrics: Output[Metrics]):
-    """Turn quality rewards into final rewards (the DiverseGRPO slot)."""
+def cluster(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
+            rollouts: Input[list[Dataset]], rewards: Input[list[Dataset]], scores: Output[Dataset],
+            metrics: Output[Metrics]):
+    """Turn the round's quality rewards (all shards) into final rewards (the DiverseGRPO slot)."""
     from dgrpo.stages import entry
     from dgrpo.stages.cluster import run_cluster
 
     ctx = entry.context(config_json, store_uri, run_id)
-    result = run_cluster(ctx, round_index, entry.read_ref(rollouts), entry.read_ref(rewards))
+    round_abs, _, _ = entry.round_state(start, 0)
+    result = run_cluster(ctx, round_abs + round_index, entry.read_refs(rollouts), entry.read_refs(rewards))
     entry.publish(ctx, result, {"scores": scores}, metrics)
 
 
 @dsl.component(base_image=image_for("update"), install_kfp_package=False)
-def update(config_json: str, store_uri: str, run_id: str, round_index: int, rollouts: Input[Dataset],
-           scores: Input[Dataset], new_adapter: Output[Model], new_optimizer_state: Output[Model],
-           update_metrics: Output[Dataset], metrics: Output[Metrics], adapter: Input[Model] | None = None,
-           optimizer_state: Input[Model] | None = None):
-    """One GRPO round on the trajectories; writes the new LoRA adapter and optimizer state."""
+def update(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
+           rollouts: Input[list[Dataset]], scores: Input[Dataset], new_adapter: Output[Model],
+           new_optimizer_state: Output[Model], update_metrics: Output[Dataset], metrics: Output[Metrics],
+           adapter: Input[Model] | None = None, optimizer_state: Input[Model] | None = None):
+    """One GRPO round on the trajectories; writes the new LoRA adapter and optimizer state and commits the round."""
     from dgrpo.stages import entry
     from dgrpo.stages.update import run_update
 
     ctx = entry.context(config_json, store_uri, run_id)
-    result = run_update(ctx, round_index, entry.read_ref(rollouts), entry.read_ref(scores),
-                        entry.read_ref(adapter), entry.read_ref(optimizer_state))
+    round_abs, adapter_ref, optimizer_ref = entry.round_state(start, round_index, adapter, optimizer_state)
+    result = run_update(ctx, round_abs, entry.read_refs(rollouts), entry.read_ref(scores), adapter_ref,
+                        optimizer_ref)
     entry.publish(ctx, result, {"adapter": new_adapter, "optimizer_state": new_optimizer_state,
                                 "metrics": update_metrics}, metrics)
 
 
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
-def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, samples: Output[Dataset],
-             grid: Output[HTML], metrics: Output[Metrics], adapter: Input[Model] | None = None):
+def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
+             samples: Output[Dataset], grid: Output[HTML], metrics: Output[Metrics],
+             adapter: Input[Model] | None = None):
     """Deterministic evaluation: quality, mode coverage, diversity, and an image grid."""
     from dgrpo.stages import entry
     from dgrpo.stages.evaluate import run_evaluate
 
     ctx = entry.context(config_json, store_uri, run_id)
-    result = run_evaluate(ctx, round_index, entry.read_ref(adapter))
+    round_abs, adapter_ref, _ = entry.round_state(start, round_index, adapter)
+    result = run_evaluate(ctx, round_abs, adapter_ref)
     entry.publish(ctx, result, {"samples": samples}, metrics)
     entry.write_grid_html(ctx, result.outputs["grid"], grid.path)

@@ -1,4 +1,4 @@
-"""The `dgrpo` command line: run, compile, lineage, report, contract."""
+"""The `dgrpo` command line: run, compile, submit, schedule, lineage, report, contract."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ import typer
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
 from dgrpo.report import build_report, format_report, summary_lines
+from dgrpo.stages.resume import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, open_store
 
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
@@ -42,12 +43,14 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
         output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
         store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).")] = None,
         engine: Annotated[str, typer.Option(help="kfp (kfp.local, the default) or inprocess.")] = "kfp",
-        run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None):
+        run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None,
+        resume: Annotated[str | None, typer.Option(help="Continue this run after its last committed round "
+                                                        "(run id default: the same).")] = None):
     """Train through the pipeline on this machine and print where the results are."""
     from dgrpo_pipelines.local import new_run_id, open_context, run_pipeline
 
     cfg = _config(config, set_)
-    run_id = run_id or new_run_id(cfg)
+    run_id = run_id or resume or new_run_id(cfg)
     store_uri = store or str((output / "store").resolve())
     ctx = open_context(cfg, store_uri, run_id)
     work_dir = output / "runs" / run_id
@@ -63,7 +66,11 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
         typer.echo(f"  [{bar}] {done:3d}/{total} {time.monotonic() - start:6.0f}s  round {event['round']:>3} "
                    f"{event['stage']:<9} " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), file=terminal)
 
-    run_pipeline(ctx, store_uri, work_dir, engine, progress)
+    try:
+        run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
+    except ResumeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     report = build_report(ctx.store, run_id)
     typer.echo(f"done in {time.monotonic() - start:.0f}s")
     typer.echo(f"  artifacts: {ctx.store.uri}")
@@ -81,6 +88,55 @@ def compile(config: ConfigOpt = None, set_: SetOpt = None,
     cfg = _config(config, set_)
     path = compile_pipeline(cfg, output)
     typer.echo(f"wrote {path} ({cfg.rounds} rounds, config {cfg.sha256()[:12]})")
+
+
+HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
+                                      envvar="KF_PIPELINES_ENDPOINT")]
+StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment.")]
+AccountOpt = Annotated[str | None, typer.Option(help="Kubernetes service account of the run.")]
+
+
+def _client(host: str):
+    from kfp import Client
+
+    return Client(host=host)
+
+
+@app.command()
+def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: SetOpt = None,
+           run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None,
+           resume: Annotated[str | None, typer.Option(help="Continue this run after its last committed round.")] = None,
+           experiment: ExperimentOpt = "dgrpo", service_account: AccountOpt = None):
+    """Compile the pipeline and submit one run of `rounds` rounds to a KFP cluster."""
+    from dgrpo_pipelines.local import new_run_id
+    from dgrpo_pipelines.remote import submit as submit_run
+
+    cfg = _config(config, set_)
+    run_id = run_id or resume or new_run_id(cfg)
+    try:
+        kfp_run = submit_run(_client(host), cfg, store, run_id, resume or "", experiment, service_account)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"submitted dgrpo run {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds, config "
+               f"{cfg.sha256()[:12]})")
+
+
+@app.command()
+def schedule(host: HostOpt, store: StoreUriOpt,
+             run_id: Annotated[str, typer.Option(help="The fine-tune every scheduled run continues.")],
+             cron: Annotated[str, typer.Option(help="KFP cron, 6 fields: '0 0 2 * * *' is 02:00 daily.")],
+             config: ConfigOpt = None, set_: SetOpt = None, experiment: ExperimentOpt = "dgrpo",
+             service_account: AccountOpt = None):
+    """Create a recurring KFP run that continues one fine-tune, `rounds` rounds per scheduled run."""
+    from dgrpo_pipelines.remote import schedule as schedule_run
+
+    cfg = _config(config, set_)
+    try:
+        job = schedule_run(_client(host), cfg, store, run_id, cron, experiment, service_account)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"scheduled {run_id}: recurring run {job}, cron '{cron}', {cfg.rounds} rounds per run")
 
 
 def _resolve(artifact: str, store: str | None):
@@ -121,10 +177,47 @@ def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] =
 
 
 @contract_app.command("show")
-def contract_show(name: Annotated[str | None, typer.Argument(help="Contract name; all when omitted.")] = None):
-    """Print the columns of the stage contracts."""
+def contract_show(name: Annotated[str | None, typer.Argument(help="Stage or contract name; all contracts when "
+                                                                  "omitted.")] = None):
+    """Print what a stage reads and writes, or the columns of the stage contracts."""
+    from dgrpo.stages.interface import STAGES, describe_stage
+
+    if name in STAGES:
+        typer.echo(describe_stage(name))
+        return
     names = [name] if name else list(contracts.CONTRACTS)
     for n in names:
         if n not in contracts.CONTRACTS:
-            raise typer.BadParameter(f"unknown contract {n!r} (known: {', '.join(contracts.CONTRACTS)})")
+            raise typer.BadParameter(f"unknown stage or contract {n!r} (stages: {', '.join(STAGES)}; contracts: "
+                                     f"{', '.join(contracts.CONTRACTS)})")
         typer.echo(contracts.describe(contracts.CONTRACTS[n]) + "\n")
+
+
+@contract_app.command("check")
+def contract_check(target: Annotated[str, typer.Argument(help="Stage or contract name.")],
+                   artifact: Annotated[str, typer.Argument(help="Parquet file, KFP artifact file, object path or "
+                                                                "sha256 (with --store).")],
+                   store: Annotated[str | None, typer.Option(help="Store URI.")] = None):
+    """Validate an artifact, produced by any image, against a stage's or a contract's schema."""
+    from dgrpo.stages.interface import check_table
+
+    path = Path(artifact)
+    try:
+        if path.is_file() and path.read_bytes()[:4] == b"PAR1":
+            data, source = path.read_bytes(), str(path)
+        else:
+            st, sha = _resolve(artifact, store)
+            data = st.get(ArtifactRef(kind="?", uri=_object_uri(st, sha), sha256=sha, size=0))
+            source = f"artifact {sha}"
+        contract, table = check_table(data, target, source)
+    except (contracts.ContractError, StoreError) as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"ok: {source} is a valid {contract.name} v{contract.version} table ({table.num_rows} rows)")
+
+
+def _object_uri(st, sha: str) -> str:
+    keys = [k for k in st.list(f"objects/{sha[:2]}") if Path(k).name.startswith(sha)]
+    if not keys:
+        raise StoreError(f"artifact {sha}: not found in {st.uri}")
+    return f"{st.uri.rstrip('/')}/{keys[0]}"

@@ -13,6 +13,7 @@ from kfp import local
 from dgrpo.config import RunConfig
 from dgrpo.engine import run_inprocess, training_plan
 from dgrpo.stages.common import StageContext
+from dgrpo.stages.resume import start_point
 from dgrpo.store import open_store
 
 ENGINES = ("kfp", "inprocess")
@@ -24,8 +25,8 @@ class EventWatcher(threading.Thread):
     def __init__(self, ctx: StageContext, report: Callable[[int, int, dict], None], interval: float = 0.5):
         super().__init__(daemon=True)
         self.ctx, self.report, self.interval = ctx, report, interval
-        self.total = len(list(training_plan(ctx.config)))
-        self.seen: set[str] = set()
+        self.total = sum(t.shards for t in training_plan(ctx.config))
+        self.seen: set[str] = set(ctx.store.list(f"runs/{ctx.run_id}/events"))  # a resumed run's earlier rounds
         self.done = threading.Event()
 
     def poll(self) -> None:
@@ -45,22 +46,24 @@ class EventWatcher(threading.Thread):
 
 
 def run_pipeline(ctx: StageContext, store_uri: str, work_dir: Path, engine: str = "kfp",
-                 progress: Callable[[int, int, dict], None] | None = None) -> None:
-    """Run the whole training pipeline for `ctx`; kfp.local task logs go to work_dir/kfp.log."""
+                 progress: Callable[[int, int, dict], None] | None = None, resume_from: str = "") -> None:
+    """Run the whole training pipeline for `ctx` (continuing `resume_from`'s last committed round, if given);
+    kfp.local task logs go to work_dir/kfp.log."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    start_point(ctx, resume_from)  # a run that cannot start or resume fails here, not inside its first task
     watcher = EventWatcher(ctx, progress or (lambda *_: None))
     watcher.start()
     try:
         if engine == "inprocess":
-            run_inprocess(ctx)
+            run_inprocess(ctx, resume_from)
         else:
-            _run_kfp_local(ctx.config, store_uri, ctx.run_id, work_dir)
+            _run_kfp_local(ctx.config, store_uri, ctx.run_id, work_dir, resume_from)
     finally:
         watcher.stop()
 
 
-def _run_kfp_local(config: RunConfig, store_uri: str, run_id: str, work_dir: Path) -> None:
+def _run_kfp_local(config: RunConfig, store_uri: str, run_id: str, work_dir: Path, resume_from: str = "") -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / "kfp.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "pipeline_root"))
@@ -69,7 +72,7 @@ def _run_kfp_local(config: RunConfig, store_uri: str, run_id: str, work_dir: Pat
         # kfp.local warns that images and display names are not used locally: expected, and noise here.
         warnings.filterwarnings("ignore", message=".*(local runner|non-Python base image).*")
         try:
-            pipeline(store_uri=store_uri, run_id=run_id)
+            pipeline(store_uri=store_uri, run_id=run_id, resume_from=resume_from)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc} (task logs: {log_path})") from exc
 

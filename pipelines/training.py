@@ -1,39 +1,84 @@
-"""The Kubeflow training pipeline, unrolled over rounds at compile time from `dgrpo.engine.training_plan`."""
+"""The Kubeflow training pipeline, unrolled over rounds at compile time from `dgrpo.engine.training_plan`.
+
+A run begins with `resume` (round 0, or after the last committed round of `resume_from`). Per round, rollout and
+reward fan out over prompt shards (dsl.ParallelFor) and cluster and update collect them (dsl.Collected). Stage
+swaps from `config.pipeline.stages` replace our reward or cluster task by a team's component between two Parquet
+adapters; `config.kubernetes` sets every task's pod.
+"""
 
 from pathlib import Path
 
-from dgrpo_components import cluster, evaluate, reward, rollout, update
+from dgrpo_components.exchange import export_shards, export_table, import_rewards, import_scores
+from dgrpo_components.stages import cluster, evaluate, resume, reward, rollout, update
+from dgrpo_pipelines.kubernetes import configure, light
+from dgrpo_pipelines.swaps import image_of, load_custom
 from kfp import compiler, dsl
 
-from dgrpo.config import RunConfig
+from dgrpo.config import SWAPPABLE_STAGES, RunConfig
 from dgrpo.engine import training_plan
 
 
 def build_pipeline(config: RunConfig):
-    """A KFP pipeline for `config`: one task per planned stage, artifacts wired round to round."""
+    """A KFP pipeline for `config`: one task (or shard fan-out) per planned stage, artifacts wired round to round."""
+    k8s = config.kubernetes
+    swaps = {s: load_custom(s, getattr(config.pipeline.stages, s)) for s in SWAPPABLE_STAGES
+             if getattr(config.pipeline.stages, s) is not None}
 
-    @dsl.pipeline(name=config.name, description=f"dgrpo training, {config.rounds} rounds (config "
+    def stage_task(task: dsl.PipelineTask, stage: str, name: str) -> dsl.PipelineTask:
+        return configure(task, k8s.resolve(stage), k8s).set_display_name(name)
+
+    def light_task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        return configure(task, light(k8s), k8s).set_display_name(name)
+
+    def custom_task(stage: str, r: int, shard=0, shards: int = 1, **tables) -> dsl.PipelineTask:
+        comp = swaps[stage]
+        declared = set(comp.component_spec.inputs or {})
+        params = {"round_index": r, "shard_index": shard, "shard_count": shards, "config_json": config.to_json()}
+        args = tables | {k: v for k, v in params.items() if k in declared}
+        return stage_task(comp(**args), stage, f"{stage} r{r} ({image_of(comp)})")
+
+    @dsl.pipeline(name=config.name, description=f"dgrpo training, {config.rounds} rounds per run (config "
                                                 f"{config.sha256()[:12]})")
-    def training(store_uri: str, run_id: str, config_json: str = config.to_json()):
+    def training(store_uri: str, run_id: str, resume_from: str = "", config_json: str = config.to_json()):
         common = {"config_json": config_json, "store_uri": store_uri, "run_id": run_id}
+        start = light_task(resume(**common, resume_from=resume_from), "resume point").outputs["start"]
         carried: dict = {}
-        latest: dict = {}
+        fan: dict = {}
+        scores = None
         for task in training_plan(config):
-            kwargs = dict(common, round_index=task.round)
-            name = f"{task.stage} r{task.round}"
+            r = task.round
+            kwargs = dict(common, round_index=r, start=start)
             if task.stage == "evaluate":
-                evaluate(**kwargs, **_only(carried, "adapter")).set_display_name(f"evaluate after r{task.round}")
+                stage_task(evaluate(**kwargs, **_only(carried, "adapter")), "evaluate", f"evaluate after r{r}")
             elif task.stage == "rollout":
-                latest["rollouts"] = rollout(**kwargs, **_only(carried, "adapter")).set_display_name(name)
+                with dsl.ParallelFor(list(range(task.shards)), parallelism=config.pipeline.parallelism) as shard:
+                    ro = stage_task(rollout(**kwargs, shard_index=shard, shard_count=task.shards,
+                                            **_only(carried, "adapter")), "rollout", f"rollout r{r}")
+                    rollouts = ro.outputs["rollouts"]
+                    if "reward" in swaps:
+                        part = light_task(export_table(**common, contract="rollouts", part=rollouts),
+                                          f"export rollouts r{r}").outputs["table"]
+                        ext = custom_task("reward", r, shard, task.shards, rollouts=part)
+                        rw = light_task(import_rewards(**kwargs, image=image_of(swaps["reward"]), rollouts=rollouts,
+                                                       table=ext.outputs["rewards"]), f"import rewards r{r}")
+                    else:
+                        rw = stage_task(reward(**kwargs, rollouts=rollouts), "reward", f"reward r{r}")
+                fan = {"rollouts": ro.outputs["rollouts"], "rewards": rw.outputs["rewards"]}
             elif task.stage == "reward":
-                latest["rewards"] = reward(**kwargs, rollouts=latest["rollouts"].outputs["rollouts"]
-                                           ).set_display_name(name)
+                continue  # runs inside the rollout fan-out above, shard by shard
             elif task.stage == "cluster":
-                latest["scores"] = cluster(**kwargs, rollouts=latest["rollouts"].outputs["rollouts"],
-                                           rewards=latest["rewards"].outputs["rewards"]).set_display_name(name)
+                shards = {k: dsl.Collected(v) for k, v in fan.items()}
+                if "cluster" in swaps:
+                    tables = {k: light_task(export_shards(**common, contract=k, parts=dsl.Collected(v)),
+                                            f"export {k} r{r}").outputs["table"] for k, v in fan.items()}
+                    ext = custom_task("cluster", r, **tables)
+                    scores = light_task(import_scores(**kwargs, image=image_of(swaps["cluster"]), **shards,
+                                                      table=ext.outputs["scores"]), f"import scores r{r}")
+                else:
+                    scores = stage_task(cluster(**kwargs, **shards), "cluster", f"cluster r{r}")
             else:
-                up = update(**kwargs, rollouts=latest["rollouts"].outputs["rollouts"],
-                            scores=latest["scores"].outputs["scores"], **carried).set_display_name(name)
+                up = stage_task(update(**kwargs, rollouts=dsl.Collected(fan["rollouts"]),
+                                       scores=scores.outputs["scores"], **carried), "update", f"update r{r}")
                 carried = {"adapter": up.outputs["new_adapter"],
                            "optimizer_state": up.outputs["new_optimizer_state"]}
 
@@ -45,7 +90,7 @@ def _only(carried: dict, *names: str) -> dict:
 
 
 def compile_pipeline(config: RunConfig, package_path: str | Path) -> Path:
-    """Write the KFP IR YAML of the training pipeline."""
+    """Write the KFP IR YAML of the training pipeline (with its kfp-kubernetes platform spec)."""
     path = Path(package_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(config), str(path))

@@ -14,6 +14,7 @@ from dgrpo import artifacts, contracts, lineage
 from dgrpo.engine import training_plan
 from dgrpo.stages.common import StageContext
 from dgrpo.stages.policy_io import ADAPTER_KIND
+from dgrpo.stages.shards import read_merged
 from dgrpo.store import ArtifactRef, LocalStore
 
 STAGE_ORDER = ["rollout", "reward", "cluster", "update"]
@@ -29,19 +30,23 @@ def test_compiled_pipeline_has_every_stage_per_round_in_order(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     by_stage_round = {}
     for name, task in tasks.items():
-        stage = task["componentRef"]["name"].removeprefix("comp-").split("-")[0]
-        by_stage_round[(stage, _round_of(task))] = (name, set(task.get("dependentTasks", [])))
+        if name.startswith("for-loop"):  # the shard fan-out: rollout -> reward per shard
+            body = {n.split("-")[0]: (n, t) for n, t in spec["components"][task["componentRef"]["name"]]["dag"][
+                "tasks"].items()}
+            assert body["reward"][1]["dependentTasks"] == [body["rollout"][0]]
+            by_stage_round[("fanout", _round_of(body["rollout"][1]))] = (name, set(task.get("dependentTasks", [])))
+        elif name != "resume":
+            stage = task["componentRef"]["name"].removeprefix("comp-").split("-")[0]
+            by_stage_round[(stage, _round_of(task))] = (name, set(task.get("dependentTasks", [])))
     for r in range(3):
-        for stage in STAGE_ORDER:
-            assert (stage, r) in by_stage_round, f"{stage} of round {r} missing"
-        for before, after in zip(STAGE_ORDER, STAGE_ORDER[1:], strict=False):
-            assert by_stage_round[(before, r)][0] in by_stage_round[(after, r)][1], f"{after} r{r} after {before}"
+        assert by_stage_round[("fanout", r)][0] in by_stage_round[("cluster", r)][1]
+        assert by_stage_round[("cluster", r)][0] in by_stage_round[("update", r)][1]
         if r > 0:
-            assert by_stage_round[("update", r - 1)][0] in by_stage_round[("rollout", r)][1]
+            assert by_stage_round[("update", r - 1)][0] in by_stage_round[("fanout", r)][1]
             assert by_stage_round[("update", r - 1)][0] in by_stage_round[("update", r)][1]
         assert by_stage_round[("update", r)][0] in by_stage_round[("evaluate", r + 1)][1]
-    assert ("evaluate", 0) in by_stage_round and not by_stage_round[("evaluate", 0)][1]
-    assert len(tasks) == len(list(training_plan(cfg)))
+    assert by_stage_round[("evaluate", 0)][1] == {"resume"}
+    assert len(by_stage_round) == len([t for t in training_plan(cfg) if t.stage != "reward"])
     executors = spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert {i.split("/")[-1].split(":")[0] for i in images} == {f"dgrpo-{s}" for s in STAGE_ORDER + ["evaluate"]}
@@ -53,32 +58,36 @@ def _events(store, run_id):
 
 @pytest.mark.e2e
 def test_two_rounds_through_kfp_local(tmp_path):
-    cfg = small_config()
+    cfg = small_config(**{"pipeline.shards": 2})  # rollout and reward fan out over 2 shards per round
     store = LocalStore(tmp_path / "store")
     ctx = StageContext(cfg, store, "e2e")
     seen = []
     run_pipeline(ctx, str(store.root), tmp_path / "work", "kfp", lambda done, total, e: seen.append((done, total)))
 
     plan = list(training_plan(cfg))
-    assert seen[-1] == (len(plan), len(plan))
+    total = sum(t.shards for t in plan)
+    assert seen[-1] == (total, total)
     events = _events(store, "e2e")
     assert set(events) == {(t.stage, t.round) for t in plan}
 
     # every table between stages is valid against its contract on read
     kinds = {"rollouts": contracts.ROLLOUTS, "rewards": contracts.REWARDS, "scores": contracts.SCORES,
              "update_metrics": contracts.UPDATE_METRICS, "eval_samples": contracts.EVAL_SAMPLES}
+    all_events = [store.get_json(k) for k in store.list("runs/e2e/events")]
+    assert sum(e["stage"] == "rollout" for e in all_events) == 2 * cfg.rounds  # one event per shard
     n_tables = 0
-    for event in events.values():
+    for event in all_events:
         for out in event["outputs"].values():
             ref = ArtifactRef(**out)
             if ref.kind in kinds:
                 table = artifacts.read_table(store, ref, kinds[ref.kind])
                 assert table.num_rows > 0
                 n_tables += 1
-    assert n_tables == 4 * cfg.rounds + len(cfg.eval_rounds())
+    assert n_tables == (2 * 2 + 2) * cfg.rounds + len(cfg.eval_rounds())
 
-    rollouts = artifacts.read_table(store, ArtifactRef(**events[("rollout", 1)]["outputs"]["rollouts"]),
-                                    contracts.ROLLOUTS)
+    shards = [ArtifactRef(**e["outputs"]["rollouts"]) for e in all_events if (e["stage"], e["round"]) == ("rollout", 1)]
+    rollouts = read_merged(store, shards, contracts.ROLLOUTS)
+    assert [artifacts.read_table(store, r, contracts.ROLLOUTS).num_rows for r in shards] == [8, 8]
     assert rollouts.num_rows == cfg.sampling.prompts_per_round * cfg.sampling.group_size
     assert len(rollouts.column("log_probs")[0].as_py()) == cfg.sampling.num_steps
 
@@ -108,8 +117,8 @@ def test_two_rounds_through_kfp_local(tmp_path):
     assert out.exit_code == 0, out.output
     assert "base_model" in out.output and "config" in out.output and final.sha256[:12] in out.output
 
-    # the in-process engine runs the same stages: identical artifacts, bit for bit
-    inproc = StageContext(cfg, LocalStore(tmp_path / "store2"), "e2e")
+    # the in-process engine runs the same stages unsharded: identical artifacts, bit for bit
+    inproc = StageContext(small_config(), LocalStore(tmp_path / "store2"), "e2e")
     run_pipeline(inproc, str(tmp_path / "store2"), tmp_path / "work2", "inprocess")
     assert _events(inproc.store, "e2e")[("update", cfg.rounds - 1)]["outputs"]["adapter"]["sha256"] == final.sha256
 

@@ -186,6 +186,201 @@ class EvalConfig:
         _check(self.num_steps >= 1, f"{path}.num_steps", "must be >= 1")
 
 
+STAGE_NAMES = ("rollout", "reward", "cluster", "update", "evaluate")
+STOCHASTIC_STAGES = ("rollout", "update")
+SWAPPABLE_STAGES = ("reward", "cluster")
+
+
+@dataclass
+class CustomStage:
+    """A team's own component in place of one of ours: a component YAML, or an image and a command."""
+
+    component: str | None = None
+    """Path of a KFP component YAML whose inputs and outputs are named as in `dgrpo contract show <stage>`."""
+    image: str | None = None
+    """Container image, used with `command` when no component YAML is given."""
+    command: list[str] = field(default_factory=list)
+    """Command run in `image`; `--<input> PATH --<output> PATH` (and `--round_index N`...) are appended."""
+
+    def validate(self, path: str) -> None:
+        _check((self.component is None) != (self.image is None), path,
+               "set exactly one of 'component' (a component YAML) or 'image' (with 'command')")
+        _check(self.image is None or len(self.command) > 0, f"{path}.command", "must not be empty with 'image'")
+
+
+@dataclass
+class StageSwaps:
+    """Stages replaced by external components; only table-in, table-out stages can be swapped."""
+
+    reward: CustomStage | None = None
+    """The reward stage: reads 'rollouts' Parquet, writes 'rewards' Parquet."""
+    cluster: CustomStage | None = None
+    """The cluster stage: reads 'rollouts' and 'rewards' Parquet, writes 'scores' Parquet."""
+
+    def validate(self, path: str) -> None:
+        for name in SWAPPABLE_STAGES:
+            if getattr(self, name) is not None:
+                getattr(self, name).validate(f"{path}.{name}")
+
+
+@dataclass
+class PipelineConfig:
+    """How the training plan becomes a Kubeflow pipeline."""
+
+    shards: int = 1
+    """Prompt shards the rollout and reward stages fan out over (dsl.ParallelFor); a group never spans shards."""
+    parallelism: int = 0
+    """Shards running at once (0: all); bounds the GPUs one round asks for."""
+    stages: StageSwaps = field(default_factory=StageSwaps)
+    """External components replacing our stages."""
+
+    def validate(self, path: str) -> None:
+        _check(self.shards >= 1, f"{path}.shards", f"must be >= 1, got {self.shards}")
+        _check(self.parallelism >= 0, f"{path}.parallelism", f"must be >= 0, got {self.parallelism}")
+        self.stages.validate(f"{path}.stages")
+
+
+@dataclass
+class Toleration:
+    """A Kubernetes toleration, e.g. for a tainted GPU node pool."""
+
+    key: str = ""
+    """Taint key, e.g. nvidia.com/gpu."""
+    operator: str = "Exists"
+    """Equal or Exists."""
+    value: str | None = None
+    """Taint value (with Equal)."""
+    effect: str | None = None
+    """NoSchedule, PreferNoSchedule or NoExecute; None tolerates every effect."""
+
+    def validate(self, path: str) -> None:
+        _check(self.operator in ("Equal", "Exists"), f"{path}.operator", f"must be Equal or Exists, got "
+               f"{self.operator!r}")
+        _check(self.effect in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"), f"{path}.effect",
+               f"must be NoSchedule, PreferNoSchedule or NoExecute, got {self.effect!r}")
+
+
+@dataclass
+class SecretEnv:
+    """Keys of a Kubernetes Secret exposed as environment variables (e.g. S3 or hub credentials)."""
+
+    secret: str = ""
+    """Secret name in the run's namespace."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Secret key -> environment variable name."""
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.secret), f"{path}.secret", "must name a Secret")
+        _check(len(self.env) > 0, f"{path}.env", "must map at least one key to an environment variable")
+
+
+@dataclass
+class StageResources:
+    """Pod settings of one stage; a field left unset (null) takes `kubernetes.defaults`, then the built-in."""
+
+    gpus: int | None = None
+    """Accelerators per pod (accelerator limit); built-in 0."""
+    gpu_resource: str | None = None
+    """Accelerator resource name (accelerator type); built-in nvidia.com/gpu."""
+    gpu_product: str | None = None
+    """GPU model as the node label nvidia.com/gpu.product (GPU feature discovery), e.g. NVIDIA-H100-80GB-HBM3."""
+    cpu_request: str | None = None
+    """CPU request, e.g. "4"."""
+    cpu_limit: str | None = None
+    """CPU limit."""
+    memory_request: str | None = None
+    """Memory request, e.g. 32Gi."""
+    memory_limit: str | None = None
+    """Memory limit."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the pod must match."""
+    tolerations: list[Toleration] | None = None
+    """Taints the pod tolerates."""
+    shm_size: str | None = None
+    """Size of a memory-backed /dev/shm (PyTorch data loading and NCCL need more than the 64M default)."""
+    secrets: list[SecretEnv] | None = None
+    """Secrets exposed as environment variables."""
+    env: dict[str, str] | None = None
+    """Plain environment variables."""
+    retries: int | None = None
+    """Retries of a failed pod (preemption, node loss); built-in 0."""
+    caching: bool | None = None
+    """KFP result caching; built-in off for the stochastic stages (rollout, update), on for the others."""
+
+    def validate(self, path: str) -> None:
+        _check(self.gpus is None or self.gpus >= 0, f"{path}.gpus", f"must be >= 0, got {self.gpus}")
+        _check(self.retries is None or self.retries >= 0, f"{path}.retries", f"must be >= 0, got {self.retries}")
+        for i, t in enumerate(self.tolerations or []):
+            t.validate(f"{path}.tolerations[{i}]")
+        for i, s in enumerate(self.secrets or []):
+            s.validate(f"{path}.secrets[{i}]")
+
+
+@dataclass
+class StageResourceTable:
+    """Per-stage pod settings, over `kubernetes.defaults`."""
+
+    rollout: StageResources = field(default_factory=StageResources)
+    reward: StageResources = field(default_factory=StageResources)
+    cluster: StageResources = field(default_factory=StageResources)
+    update: StageResources = field(default_factory=StageResources)
+    evaluate: StageResources = field(default_factory=StageResources)
+
+
+@dataclass
+class ModelCacheConfig:
+    """A PersistentVolumeClaim holding base weights and DreamSim weights, so no round downloads them again."""
+
+    pvc: str = ""
+    """Claim name (manifests/ creates one); empty: no cache volume, stages download into the pod."""
+    mount_path: str = "/models"
+    """Where the claim is mounted; HF_HOME and TORCH_HOME point inside it."""
+    offline: bool = False
+    """Set HF_HUB_OFFLINE=1: read the cache only, fail instead of downloading (for a pre-filled cache)."""
+
+    def validate(self, path: str) -> None:
+        _check(self.mount_path.startswith("/"), f"{path}.mount_path", f"must be absolute, got {self.mount_path!r}")
+
+
+@dataclass
+class KubernetesConfig:
+    """Cluster settings of the compiled pipeline (kfp-kubernetes); ignored by kfp.local and the in-process engine."""
+
+    defaults: StageResources = field(default_factory=StageResources)
+    """Settings of every stage unless the stage sets its own."""
+    stages: StageResourceTable = field(default_factory=StageResourceTable)
+    """Per-stage settings."""
+    model_cache: ModelCacheConfig = field(default_factory=ModelCacheConfig)
+    """The model-cache volume, mounted in every stage."""
+
+    BUILTIN = {"gpus": 0, "gpu_resource": "nvidia.com/gpu", "retries": 0, "node_selector": {}, "tolerations": [],
+               "secrets": [], "env": {}}
+
+    def validate(self, path: str) -> None:
+        self.defaults.validate(f"{path}.defaults")
+        for name in STAGE_NAMES:
+            getattr(self.stages, name).validate(f"{path}.stages.{name}")
+        self.model_cache.validate(f"{path}.model_cache")
+
+    def resolve_defaults(self) -> StageResources:
+        """`defaults` over the built-in, for tasks that are not a stage; caching off."""
+        values = {f.name: getattr(self.defaults, f.name) for f in dataclasses.fields(StageResources)}
+        values = {k: self.BUILTIN.get(k) if v is None else v for k, v in values.items()}
+        return StageResources(**values | {"caching": False})
+
+    def resolve(self, stage: str) -> StageResources:
+        """The effective settings of `stage`: its own, else the defaults, else the built-in."""
+        own, default = getattr(self.stages, stage), self.defaults
+        values = {}
+        for f in dataclasses.fields(StageResources):
+            value = getattr(own, f.name)
+            value = getattr(default, f.name) if value is None else value
+            values[f.name] = self.BUILTIN.get(f.name) if value is None else value
+        if values["caching"] is None:
+            values["caching"] = stage not in STOCHASTIC_STAGES
+        return StageResources(**values)
+
+
 @dataclass
 class RunConfig:
     """A whole fine-tuning run."""
@@ -203,6 +398,8 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def validate(self) -> "RunConfig":
         _check(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
@@ -211,6 +408,9 @@ class RunConfig:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        _check(self.pipeline.shards <= self.sampling.prompts_per_round, "pipeline.shards",
+               f"must be <= sampling.prompts_per_round ({self.sampling.prompts_per_round}): a shard holds whole "
+               f"prompt groups, got {self.pipeline.shards}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

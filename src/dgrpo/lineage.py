@@ -25,6 +25,8 @@ class Provenance:
     round: int | None = None
     inputs: dict[str, ArtifactRef] = field(default_factory=dict)
     seeds: dict[str, int] = field(default_factory=dict)
+    image: str | None = None
+    """Image of the producing component when it is not this process's own (a swapped-in stage)."""
 
 
 @dataclass
@@ -70,7 +72,7 @@ def record(store: ArtifactStore, ref: ArtifactRef, prov: Provenance) -> LineageR
     rec = LineageRecord(
         sha256=ref.sha256, kind=ref.kind, uri=ref.uri, stage=prov.stage, run_id=prov.run_id,
         config_sha256=prov.config_sha256, round=prov.round, code_version=code_version(),
-        image=os.environ.get("DGRPO_IMAGE"),
+        image=prov.image or os.environ.get("DGRPO_IMAGE"),
         inputs={name: r.sha256 for name, r in prov.inputs.items()},
         input_kinds={name: r.kind for name, r in prov.inputs.items()},
         seeds=dict(prov.seeds),

@@ -16,7 +16,7 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
     evals = [e for e in events if e["stage"] == "evaluate"]
     if not evals:
         raise ValueError(f"run {run_id}: no evaluation recorded in {store.uri}")
-    rewards = {e["round"]: e["metrics"]["reward_mean"] for e in events if e["stage"] == "reward"}
+    rewards = _round_means([e for e in events if e["stage"] == "reward"])
     updates = [e for e in events if e["stage"] == "update"]
     report = {
         "run_id": run_id, "store": store.uri,
@@ -29,6 +29,17 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
     store.put_json(f"runs/{run_id}/report.json", report)
     store.put_text(f"runs/{run_id}/report.md", format_report(report))
     return report
+
+
+def _round_means(reward_events: list[dict]) -> dict[int, float]:
+    """Mean training reward per round, weighting a sharded round's shards by their sample counts."""
+    sums: dict[int, list[float]] = {}
+    for e in reward_events:
+        n = e["metrics"].get("samples", 1.0)
+        acc = sums.setdefault(e["round"], [0.0, 0.0])
+        acc[0] += e["metrics"]["reward_mean"] * n
+        acc[1] += n
+    return {r: total / n for r, (total, n) in sums.items()}
 
 
 def format_report(report: dict) -> str:

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from dgrpo import artifacts
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES, ContractError
 from dgrpo.stages.common import StageContext, StageResult, emit_event
+from dgrpo.stages.shards import named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
 
 
@@ -21,10 +22,12 @@ def check_same_samples(left: pa.Table, right: pa.Table, left_name: str, right_na
                             f"missing {missing}, unexpected {extra}, or duplicate ids")
 
 
-def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef, rewards: ArtifactRef) -> StageResult:
-    samples = artifacts.read_table(ctx.store, rollouts, ROLLOUTS).select(["sample_id"])
-    scored = artifacts.read_table(ctx.store, rewards, REWARDS)
-    check_same_samples(samples, scored, f"rollouts {rollouts.uri}", f"rewards {rewards.uri}")
+def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
+                rewards: ArtifactRef | list[ArtifactRef]) -> StageResult:
+    """Score a round; `rollouts` and `rewards` may each be one table or the shards of one."""
+    samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "group_id"])
+    scored = read_merged(ctx.store, rewards, REWARDS)
+    check_same_samples(samples, scored, f"rollouts {uris(rollouts)}", f"rewards {uris(rewards)}")
     quality = scored.column("reward")
     n = scored.num_rows
     out = pa.table({
@@ -33,10 +36,11 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef, rewa
         "bonus": pa.array([0.0] * n, pa.float64()), "cluster_id": pa.array([0] * n, pa.int32()),
         "final_reward": quality,
     }, schema=SCORES.schema)
-    prov = ctx.provenance("cluster", round_index, {"rollouts": rollouts, "rewards": rewards},
+    prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
                           seeds={})
     ref = artifacts.write_table(ctx.store, out, SCORES, prov)
     result = StageResult({"scores": ref}, {"final_reward_mean": float(pc.mean(quality).as_py()),
                                            "bonus_std": 0.0, "quality_std": float(pc.stddev(quality).as_py())})
     emit_event(ctx, "cluster", round_index, result)
     return result
+

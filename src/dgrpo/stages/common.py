@@ -60,8 +60,12 @@ def round_prompts(config: RunConfig, round_index: int) -> list[str]:
     return [config.sampling.prompts[i] for i in sorted(picks)]
 
 
-def emit_event(ctx: StageContext, stage: str, round_index: int, result: StageResult) -> None:
-    """Record a finished stage under runs/<run_id>/events/, for progress display and the run report."""
+def emit_event(ctx: StageContext, stage: str, round_index: int, result: StageResult,
+               shard: int | None = None) -> None:
+    """Record a finished stage (or stage shard) under runs/<run_id>/events/, for progress and the run report."""
     event = {"stage": stage, "round": round_index, "metrics": result.metrics,
              "outputs": {k: json.loads(v.to_json()) for k, v in result.outputs.items()}}
-    ctx.store.put_json(f"runs/{ctx.run_id}/events/r{round_index:04d}-{stage}.json", event)
+    suffix = "" if shard is None else f"-s{shard:03d}"
+    if shard is not None:
+        event["shard"] = shard
+    ctx.store.put_json(f"runs/{ctx.run_id}/events/r{round_index:04d}-{stage}{suffix}.json", event)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from dgrpo import lineage
 from dgrpo.config import config_from_json
 from dgrpo.stages.common import StageContext, StageResult
+from dgrpo.stages.resume import StartPoint
 from dgrpo.store import ArtifactRef, open_store
 
 
@@ -38,6 +39,30 @@ def read_ref(artifact: FileArtifact | None) -> ArtifactRef | None:
     if artifact is None:
         return None
     return ArtifactRef.from_json(Path(artifact.path).read_text(), source=f"input artifact {artifact.path}")
+
+
+def read_refs(artifacts: list[FileArtifact]) -> list[ArtifactRef]:
+    """The references of a collected fan-out (dsl.Collected): one per shard."""
+    return [read_ref(a) for a in artifacts]
+
+
+def write_text(artifact: FileArtifact, text: str) -> None:
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def round_state(start: FileArtifact, round_index: int, adapter: FileArtifact | None = None,
+                optimizer_state: FileArtifact | None = None) -> tuple[int, ArtifactRef | None, ArtifactRef | None]:
+    """The absolute round of a task at `round_index` within its pipeline run, and the state it trains from.
+
+    Tasks of the run's first round get no adapter input; theirs is the start point's (a resumed run's)."""
+    point = StartPoint.from_json(Path(start.path).read_text(), source=f"start artifact {start.path}")
+    if round_index == 0:
+        return point.round, read_ref(adapter) or point.adapter, read_ref(optimizer_state) or point.optimizer_state
+    if adapter is None:
+        raise ValueError(f"round {round_index} of the run has no adapter input: the pipeline wiring is broken")
+    return point.round + round_index, read_ref(adapter), read_ref(optimizer_state)
 
 
 def publish(ctx: StageContext, result: StageResult, outputs: dict[str, FileArtifact],

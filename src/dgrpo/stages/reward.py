@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from dgrpo import artifacts
+from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS, ROLLOUTS
 from dgrpo.evaluation import png_decode
 from dgrpo.rewards import load_reward
@@ -25,9 +25,11 @@ def run_reward(ctx: StageContext, round_index: int, rollouts: ArtifactRef) -> St
         pa.field("reward", pa.float64(), nullable=False), pa.array(scores["reward"], pa.float64())
     ).append_column(pa.field("components", REWARDS.schema.field("components").type, nullable=False),
                     pa.array(components, REWARDS.schema.field("components").type))
-    prov = ctx.provenance("reward", round_index, {"rollouts": rollouts})
+    shard = {k: v for k, v in lineage.read_record(ctx.store, rollouts.sha256).seeds.items() if k in ("shard", "shards")}
+    prov = ctx.provenance("reward", round_index, {"rollouts": rollouts}, seeds=shard)
     ref = artifacts.write_table(ctx.store, out, REWARDS, prov)
     reward = np.asarray(scores["reward"])
-    result = StageResult({"rewards": ref}, {"reward_mean": float(reward.mean()), "reward_std": float(reward.std())})
-    emit_event(ctx, "reward", round_index, result)
+    result = StageResult({"rewards": ref}, {"reward_mean": float(reward.mean()), "reward_std": float(reward.std()),
+                                            "samples": float(len(reward))})
+    emit_event(ctx, "reward", round_index, result, shard.get("shard"))
     return result

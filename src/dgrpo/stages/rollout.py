@@ -14,37 +14,40 @@ from dgrpo.stages.common import (
     round_prompts,
 )
 from dgrpo.stages.policy_io import load_policy_for_round
+from dgrpo.stages.shards import shard_prompt_indices
 from dgrpo.store import ArtifactRef
 from dgrpo.trajectories import expand_conditioning, sample_sde
 
 
-def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None) -> StageResult:
+def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None, shard: int = 0,
+                shards: int = 1) -> StageResult:
+    """Sample the prompt groups of `shard` (of `shards`); ids and seeds are those of the unsharded round."""
     cfg = ctx.config
     s = cfg.sampling
     policy = load_policy_for_round(ctx, adapter, trainable=False)
     prompts = round_prompts(cfg, round_index)
-    group_of = torch.arange(len(prompts)).repeat_interleave(s.group_size)
-    seeds = [derive_seed(cfg.seed, round_index, 1 + i) for i in range(len(group_of))]
-    cond = expand_conditioning(policy.encode_prompts(prompts), group_of)
-    traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method)
-    images = policy.decode(traj.latents[:, -1])
-
-    rows = []
-    for b, p in enumerate(group_of.tolist()):
-        k = b % s.group_size
-        rows.append({
-            "sample_id": f"r{round_index}/p{p}/s{k}", "group_id": f"r{round_index}/p{p}", "prompt": prompts[p],
-            "round": round_index, "sample_index": k, "seed": seeds[b], "image_png": png_bytes(images[b]),
-            "sigmas": traj.sigmas.tolist(), "log_probs": traj.log_probs[b].tolist(),
-            "latents": artifacts.tensors_to_bytes({"latents": traj.latents[b]}),
-            "conditioning": artifacts.tensors_to_bytes({name: t[b] for name, t in cond.items()}),
-        })
+    mine = shard_prompt_indices(len(prompts), shard, shards)
+    rows, log_probs = [], []
+    for p in mine:  # one prompt group per model batch, so a sample's numbers do not depend on the sharding
+        seeds = [derive_seed(cfg.seed, round_index, 1 + p * s.group_size + k) for k in range(s.group_size)]
+        cond = expand_conditioning(policy.encode_prompts([prompts[p]]), torch.zeros(s.group_size, dtype=torch.long))
+        traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method)
+        images = policy.decode(traj.latents[:, -1])
+        log_probs.append(traj.log_probs)
+        for k in range(s.group_size):
+            rows.append({
+                "sample_id": f"r{round_index}/p{p}/s{k}", "group_id": f"r{round_index}/p{p}", "prompt": prompts[p],
+                "round": round_index, "sample_index": k, "seed": seeds[k], "image_png": png_bytes(images[k]),
+                "sigmas": traj.sigmas.tolist(), "log_probs": traj.log_probs[k].tolist(),
+                "latents": artifacts.tensors_to_bytes({"latents": traj.latents[k]}),
+                "conditioning": artifacts.tensors_to_bytes({name: t[k] for name, t in cond.items()}),
+            })
     table = pa.Table.from_pylist(rows, schema=ROLLOUTS.schema)
     prov = ctx.provenance("rollout", round_index, {
         "adapter": adapter, "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()},
-        seeds={"first_sample_seed": seeds[0]})
+        seeds={"first_sample_seed": rows[0]["seed"], **({"shard": shard, "shards": shards} if shards > 1 else {})})
     ref = artifacts.write_table(ctx.store, table, ROLLOUTS, prov)
     result = StageResult({"rollouts": ref}, {"samples": float(len(rows)),
-                                             "mean_log_prob": float(traj.log_probs.mean())})
-    emit_event(ctx, "rollout", round_index, result)
+                                             "mean_log_prob": float(torch.cat(log_probs).mean())})
+    emit_event(ctx, "rollout", round_index, result, shard if shards > 1 else None)
     return result

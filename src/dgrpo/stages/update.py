@@ -19,6 +19,8 @@ from dgrpo.stages.common import (
     emit_event,
 )
 from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
+from dgrpo.stages.resume import commit_round
+from dgrpo.stages.shards import named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
 from dgrpo.training import clipped_policy_loss, group_advantages, kl_to_reference
 
@@ -50,12 +52,13 @@ def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.
     return stacked[key] if key else stacked
 
 
-def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef, scores: ArtifactRef,
+def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef], scores: ArtifactRef,
                adapter: ArtifactRef | None = None, optimizer_state: ArtifactRef | None = None) -> StageResult:
+    """One GRPO round; `rollouts` may be the shards of the round, merged here in shard order."""
     cfg, t = ctx.config, ctx.config.train
-    traj = artifacts.read_table(ctx.store, rollouts, ROLLOUTS)
+    traj = read_merged(ctx.store, rollouts, ROLLOUTS)
     scored = artifacts.read_table(ctx.store, scores, SCORES)
-    check_same_samples(traj, scored, f"rollouts {rollouts.uri}", f"scores {scores.uri}")
+    check_same_samples(traj, scored, f"rollouts {uris(rollouts)}", f"scores {scores.uri}")
     reward_of = dict(zip(scored.column("sample_id").to_pylist(), scored.column("final_reward").to_pylist(),
                          strict=True))
     rewards = np.array([reward_of[i] for i in traj.column("sample_id").to_pylist()])
@@ -82,7 +85,7 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef, score
             rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
 
     prov = ctx.provenance("update", round_index, {
-        "rollouts": rollouts, "scores": scores, "adapter": adapter, "optimizer_state": optimizer_state,
+        **named_inputs("rollouts", rollouts), "scores": scores, "adapter": adapter, "optimizer_state": optimizer_state,
         "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()})
     lora_meta = {"lora_config": json.dumps({"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha,
                                             "target_modules": cfg.lora.target_modules}),
@@ -96,6 +99,7 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef, score
     result = StageResult({"adapter": adapter_ref, "optimizer_state": opt_ref, "metrics": metrics_ref},
                          {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
                           "zero_std_groups": _zero_std_share(rewards, traj.column("group_id").to_pylist())})
+    commit_round(ctx, round_index, adapter_ref, opt_ref)
     emit_event(ctx, "update", round_index, result)
     return result
 
