@@ -1,5 +1,6 @@
 """Rollout stage: sample a group of G SDE trajectories per prompt, with everything needed to replay them."""
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -12,10 +13,11 @@ from dgrpo.stages.common import (
     derive_seed,
     emit_event,
     round_prompts,
+    sde_steps,
 )
 from dgrpo.stages.policy_io import load_policy_for_round
 from dgrpo.store import ArtifactRef
-from dgrpo.trajectories import expand_conditioning, sample_sde
+from dgrpo.trajectories import expand_conditioning, sample_sde_batched
 
 
 def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None) -> StageResult:
@@ -26,8 +28,11 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
     group_of = torch.arange(len(prompts)).repeat_interleave(s.group_size)
     seeds = [derive_seed(cfg.seed, round_index, 1 + i) for i in range(len(group_of))]
     cond = expand_conditioning(policy.encode_prompts(prompts), group_of)
-    traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method)
-    images = policy.decode(traj.latents[:, -1])
+    traj = sample_sde_batched(policy, cond, seeds, s.batch_size, num_steps=s.num_steps, shift=s.shift,
+                              noise_level=s.noise_level, guidance_scale=s.guidance_scale, method=s.method,
+                              sde_steps=sde_steps(cfg, round_index))
+    size = s.batch_size or len(seeds)
+    images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, len(seeds), size)])
 
     rows = []
     for b, p in enumerate(group_of.tolist()):
@@ -45,6 +50,6 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
         seeds={"first_sample_seed": seeds[0]})
     ref = artifacts.write_table(ctx.store, table, ROLLOUTS, prov)
     result = StageResult({"rollouts": ref}, {"samples": float(len(rows)),
-                                             "mean_log_prob": float(traj.log_probs.mean())})
+                                             "mean_log_prob": float(traj.log_probs.nanmean())})
     emit_event(ctx, "rollout", round_index, result)
     return result
