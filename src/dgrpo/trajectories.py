@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from dgrpo.models.policy import FlowPolicy
-from dgrpo.sampling import euler_step, step_with_logprob
+from dgrpo.sampling import euler_step, step_with_logprob, trajectory_noise
 
 
 @dataclass
@@ -35,6 +35,7 @@ def sample_sde(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[in
     sde_steps = range(num_steps) if sde_steps is None else sde_steps
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     x = torch.stack([torch.randn(policy.latent_shape(), generator=g) for g in generators]).to(policy.device)
+    noise = trajectory_noise(generators, len(sde_steps), policy.latent_shape()).to(policy.device)
     latents, log_probs = [x], []
     batch = x.shape[0]
     for i in range(num_steps):
@@ -42,7 +43,7 @@ def sample_sde(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[in
         v = policy.velocity(x.to(policy.dtype), sigma, cond, guidance_scale)
         if i in sde_steps:
             step = step_with_logprob(method, v, x, sigmas[i].item(), sigmas[i + 1].item(), sigmas[1].item(),
-                                     noise_level, generator=generators)
+                                     noise_level, noise=noise[:, sde_steps.index(i)])
             x, log_prob = step.prev_sample, step.log_prob
         else:
             x, log_prob = euler_step(v, x, sigmas[i].item(), sigmas[i + 1].item()), torch.full((batch,), math.nan)
