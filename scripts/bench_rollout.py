@@ -1,6 +1,10 @@
-"""Rollout cost: SDE sampling with log-probs versus plain deterministic sampling, side by side in one run.
+"""Rollout cost, side by side in one run (goal: SDE sampling with log-probs at most 1.05x the plain sampler).
 
-Prints the ratio (goal: at most 1.05x); both samplers run the same policy, steps, batch and seeds.
+1. Tiny random-weight SD3 (dgrpo.models.tiny): our SDE sampler with per-step log-probs versus the plain
+   diffusers StableDiffusion3Pipeline call, same model, steps, batch, CFG and seeds; both encode the prompts
+   and stop at the latents.
+2. The toy policy: SDE with log-probs versus our deterministic ODE sampler.
+`--width` scales the tiny SD3 model (use e.g. --width 8 --layers 8 --size 64 on a GPU).
 """
 
 import argparse
@@ -10,36 +14,90 @@ import torch
 
 from dgrpo.config import ModelConfig
 from dgrpo.models import load_policy
+from dgrpo.models.sd3 import SD3Policy
+from dgrpo.models.tiny import tiny_sd3_pipeline
 from dgrpo.trajectories import sample_ode, sample_sde
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _once(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+def timed_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Best-of-`repeats` times of `a` and `b`, measured alternately so machine load hits both alike."""
+    a(), b()  # warm-up
+    times = [(_once(a), _once(b)) for _ in range(repeats)]
+    return min(t[0] for t in times), min(t[1] for t in times)
+
+
+def bench_sd3(args) -> None:
+    pipe = tiny_sd3_pipeline(width=args.width, num_layers=args.layers, sample_size=args.size)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = ModelConfig(kind="sd3", dtype=args.dtype, max_sequence_length=args.max_sequence_length)
+    policy = SD3Policy(pipe, cfg)
+    prompts = ["a red square", "a photo of a cat on a sofa"] * (args.sd3_batch // 2)
+    seeds = list(range(len(prompts)))
+    size = policy.height
+
+    def plain():
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe(prompt=prompts, num_inference_steps=args.steps, guidance_scale=4.5, generator=gens, height=size,
+                    width=size, max_sequence_length=args.max_sequence_length, output_type="latent").images
+
+    def ours():
+        with torch.no_grad():
+            return sample_sde(policy, policy.encode_prompts(prompts), seeds, args.steps, None, 0.7, 4.5)
+
+    with torch.no_grad():
+        ode = sample_ode(policy, policy.encode_prompts(prompts), seeds, args.steps, None, 4.5)
+    same = torch.equal(ode.to(plain().device), plain())
+    t_plain, t_ours = timed_pair(plain, ours, args.repeats)
+    n_params = sum(p.numel() for p in policy.transformer.parameters())
+    print(f"tiny SD3 ({n_params / 1e6:.2f}M transformer params, {size}px, {args.dtype}, {policy.device}), "
+          f"batch {len(prompts)}, {args.steps} steps, CFG 4.5, best of {args.repeats}")
+    print(f"  our ODE sampler equals the pipeline's latents: {same}")
+    print(f"  diffusers pipeline call  {t_plain * 1000:8.1f} ms")
+    print(f"  SDE with log-probs       {t_ours * 1000:8.1f} ms")
+    print(f"  ratio SDE / pipeline     {t_ours / t_plain:8.3f}x  (goal <= 1.05x)")
+
+
+def bench_toy(args) -> None:
     policy = load_policy(ModelConfig())
     prompts = ["a red square", "a blue cross"] * (args.batch // 2)
     cond = policy.encode_prompts(prompts)
     seeds = list(range(args.batch))
-    sde = timed(lambda: sample_sde(policy, cond, seeds, args.steps, 1.0, 0.7, 4.5), args.repeats)
-    ode = timed(lambda: sample_ode(policy, cond, seeds, args.steps, 1.0, 4.5), args.repeats)
+    ode, sde = timed_pair(lambda: sample_ode(policy, cond, seeds, args.steps, 1.0, 4.5),
+                          lambda: sample_sde(policy, cond, seeds, args.steps, 1.0, 0.7, 4.5), args.repeats)
     print(f"toy policy, batch {args.batch}, {args.steps} steps, CFG 4.5, best of {args.repeats}")
-    print(f"  plain ODE sampling      {ode * 1000:8.1f} ms")
-    print(f"  SDE with log-probs      {sde * 1000:8.1f} ms")
-    print(f"  ratio SDE / plain       {sde / ode:8.3f}x  (goal <= 1.05x)")
+    print(f"  plain ODE sampling       {ode * 1000:8.1f} ms")
+    print(f"  SDE with log-probs       {sde * 1000:8.1f} ms")
+    print(f"  ratio SDE / plain        {sde / ode:8.3f}x  (goal <= 1.05x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=96, help="toy batch")
+    parser.add_argument("--sd3-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--width", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--size", type=int, default=16, help="tiny SD3 latent size (image = 2x)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-sequence-length", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-toy", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bench_sd3(args)
+    if not args.skip_toy:
+        bench_toy(args)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,13 @@ def test_per_sample_generators_make_samples_independent_of_batch():
                                                                        for s in (1, 2)])
     second = sde_step_with_logprob(v[1:], x[1:], 0.9, 0.7, 0.95, 0.7, generator=[torch.Generator().manual_seed(2)])
     torch.testing.assert_close(both.prev_sample[1:], second.prev_sample)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (4, 16, 16), (16, 8, 8), (3, 5, 7)])
+def test_trajectory_noise_equals_successive_draws(shape):
+    from dgrpo.sampling import trajectory_noise
+
+    drawn = trajectory_noise([torch.Generator().manual_seed(s) for s in (1, 2)], 4, shape)
+    for b, s in enumerate((1, 2)):
+        g = torch.Generator().manual_seed(s)
+        assert torch.equal(drawn[b], torch.stack([torch.randn(shape, generator=g) for _ in range(4)]))

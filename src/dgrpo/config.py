@@ -40,10 +40,17 @@ class ModelConfig:
     """Hub revision of `pretrained`, pinned for reproducibility."""
     dtype: str = "float32"
     """Dtype of the frozen parts: float32, bfloat16 or float16. The SDE step always runs in float32."""
+    resolution: int | None = None
+    """Image height and width in pixels; None means the model's default (512 in both Flow-GRPO recipes)."""
+    max_sequence_length: int | None = None
+    """T5 prompt tokens; None means the pipeline's default (SD3 256, FLUX 512)."""
 
     def validate(self, path: str) -> None:
         _check(self.dtype in ("float32", "bfloat16", "float16"), f"{path}.dtype",
                f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+        _check(self.resolution is None or self.resolution > 0, f"{path}.resolution", "must be > 0")
+        _check(self.max_sequence_length is None or self.max_sequence_length > 0, f"{path}.max_sequence_length",
+               "must be > 0")
 
 
 @dataclass
@@ -54,13 +61,15 @@ class LoraConfig:
     """LoRA rank r."""
     alpha: int = 8
     """LoRA alpha; the update is scaled by alpha / rank."""
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    """Module names (peft patterns) that receive adapters."""
+    target_modules: list[str] | None = None
+    """Module names (peft patterns) that receive adapters; None means the backbone's default attention
+    projections (SD3: to_q/k/v, to_out.0, add_q/k/v_proj, to_add_out; FLUX: those and the feed-forward)."""
 
     def validate(self, path: str) -> None:
         _check(self.rank > 0, f"{path}.rank", f"must be > 0, got {self.rank}")
         _check(self.alpha > 0, f"{path}.alpha", f"must be > 0, got {self.alpha}")
-        _check(len(self.target_modules) > 0, f"{path}.target_modules", "must name at least one module")
+        _check(self.target_modules is None or len(self.target_modules) > 0, f"{path}.target_modules",
+               "must name at least one module (or be null for the backbone's default)")
 
 
 @dataclass
@@ -73,8 +82,9 @@ class SamplingConfig:
     """SDE noise level a (0.7 in the SD3.5 recipe)."""
     method: str = "sde"
     """Stochastic step: "sde" (Flow-GRPO) or "cps" (coefficients-preserving)."""
-    shift: float = 1.0
-    """Flow-matching schedule shift (3.0 for SD3.5)."""
+    shift: float | None = None
+    """Flow-matching schedule shift; None means the model's own (toy 1.0, SD3.5 3.0 from its scheduler config,
+    FLUX the resolution-dependent dynamic shift)."""
     guidance_scale: float = 4.5
     """Classifier-free guidance scale, in sampling and training."""
     group_size: int = 16
@@ -83,12 +93,29 @@ class SamplingConfig:
     """Prompts drawn per round from `prompts`."""
     prompts: list[str] = field(default_factory=lambda: list(CAPTIONS[:6]))
     """Training prompts."""
+    batch_size: int | None = None
+    """Trajectories per sampling forward pass; None samples the whole round at once. Results do not depend on
+    it: every sample draws its noise from its own seed."""
+    sde_window_size: int = 0
+    """Flow-GRPO-Fast: 0 makes every step an SDE step; n > 0 makes only a window of n consecutive steps
+    stochastic (ODE steps outside it), placed at a seeded random start each round, and trains exactly those."""
+    sde_window_range: list[int] | None = None
+    """[first, end) steps the SDE window may cover; None means all steps."""
 
     def validate(self, path: str) -> None:
         _check(self.num_steps >= 2, f"{path}.num_steps", f"must be >= 2, got {self.num_steps}")
         _check(self.noise_level > 0, f"{path}.noise_level", f"must be > 0 for training, got {self.noise_level}")
         _check(self.method in ("sde", "cps"), f"{path}.method", f"must be 'sde' or 'cps', got {self.method!r}")
-        _check(self.shift > 0, f"{path}.shift", f"must be > 0, got {self.shift}")
+        _check(self.shift is None or self.shift > 0, f"{path}.shift", f"must be > 0, got {self.shift}")
+        _check(self.batch_size is None or self.batch_size > 0, f"{path}.batch_size", "must be > 0")
+        _check(0 <= self.sde_window_size <= self.num_steps, f"{path}.sde_window_size",
+               f"must be in 0..{self.num_steps} (num_steps), got {self.sde_window_size}")
+        if self.sde_window_range is not None:
+            lo, hi = (self.sde_window_range + [-1, -1])[:2]
+            _check(len(self.sde_window_range) == 2 and 0 <= lo < hi <= self.num_steps
+                   and hi - lo >= self.sde_window_size, f"{path}.sde_window_range",
+                   f"must be [first, end) with 0 <= first < end <= num_steps and room for the window, "
+                   f"got {self.sde_window_range}")
         _check(self.group_size >= 2, f"{path}.group_size", f"must be >= 2, got {self.group_size}")
         _check(len(self.prompts) > 0, f"{path}.prompts", "must not be empty")
         _check(0 < self.prompts_per_round <= len(self.prompts), f"{path}.prompts_per_round",
@@ -137,7 +164,8 @@ class TrainConfig:
     beta_kl: float = 0.0
     """KL weight against the base model (adapter disabled); 0 skips the reference forward pass."""
     train_fraction: float = 0.9
-    """Share of the sampling steps that are trained, counted from the first step."""
+    """Share of the sampling steps that are trained, counted from the first step (rounded; the recipe's 0.99 of
+    10 steps trains 9). Ignored with an SDE window, which trains the window's steps."""
     batch_size: int = 48
     """Trajectories per optimizer step (gradients accumulate over micro-batches and trained steps)."""
     micro_batch_size: int = 48

@@ -51,3 +51,6 @@ def toy(mode_preference: tuple[float, ...] | list[float] = MODE_PREFERENCE) -> R
         return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
     return score
+
+
+from dgrpo import reward_models  # noqa: E402,F401  (registers pickscore, clipscore, aesthetic, hpsv2.1)

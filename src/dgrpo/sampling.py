@@ -40,6 +40,20 @@ def randn_like_batch(x: torch.Tensor, generator: torch.Generator | list[torch.Ge
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
 
 
+def trajectory_noise(generators: list[torch.Generator], num_draws: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """[B, num_draws, *shape]: each sample's next `num_draws` standard-normal draws of `shape` from its generator.
+
+    Equal to `num_draws` successive `torch.randn(shape, generator=g)` calls per sample. CPU `normal_` fills
+    blocks of 16, so when the numel is a multiple of 16 one call of shape (num_draws, *shape) consumes the stream
+    identically (checked in tests) and saves a Python loop per step; otherwise the draws are made one by one.
+    """
+    numel = math.prod(shape)
+    if numel % 16 == 0:
+        return torch.stack([torch.randn((num_draws, *shape), generator=g, dtype=torch.float32) for g in generators])
+    return torch.stack([torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for _ in range(num_draws)])
+                        for g in generators])
+
+
 def _mean_over_elements(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
@@ -53,8 +67,11 @@ def sde_step_with_logprob(
     noise_level: float,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SDEStep:
     """One Flow-GRPO SDE step; samples x' (or scores the given `prev_sample`) and returns its log-prob.
+
+    `noise` (standard normal, shaped like `sample`) replaces the draw from `generator` when given.
 
     `std_dev_t` in the result is the noise std s = std_t sqrt(-dt), as a scalar or [B, 1, ...] tensor.
     `sigma_1` is the schedule's second sigma, used in place of sigma where sigma == 1 to keep std finite.
@@ -70,7 +87,8 @@ def sde_step_with_logprob(
     mean = x * (1 + std_t**2 * dt / (2 * s)) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
     noise_std = std_t * torch.sqrt(-dt)
     if prev_sample is None:
-        prev_sample = mean + noise_std * randn_like_batch(x, generator)
+        eps = randn_like_batch(x, generator) if noise is None else noise.to(x.device, torch.float32)
+        prev_sample = mean + noise_std * eps
     prev = prev_sample.detach().float()
     log_prob = -((prev - mean) ** 2) / (2 * noise_std**2) - torch.log(noise_std) - math.log(math.sqrt(2 * math.pi))
     return SDEStep(prev, _mean_over_elements(log_prob), mean, noise_std)
@@ -84,6 +102,7 @@ def cps_step_with_logprob(
     noise_level: float,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SDEStep:
     """Coefficients-preserving step: std = sigma' sin(a pi / 2); its log-prob drops constants (clip ~1e-5)."""
     v = model_output.float()
@@ -95,7 +114,8 @@ def cps_step_with_logprob(
     x1_hat = x + (1 - s) * v
     mean = x0_hat * (1 - s_next) + x1_hat * torch.sqrt(torch.clamp(s_next**2 - std**2, min=0))
     if prev_sample is None:
-        prev_sample = mean + std * randn_like_batch(x, generator)
+        eps = randn_like_batch(x, generator) if noise is None else noise.to(x.device, torch.float32)
+        prev_sample = mean + std * eps
     prev = prev_sample.detach().float()
     log_prob = _mean_over_elements(-((prev - mean) ** 2))
     return SDEStep(prev, log_prob, mean, std)
@@ -110,11 +130,13 @@ def euler_step(model_output: torch.Tensor, sample: torch.Tensor, sigma: float | 
 
 def step_with_logprob(method: str, model_output: torch.Tensor, sample: torch.Tensor, sigma, sigma_next,
                       sigma_1: float, noise_level: float, prev_sample: torch.Tensor | None = None,
-                      generator: torch.Generator | list[torch.Generator] | None = None) -> SDEStep:
+                      generator: torch.Generator | list[torch.Generator] | None = None,
+                      noise: torch.Tensor | None = None) -> SDEStep:
     """Dispatch on the configured stochastic step ("sde" or "cps")."""
     if method == "sde":
         return sde_step_with_logprob(model_output, sample, sigma, sigma_next, sigma_1, noise_level,
-                                     prev_sample, generator)
+                                     prev_sample, generator, noise)
     if method == "cps":
-        return cps_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level, prev_sample, generator)
+        return cps_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level, prev_sample, generator,
+                                     noise)
     raise ValueError(f"sampling method {method!r}: expected 'sde' or 'cps'")

@@ -22,6 +22,6 @@ def load_policy(cfg: ModelConfig) -> FlowPolicy:
     return POLICIES[cfg.kind](cfg)
 
 
-from dgrpo.models import toy  # noqa: E402,F401  (registers "toy")
+from dgrpo.models import flux, sd3, toy  # noqa: E402,F401  (register "flux", "sd3", "toy")
 
 __all__ = ["POLICIES", "BaseModelId", "FlowPolicy", "load_policy", "register_policy"]

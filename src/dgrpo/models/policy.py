@@ -6,6 +6,7 @@ added with peft onto `transformer`; the reference model for KL is the same trans
 """
 
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from dgrpo.config import LoraConfig
+from dgrpo.sampling import flow_sigmas
 
 LORA_PREFIX = "transformer."
+LORA_METADATA_KEY = "lora_adapter_metadata"
+"""The safetensors metadata key under which diffusers' `load_lora_weights` reads the adapter's peft config."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class FlowPolicy(ABC):
     transformer: torch.nn.Module
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """The backbone's default LoRA target modules, used when `lora.target_modules` is not set."""
 
     @property
     @abstractmethod
@@ -63,6 +69,10 @@ class FlowPolicy(ABC):
         v_u = self.transformer_velocity(latents, sigma, cond, negative=True)
         return v_u + guidance_scale * (v_c - v_u)
 
+    def sigmas(self, num_steps: int, shift: float | None = None) -> torch.Tensor:
+        """The T+1 sigmas of the sampling schedule; `shift` None means the model's own (here 1.0)."""
+        return flow_sigmas(num_steps, 1.0 if shift is None else shift)
+
     def initial_latents(self, seeds: list[int]) -> torch.Tensor:
         """Gaussian latents, one generator per sample so a sample depends only on its own seed."""
         return torch.stack([torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(s))
@@ -76,7 +86,7 @@ class FlowPolicy(ABC):
             torch.manual_seed(seed)
             self.transformer.add_adapter(PeftLoraConfig(
                 r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                target_modules=list(cfg.target_modules)))
+                target_modules=list(cfg.target_modules or self.lora_targets)))
         for p in self.lora_parameters():
             p.data = p.data.float()
 
@@ -86,6 +96,12 @@ class FlowPolicy(ABC):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter in diffusers' LoRA format (keys prefixed 'transformer.')."""
         return {LORA_PREFIX + k: v.detach().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+
+    def lora_adapter_metadata(self) -> dict[str, str]:
+        """Safetensors metadata that lets diffusers' `pipe.load_lora_weights` rebuild the adapter (rank, alpha)."""
+        config = self.transformer.peft_config["default"].to_dict()
+        packed = {f"{LORA_PREFIX}{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        return {"format": "pt", LORA_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True, default=str)}
 
     def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if not self.lora_parameters():

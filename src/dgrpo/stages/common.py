@@ -53,6 +53,24 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def sde_steps(config: RunConfig, round_index: int) -> range:
+    """The round's stochastic steps: all of them, or the SDE window at a seeded random start (Flow-GRPO-Fast)."""
+    s = config.sampling
+    if s.sde_window_size == 0:
+        return range(s.num_steps)
+    lo, hi = s.sde_window_range or [0, s.num_steps]
+    rng = np.random.default_rng(derive_seed(config.seed, round_index, 2))
+    start = int(rng.integers(lo, hi - s.sde_window_size + 1))
+    return range(start, start + s.sde_window_size)
+
+
+def trained_steps(config: RunConfig, round_index: int) -> list[int]:
+    """Steps the update trains: the SDE window, or the first `train_fraction` of the steps."""
+    if config.sampling.sde_window_size:
+        return list(sde_steps(config, round_index))
+    return list(range(config.num_train_steps))
+
+
 def round_prompts(config: RunConfig, round_index: int) -> list[str]:
     """The prompts of a training round: a seeded draw without replacement."""
     rng = np.random.default_rng(derive_seed(config.seed, round_index, 0))

@@ -1,5 +1,6 @@
 """Rollout stage: sample a group of G SDE trajectories per prompt, with everything needed to replay them."""
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -12,11 +13,12 @@ from dgrpo.stages.common import (
     derive_seed,
     emit_event,
     round_prompts,
+    sde_steps,
 )
 from dgrpo.stages.policy_io import load_policy_for_round
 from dgrpo.stages.shards import shard_prompt_indices
 from dgrpo.store import ArtifactRef
-from dgrpo.trajectories import expand_conditioning, sample_sde
+from dgrpo.trajectories import expand_conditioning, sample_sde_batched
 
 
 def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None, shard: int = 0,
@@ -27,12 +29,16 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
     policy = load_policy_for_round(ctx, adapter, trainable=False)
     prompts = round_prompts(cfg, round_index)
     mine = shard_prompt_indices(len(prompts), shard, shards)
+    window = sde_steps(cfg, round_index)
+    size = s.batch_size or s.group_size
     rows, log_probs = [], []
     for p in mine:  # one prompt group per model batch, so a sample's numbers do not depend on the sharding
         seeds = [derive_seed(cfg.seed, round_index, 1 + p * s.group_size + k) for k in range(s.group_size)]
         cond = expand_conditioning(policy.encode_prompts([prompts[p]]), torch.zeros(s.group_size, dtype=torch.long))
-        traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method)
-        images = policy.decode(traj.latents[:, -1])
+        traj = sample_sde_batched(policy, cond, seeds, s.batch_size, num_steps=s.num_steps, shift=s.shift,
+                                  noise_level=s.noise_level, guidance_scale=s.guidance_scale, method=s.method,
+                                  sde_steps=window)
+        images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, len(seeds), size)])
         log_probs.append(traj.log_probs)
         for k in range(s.group_size):
             rows.append({
@@ -48,6 +54,6 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
         seeds={"first_sample_seed": rows[0]["seed"], **({"shard": shard, "shards": shards} if shards > 1 else {})})
     ref = artifacts.write_table(ctx.store, table, ROLLOUTS, prov)
     result = StageResult({"rollouts": ref}, {"samples": float(len(rows)),
-                                             "mean_log_prob": float(torch.cat(log_probs).mean())})
+                                             "mean_log_prob": float(torch.cat(log_probs).nanmean())})
     emit_event(ctx, "rollout", round_index, result, shard if shards > 1 else None)
     return result

@@ -17,6 +17,7 @@ from dgrpo.stages.common import (
     StageResult,
     derive_seed,
     emit_event,
+    trained_steps,
 )
 from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.resume import commit_round
@@ -81,15 +82,16 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
         order = torch.randperm(n, generator=gen)
         for start in range(0, max(n - t.batch_size, 0) + 1, t.batch_size):  # drops a partial last batch
             batch = order[start:start + t.batch_size]
-            stats = _optimizer_step(policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas)
+            stats = _optimizer_step(policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
+                                    trained_steps(cfg, round_index))
             rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
 
     prov = ctx.provenance("update", round_index, {
         **named_inputs("rollouts", rollouts), "scores": scores, "adapter": adapter, "optimizer_state": optimizer_state,
         "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()})
     lora_meta = {"lora_config": json.dumps({"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha,
-                                            "target_modules": cfg.lora.target_modules}),
-                 "format": "pt", "round": str(round_index)}
+                                            "target_modules": cfg.lora.target_modules or policy.lora_targets}),
+                 "round": str(round_index), **policy.lora_adapter_metadata()}
     adapter_ref = artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov, lora_meta)
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     opt_ref = artifacts.write_tensors(ctx.store, opt_tensors, OPTIMIZER_KIND, prov, opt_meta)
@@ -111,23 +113,22 @@ def _zero_std_share(rewards: np.ndarray, groups: list[str]) -> float:
 
 def _optimizer_step(policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig, batch: torch.Tensor,
                     latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
-                    adv: torch.Tensor, sigmas: torch.Tensor) -> dict[str, float]:
+                    adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int]) -> dict[str, float]:
     """Accumulate gradients over micro-batches and trained steps, then take one optimizer step."""
     t, s = cfg.train, cfg.sampling
-    n_train = cfg.num_train_steps
     micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
     totals = {"policy_loss": 0.0, "kl": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
-    scale = 1.0 / (n_train * len(micro))
+    scale = 1.0 / (len(steps) * len(micro))
     for idx in micro:
-        mb_cond = {k: v[idx] for k, v in cond.items()}
-        for j in range(n_train):
-            x, x_next = latents[idx, j], latents[idx, j + 1]
-            sigma = sigmas[j].expand(len(idx))
+        mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
+        for j in steps:
+            x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
+            sigma = sigmas[j].expand(len(idx)).to(policy.device)
             v = policy.velocity(x.to(policy.dtype), sigma, mb_cond, s.guidance_scale)
             step = step_with_logprob(s.method, v, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
                                      s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
-                step.log_prob, old_log_probs[idx, j], adv[idx], t.clip_range)
+                step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
             loss = policy_loss
             kl = torch.zeros(())
             if t.beta_kl > 0:
