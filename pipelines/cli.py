@@ -128,3 +128,31 @@ def contract_show(name: Annotated[str | None, typer.Argument(help="Contract name
         if n not in contracts.CONTRACTS:
             raise typer.BadParameter(f"unknown contract {n!r} (known: {', '.join(contracts.CONTRACTS)})")
         typer.echo(contracts.describe(contracts.CONTRACTS[n]) + "\n")
+
+
+@app.command()
+def experiment(
+    output: Annotated[Path, typer.Option(help="Directory for the store, table and plot.")] = Path(
+        "outputs/experiment-toy"),
+    configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
+        "configs"),
+    beta: Annotated[list[float] | None, typer.Option(help="DiverseGRPO beta of the sweep (repeatable).")] = None,
+    set_: SetOpt = None):
+    """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
+    import yaml
+
+    from dgrpo.experiment import run_experiment
+
+    overrides = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    start = time.monotonic()
+    try:
+        paths = run_experiment(configs, output, beta if beta is not None else [0.5, 1.0, 2.0], overrides,
+                               log=typer.echo)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"done in {time.monotonic() - start:.0f}s")
+    for kind, path in paths.items():
+        typer.echo(f"  {kind:<8} {path}")
