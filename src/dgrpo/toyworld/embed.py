@@ -2,8 +2,9 @@
 
 DreamSim on a photo sees what is where; on the toy's black-background shapes the semantic difference between
 two images of one caption is where the shape sits. The descriptor is the share of soft foreground in each cell
-of a coarse grid, so cosine distances are large (> 0.67) between images whose shapes sit in different
-quadrants and small (< 0.3) between jittered copies. It knows nothing of quadrants or of the mode classifier: clustering still has to find them.
+of a blurred coarse grid, so cosine distances are large (> 0.67) between images whose shapes sit in different
+quadrants and small (< 0.3) between jittered copies. It knows nothing of quadrants or of the mode classifier:
+clustering still has to find them.
 """
 
 import numpy as np
