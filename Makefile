@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 CONFIG ?= configs/toy.yaml
 
-.PHONY: install run run-inprocess test test-fast lint compile pretrain bench clean
+.PHONY: install run run-inprocess test test-fast lint compile pretrain bench experiment-toy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev,dreamsim,experiment]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +36,9 @@ compile: $(STAMP)  ## write the KFP IR YAML of the pipeline
 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain
+
+experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) on the toy world: table + plot
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_rollout.py
