@@ -137,6 +137,8 @@ def experiment(
     configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
         "configs"),
     beta: Annotated[list[float] | None, typer.Option(help="DiverseGRPO beta of the sweep (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.")] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
     import yaml
@@ -150,7 +152,7 @@ def experiment(
     start = time.monotonic()
     try:
         paths = run_experiment(configs, output, beta if beta is not None else [0.5, 1.0, 2.0], overrides,
-                               log=typer.echo)
+                               log=typer.echo, jobs=jobs, threads=threads)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"done in {time.monotonic() - start:.0f}s")

@@ -10,14 +10,16 @@ as one CSV, one markdown table and one quality-vs-diversity plot.
 import csv
 import io
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dgrpo import artifacts
-from dgrpo.config import RunConfig, load_config
+from dgrpo.config import RunConfig, config_from_json, load_config
 from dgrpo.contracts import EVAL_SAMPLES
 from dgrpo.diversity import mean_pairwise_distance
 from dgrpo.embedders import load_embedder
@@ -163,21 +165,36 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def _run_arm(config_json: str, store_root: str, run_id: str, threads: int) -> float:
+    """One arm in a worker process (spawned: torch state is not shared); returns its wall time."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.monotonic()
+    run_inprocess(StageContext(config_from_json(config_json), LocalStore(store_root), run_id))
+    return time.monotonic() - start
+
+
 def run_experiment(config_dir: Path, output: Path, betas: list[float], overrides: dict | None = None,
-                   log=print) -> dict[str, Path]:
-    """Run every arm, then write experiment.csv, experiment.md and experiment.png under `output`."""
+                   log=print, jobs: int = 1, threads: int = 1) -> dict[str, Path]:
+    """Run every arm (`jobs` at a time, `threads` torch threads each), then write experiment.csv, experiment.md
+    and experiment.png under `output`."""
     output.mkdir(parents=True, exist_ok=True)
     store = LocalStore(output / "store")
     arms = build_arms(config_dir, betas, overrides)
     rows, timings = [], {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_arm, arm.config.to_json(), str(output / "store"), f"experiment-{arm.name}",
+                               threads): arm for arm in arms}
+        for future in as_completed(futures):
+            arm = futures[future]
+            timings[arm.name] = future.result()
+            log(f"{arm.name:<24} trained in {timings[arm.name]:.0f}s")
     for arm in arms:
-        start = time.monotonic()
-        run_id = f"experiment-{arm.name}"
-        run_inprocess(StageContext(arm.config, store, run_id))
-        timings[arm.name] = time.monotonic() - start
-        arm_rows = eval_rows(store, arm.name, run_id, arm.config.eval_rounds(), arm.config.cluster.embedder or "toy")
+        arm_rows = eval_rows(store, arm.name, f"experiment-{arm.name}", arm.config.eval_rounds(),
+                             arm.config.cluster.embedder or "toy")
         rows += arm_rows
-        log(f"{arm.name:<24} {timings[arm.name]:6.0f}s  " + "  ".join(
+        log(f"{arm.name:<24} " + "  ".join(
             f"r{r['round']}: R {r['reward']:.3f} H {r['mode_entropy']:.2f} fav {r['favoured_share']:.2f}"
             for r in arm_rows[:: max(1, len(arm_rows) // 4)] + arm_rows[-1:]))
     names = [a.name for a in arms]
@@ -190,7 +207,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float], overrides
     _atomic_write(paths["csv"], buf.getvalue().encode())
     cfg = arms[0].config
     header = (f"# Toy reproduction: {cfg.rounds} rounds, {cfg.sampling.prompts_per_round} prompts x "
-              f"{cfg.sampling.group_size} images per round, seed {cfg.seed}; wall time per arm: "
+              f"{cfg.sampling.group_size} images per round, seed {cfg.seed}; {jobs} arms at a time; wall time per arm: "
               + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     _atomic_write(paths["markdown"], markdown(summary, matched, rows, header).encode())
     plot(rows, names, paths["plot"])
