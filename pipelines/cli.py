@@ -151,7 +151,7 @@ def experiment(
         overrides[key] = yaml.safe_load(value)
     start = time.monotonic()
     try:
-        paths = run_experiment(configs, output, beta if beta is not None else [0.5, 1.0, 2.0], overrides,
+        paths = run_experiment(configs, output, beta if beta is not None else [0.25, 0.5, 1.0], overrides,
                                log=typer.echo, jobs=jobs, threads=threads)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
