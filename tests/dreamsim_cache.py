@@ -7,6 +7,7 @@ copy dreamsim ships) and loads `checkpoints/dino_vitbase16_pretrain.pth` from th
 hubconf does after its download.
 """
 
+import functools
 import json
 from pathlib import Path
 
@@ -48,14 +49,18 @@ def _random_like(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Te
     return out
 
 
-def _vit_shapes(layer_norm_pre: bool) -> dict[str, torch.Size]:
+@functools.cache
+def _dino_vit_shapes() -> dict[str, torch.Size]:
     from dreamsim.feature_extraction.vision_transformer import vit_base
 
-    with torch.device("meta"):  # shapes only: no memory, no slow initialisation
-        vit = vit_base(patch_size=16)
-        if layer_norm_pre:  # the CLIP-as-DINO loaders replace pos_drop by a LayerNorm before loading
-            vit.pos_drop = torch.nn.LayerNorm(vit.embed_dim)
-    return {k: v.shape for k, v in vit.state_dict().items()}
+    return {k: v.shape for k, v in vit_base(patch_size=16).state_dict().items()}
+
+
+def _vit_shapes(layer_norm_pre: bool) -> dict[str, torch.Size]:
+    shapes = dict(_dino_vit_shapes())
+    if layer_norm_pre:  # the CLIP-as-DINO loaders replace pos_drop by a LayerNorm(768) before loading
+        shapes |= {"pos_drop.weight": torch.Size([768]), "pos_drop.bias": torch.Size([768])}
+    return shapes
 
 
 def write_random_dreamsim_cache(root: Path, seed: int = 0) -> Path:
