@@ -196,7 +196,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float], overrides
         rows += arm_rows
         log(f"{arm.name:<24} " + "  ".join(
             f"r{r['round']}: R {r['reward']:.3f} H {r['mode_entropy']:.2f} fav {r['favoured_share']:.2f}"
-            for r in arm_rows[:: max(1, len(arm_rows) // 4)] + arm_rows[-1:]))
+            for r in arm_rows[:-1:max(1, len(arm_rows) // 4)] + arm_rows[-1:]))
     names = [a.name for a in arms]
     summary, matched = summarise(rows, names)
     paths = {"csv": output / "experiment.csv", "markdown": output / "experiment.md", "plot": output / "experiment.png"}
