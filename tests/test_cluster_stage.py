@@ -100,3 +100,20 @@ def test_scores_contract_v2_is_strict(store):
     with pytest.raises(ContractError, match="embedding.*float"):
         artifacts.write_table(store, wrong, SCORES, prov)
     assert SCORES.version == 2
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"cluster.method": "vendi"}, "cluster.method"),
+    ({"cluster.method": "diverse", "cluster.embedder": None}, "cluster.embedder"),
+    ({"cluster.normalization": "softmax"}, "cluster.normalization"),
+    ({"cluster.quality_normalization": "rank"}, "cluster.quality_normalization"),
+    ({"cluster.width_heuristic": "silverman"}, "cluster.width_heuristic"),
+    ({"cluster.kernel_width": 0.0}, "cluster.kernel_width"),
+    ({"cluster.k": 9}, "cluster.k"),  # more clusters than the group's 8 images
+    ({"cluster.beta": -1.0}, "cluster.beta"),
+])
+def test_cluster_config_is_validated(overrides, field):
+    from dgrpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"'{field}'"):
+        small_config(**overrides)
