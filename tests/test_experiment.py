@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 def test_arms_differ_only_in_cluster_and_regulariser():
     arms = build_arms(CONFIGS, betas=[0.5, 1.0, 2.0])
     names = [a.name for a in arms]
-    assert names[:3] == ["flowgrpo", "sareg", "diversegrpo"] and "diversegrpo-beta2" in names
+    assert names == ["flowgrpo", "sareg", "diversegrpo", "bonus-beta0.5", "bonus-beta1", "bonus-beta2"]
     base = arms[0].config.to_dict()
     for arm in arms[1:]:
         other = arm.config.to_dict()
@@ -22,6 +22,7 @@ def test_arms_differ_only_in_cluster_and_regulariser():
     assert arms[0].config.cluster.method == "passthrough" and arms[0].config.train.regularizer == "none"
     assert arms[1].config.train.regularizer == "sa" and arms[1].config.cluster.method == "passthrough"
     assert arms[2].config.cluster.method == "diverse" and arms[2].config.train.regularizer == "sa"
+    assert arms[-1].config.cluster.beta == 2.0 and arms[-1].config.train.regularizer == "none"
 
 
 def test_budget_mismatch_is_refused(tmp_path):

@@ -42,14 +42,16 @@ class Arm:
 
 
 def build_arms(config_dir: Path, betas: list[float], overrides: dict | None = None) -> list[Arm]:
-    """The three methods from their presets, then DiverseGRPO at each beta of the sweep (same budget)."""
+    """The three methods from their presets, then the beta sweep (same budget).
+
+    The sweep runs the creativity bonus without SA-Reg ("bonus-beta<b>": the DiverseGRPO preset with
+    train.regularizer none), so the bonus' own effect is visible and not masked by the regulariser.
+    """
     overrides = overrides or {}
     arms = [Arm(name, load_config(config_dir / preset, overrides)) for name, preset in PRESETS.items()]
-    main_beta = arms[-1].config.cluster.beta
     for beta in betas:
-        if beta != main_beta:
-            arms.append(Arm(f"diversegrpo-beta{beta:g}", load_config(config_dir / PRESETS["diversegrpo"],
-                                                                     overrides | {"cluster.beta": beta})))
+        arms.append(Arm(f"bonus-beta{beta:g}", load_config(config_dir / PRESETS["diversegrpo"], overrides | {
+            "cluster.beta": beta, "train.regularizer": "none"})))
     budget = {(a.config.rounds, a.config.seed, a.config.sampling.group_size, a.config.train.batch_size,
                a.config.train.learning_rate, tuple(a.config.sampling.prompts)) for a in arms}
     if len(budget) != 1:
