@@ -136,7 +136,7 @@ def experiment(
         "outputs/experiment-toy"),
     configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
         "configs"),
-    beta: Annotated[list[float] | None, typer.Option(help="Creativity-bonus beta of the sweep (bonus without SA-Reg; repeatable).")] = None,
+    beta: Annotated[list[float] | None, typer.Option(help="Bonus-only sweep beta (repeatable).")] = None,
     jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.")] = 2,
     threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
     set_: SetOpt = None):
