@@ -11,11 +11,11 @@ K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
 
-.PHONY: install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench clean
+.PHONY: install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev,dreamsim,experiment]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -58,6 +58,9 @@ compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of 
 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain
+
+experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) on the toy world: table + plot
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_rollout.py

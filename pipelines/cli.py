@@ -221,3 +221,33 @@ def _object_uri(st, sha: str) -> str:
     if not keys:
         raise StoreError(f"artifact {sha}: not found in {st.uri}")
     return f"{st.uri.rstrip('/')}/{keys[0]}"
+
+
+@app.command()
+def experiment(
+    output: Annotated[Path, typer.Option(help="Directory for the store, table and plot.")] = Path(
+        "outputs/experiment-toy"),
+    configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
+        "configs"),
+    beta: Annotated[list[float] | None, typer.Option(help="Bonus-only sweep beta (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.")] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
+    set_: SetOpt = None):
+    """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
+    import yaml
+
+    from dgrpo.experiment import run_experiment
+
+    overrides = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    start = time.monotonic()
+    try:
+        paths = run_experiment(configs, output, beta if beta is not None else [0.25, 0.5, 1.0], overrides,
+                               log=typer.echo, jobs=jobs, threads=threads)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"done in {time.monotonic() - start:.0f}s")
+    for kind, path in paths.items():
+        typer.echo(f"  {kind:<8} {path}")

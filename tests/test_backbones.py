@@ -116,7 +116,8 @@ def test_one_round_through_the_stages(kind, sd3_dir, flux_dir, tmp_path):
     cfg = small_config(**{
         "model.kind": kind, "model.pretrained": str(path), "model.resolution": 32, "model.max_sequence_length": 8,
         "sampling.num_steps": 3, "sampling.group_size": 2, "sampling.prompts_per_round": 2,
-        "sampling.batch_size": 3, "train.batch_size": 4, "train.micro_batch_size": 2, "train.beta_kl": 0.01,
+        "sampling.batch_size": 3, "train.batch_size": 4, "train.micro_batch_size": 2,
+        "cluster.embedder": None, "train.regularizer": "kl", "train.beta_kl": 0.01,
         "train.learning_rate": 1e-2, "lora.rank": 4, "lora.alpha": 8})
     ctx = StageContext(cfg, LocalStore(tmp_path / "store"), f"{kind}-run")
     rollouts = run_rollout(ctx, 0).outputs["rollouts"]

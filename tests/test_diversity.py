@@ -6,10 +6,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from dgrpo.diversity import (
     affinity,
+    auto_kernel_width,
     cosine_distances,
     creativity_bonus,
     diverse_rewards,
     eigengap_k,
+    mean_pairwise_distance,
+    median_width,
     nearest_neighbour_width,
     spectral_clusters,
     vendi_score,
@@ -246,3 +249,37 @@ def test_vendi_score_counts_effective_modes():
     assert vendi_score(np.repeat(np.eye(2), 4, axis=0)) == pytest.approx(2.0)
     x, _ = blobs([6, 6, 6, 6], noise=0.01)
     assert 3.9 < vendi_score(x) < 4.2
+
+
+def test_duplicates_do_not_shrink_the_width_into_singletons():
+    """Exact copies (a collapsed policy, discrete jitter) carry no scale: modes stay whole."""
+    x, truth = blobs([8, 8, 8], seed=5)
+    x = np.repeat(x[::2], 2, axis=0)  # every image twice
+    d = cosine_distances(x)
+    assert nearest_neighbour_width(d) > 0.01
+    assert adjusted_rand_score(truth[::2].repeat(2), spectral_clusters(d)) == 1.0
+
+
+def test_width_heuristics_and_embedding_diversity():
+    x, _ = blobs([6, 6, 6, 6])
+    d = cosine_distances(x)
+    assert median_width(d) == pytest.approx(np.median(d[np.triu_indices(24, 1)]))
+    assert auto_kernel_width(d, "median") == median_width(d)
+    assert auto_kernel_width(d, "knn", 3) == nearest_neighbour_width(d, 3)
+    with pytest.raises(ValueError, match="heuristic"):
+        auto_kernel_width(d, "silverman")
+    assert mean_pairwise_distance(x) == pytest.approx(d[~np.eye(24, dtype=bool)].mean())
+    assert mean_pairwise_distance(x[:1]) == 0.0
+
+
+def test_quality_normalization_makes_beta_zero_plain_zscored_quality():
+    quality = np.array([0.5, 0.7, 0.6, 0.9])
+    labels = np.array([0, 0, 0, 1])
+    bonus, reward = diverse_rewards(quality, labels, beta=0.0, normalization="zscore", quality_normalization="zscore")
+    np.testing.assert_array_equal(bonus, 0.0)
+    np.testing.assert_allclose(reward, (quality - quality.mean()) / quality.std())
+    bonus, reward = diverse_rewards(quality, labels, beta=2.0, normalization="zscore", quality_normalization="zscore")
+    np.testing.assert_allclose(reward, (quality - quality.mean()) / quality.std() + 2.0 * creativity_bonus(
+        labels, "zscore"))
+    with pytest.raises(ValueError, match="quality_normalization"):
+        diverse_rewards(quality, labels, beta=1.0, quality_normalization="rank")

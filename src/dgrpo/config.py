@@ -134,13 +134,60 @@ class RewardConfig:
 
 @dataclass
 class ClusterConfig:
-    """The DiverseGRPO slot between reward and update."""
+    """The DiverseGRPO slot between reward and update: the creativity bonus (SPEC section 3)."""
 
     method: str = "passthrough"
-    """"passthrough": the final reward is the quality reward (Flow-GRPO)."""
+    """"passthrough": final reward = quality (Flow-GRPO); "diverse": quality + beta x creativity bonus."""
+    embedder: str | None = "toy"
+    """Embedder registry name (`dgrpo.embedders.EMBEDDERS`: "toy", "dreamsim"); its embeddings are stored in the
+    scores table. None skips embedding, allowed in pass-through only (no diversity is logged then)."""
+    embedder_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the embedder, e.g. for dreamsim: cache_dir, dreamsim_type, device, batch_size."""
+    beta: float = 3.0
+    """Weight of the creativity bonus (the paper sweeps 1, 3, 5; 3 is its sweet spot)."""
+    normalization: str = "zscore"
+    """Normalisation of E = sqrt(N / n_k) within the group: none, zscore or minmax. Raw E (1 to 4.9 for N = 24)
+    swamps a quality spread of ~0.01; the paper's choice is not public."""
+    quality_normalization: str = "none"
+    """"zscore" replaces Q by its z-score within the group before adding the bonus, so beta is the bonus' weight
+    relative to the quality signal whatever the reward's scale (beta = 0 is then Flow-GRPO); "none" adds to Q."""
+    quality_gate: bool = False
+    """Pay the bonus only to images at or above their group's mean quality, so rarity alone cannot pay."""
+    k: int | None = None
+    """Clusters per group; None chooses k by the eigengap, capped at k_max (the paper gives no k)."""
+    k_max: int = 8
+    """Largest k the eigengap may choose."""
+    kernel_width: float | None = None
+    """Fixed Gaussian kernel width s on DreamSim distances; None uses `width_heuristic` per group."""
+    width_heuristic: str = "knn"
+    """Automatic width: "knn" (median over images of the geometric mean of their n_neighbors nearest distances;
+    finds modes) or "median" (median of all pairwise distances, the textbook default that makes separated modes
+    look connected when most pairs are cross-mode)."""
+    n_neighbors: int = 7
+    """Neighbours of the "knn" width heuristic."""
 
     def validate(self, path: str) -> None:
-        _check(self.method == "passthrough", f"{path}.method", f"must be 'passthrough', got {self.method!r}")
+        from dgrpo.diversity import NORMALIZATIONS, WIDTH_HEURISTICS
+
+        _check(self.method in ("passthrough", "diverse"), f"{path}.method",
+               f"must be 'passthrough' or 'diverse', got {self.method!r}")
+        _check(self.method == "passthrough" or self.embedder is not None, f"{path}.embedder",
+               "must name an embedder when method is 'diverse'")
+        _check(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
+        _check(self.normalization in NORMALIZATIONS, f"{path}.normalization",
+               f"must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        _check(self.quality_normalization in ("none", "zscore"), f"{path}.quality_normalization",
+               f"must be 'none' or 'zscore', got {self.quality_normalization!r}")
+        _check(self.k is None or self.k >= 1, f"{path}.k", f"must be None or >= 1, got {self.k}")
+        _check(self.k_max >= 1, f"{path}.k_max", f"must be >= 1, got {self.k_max}")
+        _check(self.kernel_width is None or self.kernel_width > 0, f"{path}.kernel_width",
+               f"must be None or > 0, got {self.kernel_width}")
+        _check(self.width_heuristic in WIDTH_HEURISTICS, f"{path}.width_heuristic",
+               f"must be one of {', '.join(WIDTH_HEURISTICS)}, got {self.width_heuristic!r}")
+        _check(self.n_neighbors >= 1, f"{path}.n_neighbors", f"must be >= 1, got {self.n_neighbors}")
+
+
+REGULARIZERS = ("none", "kl", "sa", "both")
 
 
 @dataclass
@@ -161,8 +208,16 @@ class TrainConfig:
     """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
     global_std: bool = True
     """Normalise advantages by the whole batch's std (recipe default) instead of the group's."""
+    regularizer: str = "none"
+    """Pull towards the base model (adapter disabled): none, kl (Flow-GRPO), sa (DiverseGRPO's structure-aware
+    regularisation) or both. The reference forward pass runs only on the steps a chosen regulariser needs."""
     beta_kl: float = 0.0
-    """KL weight against the base model (adapter disabled); 0 skips the reference forward pass."""
+    """KL weight (regularizer kl or both): mean((mu - mu_ref)^2) / (2 std^2) on every trained step."""
+    sa_lambda: float = 1.0
+    """SA-Reg weight lambda_reg (regularizer sa or both): mean((mu - mu_ref)^2), the squared W2 distance of the
+    step distributions, no std denominator. The paper gives no value."""
+    sa_steps: int = 3
+    """SA-Reg acts on the first K trained steps only (~T_train / 3: the early steps decide the layout)."""
     train_fraction: float = 0.9
     """Share of the sampling steps that are trained, counted from the first step (rounded; the recipe's 0.99 of
     10 steps trains 9). Ignored with an SDE window, which trains the window's steps."""
@@ -176,7 +231,17 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(self.clip_range > 0, f"{path}.clip_range", f"must be > 0, got {self.clip_range}")
+        _check(self.regularizer in REGULARIZERS, f"{path}.regularizer",
+               f"must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
         _check(self.beta_kl >= 0, f"{path}.beta_kl", f"must be >= 0, got {self.beta_kl}")
+        _check(self.regularizer in ("kl", "both") or self.beta_kl == 0, f"{path}.beta_kl",
+               f"is {self.beta_kl} but train.regularizer is {self.regularizer!r}: set regularizer to kl or both")
+        _check(self.regularizer not in ("kl", "both") or self.beta_kl > 0, f"{path}.beta_kl",
+               f"must be > 0 with regularizer {self.regularizer!r}")
+        _check(self.sa_lambda >= 0, f"{path}.sa_lambda", f"must be >= 0, got {self.sa_lambda}")
+        _check(self.regularizer not in ("sa", "both") or self.sa_lambda > 0, f"{path}.sa_lambda",
+               f"must be > 0 with regularizer {self.regularizer!r}")
+        _check(self.sa_steps >= 1, f"{path}.sa_steps", f"must be >= 1, got {self.sa_steps}")
         _check(0 < self.train_fraction <= 1, f"{path}.train_fraction",
                f"must be in (0, 1], got {self.train_fraction}")
         _check(len(self.adam_betas) == 2, f"{path}.adam_betas", "must hold two numbers")
@@ -439,6 +504,11 @@ class RunConfig:
         _check(self.pipeline.shards <= self.sampling.prompts_per_round, "pipeline.shards",
                f"must be <= sampling.prompts_per_round ({self.sampling.prompts_per_round}): a shard holds whole "
                f"prompt groups, got {self.pipeline.shards}")
+        _check(self.cluster.k is None or self.cluster.k <= self.sampling.group_size, "cluster.k",
+               f"must be <= sampling.group_size ({self.sampling.group_size}), got {self.cluster.k}")
+        _check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
+               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
+               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

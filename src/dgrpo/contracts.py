@@ -59,19 +59,21 @@ REWARDS = Contract("rewards", 1, _schema(
     ("components", pa.map_(pa.string(), pa.float64()), False, "named parts of the reward, for audit"),
 ), "Per-image quality reward.")
 
-SCORES = Contract("scores", 1, _schema(
+SCORES = Contract("scores", 2, _schema(
     *_SAMPLE_KEYS,
     ("quality", pa.float64(), False, "the quality reward Q"),
-    ("bonus", pa.float64(), False, "the creativity bonus (after weighting); 0 in pass-through"),
+    ("bonus", pa.float64(), False, "the creativity bonus beta x E' (after normalisation and gate); 0 in pass-through"),
     ("cluster_id", pa.int32(), False, "cluster within the group; 0 in pass-through"),
-    ("final_reward", pa.float64(), False, "the reward the update normalises: Q + bonus"),
-), "Final per-image rewards after the cluster stage.")
+    ("final_reward", pa.float64(), False, "the reward the update normalises: Q' + bonus, Q' = Q or its group z-score"),
+    ("embedding", pa.list_(pa.float32()), True, "the image's embedding (cluster.embedder); null without embedder"),
+), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding).")
 
-UPDATE_METRICS = Contract("update_metrics", 1, _schema(
+UPDATE_METRICS = Contract("update_metrics", 2, _schema(
     ("round", pa.int32(), False, "training round"),
     ("optimizer_step", pa.int32(), False, "optimizer step within the round"),
     ("policy_loss", pa.float64(), False, "clipped GRPO loss"),
-    ("kl", pa.float64(), False, "KL term (0 when beta_kl is 0)"),
+    ("kl", pa.float64(), False, "KL term (0 unless train.regularizer is kl or both)"),
+    ("sa_reg", pa.float64(), False, "SA-Reg averaged over trained steps as in the loss (0 unless sa or both)"),
     ("approx_kl", pa.float64(), False, "0.5 mean (log ratio)^2"),
     ("clip_fraction", pa.float64(), False, "share of ratios outside the clip range"),
     ("grad_norm", pa.float64(), False, "gradient norm before clipping"),

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 NORMALIZATIONS = ("none", "zscore", "minmax")
+WIDTH_HEURISTICS = ("knn", "median")
 _TINY = 1e-9  # floor for distances and widths, so duplicates cannot drive the kernel width to zero
 _REL_TOL = 1e-12  # "equal up to rounding" for group statistics of float rewards
 
@@ -57,7 +58,9 @@ def nearest_neighbour_width(distances: np.ndarray, n_neighbors: int = 7) -> floa
     look fully connected (eigengap k = 1). Why a geometric mean rather than the k-th neighbour: in a group of 24 a
     mode often has fewer than 7 images, so the k-th neighbour of most images lies in another mode and the width
     jumps to the cross-mode scale; within- and cross-mode distances differ by an order of magnitude, and a
-    log-scale average stays near the within-mode scale while a neighbourhood spills over a little.
+    log-scale average stays near the within-mode scale while a neighbourhood spills over a little. Exact
+    duplicates are skipped: a zero distance would drag the log-mean, and the width, towards zero, splitting
+    every mode of a collapsed or discretely jittered group into singletons.
     """
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
@@ -65,10 +68,39 @@ def nearest_neighbour_width(distances: np.ndarray, n_neighbors: int = 7) -> floa
     n = d.shape[0]
     if n == 1 or not np.any(d > 0):
         return 1.0  # no scale to measure; any width gives the same all-ones affinity
-    k = min(n_neighbors, n - 1)
-    neighbours = np.sort(d, axis=1)[:, 1 : k + 1]  # column 0 is the point itself
-    local = np.exp(np.log(np.maximum(neighbours, _TINY)).mean(axis=1))
+    local = []
+    for row in d:
+        distinct = np.sort(row[row > _TINY])[:n_neighbors]  # duplicates (and the image itself) carry no scale
+        if distinct.size:
+            local.append(np.exp(np.log(distinct).mean()))
     return float(max(np.median(local), _TINY))
+
+
+def median_width(distances: np.ndarray) -> float:
+    """The textbook width: the median of all pairwise distances (i < j).
+
+    Offered for comparison: when most pairs are cross-mode it is a cross-mode distance and the eigengap sees one
+    connected cluster (SPEC section 3).
+    """
+    d = _check_distances(distances)
+    pairs = d[np.triu_indices(d.shape[0], 1)]
+    return float(max(np.median(pairs), _TINY)) if pairs.size and np.any(pairs > 0) else 1.0
+
+
+def auto_kernel_width(distances: np.ndarray, heuristic: str = "knn", n_neighbors: int = 7) -> float:
+    """The automatic kernel width by name: "knn" (nearest_neighbour_width) or "median" (median_width)."""
+    if heuristic == "knn":
+        return nearest_neighbour_width(distances, n_neighbors)
+    if heuristic == "median":
+        return median_width(distances)
+    raise ValueError(f"heuristic must be one of {WIDTH_HEURISTICS}, got {heuristic!r}")
+
+
+def mean_pairwise_distance(embeddings: np.ndarray) -> float:
+    """Mean cosine distance over pairs i != j: the DreamSim diversity of one prompt's images (SPEC section 6)."""
+    d = cosine_distances(embeddings)
+    n = d.shape[0]
+    return float(d[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0
 
 
 def affinity(distances: np.ndarray, kernel_width: float | None = None, n_neighbors: int = 7) -> np.ndarray:
@@ -127,7 +159,12 @@ def spectral_clusters(
     """Cluster labels 0..k-1 by normalised spectral clustering (Ng-Jordan-Weiss); k None picks k by eigengap.
 
     The paper gives neither k nor the width; the eigengap capped at k_max is the automatic mode (k = 1 when the
-    group has no structure). Deterministic for a given seed; labels are canonical (order of first appearance).
+    group has no structure). kernel_width None: nearest_neighbour_width. Deterministic for a given seed; labels
+    are canonical (order of first appearance). k-means is scikit-learn's. The spectral embedding is the top-k
+    eigenvectors of D^-1/2 A D^-1/2 with A_ii = 1 kept in the degree, computed here rather than with
+    sklearn.manifold.spectral_embedding: that one builds the graph Laplacian without self-loops, which merges a
+    one-image mode into a neighbour (ARI 0.81-0.86 on planted 8/8/7/1 groups against 1.0 here), and it does not
+    return the eigenvalues the eigengap needs.
     """
     d = _check_distances(distances)
     n = d.shape[0]
@@ -156,10 +193,7 @@ def _normalise(e: np.ndarray, normalization: str) -> np.ndarray:
     if normalization == "none":
         return e
     if normalization == "zscore":
-        mean, std = e.mean(), e.std()
-        if std <= _REL_TOL * max(1.0, abs(mean)):  # constant E up to rounding: no signal, not +-1 noise
-            return np.zeros_like(e)
-        return (e - mean) / std
+        return _zscore(e)  # constant E up to rounding gives zeros: no signal, not +-1 noise
     spread = np.ptp(e)
     return np.zeros_like(e) if spread == 0 else (e - e.min()) / spread
 
@@ -174,18 +208,29 @@ def creativity_bonus(labels: np.ndarray, normalization: str = "none") -> np.ndar
     return _normalise(e, normalization)
 
 
+def _zscore(x: np.ndarray) -> np.ndarray:
+    mean, std = x.mean(), x.std()
+    if std <= _REL_TOL * max(1.0, abs(mean)):
+        return np.zeros_like(x)
+    return (x - mean) / std
+
+
 def diverse_rewards(
     quality: np.ndarray,
     labels: np.ndarray,
     beta: float,
     normalization: str = "none",
     quality_gate: bool = False,
+    quality_normalization: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(beta * E', Q + beta * E') for one prompt group.
+    """(beta * E', Q' + beta * E') for one prompt group.
 
     E' is normalised over the whole group (the clusters are the group's), then, with quality_gate, zeroed for
-    images below the group's mean quality, so rarity alone cannot pay for a bad image.
+    images below the group's mean quality, so rarity alone cannot pay for a bad image. Q' is Q, or with
+    quality_normalization "zscore" its z-score within the group, so beta weighs the bonus against a unit spread.
     """
+    if quality_normalization not in ("none", "zscore"):
+        raise ValueError(f"quality_normalization must be 'none' or 'zscore', got {quality_normalization!r}")
     q = np.asarray(quality, dtype=np.float64)
     lab = _check_labels(labels)
     if q.shape != lab.shape:
@@ -198,7 +243,8 @@ def diverse_rewards(
     if quality_gate:
         mean = q.mean()
         bonus = np.where(q >= mean - _REL_TOL * max(1.0, abs(mean)), bonus, 0.0)
-    return bonus, q + bonus
+    base = _zscore(q) if quality_normalization == "zscore" else q
+    return bonus, base + bonus
 
 
 def vendi_score(embeddings: np.ndarray) -> float:

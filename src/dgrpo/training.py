@@ -48,3 +48,12 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tenso
     sq = ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, mean.ndim)))
     std = std.reshape(-1) if std.ndim else std
     return sq / (2 * std**2)
+
+
+def sa_regularizer(mean: torch.Tensor, ref_mean: torch.Tensor) -> torch.Tensor:
+    """Per-sample SA-Reg: mean((mu - mu_ref)^2), the squared W2 distance of equal-covariance Gaussian steps.
+
+    No std^2 denominator (unlike KL), so early, noisy steps are not discounted; the reference is detached.
+    """
+    sq = (mean - ref_mean.detach()) ** 2
+    return sq.mean(dim=tuple(range(1, mean.ndim)))

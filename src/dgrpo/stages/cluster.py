@@ -1,15 +1,31 @@
 """Cluster stage: the DiverseGRPO slot that turns quality rewards into the final rewards of the update.
 
-In pass-through mode (Flow-GRPO) the final reward is the quality reward; the stage still checks that the
-rewards cover exactly the round's rollouts, so a swapped-in reward stage cannot drop or invent samples.
+Each image is embedded once (cluster.embedder) and the embedding is kept in the scores table. In "diverse" mode
+every prompt group is clustered spectrally on its embeddings' cosine distances and rare clusters earn the
+creativity bonus (SPEC section 3); in pass-through mode (Flow-GRPO) the final reward is the quality reward.
+Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
+of quality and of beta x bonus, the cluster counts and the rollouts' embedding diversity.
 """
 
+import time
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dgrpo import artifacts
+from dgrpo.config import ClusterConfig
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES, ContractError
-from dgrpo.stages.common import StageContext, StageResult, emit_event
+from dgrpo.diversity import (
+    auto_kernel_width,
+    cosine_distances,
+    diverse_rewards,
+    mean_pairwise_distance,
+    spectral_clusters,
+)
+from dgrpo.embedders import load_embedder
+from dgrpo.evaluation import png_decode
+from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
 from dgrpo.stages.shards import named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
 
@@ -22,25 +38,77 @@ def check_same_samples(left: pa.Table, right: pa.Table, left_name: str, right_na
                             f"missing {missing}, unexpected {extra}, or duplicate ids")
 
 
+def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, seed: int) -> dict[str, np.ndarray]:
+    """Cluster one prompt group and pay its rare clusters: cluster_id, bonus, final_reward and kernel width."""
+    d = cosine_distances(embeddings)
+    width = c.kernel_width if c.kernel_width is not None else auto_kernel_width(d, c.width_heuristic,
+                                                                                c.n_neighbors)
+    labels = spectral_clusters(d, k=c.k, k_max=c.k_max, kernel_width=width, seed=seed)
+    bonus, final = diverse_rewards(quality, labels, c.beta, c.normalization, c.quality_gate, c.quality_normalization)
+    return {"cluster_id": labels, "bonus": bonus, "final_reward": final, "kernel_width": np.array(width)}
+
+
 def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
                 rewards: ArtifactRef | list[ArtifactRef]) -> StageResult:
     """Score a round; `rollouts` and `rewards` may each be one table or the shards of one."""
-    samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "group_id"])
+    cfg, c = ctx.config, ctx.config.cluster
+    samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png"])
     scored = read_merged(ctx.store, rewards, REWARDS)
     check_same_samples(samples, scored, f"rollouts {uris(rollouts)}", f"rewards {uris(rewards)}")
-    quality = scored.column("reward")
-    n = scored.num_rows
+    ids = scored.column("sample_id").to_pylist()
+    quality = np.asarray(scored.column("reward").to_pylist(), dtype=np.float64)
+    groups = np.asarray(scored.column("group_id").to_pylist())
+    n = len(ids)
+
+    embeddings, embed_seconds = None, 0.0
+    if c.embedder is not None:
+        png_of = dict(zip(samples.column("sample_id").to_pylist(), samples.column("image_png").to_pylist(),
+                          strict=True))
+        images = np.stack([png_decode(png_of[i]) for i in ids])
+        start = time.perf_counter()
+        embeddings = np.asarray(load_embedder(c.embedder, c.embedder_options)(images), dtype=np.float32)
+        embed_seconds = time.perf_counter() - start
+        if embeddings.ndim != 2 or len(embeddings) != n or not np.all(np.isfinite(embeddings)):
+            raise ValueError(f"embedder {c.embedder!r} must return finite [{n}, D] embeddings, got "
+                             f"{embeddings.shape}")
+
+    cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
+    per_group: dict[str, list[float]] = {k: [] for k in ("quality_std", "bonus_std", "clusters", "singletons",
+                                                         "kernel_width", "diversity")}
+    start = time.perf_counter()
+    seed = derive_seed(cfg.seed, round_index, 1 << 22)
+    for gi, g in enumerate(dict.fromkeys(groups.tolist())):
+        idx = np.flatnonzero(groups == g)
+        per_group["quality_std"].append(float(quality[idx].std()))
+        if embeddings is not None:
+            per_group["diversity"].append(mean_pairwise_distance(embeddings[idx]))
+        if c.method == "diverse":
+            out = score_group(quality[idx], embeddings[idx], c, derive_seed(seed, gi))
+            cluster_id[idx], bonus[idx], final[idx] = out["cluster_id"], out["bonus"], out["final_reward"]
+            sizes = np.bincount(out["cluster_id"])
+            per_group["clusters"].append(float(len(sizes)))
+            per_group["singletons"].append(float(np.sum(sizes == 1)))
+            per_group["kernel_width"].append(float(out["kernel_width"]))
+        per_group["bonus_std"].append(float(bonus[idx].std()))
+    cluster_seconds = time.perf_counter() - start
+
+    emb_col = (pa.nulls(n, SCORES.schema.field("embedding").type) if embeddings is None
+               else pa.array(list(embeddings), SCORES.schema.field("embedding").type))
     out = pa.table({
         "sample_id": scored.column("sample_id"), "group_id": scored.column("group_id"),
-        "prompt": scored.column("prompt"), "quality": quality,
-        "bonus": pa.array([0.0] * n, pa.float64()), "cluster_id": pa.array([0] * n, pa.int32()),
-        "final_reward": quality,
+        "prompt": scored.column("prompt"), "quality": pa.array(quality, pa.float64()),
+        "bonus": pa.array(bonus, pa.float64()), "cluster_id": pa.array(cluster_id, pa.int32()),
+        "final_reward": pa.array(final, pa.float64()), "embedding": emb_col,
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
-                          seeds={})
+                          seeds={"kmeans_seed": seed} if c.method == "diverse" else {})
     ref = artifacts.write_table(ctx.store, out, SCORES, prov)
-    result = StageResult({"scores": ref}, {"final_reward_mean": float(pc.mean(quality).as_py()),
-                                           "bonus_std": 0.0, "quality_std": float(pc.stddev(quality).as_py())})
+    metrics = {"final_reward_mean": float(pc.mean(out.column("final_reward")).as_py()),
+               "quality_mean": float(quality.mean()), "quality_std": float(quality.std()),
+               "bonus_std": float(bonus.std()), "embed_seconds": embed_seconds, "cluster_seconds": cluster_seconds}
+    metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
+                for k, v in per_group.items() if v}
+    result = StageResult({"scores": ref}, metrics)
     emit_event(ctx, "cluster", round_index, result)
     return result
 

@@ -10,7 +10,7 @@ from dgrpo import artifacts
 from dgrpo.config import RunConfig
 from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
 from dgrpo.models import FlowPolicy
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import SDEStep, step_with_logprob
 from dgrpo.stages.cluster import check_same_samples
 from dgrpo.stages.common import (
     StageContext,
@@ -23,7 +23,7 @@ from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for
 from dgrpo.stages.resume import commit_round
 from dgrpo.stages.shards import named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
-from dgrpo.training import clipped_policy_loss, group_advantages, kl_to_reference
+from dgrpo.training import clipped_policy_loss, group_advantages, kl_to_reference, sa_regularizer
 
 
 def make_optimizer(policy: FlowPolicy, cfg: RunConfig) -> torch.optim.AdamW:
@@ -97,7 +97,8 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
     opt_ref = artifacts.write_tensors(ctx.store, opt_tensors, OPTIMIZER_KIND, prov, opt_meta)
     metrics_ref = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
                                         UPDATE_METRICS, prov)
-    means = {k: float(np.mean([r[k] for r in rows])) for k in ("policy_loss", "kl", "approx_kl", "clip_fraction")}
+    means = {k: float(np.mean([r[k] for r in rows]))
+             for k in ("policy_loss", "kl", "sa_reg", "approx_kl", "clip_fraction")}
     result = StageResult({"adapter": adapter_ref, "optimizer_state": opt_ref, "metrics": metrics_ref},
                          {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
                           "zero_std_groups": _zero_std_share(rewards, traj.column("group_id").to_pylist())})
@@ -117,11 +118,11 @@ def _optimizer_step(policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConf
     """Accumulate gradients over micro-batches and trained steps, then take one optimizer step."""
     t, s = cfg.train, cfg.sampling
     micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
-    totals = {"policy_loss": 0.0, "kl": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
+    totals = {"policy_loss": 0.0, "kl": 0.0, "sa_reg": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
     scale = 1.0 / (len(steps) * len(micro))
     for idx in micro:
         mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
-        for j in steps:
+        for position, j in enumerate(steps):
             x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
             sigma = sigmas[j].expand(len(idx)).to(policy.device)
             v = policy.velocity(x.to(policy.dtype), sigma, mb_cond, s.guidance_scale)
@@ -129,20 +130,36 @@ def _optimizer_step(policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConf
                                      s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
                 step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
-            loss = policy_loss
-            kl = torch.zeros(())
-            if t.beta_kl > 0:
-                with torch.no_grad(), policy.adapter_disabled():
-                    v_ref = policy.velocity(x.to(policy.dtype), sigma, mb_cond, s.guidance_scale)
-                    ref = step_with_logprob(s.method, v_ref, x, sigmas[j].item(), sigmas[j + 1].item(),
-                                            sigmas[1].item(), s.noise_level, prev_sample=x_next)
-                kl = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t).mean()
-                loss = loss + t.beta_kl * kl
+            kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step)
+            loss = policy_loss + t.beta_kl * kl + t.sa_lambda * sa
             (loss * scale).backward()
-            for name, value in (("policy_loss", policy_loss), ("kl", kl), ("approx_kl", approx_kl),
-                                ("clip_fraction", clip_fraction)):
+            for name, value in (("policy_loss", policy_loss), ("kl", kl), ("sa_reg", sa),
+                                ("approx_kl", approx_kl), ("clip_fraction", clip_fraction)):
                 totals[name] += float(value.detach()) * scale
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {**totals, "grad_norm": float(grad_norm)}
+
+
+def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,
+                      x_next: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL, SA-Reg) of sampling step j, the `position`-th trained step; each a batch mean, 0 where not enabled.
+
+    KL acts on every trained step, SA-Reg on the first sa_steps trained steps only (position < sa_steps). The
+    reference is the base model (adapter off) under no_grad, so gradients flow through the policy's step mean alone.
+    """
+    t, s = cfg.train, cfg.sampling
+    use_kl = t.regularizer in ("kl", "both")
+    use_sa = t.regularizer in ("sa", "both") and position < t.sa_steps
+    zero = torch.zeros((), device=step.prev_sample_mean.device)
+    if not (use_kl or use_sa):
+        return zero, zero
+    with torch.no_grad(), policy.adapter_disabled():
+        v_ref = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond, s.guidance_scale)
+        ref = step_with_logprob(s.method, v_ref, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
+                                s.noise_level, prev_sample=x_next)
+    kl = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t).mean() if use_kl else zero
+    sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
+    return kl, sa

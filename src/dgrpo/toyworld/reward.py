@@ -21,8 +21,9 @@ from dgrpo.toyworld.data import (
     shape_template,
 )
 
-MODE_PREFERENCE = (0.03, 0.0, 0.0, 0.0)
-"""Reward bonus per quadrant: the top-left mode is slightly favoured."""
+MODE_PREFERENCE = (0.1, 0.0, 0.0, 0.0)
+"""Reward bonus per quadrant: the top-left mode is favoured. 0.03 was too weak against this toy's in-group quality
+spread (~0.15): 30 rounds of Flow-GRPO left mode entropy at 0.86; with 0.1 (and lr 1e-2) it falls to ~0.5."""
 COLOR_TOLERANCE = 0.15
 """Per-channel colour error that costs nothing (the data's own colour jitter)."""
 COLOR_FALLOFF = 0.35
