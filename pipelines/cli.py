@@ -23,17 +23,22 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run conf
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.path=YAML value.")]
 
 
-def _config(config: Path | None, overrides: list[str] | None):
+def _overrides(items: list[str] | None) -> dict:
+    """`--set key.path=value` options as dotted-key overrides, each value parsed as YAML."""
     import yaml
 
     pairs = {}
-    for item in overrides or []:
+    for item in items or []:
         if "=" not in item:
             raise typer.BadParameter(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
         pairs[key] = yaml.safe_load(value)
+    return pairs
+
+
+def _config(config: Path | None, overrides: list[str] | None):
     try:
-        return load_config(config, pairs)
+        return load_config(config, _overrides(overrides))
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -234,14 +239,9 @@ def experiment(
     threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
-    import yaml
-
     from dgrpo.experiment import run_experiment
 
-    overrides = {}
-    for item in set_ or []:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = _overrides(set_)
     start = time.monotonic()
     try:
         paths = run_experiment(configs, output, beta if beta is not None else [0.25, 0.5, 1.0], overrides,

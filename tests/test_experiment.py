@@ -29,7 +29,7 @@ def test_budget_mismatch_is_refused(tmp_path):
     for name in ("flowgrpo", "sareg", "diversegrpo"):
         text = (CONFIGS / f"toy-{name}.yaml").read_text()
         if name == "sareg":
-            text = text.replace("rounds: 30", "rounds: 31")
+            text += "rounds: 31\n"
         (tmp_path / f"toy-{name}.yaml").write_text(text)
     with pytest.raises(ValueError, match="budget"):
         build_arms(tmp_path, betas=[])

@@ -576,16 +576,42 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "").validate()
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the base's."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping, with `base: other.yaml` (relative to the file) merged underneath it.
+
+    Presets that differ in a few fields (toy-sareg from toy-flowgrpo) state only those fields, so a change to the
+    shared recipe cannot leave one arm of a comparison behind.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file '{path}': 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}': cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}': invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': field 'base' must be a file name, got {base!r}")
+    return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML config (None: the toy defaults) and apply dotted-key overrides such as {"rounds": 2}."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}': invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    data = read_yaml(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
