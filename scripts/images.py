@@ -59,8 +59,8 @@ def build_all(registry: str, tag: str, push: bool) -> dict[str, str]:
     refs = {}
     for stage in STAGES:
         ref = f"{registry}/dgrpo-{stage}:{tag}"
-        docker("build", "--tag", ref, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"DGRPO_IMAGE={ref}",
-               str(ROOT / "images" / stage))
+        docker("build", "--tag", ref, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"STAGE={stage}",
+               "--build-arg", f"DGRPO_IMAGE={ref}", str(ROOT / "images" / "stage"))
         if push:
             docker("push", ref)
             digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref) or "[]")

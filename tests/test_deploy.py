@@ -55,14 +55,15 @@ def test_compiled_pipeline_uses_the_image_references_file(tmp_path):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_image_is_pinned_non_root_and_built_on_the_base(stage):
-    dockerfile = (ROOT / "images" / stage / "Dockerfile").read_text()
+    dockerfile = (ROOT / "images" / "stage" / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M)
     assert "ENV DGRPO_IMAGE=${DGRPO_IMAGE}" in dockerfile  # lineage records the image reference
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert "-c /opt/dgrpo/constraints.txt" in dockerfile  # the base pins (torch) cannot be replaced
-    requirements = [line for line in (ROOT / "images" / stage / "requirements.txt").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    # the stage's own requirements, under the base pins (torch cannot be replaced)
+    assert '-c /opt/dgrpo/constraints.txt -r "/opt/dgrpo/requirements-${STAGE}.txt"' in dockerfile
+    text = (ROOT / "images" / "stage" / f"requirements-{stage}.txt").read_text()
+    requirements = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert requirements and all(PIN.match(r) for r in requirements), requirements
     if stage in ("rollout", "update"):
         assert {"diffusers", "peft", "accelerate"} <= {r.split("==")[0] for r in requirements}
