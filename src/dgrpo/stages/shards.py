@@ -35,7 +35,9 @@ def read_merged(store: ArtifactStore, refs: ArtifactRef | list[ArtifactRef], con
 
     Raises ContractError naming the artifacts when a sample id repeats or a group is split between shards.
     """
-    refs = sorted(as_list(refs), key=lambda r: shard_of(store, r)) if len(as_list(refs)) > 1 else as_list(refs)
+    refs = as_list(refs)
+    if len(refs) > 1:  # an unsharded table needs no lineage read
+        refs.sort(key=lambda r: shard_of(store, r))
     if not refs:
         raise ContractError(f"no {contract.name} shards given")
     tables = [artifacts.read_table(store, r, contract) for r in refs]
