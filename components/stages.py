@@ -82,13 +82,14 @@ def update(config_json: str, store_uri: str, run_id: str, round_index: int, star
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
 def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
              samples: Output[Dataset], grid: Output[HTML], metrics: Output[Metrics],
-             adapter: Input[Model] | None = None):
-    """Deterministic evaluation: quality, mode coverage, diversity, and an image grid."""
+             adapter: Input[Model] | None = None, optimizer_state: Input[Model] | None = None):
+    """Deterministic evaluation: quality, mode coverage, diversity, and an image grid (of the EMA weights when
+    the run keeps an EMA and eval.use_ema is on)."""
     from dgrpo.stages import entry
     from dgrpo.stages.evaluate import run_evaluate
 
     ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, adapter_ref, _ = entry.round_state(start, round_index, adapter)
-    result = run_evaluate(ctx, round_abs, adapter_ref)
+    round_abs, adapter_ref, optimizer_ref = entry.round_state(start, round_index, adapter, optimizer_state)
+    result = run_evaluate(ctx, round_abs, adapter_ref, optimizer_ref)
     entry.publish(ctx, result, {"samples": samples}, metrics)
     entry.write_grid_html(ctx, result.outputs["grid"], grid.path)

@@ -49,7 +49,7 @@ def build_pipeline(config: RunConfig):
             r = task.round
             kwargs = dict(common, round_index=r, start=start)
             if task.stage == "evaluate":
-                stage_task(evaluate(**kwargs, **_only(carried, "adapter")), "evaluate", f"evaluate after r{r}")
+                stage_task(evaluate(**kwargs, **carried), "evaluate", f"evaluate after r{r}")
             elif task.stage == "rollout":
                 with dsl.ParallelFor(list(range(task.shards)), parallelism=config.pipeline.parallelism) as shard:
                     ro = stage_task(rollout(**kwargs, shard_index=shard, shard_count=task.shards,

@@ -188,6 +188,7 @@ class ClusterConfig:
 
 
 REGULARIZERS = ("none", "kl", "sa", "both")
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -222,11 +223,24 @@ class TrainConfig:
     """Share of the sampling steps that are trained, counted from the first step (rounded; the recipe's 0.99 of
     10 steps trains 9). Ignored with an SDE window, which trains the window's steps."""
     batch_size: int = 48
-    """Trajectories per optimizer step (gradients accumulate over micro-batches and trained steps)."""
+    """Trajectories per optimizer step over all processes (gradients accumulate over micro-batches and trained
+    steps, and are averaged across processes)."""
     micro_batch_size: int = 48
-    """Trajectories per forward pass."""
+    """Trajectories per forward pass in one process."""
     inner_epochs: int = 1
     """Passes over one round's trajectories."""
+    num_processes: int = 1
+    """Data-parallel processes of the update (one per GPU, launched with torchrun in the update's pod). Each takes
+    every num_processes-th trajectory; advantages come from the whole round's scores first, so a prompt group
+    spanning processes is normalised over all its members."""
+    mixed_precision: str = "no"
+    """Autocast of the transformer in the update through accelerate: no, bf16 or fp16 (fp16 needs a GPU and
+    scales the loss). LoRA weights and the optimizer stay float32; the SDE step runs in float32."""
+    ema_decay: float = 0.0
+    """EMA of the LoRA weights (diffusers' EMAModel, decay min(ema_decay, (1+n)/(10+n)) at EMA update n); 0 turns
+    it off. The recipe uses 0.9. Rollouts always use the trained weights; evaluation uses the EMA (eval.use_ema)."""
+    ema_every: int = 8
+    """Optimizer steps between EMA updates (the recipe's 8)."""
 
     def validate(self, path: str) -> None:
         _check(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
@@ -249,6 +263,14 @@ class TrainConfig:
         _check(self.batch_size % self.micro_batch_size == 0, f"{path}.batch_size",
                f"must be a multiple of micro_batch_size ({self.micro_batch_size}), got {self.batch_size}")
         _check(self.inner_epochs >= 1, f"{path}.inner_epochs", "must be >= 1")
+        _check(self.num_processes >= 1, f"{path}.num_processes", f"must be >= 1, got {self.num_processes}")
+        _check(self.batch_size % (self.num_processes * self.micro_batch_size) == 0, f"{path}.batch_size",
+               f"must be a multiple of num_processes x micro_batch_size ({self.num_processes} x "
+               f"{self.micro_batch_size}), got {self.batch_size}")
+        _check(self.mixed_precision in MIXED_PRECISION, f"{path}.mixed_precision",
+               f"must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        _check(0 <= self.ema_decay < 1, f"{path}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.ema_every >= 1, f"{path}.ema_every", f"must be >= 1, got {self.ema_every}")
 
 
 @dataclass
@@ -271,6 +293,8 @@ class EvalConfig:
     """Mode classifier registry name for mode coverage; None where the domain has no known modes."""
     grid_columns: int = 8
     """Images per prompt shown in the grid."""
+    use_ema: bool = True
+    """Evaluate the EMA of the LoRA weights when train.ema_decay > 0 (as Flow-GRPO does), else the trained ones."""
 
     def validate(self, path: str) -> None:
         _check(self.every >= 1, f"{path}.every", f"must be >= 1, got {self.every}")
@@ -506,6 +530,13 @@ class RunConfig:
                f"prompt groups, got {self.pipeline.shards}")
         _check(self.cluster.k is None or self.cluster.k <= self.sampling.group_size, "cluster.k",
                f"must be <= sampling.group_size ({self.sampling.group_size}), got {self.cluster.k}")
+        n = self.sampling.prompts_per_round * self.sampling.group_size
+        _check(n % self.train.num_processes == 0, "train.num_processes",
+               f"must divide the {n} trajectories of a round (sampling.prompts_per_round x group_size), got "
+               f"{self.train.num_processes}")
+        gpus = self.kubernetes.resolve("update").gpus
+        _check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
+               f"is {self.train.num_processes} but the update pod gets {gpus} GPUs (kubernetes): one process per GPU")
         _check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
                "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
                f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")

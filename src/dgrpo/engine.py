@@ -52,7 +52,7 @@ def run_inprocess(ctx: StageContext, resume_from: str = "") -> dict[str, Artifac
     for task in training_plan(ctx.config):
         r = start.round + task.round
         if task.stage == "evaluate":
-            run_evaluate(ctx, r, state["adapter"])
+            run_evaluate(ctx, r, state["adapter"], state["optimizer_state"])
         elif task.stage == "rollout":
             state["rollouts"] = [run_rollout(ctx, r, state["adapter"], i, task.shards).outputs["rollouts"]
                                  for i in range(task.shards)]

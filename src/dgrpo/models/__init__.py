@@ -2,24 +2,27 @@
 
 from collections.abc import Callable
 
+import torch
+
 from dgrpo.config import ModelConfig
 from dgrpo.models.policy import BaseModelId, FlowPolicy
 
-POLICIES: dict[str, Callable[[ModelConfig], FlowPolicy]] = {}
+POLICIES: dict[str, Callable[[ModelConfig, torch.device | None], FlowPolicy]] = {}
+"""Factories by `model.kind`: (config, device or None for the backbone's default) -> policy."""
 
 
 def register_policy(name: str) -> Callable:
-    def wrap(factory: Callable[[ModelConfig], FlowPolicy]) -> Callable[[ModelConfig], FlowPolicy]:
+    def wrap(factory: Callable[[ModelConfig, torch.device | None], FlowPolicy]) -> Callable:
         POLICIES[name] = factory
         return factory
 
     return wrap
 
 
-def load_policy(cfg: ModelConfig) -> FlowPolicy:
+def load_policy(cfg: ModelConfig, device: torch.device | None = None) -> FlowPolicy:
     if cfg.kind not in POLICIES:
         raise ValueError(f"config field 'model.kind': unknown policy {cfg.kind!r} (known: {', '.join(POLICIES)})")
-    return POLICIES[cfg.kind](cfg)
+    return POLICIES[cfg.kind](cfg, device)
 
 
 from dgrpo.models import flux, sd3, toy  # noqa: E402,F401  (register "flux", "sd3", "toy")

@@ -50,7 +50,7 @@ class FluxPolicy(DiffusersPolicy):
         img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
         txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         g = None if guidance is None else torch.full((b,), guidance, device=self.device, dtype=torch.float32)
-        out = self.transformer(hidden_states=packed, timestep=(sigma * 1000).to(self.device, self.dtype) / 1000,
+        out = self.forward_module(hidden_states=packed, timestep=(sigma * 1000).to(self.device, self.dtype) / 1000,
                                guidance=g, pooled_projections=pooled.to(self.device, self.dtype),
                                encoder_hidden_states=embeds.to(self.device, self.dtype), txt_ids=txt_ids,
                                img_ids=img_ids, return_dict=False)[0]
@@ -84,5 +84,5 @@ class FluxPolicy(DiffusersPolicy):
 
 
 @register_policy("flux")
-def _load_flux(cfg: ModelConfig) -> FluxPolicy:
-    return FluxPolicy(load_pipeline(FluxPipeline, cfg), cfg)
+def _load_flux(cfg: ModelConfig, device: torch.device | None) -> FluxPolicy:
+    return FluxPolicy(load_pipeline(FluxPipeline, cfg), cfg, device)

@@ -38,6 +38,13 @@ class FlowPolicy(ABC):
     device: torch.device = torch.device("cpu")
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """The backbone's default LoRA target modules, used when `lora.target_modules` is not set."""
+    wrapped_transformer: torch.nn.Module | None = None
+    """The transformer as `accelerate.prepare` returned it (data-parallel, autocast) while the update trains."""
+
+    @property
+    def forward_module(self) -> torch.nn.Module:
+        """What `transformer_velocity` calls: the prepared wrapper while training, else the transformer itself."""
+        return self.transformer if self.wrapped_transformer is None else self.wrapped_transformer
 
     @property
     @abstractmethod

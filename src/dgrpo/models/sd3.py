@@ -33,7 +33,7 @@ class SD3Policy(DiffusersPolicy):
 
     def _forward(self, latents, sigma, embeds, pooled) -> torch.Tensor:
         """The transformer at timestep sigma * 1000, exactly as StableDiffusion3Pipeline calls it."""
-        return self.transformer(hidden_states=latents.to(self.device, self.dtype),
+        return self.forward_module(hidden_states=latents.to(self.device, self.dtype),
                                 timestep=(sigma * 1000).to(self.device),
                                 encoder_hidden_states=embeds.to(self.device, self.dtype),
                                 pooled_projections=pooled.to(self.device, self.dtype), return_dict=False)[0]
@@ -54,5 +54,5 @@ class SD3Policy(DiffusersPolicy):
 
 
 @register_policy("sd3")
-def _load_sd3(cfg: ModelConfig) -> SD3Policy:
-    return SD3Policy(load_pipeline(StableDiffusion3Pipeline, cfg), cfg)
+def _load_sd3(cfg: ModelConfig, device: torch.device | None) -> SD3Policy:
+    return SD3Policy(load_pipeline(StableDiffusion3Pipeline, cfg), cfg, device)

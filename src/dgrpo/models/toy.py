@@ -13,10 +13,12 @@ from dgrpo.toyworld.model import DEFAULT_CHECKPOINT, load_checkpoint
 
 
 class ToyPolicy(FlowPolicy):
-    def __init__(self, checkpoint: Path):
+    def __init__(self, checkpoint: Path, device: torch.device | None = None):
+        """On the CPU unless `device` says otherwise: the toy model is too small to gain from a GPU in sampling."""
         ckpt = load_checkpoint(checkpoint)
-        self.transformer = ckpt.transformer
-        self.text_encoder = ckpt.text_encoder.requires_grad_(False)
+        self.device = device or torch.device("cpu")
+        self.transformer = ckpt.transformer.to(self.device)
+        self.text_encoder = ckpt.text_encoder.requires_grad_(False).to(self.device)
         self._base = BaseModelId(uri=checkpoint.resolve().as_uri(), sha256=sha256_file(checkpoint))
         cfg = self.transformer.config
         self._shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
@@ -35,7 +37,7 @@ class ToyPolicy(FlowPolicy):
     def transformer_velocity(self, latents: torch.Tensor, sigma: torch.Tensor,
                              cond: dict[str, torch.Tensor], negative: bool) -> torch.Tensor:
         prefix = "negative_" if negative else ""
-        return self.transformer(
+        return self.forward_module(
             hidden_states=latents, encoder_hidden_states=cond[f"{prefix}prompt_embeds"],
             pooled_projections=cond[f"{prefix}pooled_prompt_embeds"], timestep=sigma * 1000,
         ).sample
@@ -60,8 +62,8 @@ class ToyPolicy(FlowPolicy):
 
 
 @register_policy("toy")
-def _load_toy(cfg: ModelConfig) -> ToyPolicy:
+def _load_toy(cfg: ModelConfig, device: torch.device | None) -> ToyPolicy:
     path = Path(cfg.pretrained) if cfg.pretrained else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"config field 'model.pretrained': toy checkpoint {path} does not exist")
-    return ToyPolicy(path)
+    return ToyPolicy(path, device)

@@ -9,16 +9,21 @@ from dgrpo.contracts import EVAL_SAMPLES
 from dgrpo.evaluation import MODE_CLASSIFIERS, image_grid, mode_coverage, pairwise_diversity, png_bytes
 from dgrpo.rewards import load_reward
 from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
-from dgrpo.stages.policy_io import load_policy_for_round
+from dgrpo.stages.policy_io import load_policy_for_round, use_ema_weights
 from dgrpo.store import ArtifactRef
 from dgrpo.trajectories import sample_ode
 
 EVAL_BATCH = 128
 
 
-def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None) -> StageResult:
+def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None,
+                 optimizer_state: ArtifactRef | None = None) -> StageResult:
+    """Evaluate the policy of `adapter`, or the EMA of its weights kept in `optimizer_state` (eval.use_ema)."""
     cfg, e = ctx.config, ctx.config.eval
     policy = load_policy_for_round(ctx, adapter, trainable=False)
+    ema_state = optimizer_state if e.use_ema and cfg.train.ema_decay > 0 else None
+    if ema_state is not None:
+        use_ema_weights(ctx, policy, ema_state)
     prompts = list(e.prompts)
     group_of = torch.arange(len(prompts)).repeat_interleave(e.samples_per_prompt)
     seeds = [derive_seed(e.seed, i % e.samples_per_prompt) for i in range(len(group_of))]
@@ -58,7 +63,8 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
         "image_png": png_bytes(images[i]), "reward": float(scores["reward"][i]),
         "mode": None if modes is None else int(modes[i]),
     } for i, p in enumerate(group_of.tolist())], schema=EVAL_SAMPLES.schema)
-    prov = ctx.provenance("evaluate", round_index, {"adapter": adapter, "base_model": ctx.base_model_ref(policy)},
+    prov = ctx.provenance("evaluate", round_index, {"adapter": adapter, "ema_state": ema_state,
+                                                     "base_model": ctx.base_model_ref(policy)},
                           seeds={"eval_seed": e.seed})
     samples_ref = artifacts.write_table(ctx.store, table, EVAL_SAMPLES, prov)
     rows = [images[(group_of == p).numpy()][: e.grid_columns] for p in range(len(prompts))]

@@ -1,10 +1,19 @@
 """Update stage: one round of Flow-GRPO on the round's trajectories, carrying LoRA and optimizer state."""
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs
+from diffusers.training_utils import EMAModel
+from torch.nn.parallel import DistributedDataParallel
 
 from dgrpo import artifacts
 from dgrpo.config import RunConfig
@@ -12,14 +21,8 @@ from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
 from dgrpo.models import FlowPolicy
 from dgrpo.sampling import SDEStep, step_with_logprob
 from dgrpo.stages.cluster import check_same_samples
-from dgrpo.stages.common import (
-    StageContext,
-    StageResult,
-    derive_seed,
-    emit_event,
-    trained_steps,
-)
-from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
+from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event, trained_steps
+from dgrpo.stages.policy_io import ADAPTER_KIND, EMA_STEP, OPTIMIZER_KIND, load_policy_for_round, restore_ema
 from dgrpo.stages.resume import commit_round
 from dgrpo.stages.shards import named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
@@ -32,19 +35,51 @@ def make_optimizer(policy: FlowPolicy, cfg: RunConfig) -> torch.optim.AdamW:
                              weight_decay=t.weight_decay)
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Flatten an optimizer state dict into safetensors tensors plus JSON metadata."""
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """The process's accelerate state: torchrun's process group if launched by it, else a single process.
+
+    A single process may run many rounds with different settings (tests, the experiment), so its accelerate
+    singletons are reset first; under torchrun each process runs one round and keeps them.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
+def training_state_to_tensors(opt: torch.optim.Optimizer, ema: EMAModel | None
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The optimizer state (and the EMA weights) as safetensors tensors, with the param groups as metadata."""
     state = opt.state_dict()
     tensors = {f"state.{i}.{name}": t for i, s in state["state"].items() for name, t in s.items()}
+    if ema is not None:
+        tensors |= {f"ema.shadow.{i}": p.detach().clone() for i, p in enumerate(ema.shadow_params)}
+        tensors[EMA_STEP] = torch.tensor(ema.optimization_step)
     return tensors, {"param_groups": json.dumps(state["param_groups"])}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_training_state(opt: torch.optim.Optimizer, ema: EMAModel | None, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what `training_state_to_tensors` saved; an EMA starts from the weights if the state has none."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = t
+        if key.startswith("state."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = t
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    if ema is not None and EMA_STEP in tensors:
+        restore_ema(ema, tensors)
+
+
+@contextlib.contextmanager
+def ema_weights(policy: FlowPolicy, ema: EMAModel) -> Iterator[None]:
+    """The policy with its LoRA weights swapped for the EMA's, restored afterwards."""
+    params = policy.lora_parameters()
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
@@ -55,21 +90,70 @@ def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.
 
 def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef], scores: ArtifactRef,
                adapter: ArtifactRef | None = None, optimizer_state: ArtifactRef | None = None) -> StageResult:
-    """One GRPO round; `rollouts` may be the shards of the round, merged here in shard order."""
-    cfg, t = ctx.config, ctx.config.train
-    traj = read_merged(ctx.store, rollouts, ROLLOUTS)
-    scored = artifacts.read_table(ctx.store, scores, SCORES)
-    check_same_samples(traj, scored, f"rollouts {uris(rollouts)}", f"scores {scores.uri}")
+    """One GRPO round, then the round's commit; `rollouts` may be the round's shards, merged in shard order.
+
+    With train.num_processes > 1 the round trains in that many data-parallel processes (torchrun), which
+    write the artifacts; this process then commits the round as it does after a single-process round.
+    """
+    inputs = UpdateInputs(round_index, rollouts, scores, adapter, optimizer_state)
+    if ctx.config.train.num_processes > 1:
+        from dgrpo.stages.data_parallel import launch
+
+        result = launch(ctx, inputs)
+    else:
+        result = train_round(ctx, inputs)
+    commit_round(ctx, round_index, result.outputs["adapter"], result.outputs["optimizer_state"])
+    emit_event(ctx, "update", round_index, result)
+    return result
+
+
+@dataclass(frozen=True)
+class UpdateInputs:
+    """What one round's update reads."""
+
+    round_index: int
+    rollouts: ArtifactRef | list[ArtifactRef]
+    scores: ArtifactRef
+    adapter: ArtifactRef | None = None
+    optimizer_state: ArtifactRef | None = None
+
+
+def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
+    """The round's optimizer steps in this process (one of several under torchrun, or the only one).
+
+    Every process computes the advantages from the whole round, then trains on its own rows: every
+    num_processes-th trajectory, so a group's members spread over processes. Gradients are averaged across
+    processes by DistributedDataParallel through accelerate. The main process writes the artifacts; the others
+    return None.
+    """
+    cfg, t, round_index = ctx.config, ctx.config.train, inputs.round_index
+    traj = read_merged(ctx.store, inputs.rollouts, ROLLOUTS)
+    scored = artifacts.read_table(ctx.store, inputs.scores, SCORES)
+    check_same_samples(traj, scored, f"rollouts {uris(inputs.rollouts)}", f"scores {inputs.scores.uri}")
     reward_of = dict(zip(scored.column("sample_id").to_pylist(), scored.column("final_reward").to_pylist(),
                          strict=True))
     rewards = np.array([reward_of[i] for i in traj.column("sample_id").to_pylist()])
-    adv = torch.tensor(group_advantages(rewards, traj.column("group_id").to_pylist(), t.global_std,
-                                        t.adv_clip_max), dtype=torch.float32)
+    groups = traj.column("group_id").to_pylist()
+    adv_all = group_advantages(rewards, groups, t.global_std, t.adv_clip_max)
 
-    policy = load_policy_for_round(ctx, adapter, trainable=True)
+    acc = make_accelerator(t.mixed_precision)
+    rank, world = acc.process_index, acc.num_processes
+    if world != t.num_processes:
+        raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
+    mine = list(range(rank, len(adv_all), world))
+    traj = traj.take(mine)
+    adv = torch.tensor(adv_all[mine], dtype=torch.float32)
+
+    policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
     opt = make_optimizer(policy, cfg)
-    if optimizer_state is not None:
-        optimizer_from_tensors(opt, artifacts.read_tensors(ctx.store, optimizer_state, OPTIMIZER_KIND))
+    ema = EMAModel(policy.lora_parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
+    if inputs.optimizer_state is not None:
+        load_training_state(opt, ema, artifacts.read_tensors(ctx.store, inputs.optimizer_state, OPTIMIZER_KIND))
+    if world > 1:  # every process loaded the same weights: DDP need not broadcast the frozen ones (GBs for FLUX)
+        frozen = [n for n, p in policy.transformer.named_parameters() if not p.requires_grad]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            policy.transformer, frozen + [n for n, _ in policy.transformer.named_buffers()])
+    policy.wrapped_transformer, opt = acc.prepare(policy.transformer, opt)
     latents = _stack_rows(traj.column("latents").to_pylist(), "latents")
     cond = _stack_rows(traj.column("conditioning").to_pylist())
     old_log_probs = torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32)
@@ -77,34 +161,49 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
 
     rows = []
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, round_index, 1 << 21))
-    n = len(adv)
+    n, batch_size = len(adv), t.batch_size // world
     for _ in range(t.inner_epochs):
         order = torch.randperm(n, generator=gen)
-        for start in range(0, max(n - t.batch_size, 0) + 1, t.batch_size):  # drops a partial last batch
-            batch = order[start:start + t.batch_size]
-            stats = _optimizer_step(policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
+        for start in range(0, max(n - batch_size, 0) + 1, batch_size):  # drops a partial last batch
+            batch = order[start:start + batch_size]
+            stats = _optimizer_step(acc, policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
                                     trained_steps(cfg, round_index))
             rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
+            if ema is not None and len(rows) % t.ema_every == 0:
+                ema.step(policy.lora_parameters())
+    policy.wrapped_transformer = None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    return _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups)
 
+
+def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, opt: torch.optim.Optimizer,
+                   ema: EMAModel | None, rows: list[dict], rewards: np.ndarray, groups: list[str]) -> StageResult:
+    cfg, round_index = ctx.config, inputs.round_index
     prov = ctx.provenance("update", round_index, {
-        **named_inputs("rollouts", rollouts), "scores": scores, "adapter": adapter, "optimizer_state": optimizer_state,
-        "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()})
+        **named_inputs("rollouts", inputs.rollouts), "scores": inputs.scores, "adapter": inputs.adapter,
+        "optimizer_state": inputs.optimizer_state, "base_model": ctx.base_model_ref(policy),
+        "config": ctx.config_ref()})
     lora_meta = {"lora_config": json.dumps({"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha,
                                             "target_modules": cfg.lora.target_modules or policy.lora_targets}),
                  "round": str(round_index), **policy.lora_adapter_metadata()}
-    adapter_ref = artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov, lora_meta)
-    opt_tensors, opt_meta = optimizer_to_tensors(opt)
-    opt_ref = artifacts.write_tensors(ctx.store, opt_tensors, OPTIMIZER_KIND, prov, opt_meta)
-    metrics_ref = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
-                                        UPDATE_METRICS, prov)
-    means = {k: float(np.mean([r[k] for r in rows]))
-             for k in ("policy_loss", "kl", "sa_reg", "approx_kl", "clip_fraction")}
-    result = StageResult({"adapter": adapter_ref, "optimizer_state": opt_ref, "metrics": metrics_ref},
-                         {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
-                          "zero_std_groups": _zero_std_share(rewards, traj.column("group_id").to_pylist())})
-    commit_round(ctx, round_index, adapter_ref, opt_ref)
-    emit_event(ctx, "update", round_index, result)
-    return result
+    outputs = {"adapter": artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov,
+                                                  lora_meta)}
+    state, state_meta = training_state_to_tensors(opt, ema)
+    outputs["optimizer_state"] = artifacts.write_tensors(ctx.store, state, OPTIMIZER_KIND, prov, state_meta)
+    outputs["metrics"] = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
+                                               UPDATE_METRICS, prov)
+    if ema is not None:
+        with ema_weights(policy, ema):
+            outputs["ema_adapter"] = artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND,
+                                                             prov, {**lora_meta, "ema_decay": str(ema.decay)})
+    means = {k: float(np.mean([r[k] for r in rows])) for k in LOGGED}
+    return StageResult(outputs, {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
+                                 "zero_std_groups": _zero_std_share(rewards, groups)})
+
+
+LOGGED = ("policy_loss", "kl", "sa_reg", "approx_kl", "clip_fraction")
 
 
 def _zero_std_share(rewards: np.ndarray, groups: list[str]) -> float:
@@ -112,34 +211,39 @@ def _zero_std_share(rewards: np.ndarray, groups: list[str]) -> float:
     return float(np.mean([rewards[g == k].std() == 0 for k in np.unique(g)]))
 
 
-def _optimizer_step(policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig, batch: torch.Tensor,
-                    latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
-                    adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int]) -> dict[str, float]:
-    """Accumulate gradients over micro-batches and trained steps, then take one optimizer step."""
+def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig,
+                    batch: torch.Tensor, latents: torch.Tensor, cond: dict[str, torch.Tensor],
+                    old_log_probs: torch.Tensor, adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int]
+                    ) -> dict[str, float]:
+    """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
+
+    Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
+    averaged over processes too.
+    """
     t, s = cfg.train, cfg.sampling
     micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
-    totals = {"policy_loss": 0.0, "kl": 0.0, "sa_reg": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
+    totals = torch.zeros(len(LOGGED), device=acc.device)
     scale = 1.0 / (len(steps) * len(micro))
-    for idx in micro:
+    passes = [(idx, position, j) for idx in micro for position, j in enumerate(steps)]
+    for n, (idx, position, j) in enumerate(passes):
         mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
-        for position, j in enumerate(steps):
-            x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
-            sigma = sigmas[j].expand(len(idx)).to(policy.device)
-            v = policy.velocity(x.to(policy.dtype), sigma, mb_cond, s.guidance_scale)
-            step = step_with_logprob(s.method, v, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
-                                     s.noise_level, prev_sample=x_next)
+        x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
+        sync = contextlib.nullcontext() if n == len(passes) - 1 else acc.no_sync(policy.wrapped_transformer)
+        with sync:
+            v = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(idx)).to(policy.device), mb_cond,
+                                s.guidance_scale)
+            step = step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
+                                     sigmas[1].item(), s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
                 step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
             kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step)
-            loss = policy_loss + t.beta_kl * kl + t.sa_lambda * sa
-            (loss * scale).backward()
-            for name, value in (("policy_loss", policy_loss), ("kl", kl), ("sa_reg", sa),
-                                ("approx_kl", approx_kl), ("clip_fraction", clip_fraction)):
-                totals[name] += float(value.detach()) * scale
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
+            acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
+        totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
+    grad_norm = acc.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {**totals, "grad_norm": float(grad_norm)}
+    averaged = acc.reduce(totals, reduction="mean").tolist()
+    return {**dict(zip(LOGGED, averaged, strict=True)), "grad_norm": float(grad_norm)}
 
 
 def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,

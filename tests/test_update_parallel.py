@@ -1,0 +1,138 @@
+"""The update across processes (torchrun + accelerate on CPUs, gloo), mixed precision, and the EMA of the LoRA."""
+
+import pytest
+import torch
+from conftest import small_config
+
+from dgrpo import artifacts
+from dgrpo.config import ConfigError
+from dgrpo.engine import run_inprocess
+from dgrpo.stages import update
+from dgrpo.stages.cluster import run_cluster
+from dgrpo.stages.common import StageContext
+from dgrpo.stages.evaluate import run_evaluate
+from dgrpo.stages.policy_io import ADAPTER_KIND, EMA_STEP, OPTIMIZER_KIND
+from dgrpo.stages.reward import run_reward
+from dgrpo.stages.rollout import run_rollout
+from dgrpo.stages.update import run_update
+from dgrpo.store import LocalStore
+
+
+def _scored_round(ctx: StageContext):
+    """Round 0's rollouts (two shards) and scores."""
+    rollouts = [run_rollout(ctx, 0, None, i, 2).outputs["rollouts"] for i in range(2)]
+    rewards = [run_reward(ctx, 0, r).outputs["rewards"] for r in rollouts]
+    return rollouts, run_cluster(ctx, 0, rollouts, rewards).outputs["scores"]
+
+
+def _tensors(ctx: StageContext, ref, kind=ADAPTER_KIND) -> dict[str, torch.Tensor]:
+    return artifacts.read_tensors(ctx.store, ref, kind)
+
+
+def test_two_processes_train_the_round_a_single_process_does(tmp_path):
+    """One optimizer step over all 16 trajectories: each process holds half of every prompt group, so the
+    result equals a single process's only if the advantages were normalised over the whole groups and the
+    gradients averaged across processes."""
+    store = LocalStore(tmp_path / "store")
+    overrides = {"train.batch_size": 16, "train.micro_batch_size": 4, "train.learning_rate": 1e-2,
+                 "cluster.method": "diverse"}
+    single = StageContext(small_config(**overrides), store, "single")
+    rollouts, scores = _scored_round(single)
+    one = run_update(single, 0, rollouts, scores).outputs
+
+    double = StageContext(small_config(**overrides, **{"train.num_processes": 2}), store, "double")
+    two = run_update(double, 0, rollouts, scores)
+
+    a, b = _tensors(single, one["adapter"]), _tensors(double, two.outputs["adapter"])
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at 0: the step moved it
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    opt_a, opt_b = _tensors(single, one["optimizer_state"], OPTIMIZER_KIND), \
+        _tensors(double, two.outputs["optimizer_state"], OPTIMIZER_KIND)
+    for key in opt_a:
+        torch.testing.assert_close(opt_b[key], opt_a[key], rtol=1e-3, atol=1e-9)
+    assert two.metrics["optimizer_steps"] == 1
+    assert store.list("runs/double/commits") == ["runs/double/commits/r000000.json"]
+    assert [k.rsplit("/", 1)[1] for k in store.list("runs/double/events")] == ["r0000-update.json"]
+
+
+def test_a_failing_worker_fails_the_stage(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    ctx = StageContext(small_config(**{"train.num_processes": 2}), store, "broken")
+    rollouts, scores = _scored_round(ctx)
+    store._path(scores.uri.removeprefix(store.uri + "/")).unlink()  # the workers cannot read the scores
+    with pytest.raises(RuntimeError, match="data-parallel workers failed"):
+        run_update(ctx, 0, rollouts, scores)
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"train.num_processes": 3, "train.batch_size": 24}, "train.num_processes"),
+    ({"train.num_processes": 4, "train.batch_size": 16, "train.micro_batch_size": 8}, "train.batch_size"),
+    ({"train.mixed_precision": "fp8"}, "train.mixed_precision"),
+    ({"train.ema_decay": 1.0}, "train.ema_decay"),
+])
+def test_parallel_settings_are_validated(overrides, field):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        small_config(**overrides)
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("no", torch.float32), ("bf16", torch.bfloat16)])
+def test_mixed_precision_autocasts_the_transformer(tmp_path, monkeypatch, precision, dtype):
+    """The attention projections compute in bf16 under autocast; the LoRA weights stay float32."""
+    seen: list[torch.dtype] = []
+    load = update.load_policy_for_round
+
+    def load_and_watch(*args, **kwargs):
+        policy = load(*args, **kwargs)
+        layer = next(m for n, m in policy.transformer.named_modules() if n.endswith("attn.to_q"))
+        layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype) if torch.is_grad_enabled() else None)
+        return policy
+
+    monkeypatch.setattr(update, "load_policy_for_round", load_and_watch)
+    ctx = StageContext(small_config(**{"train.mixed_precision": precision}), LocalStore(tmp_path / "s"), "mp")
+    rollouts, scores = _scored_round(ctx)
+    out = update.run_update(ctx, 0, rollouts, scores)
+    assert seen and set(seen) == {dtype}
+    adapter = _tensors(ctx, out.outputs["adapter"])
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in adapter.values())
+
+
+def test_ema_is_kept_carried_across_runs_and_evaluated(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    cfg = {"train.batch_size": 8, "train.ema_decay": 0.9, "train.ema_every": 1, "eval.every": 10,
+           "eval.num_steps": 2}
+    whole = run_inprocess(StageContext(small_config(**cfg), store, "whole"))
+    state = _tensors(StageContext(small_config(**cfg), store, "x"), whole["optimizer_state"], OPTIMIZER_KIND)
+    assert int(state[EMA_STEP]) == 4  # 2 optimizer steps per round, 2 rounds
+    adapter = _tensors(StageContext(small_config(**cfg), store, "x"), whole["adapter"])
+    shadow = [v for k, v in sorted(state.items()) if k.startswith("ema.shadow.")]
+    assert len(shadow) == len(adapter) and not all(
+        torch.equal(s, a) for s, a in zip(shadow, adapter.values(), strict=True))
+
+    first = StageContext(small_config(**cfg, rounds=1), store, "ft")
+    run_inprocess(first)
+    resumed = run_inprocess(StageContext(small_config(**cfg, rounds=1), store, "ft"), resume_from="ft")
+    assert resumed["optimizer_state"].sha256 == whole["optimizer_state"].sha256
+
+    ema_ctx = StageContext(small_config(**cfg), store, "eval-ema")
+    trained_ctx = StageContext(small_config(**cfg, **{"eval.use_ema": False}), store, "eval-trained")
+    with_ema = run_evaluate(ema_ctx, 2, whole["adapter"], whole["optimizer_state"]).metrics
+    without = run_evaluate(trained_ctx, 2, whole["adapter"], whole["optimizer_state"]).metrics
+    assert with_ema != without
+    events = store.get_json("runs/whole/events/r0001-update.json")
+    assert "ema_adapter" in events["outputs"]
+
+
+def test_evaluating_an_ema_that_was_never_kept_is_an_error(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    plain = run_inprocess(StageContext(small_config(rounds=1, **{"eval.every": 10, "eval.num_steps": 2}),
+                                       store, "plain"))
+    ctx = StageContext(small_config(**{"train.ema_decay": 0.9}), store, "e")
+    with pytest.raises(ValueError, match="holds no EMA weights"):
+        run_evaluate(ctx, 1, plain["adapter"], plain["optimizer_state"])
+
+
+def test_more_processes_than_the_update_pod_has_gpus_is_an_error():
+    with pytest.raises(ConfigError, match="'train.num_processes'.*2 GPUs"):
+        small_config(**{"train.num_processes": 4, "train.micro_batch_size": 4, "kubernetes.stages.update.gpus": 2})
+    small_config(**{"train.num_processes": 2, "kubernetes.stages.update.gpus": 2})
