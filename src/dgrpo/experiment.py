@@ -9,7 +9,6 @@ as one CSV, one markdown table and one quality-vs-diversity plot.
 
 import csv
 import io
-import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -18,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dgrpo import artifacts
 from dgrpo.config import RunConfig, config_from_json, load_config
-from dgrpo.contracts import EVAL_SAMPLES
-from dgrpo.diversity import mean_pairwise_distance
-from dgrpo.embedders import load_embedder
 from dgrpo.engine import run_inprocess
-from dgrpo.evaluation import png_decode
 from dgrpo.stages.common import StageContext
-from dgrpo.store import ArtifactRef, ArtifactStore, LocalStore
+from dgrpo.store import ArtifactStore, LocalStore
 
 PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "diversegrpo": "toy-diversegrpo.yaml"}
 FAVOURED_MODE = 0
@@ -59,26 +53,17 @@ def build_arms(config_dir: Path, betas: list[float], overrides: dict | None = No
     return arms
 
 
-def eval_rows(store: ArtifactStore, arm: str, run_id: str, rounds: list[int], embedder_name: str) -> list[dict]:
-    """One row per evaluated round: the evaluate stage's metrics plus embedding diversity of its samples."""
-    embed = load_embedder(embedder_name)
+def eval_rows(store: ArtifactStore, arm: str, run_id: str, rounds: list[int]) -> list[dict]:
+    """One row per evaluated round: the evaluate stage's metrics."""
     rows = []
     for r in rounds:
         record = store.get_json(f"runs/{run_id}/eval/r{r:04d}.json")
-        event = store.get_json(f"runs/{run_id}/events/r{r:04d}-evaluate.json")
-        ref = ArtifactRef.from_json(json.dumps(event["outputs"]["samples"]), source=run_id)
-        table = artifacts.read_table(store, ref, EVAL_SAMPLES).select(["prompt", "image_png"])
-        prompts = np.asarray(table.column("prompt").to_pylist())
-        images = np.stack([png_decode(b) for b in table.column("image_png").to_pylist()])
-        emb = embed(images)
         m = record["metrics"]
         rows.append({
             "arm": arm, "round": r, "reward": m["reward"], "quality": m.get("quality", float("nan")),
             "mode_entropy": m["mode_entropy"], "modes_over_10pct": m["modes_over_10pct"],
             "favoured_share": float(np.mean([p["mode_shares"][FAVOURED_MODE] for p in record["per_prompt"]])),
-            "embedding_diversity": float(np.mean([mean_pairwise_distance(emb[prompts == p])
-                                                  for p in dict.fromkeys(prompts.tolist())])),
-            "pixel_diversity": m["diversity"],
+            "embedding_diversity": m.get("embedding_diversity", float("nan")), "pixel_diversity": m["diversity"],
         })
     return rows
 
@@ -193,8 +178,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float], overrides
             timings[arm.name] = future.result()
             log(f"{arm.name:<24} trained in {timings[arm.name]:.0f}s")
     for arm in arms:
-        arm_rows = eval_rows(store, arm.name, f"experiment-{arm.name}", arm.config.eval_rounds(),
-                             arm.config.cluster.embedder or "toy")
+        arm_rows = eval_rows(store, arm.name, f"experiment-{arm.name}", arm.config.eval_rounds())
         rows += arm_rows
         log(f"{arm.name:<24} " + "  ".join(
             f"r{r['round']}: R {r['reward']:.3f} H {r['mode_entropy']:.2f} fav {r['favoured_share']:.2f}"

@@ -1,4 +1,8 @@
-"""Evaluate stage: deterministic sampling on held-out prompts and seeds; quality, mode coverage, diversity."""
+"""Evaluate stage: deterministic sampling on held-out prompts and seeds; quality, mode coverage, diversity.
+
+Diversity per prompt: mean pairwise pixel distance, and mean pairwise embedding distance with cluster.embedder
+(DreamSim for real images) when one is configured.
+"""
 
 import numpy as np
 import pyarrow as pa
@@ -6,6 +10,8 @@ import torch
 
 from dgrpo import artifacts
 from dgrpo.contracts import EVAL_SAMPLES
+from dgrpo.diversity import mean_pairwise_distance
+from dgrpo.embedders import load_embedder
 from dgrpo.evaluation import MODE_CLASSIFIERS, image_grid, mode_coverage, pairwise_diversity, png_bytes
 from dgrpo.rewards import load_reward
 from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
@@ -43,12 +49,18 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
         classify, n_modes = MODE_CLASSIFIERS[e.mode_classifier]
         modes = classify(images)
 
+    embeddings = None
+    if cfg.cluster.embedder is not None:  # DiverseGRPO's diversity measure: the embedder the cluster stage uses
+        embeddings = load_embedder(cfg.cluster.embedder, cfg.cluster.embedder_options)(images)
+
     train_prompts = set(cfg.sampling.prompts)
     per_prompt = []
     for p, prompt in enumerate(prompts):
         mask = (group_of == p).numpy()
         row = {"prompt": prompt, "held_out": prompt not in train_prompts,
                "reward": float(scores["reward"][mask].mean()), "diversity": pairwise_diversity(images[mask])}
+        if embeddings is not None:
+            row["embedding_diversity"] = mean_pairwise_distance(embeddings[mask])
         if "quality" in scores:
             row["quality"] = float(scores["quality"][mask].mean())
         if modes is not None:
@@ -78,7 +90,8 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
 
 def _summarise(per_prompt: list[dict]) -> dict[str, float]:
     """Means over prompts, overall and over the held-out prompts."""
-    keys = [k for k in ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity") if k in per_prompt[0]]
+    keys = [k for k in ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity")
+            if k in per_prompt[0]]
     metrics = {k: float(np.mean([r[k] for r in per_prompt])) for k in keys}
     held = [r for r in per_prompt if r["held_out"]]
     if held:
