@@ -41,7 +41,7 @@ _SAMPLE_KEYS = (
     ("prompt", pa.string(), False, "the caption"),
 )
 
-ROLLOUTS = Contract("rollouts", 1, _schema(
+ROLLOUTS = Contract("rollouts", 2, _schema(
     *_SAMPLE_KEYS,
     ("round", pa.int32(), False, "training round"),
     ("sample_index", pa.int32(), False, "index within the group"),
@@ -50,8 +50,9 @@ ROLLOUTS = Contract("rollouts", 1, _schema(
     ("sigmas", pa.list_(pa.float32()), False, "the T+1 schedule sigmas"),
     ("log_probs", pa.list_(pa.float32()), False, "log-prob of each of the T transitions under the sampler"),
     ("latents", pa.binary(), False, "safetensors: 'latents' [T+1, ...], the whole trajectory"),
-    ("conditioning", pa.binary(), False, "safetensors: the prompt conditioning (incl. negative) to recompute"),
-), "SDE trajectories with everything needed to recompute log-probs.")
+    ("conditioning", pa.binary(), True,
+     "safetensors: the prompt conditioning (incl. negative) to recompute; on the group's sample_index 0 only"),
+), "SDE trajectories with everything needed to recompute log-probs (v2: conditioning once per group).")
 
 REWARDS = Contract("rewards", 1, _schema(
     *_SAMPLE_KEYS,

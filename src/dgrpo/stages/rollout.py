@@ -46,7 +46,8 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
                 "round": round_index, "sample_index": k, "seed": seeds[k], "image_png": png_bytes(images[k]),
                 "sigmas": traj.sigmas.tolist(), "log_probs": traj.log_probs[k].tolist(),
                 "latents": artifacts.tensors_to_bytes({"latents": traj.latents[k]}),
-                "conditioning": artifacts.tensors_to_bytes({name: t[k] for name, t in cond.items()}),
+                "conditioning": artifacts.tensors_to_bytes({name: t[0] for name, t in cond.items()}) if k == 0
+                else None,  # a group shares its prompt: MBs per row for SD3/FLUX, stored once
             })
     table = pa.Table.from_pylist(rows, schema=ROLLOUTS.schema)
     prov = ctx.provenance("rollout", round_index, {

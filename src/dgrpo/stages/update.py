@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -88,6 +89,18 @@ def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.
     return stacked[key] if key else stacked
 
 
+def group_conditioning(traj: pa.Table, groups: list[str]) -> list[bytes]:
+    """Each row's conditioning, which the rollouts table stores once per group (on sample_index 0)."""
+    stored = traj.filter(pc.is_valid(traj.column("conditioning")))
+    of_group = dict(zip(stored.column("group_id").to_pylist(), stored.column("conditioning").to_pylist(),
+                        strict=True))
+    missing = sorted(set(groups) - set(of_group))
+    if missing or len(of_group) != stored.num_rows:
+        raise ValueError(f"rollouts column 'conditioning': needs exactly one row per group, groups without: "
+                         f"{missing[:3]}, rows with: {stored.num_rows} for {len(of_group)} groups")
+    return [of_group[g] for g in groups]
+
+
 def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef], scores: ArtifactRef,
                adapter: ArtifactRef | None = None, optimizer_state: ArtifactRef | None = None) -> StageResult:
     """One GRPO round, then the round's commit; `rollouts` may be the round's shards, merged in shard order.
@@ -141,7 +154,7 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     if world != t.num_processes:
         raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
     mine = list(range(rank, len(adv_all), world))
-    traj = traj.take(mine)
+    all_traj, traj = traj, traj.take(mine)
     adv = torch.tensor(adv_all[mine], dtype=torch.float32)
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
@@ -155,7 +168,7 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
             policy.transformer, frozen + [n for n, _ in policy.transformer.named_buffers()])
     policy.wrapped_transformer, opt = acc.prepare(policy.transformer, opt)
     latents = _stack_rows(traj.column("latents").to_pylist(), "latents")
-    cond = _stack_rows(traj.column("conditioning").to_pylist())
+    cond = _stack_rows(group_conditioning(all_traj, traj.column("group_id").to_pylist()))
     old_log_probs = torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32)
     sigmas = torch.tensor(traj.column("sigmas")[0].as_py(), dtype=torch.float32)
 

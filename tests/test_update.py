@@ -1,11 +1,14 @@
-"""The update across processes (torchrun + accelerate on CPUs, gloo), mixed precision, and the EMA of the LoRA."""
+"""The update stage: its inputs, data parallel across processes (torchrun + accelerate on CPUs, gloo), mixed
+precision, and the EMA of the LoRA weights."""
 
+import pyarrow.compute as pc
 import pytest
 import torch
 from conftest import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import ConfigError
+from dgrpo.contracts import ROLLOUTS
 from dgrpo.engine import run_inprocess
 from dgrpo.stages import update
 from dgrpo.stages.cluster import run_cluster
@@ -14,7 +17,7 @@ from dgrpo.stages.evaluate import run_evaluate
 from dgrpo.stages.policy_io import ADAPTER_KIND, EMA_STEP, OPTIMIZER_KIND
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
-from dgrpo.stages.update import run_update
+from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.store import LocalStore
 
 
@@ -27,6 +30,18 @@ def _scored_round(ctx: StageContext):
 
 def _tensors(ctx: StageContext, ref, kind=ADAPTER_KIND) -> dict[str, torch.Tensor]:
     return artifacts.read_tensors(ctx.store, ref, kind)
+
+
+def test_rollouts_store_the_conditioning_once_per_group(ctx):
+    rollouts, _ = _scored_round(ctx)
+    table = artifacts.read_table(ctx.store, rollouts[0], ROLLOUTS)
+    first = [row["sample_index"] == 0 for row in table.select(["sample_index"]).to_pylist()]
+    assert [c is not None for c in table.column("conditioning").to_pylist()] == first
+    groups = table.column("group_id").to_pylist()
+    assert len(group_conditioning(table, groups)) == len(groups)
+    broken = table.filter(pc.invert(pc.is_valid(table.column("conditioning"))))  # drop the rows that carry it
+    with pytest.raises(ValueError, match="column 'conditioning'.*groups without"):
+        group_conditioning(broken, broken.column("group_id").to_pylist())
 
 
 def test_two_processes_train_the_round_a_single_process_does(tmp_path):
