@@ -14,9 +14,10 @@ from dgrpo.stages import update
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.common import StageContext
 from dgrpo.stages.evaluate import run_evaluate
-from dgrpo.stages.policy_io import ADAPTER_KIND, EMA_STEP, OPTIMIZER_KIND
+from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
+from dgrpo.stages.training_state import EMA_STEP
 from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.store import LocalStore
 

@@ -15,7 +15,8 @@ from dgrpo.embedders import load_embedder
 from dgrpo.evaluation import MODE_CLASSIFIERS, image_grid, mode_coverage, pairwise_diversity, png_bytes
 from dgrpo.rewards import load_reward
 from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
-from dgrpo.stages.policy_io import load_policy_for_round, use_ema_weights
+from dgrpo.stages.policy_io import load_policy_for_round
+from dgrpo.stages.training_state import use_ema_weights
 from dgrpo.store import ArtifactRef
 from dgrpo.trajectories import sample_ode
 

@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +22,10 @@ from dgrpo.models import FlowPolicy
 from dgrpo.sampling import SDEStep, step_with_logprob
 from dgrpo.stages.cluster import check_same_samples
 from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event, trained_steps
-from dgrpo.stages.policy_io import ADAPTER_KIND, EMA_STEP, OPTIMIZER_KIND, load_policy_for_round, restore_ema
+from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.resume import commit_round
 from dgrpo.stages.shards import named_inputs, read_merged, uris
+from dgrpo.stages.training_state import ema_weights, load_training_state, training_state_to_tensors
 from dgrpo.store import ArtifactRef
 from dgrpo.training import clipped_policy_loss, group_advantages, kl_to_reference, sa_regularizer
 
@@ -46,41 +46,6 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-
-
-def training_state_to_tensors(opt: torch.optim.Optimizer, ema: EMAModel | None
-                              ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The optimizer state (and the EMA weights) as safetensors tensors, with the param groups as metadata."""
-    state = opt.state_dict()
-    tensors = {f"state.{i}.{name}": t for i, s in state["state"].items() for name, t in s.items()}
-    if ema is not None:
-        tensors |= {f"ema.shadow.{i}": p.detach().clone() for i, p in enumerate(ema.shadow_params)}
-        tensors[EMA_STEP] = torch.tensor(ema.optimization_step)
-    return tensors, {"param_groups": json.dumps(state["param_groups"])}
-
-
-def load_training_state(opt: torch.optim.Optimizer, ema: EMAModel | None, tensors: dict[str, torch.Tensor]) -> None:
-    """Restore what `training_state_to_tensors` saved; an EMA starts from the weights if the state has none."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        if key.startswith("state."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = t
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-    if ema is not None and EMA_STEP in tensors:
-        restore_ema(ema, tensors)
-
-
-@contextlib.contextmanager
-def ema_weights(policy: FlowPolicy, ema: EMAModel) -> Iterator[None]:
-    """The policy with its LoRA weights swapped for the EMA's, restored afterwards."""
-    params = policy.lora_parameters()
-    ema.store(params)
-    ema.copy_to(params)
-    try:
-        yield
-    finally:
-        ema.restore(params)
 
 
 def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
