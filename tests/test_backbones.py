@@ -133,3 +133,16 @@ def test_one_round_through_the_stages(kind, sd3_dir, flux_dir, tmp_path):
     # the next round samples with the trained adapter
     again = run_rollout(ctx, 1, out["adapter"]).outputs["rollouts"]
     assert artifacts.read_table(ctx.store, again, ROLLOUTS).num_rows == 4
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_transformer_only_policy_skips_the_text_encoders_and_predicts_the_same_velocity(kind, sd3_dir, flux_dir):
+    path = sd3_dir if kind == "sd3" else flux_dir
+    full, bare = load_policy(_model(kind, path)), load_policy(_model(kind, path), transformer_only=True)
+    assert full.pipe.text_encoder is not None and bare.pipe.text_encoder is None and bare.pipe.text_encoder_2 is None
+    cond = full.encode_prompts(PROMPTS)
+    x = full.initial_latents([1, 2])
+    sigma = torch.full((2,), 0.5)
+    torch.testing.assert_close(bare.velocity(x, sigma, cond, 4.5), full.velocity(x, sigma, cond, 4.5), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="without text encoders"):
+        bare.encode_prompts(PROMPTS)

@@ -22,15 +22,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline(pipeline_class: type[DiffusionPipeline], cfg: ModelConfig) -> DiffusionPipeline:
-    """`pipeline_class.from_pretrained` on `model.pretrained` (hub id or local directory) at `model.revision`."""
+def load_pipeline(pipeline_class: type[DiffusionPipeline], cfg: ModelConfig, skip: tuple[str, ...] = ()
+                  ) -> DiffusionPipeline:
+    """`pipeline_class.from_pretrained` on `model.pretrained` (hub id or local directory) at `model.revision`,
+    without the components named in `skip` (never read from disk)."""
     if not cfg.pretrained:
         raise ValueError(f"config field 'model.pretrained': policy {cfg.kind!r} needs a hub id or a local directory")
     local = Path(cfg.pretrained)
     if local.exists() and not (local / "model_index.json").is_file():
         raise FileNotFoundError(f"config field 'model.pretrained': {local} has no model_index.json "
                                 f"(not a diffusers pipeline directory)")
-    return pipeline_class.from_pretrained(cfg.pretrained, revision=cfg.revision, dtype=DTYPES[cfg.dtype])
+    return pipeline_class.from_pretrained(cfg.pretrained, revision=cfg.revision, dtype=DTYPES[cfg.dtype],
+                                          **dict.fromkeys(skip))
 
 
 def _manifest_sha256(path: Path) -> str:
@@ -104,6 +107,11 @@ class DiffusersPolicy(FlowPolicy):
 
     def _schedule_kwargs(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int) -> dict:
         return {}
+
+    def check_text_encoders(self) -> None:
+        if getattr(self.pipe, "text_encoder", None) is None:
+            raise RuntimeError("this policy was loaded without text encoders (transformer_only), it cannot encode "
+                               "prompts")
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

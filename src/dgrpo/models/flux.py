@@ -28,6 +28,7 @@ class FluxPolicy(DiffusersPolicy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        self.check_text_encoders()
         prompts = list(prompts)
         kwargs = {} if self.config.max_sequence_length is None else {
             "max_sequence_length": self.config.max_sequence_length}
@@ -84,5 +85,6 @@ class FluxPolicy(DiffusersPolicy):
 
 
 @register_policy("flux")
-def _load_flux(cfg: ModelConfig, device: torch.device | None) -> FluxPolicy:
-    return FluxPolicy(load_pipeline(FluxPipeline, cfg), cfg, device)
+def _load_flux(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> FluxPolicy:
+    skip = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    return FluxPolicy(load_pipeline(FluxPipeline, cfg, skip if transformer_only else ()), cfg, device)

@@ -17,6 +17,7 @@ class SD3Policy(DiffusersPolicy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        self.check_text_encoders()
         prompts = list(prompts)
         kwargs = {} if self.config.max_sequence_length is None else {
             "max_sequence_length": self.config.max_sequence_length}
@@ -54,5 +55,6 @@ class SD3Policy(DiffusersPolicy):
 
 
 @register_policy("sd3")
-def _load_sd3(cfg: ModelConfig, device: torch.device | None) -> SD3Policy:
-    return SD3Policy(load_pipeline(StableDiffusion3Pipeline, cfg), cfg, device)
+def _load_sd3(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> SD3Policy:
+    skip = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+    return SD3Policy(load_pipeline(StableDiffusion3Pipeline, cfg, skip if transformer_only else ()), cfg, device)

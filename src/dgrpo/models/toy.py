@@ -62,7 +62,8 @@ class ToyPolicy(FlowPolicy):
 
 
 @register_policy("toy")
-def _load_toy(cfg: ModelConfig, device: torch.device | None) -> ToyPolicy:
+def _load_toy(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> ToyPolicy:
+    """The toy's text encoder is tiny and part of its checkpoint, so it is always loaded."""
     path = Path(cfg.pretrained) if cfg.pretrained else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"config field 'model.pretrained': toy checkpoint {path} does not exist")

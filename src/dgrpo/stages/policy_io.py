@@ -18,8 +18,9 @@ def lora_init_seed(config: RunConfig) -> int:
 
 def load_policy_for_round(ctx: StageContext, adapter: ArtifactRef | None, trainable: bool,
                           device: torch.device | None = None) -> FlowPolicy:
-    """The base policy with the run's adapter: fresh when training from scratch, loaded when given."""
-    policy = load_policy(ctx.config.model, device)
+    """The base policy with the run's adapter: fresh when training from scratch, loaded when given. A trainable
+    policy (the update's) comes without text encoders: it replays the rollouts' stored conditioning."""
+    policy = load_policy(ctx.config.model, device, transformer_only=trainable)
     if adapter is not None or trainable:
         policy.add_lora(ctx.config.lora, seed=lora_init_seed(ctx.config))
     if adapter is not None:
