@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs
 from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,8 +43,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
@@ -127,7 +125,7 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     ema = EMAModel(policy.lora_parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
     if inputs.optimizer_state is not None:
         load_training_state(opt, ema, artifacts.read_tensors(ctx.store, inputs.optimizer_state, OPTIMIZER_KIND))
-    if world > 1:  # every process loaded the same weights: DDP need not broadcast the frozen ones (GBs for FLUX)
+    if world > 1:  # every process loaded the same weights: DDP need not sync the frozen ones (GBs for FLUX)
         frozen = [n for n, p in policy.transformer.named_parameters() if not p.requires_grad]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             policy.transformer, frozen + [n for n, _ in policy.transformer.named_buffers()])
