@@ -72,3 +72,94 @@ def test_comparison_presets_differ_only_in_cluster_and_regulariser():
             for key in ("regularizer", "sa_lambda", "sa_steps"):
                 arm["train"].pop(key)
         assert arms[0] == arms[1] == arms[2]
+
+
+def _write_prompt_config(tmp_path, prompts_text="# comment\na red square\n\n  a blue cross  \n#a yellow cross\n"):
+    (tmp_path / "cfg" / "prompts").mkdir(parents=True)
+    (tmp_path / "cfg" / "prompts" / "train.txt").write_text(prompts_text)
+    path = tmp_path / "cfg" / "run.yaml"
+    path.write_text("sampling:\n  prompts_file: prompts/train.txt\n  prompts_per_round: 2\n")
+    return path
+
+
+def test_prompts_file_is_read_relative_to_the_config_and_hashed(tmp_path, monkeypatch):
+    import hashlib
+
+    from dgrpo.config import config_from_json
+
+    path = _write_prompt_config(tmp_path)
+    monkeypatch.chdir(tmp_path)  # not the config's directory
+    cfg = load_config(path)
+    data = (tmp_path / "cfg" / "prompts" / "train.txt").read_bytes()
+    assert cfg.sampling.prompts == ["a red square", "a blue cross"]
+    assert cfg.sampling.prompts_file == "prompts/train.txt"
+    assert cfg.sampling.prompts_sha256 == hashlib.sha256(data).hexdigest()
+    before = cfg.sha256()
+    (tmp_path / "cfg" / "prompts" / "train.txt").write_bytes(data + b"# only a comment changed\n")
+    changed = load_config(path)
+    assert changed.sampling.prompts == cfg.sampling.prompts and changed.sha256() != before
+    (tmp_path / "cfg" / "prompts" / "train.txt").unlink()
+    assert config_from_json(cfg.to_json()).sha256() == before  # stages rebuild it without the file
+
+
+def test_prompts_file_jsonl_parquet_and_eval(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red square", "id": 1}\n\n{"prompt": " a blue cross "}\n')
+    pq.write_table(pa.table({"prompt": ["a yellow cross", "a red square"], "n": [1, 2]}), tmp_path / "p.parquet")
+    path = tmp_path / "c.yaml"
+    path.write_text("sampling:\n  prompts_file: p.jsonl\n  prompts_per_round: 2\neval:\n  prompts_file: p.parquet\n")
+    cfg = load_config(path)
+    assert cfg.sampling.prompts == ["a red square", "a blue cross"]
+    assert cfg.eval.prompts == ["a yellow cross", "a red square"] and len(cfg.eval.prompts_sha256) == 64
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.txt", None, r"'sampling.prompts_file' \(in config file .*c.yaml'\): file '.*missing.txt': cannot read"),
+    ("empty.txt", "# nothing\n\n", r"'sampling.prompts_file'.*empty.txt': holds no prompts"),
+    ("bad.jsonl", '{"prompt": "a"}\n{"prompt": "b",}\n', r"'sampling.prompts_file'.*bad.jsonl' line 2: invalid JSON"),
+    ("field.jsonl", '{"prompt": "a"}\n{"text": "b"}\n', r"field.jsonl' line 2: expected an object with a 'prompt'"),
+    ("col.parquet", "parquet", r"col.parquet': no column 'prompt' \(columns: text\)"),
+    ("p.csv", "a,b\n", r"p.csv': unsupported suffix '.csv'"),
+])
+def test_prompts_file_errors_name_field_and_file(tmp_path, name, content, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if content == "parquet":
+        pq.write_table(pa.table({"text": ["a red square"]}), tmp_path / name)
+    elif content is not None:
+        (tmp_path / name).write_text(content)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"sampling:\n  prompts_file: {name}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_prompts_file_excludes_inline_prompts(tmp_path, monkeypatch):
+    path = _write_prompt_config(tmp_path)
+    both = tmp_path / "cfg" / "both.yaml"
+    both.write_text("sampling:\n  prompts_file: prompts/train.txt\n  prompts: [a red square]\n")
+    with pytest.raises(ConfigError, match=r"'sampling.prompts' \(in config file .*both.yaml'\): set either"):
+        load_config(both)
+    child = tmp_path / "cfg" / "child.yaml"
+    child.write_text("base: run.yaml\nsampling:\n  prompts: [a red square]\n  prompts_per_round: 1\n")
+    with pytest.raises(ConfigError, match=r"reads them from prompts_file \(prompts/train.txt\); set sampling"):
+        load_config(child)
+    with pytest.raises(ConfigError, match=r"'sampling.prompts' \(in overrides\)"):
+        load_config(path, {"sampling.prompts": ["a red square"]})
+    cfg = load_config(path, {"sampling.prompts": ["a red square"], "sampling.prompts_file": None,
+                             "sampling.prompts_per_round": 1})
+    assert (cfg.sampling.prompts, cfg.sampling.prompts_file, cfg.sampling.prompts_sha256) == (["a red square"],
+                                                                                             None, None)
+    from dgrpo.config import SamplingConfig
+    assert load_config(path, {"sampling.prompts_file": None}).sampling.prompts == SamplingConfig().prompts
+    with pytest.raises(ConfigError, match=r"'sampling.prompts_sha256' \(in config file .*sha.yaml'\): written by"):
+        (tmp_path / "sha.yaml").write_text("sampling:\n  prompts_sha256: abc\n")
+        load_config(tmp_path / "sha.yaml")
+    with pytest.raises(ConfigError, match=r"'eval.prompts_sha256': is written by the loader"):
+        from dgrpo.config import config_from_dict
+        config_from_dict({"eval": {"prompts_file": "x.txt"}})
+    monkeypatch.chdir(tmp_path / "cfg" / "prompts")  # an override's file is relative to the working directory
+    assert load_config(None, {"eval.prompts_file": "train.txt"}).eval.prompts == ["a red square", "a blue cross"]

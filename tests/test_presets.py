@@ -25,6 +25,15 @@ def test_sd35m_pickscore_preset():
     assert (cfg.train.beta_kl, cfg.train.adv_clip_max, cfg.train.global_std) == (0.01, 5.0, True)
     assert trained_steps(cfg, 0) == list(range(9))
     assert cfg.reward.name == "pickscore"
+    _assert_prompt_files(cfg)
+
+
+def _assert_prompt_files(cfg):
+    assert (cfg.sampling.prompts_file, cfg.eval.prompts_file) == ("prompts/pickscore-train.txt",
+                                                                  "prompts/pickscore-eval.txt")
+    assert len(set(cfg.sampling.prompts)) == 64 and len(set(cfg.eval.prompts)) == 16
+    assert len(set(cfg.eval.prompts) - set(cfg.sampling.prompts)) == 12  # held out
+    assert cfg.sampling.prompts_sha256 and cfg.eval.prompts_sha256
 
 
 def test_flux1dev_pickscore_preset():
@@ -35,6 +44,7 @@ def test_flux1dev_pickscore_preset():
     assert (cfg.sampling.noise_level, cfg.train.beta_kl, cfg.lora.rank, cfg.lora.alpha) == (0.9, 0.0, 32, 64)
     assert trained_steps(cfg, 0) == list(range(5))
     assert cfg.sampling.prompts_per_round * cfg.sampling.group_size == 2 * cfg.train.batch_size
+    _assert_prompt_files(cfg)
 
 
 def test_sde_window_is_seeded_inside_its_range_and_is_what_trains():

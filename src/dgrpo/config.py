@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from dgrpo.prompt_files import PromptFileError, read_prompts
 from dgrpo.toyworld.data import CAPTIONS
 
 
@@ -72,6 +73,11 @@ class LoraConfig:
                "must name at least one module (or be null for the backbone's default)")
 
 
+def _check_prompt_source(prompts_file: str | None, sha256: str | None, path: str) -> None:
+    _check((prompts_file is None) == (sha256 is None), f"{path}.prompts_sha256",
+           "is written by the loader when it reads prompts_file: load YAML files with load_config")
+
+
 @dataclass
 class SamplingConfig:
     """Rollout sampling (SPEC section 1)."""
@@ -92,7 +98,12 @@ class SamplingConfig:
     prompts_per_round: int = 6
     """Prompts drawn per round from `prompts`."""
     prompts: list[str] = field(default_factory=lambda: list(CAPTIONS[:6]))
-    """Training prompts."""
+    """Training prompts; leave unset with `prompts_file`."""
+    prompts_file: str | None = None
+    """A .txt, .jsonl or .parquet file of training prompts (`dgrpo.prompt_files`), relative to the config file that
+    names it; read into `prompts` when the config is loaded, so a run never depends on the file afterwards."""
+    prompts_sha256: str | None = None
+    """sha256 of `prompts_file`, written by the loader: the config hash, hence lineage, names the exact file."""
     batch_size: int | None = None
     """Trajectories per sampling forward pass; None samples the whole round at once. Results do not depend on
     it: every sample draws its noise from its own seed."""
@@ -118,6 +129,7 @@ class SamplingConfig:
                    f"got {self.sde_window_range}")
         _check(self.group_size >= 2, f"{path}.group_size", f"must be >= 2, got {self.group_size}")
         _check(len(self.prompts) > 0, f"{path}.prompts", "must not be empty")
+        _check_prompt_source(self.prompts_file, self.prompts_sha256, path)
         _check(0 < self.prompts_per_round <= len(self.prompts), f"{path}.prompts_per_round",
                f"must be in 1..{len(self.prompts)} (the number of prompts), got {self.prompts_per_round}")
 
@@ -280,7 +292,12 @@ class EvalConfig:
     every: int = 5
     """Evaluate every this many rounds (and always before the first and after the last)."""
     prompts: list[str] = field(default_factory=lambda: list(CAPTIONS))
-    """Evaluation prompts; those not in sampling.prompts are held out from training."""
+    """Evaluation prompts; those not in sampling.prompts are held out from training. Leave unset with
+    `prompts_file`."""
+    prompts_file: str | None = None
+    """A .txt, .jsonl or .parquet file of evaluation prompts, as `sampling.prompts_file`."""
+    prompts_sha256: str | None = None
+    """sha256 of `prompts_file`, written by the loader."""
     samples_per_prompt: int = 32
     """Images per prompt; mode entropy from fewer than 32 is noisy."""
     num_steps: int = 20
@@ -299,6 +316,7 @@ class EvalConfig:
     def validate(self, path: str) -> None:
         _check(self.every >= 1, f"{path}.every", f"must be >= 1, got {self.every}")
         _check(len(self.prompts) > 0, f"{path}.prompts", "must not be empty")
+        _check_prompt_source(self.prompts_file, self.prompts_sha256, path)
         _check(self.samples_per_prompt >= 2, f"{path}.samples_per_prompt", "must be >= 2")
         _check(self.num_steps >= 1, f"{path}.num_steps", "must be >= 1")
 
@@ -633,17 +651,62 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': expected a mapping at the top level")
     base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
+    if base is not None and not isinstance(base, str):
         raise ConfigError(f"config file '{path}': field 'base' must be a file name, got {base!r}")
-    return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
+    below = read_yaml(path.parent / base, (*_seen, path)) if base is not None else {}
+    _read_prompt_files(below, data, path.parent, f"config file '{path}'")
+    return _merge(below, data)
+
+
+PROMPT_SECTIONS = {"sampling": SamplingConfig, "eval": EvalConfig}
+PROMPT_KEYS = ("prompts", "prompts_file", "prompts_sha256")
+
+
+def _read_prompt_files(below: dict[str, Any], layer: dict[str, Any], base_dir: Path, source: str) -> None:
+    """Read the `prompts_file` each section of `layer` (a config file or the overrides, to be merged over `below`)
+    names, relative to `base_dir`, into its `prompts` and `prompts_sha256`."""
+    for section, cls in PROMPT_SECTIONS.items():
+        own, under = layer.get(section), below.get(section)
+        if not isinstance(own, dict):
+            continue
+        if "prompts_sha256" in own:
+            raise ConfigError(f"config field '{section}.prompts_sha256' (in {source}): written by the loader from "
+                              f"prompts_file, do not set it")
+        file = own.get("prompts_file")
+        if file is not None:
+            if not isinstance(file, str):
+                raise ConfigError(f"config field '{section}.prompts_file' (in {source}): expected a file name, got "
+                                  f"{file!r}")
+            if "prompts" in own:
+                raise ConfigError(f"config field '{section}.prompts' (in {source}): set either prompts or "
+                                  f"prompts_file ({file}), not both")
+            try:
+                own["prompts"], own["prompts_sha256"] = read_prompts(base_dir / Path(file).expanduser())
+            except PromptFileError as exc:
+                raise ConfigError(f"config field '{section}.prompts_file' (in {source}): {exc}") from exc
+        elif "prompts_file" in own:  # an explicit null: back to inline (or default) prompts
+            own["prompts_sha256"] = None
+            if isinstance(under, dict) and under.get("prompts_file") is not None:
+                own.setdefault("prompts", cls().prompts)
+        elif "prompts" in own and isinstance(under, dict) and under.get("prompts_file") is not None:
+            raise ConfigError(f"config field '{section}.prompts' (in {source}): the base config reads them from "
+                              f"prompts_file ({under['prompts_file']}); set {section}.prompts_file to null as well")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML config (None: the toy defaults) and apply dotted-key overrides such as {"rounds": 2}."""
+    """Load a YAML config (None: the toy defaults) and apply dotted-key overrides such as {"rounds": 2}.
+
+    A `prompts_file` is read here, relative to the file naming it (to the working directory for an override)."""
     data = read_yaml(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    layer: dict[str, Any] = {}
+    for key in list(overrides):
+        section, _, leaf = key.partition(".")
+        if section in PROMPT_SECTIONS and leaf in PROMPT_KEYS:
+            layer.setdefault(section, {})[leaf] = overrides.pop(key)
+    _read_prompt_files(data, layer, Path.cwd(), "overrides")
+    overrides |= {f"{section}.{k}": v for section, values in layer.items() for k, v in values.items()}
+    for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
