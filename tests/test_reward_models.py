@@ -98,3 +98,98 @@ def test_hpsv21_scores_with_open_clip(tmp_path, images):
         img = net.encode_image(torch.stack([preprocess(Image.fromarray(i)) for i in images]), normalize=True)
         txt = net.encode_text(open_clip.get_tokenizer("tiny-hps")(PROMPTS), normalize=True)
     np.testing.assert_allclose(out["reward"], (img * txt).sum(-1).double().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _original_name(key: str) -> str:
+    """Our port's parameter name back to the authors' ImageReward.pt name (the inverse mapping, written out)."""
+    import re
+
+    vit = {"layer_norm1": "norm1", "self_attn.qkv": "attn.qkv", "self_attn.projection": "attn.proj",
+           "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    fixed = {"vision.embeddings.class_embedding": "blip.visual_encoder.cls_token",
+             "vision.embeddings.position_embedding": "blip.visual_encoder.pos_embed"}
+    if key in fixed:
+        return fixed[key]
+    if m := re.fullmatch(r"vision\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
+        return f"blip.visual_encoder.blocks.{m[1]}.{vit[m[2]]}.{m[3]}"
+    key = key.replace("vision.embeddings.patch_embedding.", "blip.visual_encoder.patch_embed.proj.")
+    key = key.replace("vision.post_layernorm.", "blip.visual_encoder.norm.")
+    return key.replace("text.", "blip.text_encoder.", 1) if key.startswith("text.") else key
+
+
+@pytest.fixture(scope="module")
+def imagereward_files(tmp_path_factory):
+    """A tiny random ImageReward: ImageReward.pt with the authors' key names, med_config.json, a BERT vocab."""
+    from transformers import BertTokenizer
+
+    from dgrpo.imagereward import ImageRewardModel, text_config, vision_config
+
+    path = tmp_path_factory.mktemp("tiny-imagereward")
+    words = ["a", "red", "square", "photo", "of", "cat", "blue", "cross", "dog", "green", "circle"]
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path / "tok")
+    (path / "med_config.json").write_text(json.dumps({
+        "architectures": ["BertModel"], "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 40, "vocab_size": len(words) + 7, "pad_token_id": 0,
+        "add_cross_attention": True, "encoder_width": 48, "model_type": "bert"}))
+    vision = {"hidden_size": 48, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8}
+    torch.manual_seed(3)
+    model = ImageRewardModel(vision_config(vision), text_config(str(path / "med_config.json"), 48)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # LayerNorms and embeddings too, so a misplaced key changes the score
+            p.add_(0.1 * torch.randn_like(p))
+    state = {_original_name(k): v for k, v in model.state_dict().items()}
+    state.update({"blip.vision_proj.weight": torch.zeros(8, 48), "blip.vision_proj.bias": torch.zeros(8),
+                  "blip.text_proj.weight": torch.zeros(8, 32), "blip.text_proj.bias": torch.zeros(8),
+                  "blip.text_encoder.embeddings.position_ids": torch.arange(40)[None]})  # in the published file
+    torch.save(state, path / "ImageReward.pt")
+    options = {"checkpoint": str(path / "ImageReward.pt"), "med_config": str(path / "med_config.json"),
+               "tokenizer": str(path / "tok"), "vision": vision, "batch_size": 2}
+    return path, model, options
+
+
+def test_imagereward_loads_the_authors_keys_and_scores(imagereward_files, images):
+    pytest.importorskip("torchvision")
+    from torchvision import transforms
+
+    from dgrpo.imagereward import load_tokenizer
+
+    _, model, options = imagereward_files
+    reward = load_reward("imagereward", options)
+    out = reward(images, PROMPTS)
+    assert out["raw"].shape == out["reward"].shape == (3,)
+    np.testing.assert_array_equal(out["raw"], reward(images, PROMPTS)["raw"])
+    np.testing.assert_array_equal(out["reward"], out["raw"])  # scale 1 as in Flow-GRPO
+    from PIL import Image
+
+    prep = transforms.Compose([transforms.Resize(32, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(32), transforms.ToTensor(),
+                               transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                                                    (0.26862954, 0.26130258, 0.27577711))])
+    tok = load_tokenizer(options["tokenizer"])
+    text = tok(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    assert text["input_ids"].shape == (3, 35)
+    with torch.no_grad():
+        expected = model(torch.stack([prep(Image.fromarray(i)) for i in images]), text["input_ids"],
+                         text["attention_mask"]).double().numpy()
+    np.testing.assert_allclose(out["raw"], expected, rtol=1e-5, atol=1e-6)
+    same_image = reward(np.repeat(images[:1], 3, axis=0), PROMPTS)["raw"]
+    same_prompt = reward(images, [PROMPTS[0]] * 3)["raw"]
+    assert np.ptp(same_image) > 1e-3 and np.ptp(same_prompt) > 1e-3
+    assert load_reward("imagereward", {**options, "scale": 0.5})(images, PROMPTS)["reward"] == pytest.approx(
+        out["raw"] * 0.5)
+    with pytest.raises(ValueError, match="3 images but 2 prompts"):
+        reward(images, PROMPTS[:2])
+
+
+def test_imagereward_names_unknown_and_missing_keys(imagereward_files, tmp_path):
+    path, _, options = imagereward_files
+    state = torch.load(path / "ImageReward.pt", weights_only=True)
+    state["blip.itm_head.weight"] = torch.zeros(2, 32)
+    del state["blip.visual_encoder.blocks.1.attn.qkv.bias"]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"blip\.itm_head\.weight.*vision\.encoder\.layers\.1\.self_attn\.qkv\.bias"):
+        load_reward("imagereward", {**options, "checkpoint": str(tmp_path / "bad.pt")})
+    with pytest.raises(ValueError, match="size mismatch"):
+        load_reward("imagereward", {**options, "vision": {**options["vision"], "intermediate_size": 32}})

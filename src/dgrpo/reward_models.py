@@ -13,6 +13,13 @@ gradients, and returns "reward" (the optimised, scaled score) and "raw" (the mod
   raw = a 1-10 rating; reward = raw / 10. Prompts are ignored.
 - hpsv2.1 (Wu et al. 2023): open_clip ViT-H-14 with xswu/HPSv2's HPS_v2.1_compressed.pt and open_clip's val
   transform (224, bicubic, center crop, CLIP mean/std). raw = reward = cos(image, prompt), about 0.2-0.35.
+- imagereward (Xu et al. 2023): THUDM/ImageReward's ImageReward.pt and med_config.json (`checkpoint`, `med_config`:
+  local paths or owner/repo/file) on transformers' BLIP, ViT-L/16 + a BERT-base text encoder cross-attending to
+  the image (dgrpo.imagereward maps every checkpoint key and fails on any unknown or missing one); tokenizer
+  bert-base-uncased with BLIP's [DEC]/[ENC] tokens added, prompts padded/truncated to 35 tokens; images as the
+  authors' transform (short side to 224 bicubic, center crop, CLIP mean/std; needs torchvision, extra "rewards").
+  raw = (mlp(text [CLS]) - 0.1672) / 1.0333, the authors' standardised score (0 = their data's mean, about -2..2);
+  reward = raw * scale with scale 1: already standardised, and Flow-GRPO optimises it unscaled.
 """
 
 from collections.abc import Callable
@@ -169,5 +176,41 @@ def hpsv21(checkpoint: str = "xswu/HPSv2/HPS_v2.1_compressed.pt", model_name: st
         out = net(pixels, tokenizer(prompts).to(dev))
         raw = (out["image_features"] * out["text_features"]).sum(-1)
         return {"reward": raw, "raw": raw}
+
+    return _batched(score, batch_size)
+
+
+@register_reward("imagereward")
+def imagereward(checkpoint: str = "THUDM/ImageReward/ImageReward.pt",
+                med_config: str = "THUDM/ImageReward/med_config.json", tokenizer: str = "bert-base-uncased",
+                vision: dict | None = None, revision: str | None = None, scale: float = 1.0, batch_size: int = 32,
+                device: str | None = None, dtype: str = "float32") -> RewardModel:
+    """ImageReward (Xu et al. 2023): the authors' BLIP checkpoint on transformers' BLIP (dgrpo.imagereward);
+    raw = (mlp(text [CLS] cross-attending the image) - mean) / std, reward = raw * scale (1, as Flow-GRPO)."""
+    try:
+        from torchvision import transforms
+    except ImportError as exc:  # optional dependency, see pyproject extra "rewards"
+        raise ImportError("reward 'imagereward' needs torchvision (pip install 'dgrpo[rewards]')") from exc
+    from dgrpo import imagereward as ir
+
+    dev, compute = _device(device), getattr(torch, dtype)
+    net = ir.load_model(_resolve_file(checkpoint, revision), _resolve_file(med_config, revision), vision)
+    net.vision.to(compute)
+    net.text.to(compute)
+    net.to(dev)  # the head stays float32, as the authors cast the [CLS] feature to float
+    tok = ir.load_tokenizer(tokenizer)
+    if len(tok) > net.text.config.vocab_size:
+        raise ValueError(f"reward 'imagereward': tokenizer {tokenizer!r} has {len(tok)} tokens, the checkpoint's "
+                         f"text encoder {net.text.config.vocab_size}")
+    size = net.vision.config.image_size
+    preprocess = transforms.Compose([
+        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(size),
+        transforms.ToTensor(), transforms.Normalize(ir.CLIP_MEAN, ir.CLIP_STD)])
+
+    def score(images, prompts):
+        pixels = torch.stack([preprocess(im.convert("RGB")) for im in images]).to(dev, compute)
+        text = tok(prompts, padding="max_length", truncation=True, max_length=ir.MAX_LENGTH, return_tensors="pt")
+        raw = net(pixels, text["input_ids"].to(dev), text["attention_mask"].to(dev))
+        return {"reward": raw * scale, "raw": raw}
 
     return _batched(score, batch_size)

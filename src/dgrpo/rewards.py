@@ -53,4 +53,4 @@ def toy(mode_preference: tuple[float, ...] | list[float] = MODE_PREFERENCE) -> R
     return score
 
 
-from dgrpo import reward_models  # noqa: E402,F401  (registers pickscore, clipscore, aesthetic, hpsv2.1)
+from dgrpo import reward_models  # noqa: E402,F401  (registers pickscore, clipscore, aesthetic, hpsv2.1, imagereward)
