@@ -100,6 +100,10 @@ def test_prompts_file_is_read_relative_to_the_config_and_hashed(tmp_path, monkey
     assert changed.sampling.prompts == cfg.sampling.prompts and changed.sha256() != before
     (tmp_path / "cfg" / "prompts" / "train.txt").unlink()
     assert config_from_json(cfg.to_json()).sha256() == before  # stages rebuild it without the file
+    saved = tmp_path / "saved.json"  # a run's recorded config loads back as a config file, without the file
+    saved.write_text(cfg.to_json())
+    assert load_config(saved).sha256() == before
+    assert load_config(tmp_path / "saved.json", {"rounds": 3}).sampling.prompts == cfg.sampling.prompts
 
 
 def test_prompts_file_jsonl_parquet_and_eval(tmp_path):

@@ -669,9 +669,12 @@ def _read_prompt_files(below: dict[str, Any], layer: dict[str, Any], base_dir: P
         own, under = layer.get(section), below.get(section)
         if not isinstance(own, dict):
             continue
-        if "prompts_sha256" in own:
-            raise ConfigError(f"config field '{section}.prompts_sha256' (in {source}): written by the loader from "
-                              f"prompts_file, do not set it")
+        if "prompts_sha256" in own:  # a resolved config (a run's config.json): its recorded prompts stand
+            resolved = "prompts" in own and (own["prompts_sha256"] is None) == (own.get("prompts_file") is None)
+            if not resolved:
+                raise ConfigError(f"config field '{section}.prompts_sha256' (in {source}): written by the loader "
+                                  f"from prompts_file, do not set it")
+            continue
         file = own.get("prompts_file")
         if file is not None:
             if not isinstance(file, str):
