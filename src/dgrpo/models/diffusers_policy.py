@@ -108,10 +108,15 @@ class DiffusersPolicy(FlowPolicy):
     def _schedule_kwargs(self, scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int) -> dict:
         return {}
 
-    def check_text_encoders(self) -> None:
+    def encode_prompt_kwargs(self) -> dict:
+        """The arguments every `pipe.encode_prompt` call shares; fails if the text encoders were not loaded."""
         if getattr(self.pipe, "text_encoder", None) is None:
             raise RuntimeError("this policy was loaded without text encoders (transformer_only), it cannot encode "
                                "prompts")
+        kwargs = {"device": self.device, "num_images_per_prompt": 1}
+        if self.config.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.config.max_sequence_length
+        return kwargs
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

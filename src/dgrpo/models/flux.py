@@ -28,18 +28,13 @@ class FluxPolicy(DiffusersPolicy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        self.check_text_encoders()
         prompts = list(prompts)
-        kwargs = {} if self.config.max_sequence_length is None else {
-            "max_sequence_length": self.config.max_sequence_length}
-        embeds, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, device=self.device,
-                                                    num_images_per_prompt=1, **kwargs)
+        kwargs = self.encode_prompt_kwargs()
+        embeds, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=prompts, **kwargs)
         cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if not self.guidance_embeds:
             negative = [""] * len(prompts)
-            neg_embeds, neg_pooled, _ = self.pipe.encode_prompt(prompt=negative, prompt_2=negative,
-                                                                device=self.device, num_images_per_prompt=1,
-                                                                **kwargs)
+            neg_embeds, neg_pooled, _ = self.pipe.encode_prompt(prompt=negative, prompt_2=negative, **kwargs)
             cond |= {"negative_prompt_embeds": neg_embeds, "negative_pooled_prompt_embeds": neg_pooled}
         return cond
 

@@ -17,13 +17,10 @@ class SD3Policy(DiffusersPolicy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        self.check_text_encoders()
         prompts = list(prompts)
-        kwargs = {} if self.config.max_sequence_length is None else {
-            "max_sequence_length": self.config.max_sequence_length}
         embeds, neg_embeds, pooled, neg_pooled = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device, num_images_per_prompt=1,
-            do_classifier_free_guidance=True, negative_prompt=[""] * len(prompts), **kwargs)
+            prompt=prompts, prompt_2=prompts, prompt_3=prompts, do_classifier_free_guidance=True,
+            negative_prompt=[""] * len(prompts), **self.encode_prompt_kwargs())
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled,
                 "negative_prompt_embeds": neg_embeds, "negative_pooled_prompt_embeds": neg_pooled}
 
