@@ -1,17 +1,24 @@
 """Shared fixtures: a small run config on the shipped toy checkpoint, a temporary store, and a real S3 server."""
 
+import os
 import uuid
 
-import pytest
-import seaweedfs
-import torch
+# One torch thread count for this process and every subprocess it starts (kfp.local tasks, torchrun workers):
+# CPU kernels may split a reduction differently for another thread count, and the equivalence tests compare
+# results across those processes bit for bit.
+TORCH_THREADS = 2
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(TORCH_THREADS)
 
-from dgrpo.config import load_config
-from dgrpo.s3store import S3Store
-from dgrpo.stages.common import StageContext
-from dgrpo.store import LocalStore
+import pytest  # noqa: E402
+import seaweedfs  # noqa: E402
+import torch  # noqa: E402
 
-torch.set_num_threads(2)
+from dgrpo.config import load_config  # noqa: E402
+from dgrpo.s3store import S3Store  # noqa: E402
+from dgrpo.stages.common import StageContext  # noqa: E402
+from dgrpo.store import LocalStore  # noqa: E402
+
+torch.set_num_threads(TORCH_THREADS)
 
 
 def small_config(**overrides):

@@ -1,6 +1,7 @@
 """The update stage: its inputs, data parallel across processes (torchrun + accelerate on CPUs, gloo), mixed
 precision, and the EMA of the LoRA weights."""
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -14,12 +15,13 @@ from dgrpo.stages import update
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.common import StageContext
 from dgrpo.stages.evaluate import run_evaluate
-from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND
+from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.training_state import EMA_STEP
 from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.store import LocalStore
+from dgrpo.training import group_advantages
 
 
 def _scored_round(ctx: StageContext):
@@ -45,31 +47,95 @@ def test_rollouts_store_the_conditioning_once_per_group(ctx):
         group_conditioning(broken, broken.column("group_id").to_pylist())
 
 
-def test_two_processes_train_the_round_a_single_process_does(tmp_path):
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _gradients(opt_state: dict[str, torch.Tensor], names: list[str], beta1: float) -> dict[str, torch.Tensor]:
+    """Each LoRA tensor's gradient in the round's one optimizer step (AdamW's first moment is (1 - beta1) g), by
+    adapter key: optimizer parameter i is the i-th LoRA tensor in the model's order, `names`."""
+    return {name: opt_state[f"state.{i}.exp_avg"] / (1 - beta1) for i, name in enumerate(names)}
+
+
+def assert_same_update(reference: tuple[dict, dict], other: tuple[dict, dict], cfg, n_terms: int) -> None:
+    """`other` (adapter, optimizer state) is the update `reference` made, up to float32 summation order.
+
+    Two gloo processes sum every gradient element in another order than one process does (each accumulates its
+    half of the trajectories, then the all-reduce averages the halves), so float32 results differ by rounding,
+    never by more than the classic bound for reordering a sum of `n_terms` terms: n_terms x eps32 x their
+    magnitude. The terms are per-trajectory, per-step contributions of the size of the gradient itself, so the
+    bound is taken against the largest gradient element of each tensor.
+
+    The adapter is checked through AdamW's first step, u = lr g / (|g| + eps): a gradient error d moves it by
+    at most lr eps d / (|g| - d + eps)^2 (its derivative), and by at most 2 lr where d can flip g's sign.
+    Elsewhere the step does not depend on the gradient's scale, so the check on the gradients is what catches
+    gradients summed instead of averaged across processes.
+    """
+    (adapter_a, opt_a), (adapter_b, opt_b) = reference, other
+    beta1, lr, adam_eps = cfg.train.adam_betas[0], cfg.train.learning_rate, 1e-8
+    names = list(load_policy_for_round(StageContext(cfg, None, ""), None, trainable=True).lora_state_dict())
+    assert sorted(names) == sorted(adapter_a) == sorted(adapter_b)
+    grads_a, grads_b = _gradients(opt_a, names, beta1), _gradients(opt_b, names, beta1)
+    tolerance = {}
+    for key, g in grads_a.items():
+        tolerance[key] = n_terms * EPS32 * float(g.abs().max())
+        error = float((grads_b[key] - g).abs().max())
+        assert error <= tolerance[key], f"gradient {key}: differs by {error:.3g} > {tolerance[key]:.3g}"
+    for name, g in grads_a.items():
+        weight = adapter_a[name]
+        assert g.shape == weight.shape, name
+        d = tolerance[name]
+        bound = lr * adam_eps * d / ((g.abs() - d).clamp(min=0) + adam_eps) ** 2
+        bound = torch.minimum(bound, torch.full_like(bound, 2 * lr)) + 4 * EPS32 * (weight.abs() + lr)
+        excess = (adapter_b[name] - weight).abs() - bound
+        assert float(excess.max()) <= 0, f"adapter {name}: exceeds its bound by {float(excess.max()):.3g}"
+
+
+def test_two_processes_train_the_round_a_single_process_does(tmp_path, monkeypatch):
     """One optimizer step over all 16 trajectories: each process holds half of every prompt group, so the
     result equals a single process's only if the advantages were normalised over the whole groups and the
-    gradients averaged across processes."""
+    gradients averaged across processes. Negative controls: the same check rejects gradients summed instead
+    of averaged, and prompt groups normalised per process."""
     store = LocalStore(tmp_path / "store")
     overrides = {"train.batch_size": 16, "train.micro_batch_size": 4, "train.learning_rate": 1e-2,
+                 "train.max_grad_norm": 1e6,  # no clipping: a clipped gradient would hide a wrong scale
                  "cluster.method": "diverse"}
     single = StageContext(small_config(**overrides), store, "single")
     rollouts, scores = _scored_round(single)
     one = run_update(single, 0, rollouts, scores).outputs
-
     double = StageContext(small_config(**overrides, **{"train.num_processes": 2}), store, "double")
     two = run_update(double, 0, rollouts, scores)
 
-    a, b = _tensors(single, one["adapter"]), _tensors(double, two.outputs["adapter"])
-    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at 0: the step moved it
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
-    opt_a, opt_b = _tensors(single, one["optimizer_state"], OPTIMIZER_KIND), \
-        _tensors(double, two.outputs["optimizer_state"], OPTIMIZER_KIND)
-    for key in opt_a:
-        torch.testing.assert_close(opt_b[key], opt_a[key], rtol=1e-3, atol=1e-9)
+    cfg = single.config
+    n_terms = cfg.sampling.prompts_per_round * cfg.sampling.group_size * cfg.num_train_steps
+    reference = (_tensors(single, one["adapter"]), _tensors(single, one["optimizer_state"], OPTIMIZER_KIND))
+    assert any(v.abs().sum() > 0 for k, v in reference[0].items() if "lora_B" in k)  # B starts at 0: it moved
+    assert_same_update(reference, (_tensors(double, two.outputs["adapter"]),
+                                   _tensors(double, two.outputs["optimizer_state"], OPTIMIZER_KIND)), cfg, n_terms)
     assert two.metrics["optimizer_steps"] == 1
     assert store.list("runs/double/commits") == ["runs/double/commits/r000000.json"]
     assert [k.rsplit("/", 1)[1] for k in store.list("runs/double/events")] == ["r0000-update.json"]
+
+    # negative control 1: gradients summed across the two processes instead of averaged (AdamW's first step is
+    # scale-free, so the adapter alone would not show it; the optimizer's moments do)
+    summed = {k: v * 2 if k.endswith(".exp_avg") else v * 4 if k.endswith(".exp_avg_sq") else v
+              for k, v in reference[1].items()}
+    with pytest.raises(AssertionError, match="gradient"):
+        assert_same_update(reference, (reference[0], summed), cfg, n_terms)
+
+    # negative control 2: each process normalises its own half of every prompt group (rows rank, rank + 2, ...)
+    def per_process(rewards, groups, global_std, clip):
+        adv = np.empty(len(rewards))
+        for rank in range(2):
+            rows = np.arange(rank, len(rewards), 2)
+            adv[rows] = group_advantages(rewards[rows], [groups[i] for i in rows], global_std, clip)
+        return adv
+
+    monkeypatch.setattr(update, "group_advantages", per_process)
+    wrong_ctx = StageContext(small_config(**overrides), store, "per-process")
+    wrong = run_update(wrong_ctx, 0, rollouts, scores).outputs
+    with pytest.raises(AssertionError, match="gradient"):
+        assert_same_update(reference, (_tensors(wrong_ctx, wrong["adapter"]),
+                                       _tensors(wrong_ctx, wrong["optimizer_state"], OPTIMIZER_KIND)), cfg, n_terms)
 
 
 def test_a_failing_worker_fails_the_stage(tmp_path):
