@@ -11,14 +11,17 @@ K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
 
-.PHONY: install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
+.PHONY: help install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev,dreamsim,experiment]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv with the project and its extras
 
 $(LINT_STAMP): requirements-lint.txt
 	$(PYTHON) -m venv $(LINT_VENV)
@@ -28,18 +31,18 @@ $(LINT_STAMP): requirements-lint.txt
 run: $(STAMP)  ## train the toy world for 10 rounds through the Kubeflow pipeline (kfp.local)
 	$(BIN)/dgrpo run --config $(CONFIG) $(RUN_ARGS)
 
-run-inprocess: $(STAMP)
+run-inprocess: $(STAMP)  ## the same training in one process, without kfp (faster)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
-test: $(STAMP) lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
-	$(BIN)/ruff check src components pipelines tests scripts examples
+test: $(STAMP) lint lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP)  ## the tests without the end-to-end pipeline runs
 	$(BIN)/pytest -q -m "not e2e"
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the import layering with import-linter (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check src components pipelines tests scripts examples
+	$(BIN)/lint-imports
 
 lint-images: $(STAMP) $(LINT_STAMP)  ## hadolint and checkov on every Dockerfile under images/
 	$(BIN)/hadolint images/*/Dockerfile
@@ -62,8 +65,8 @@ pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) on the toy world: table + plot
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python scripts/bench_rollout.py
 
-clean:
+clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

@@ -1,5 +1,2 @@
-"""Kubeflow lightweight components: one thin wrapper per stage around `dgrpo.stages`."""
-
-from dgrpo_components.stages import cluster, evaluate, reward, rollout, update
-
-__all__ = ["cluster", "evaluate", "reward", "rollout", "update"]
+"""Kubeflow lightweight components: one thin wrapper per stage around `dgrpo.stages` (`stages`), and the Parquet
+adapters around a swapped-in stage (`exchange`)."""

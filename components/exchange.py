@@ -13,22 +13,22 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 def export_table(config_json: str, store_uri: str, run_id: str, contract: str, part: Input[Dataset],
                  table: Output[Dataset]):
     """One stored table as a Parquet file for an external component."""
-    from dgrpo.stages import entry
-    from dgrpo.stages.exchange import export_table as export
+    from dgrpo.runtime import component_io as cio
+    from dgrpo.stages.shared.exchange import export_table as export
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    table.metadata["rows"] = export(ctx, entry.read_ref(part), contract, table.path)
+    ctx = cio.context(config_json, store_uri, run_id)
+    table.metadata["rows"] = export(ctx, cio.read_ref(part), contract, table.path)
 
 
 @dsl.component(base_image=image_for("reward"), install_kfp_package=False)
 def export_shards(config_json: str, store_uri: str, run_id: str, contract: str, parts: Input[list[Dataset]],
                   table: Output[Dataset]):
     """The shards of a stored table, merged in shard order, as one Parquet file for an external component."""
-    from dgrpo.stages import entry
-    from dgrpo.stages.exchange import export_table as export
+    from dgrpo.runtime import component_io as cio
+    from dgrpo.stages.shared.exchange import export_table as export
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    table.metadata["rows"] = export(ctx, entry.read_refs(parts), contract, table.path)
+    ctx = cio.context(config_json, store_uri, run_id)
+    table.metadata["rows"] = export(ctx, cio.read_refs(parts), contract, table.path)
 
 
 @dsl.component(base_image=image_for("reward"), install_kfp_package=False)
@@ -36,14 +36,14 @@ def import_rewards(config_json: str, store_uri: str, run_id: str, round_index: i
                    start: Input[Artifact], rollouts: Input[Dataset], table: Input[Dataset],
                    rewards: Output[Dataset], metrics: Output[Metrics]):
     """Validate an external reward stage's Parquet against the rewards contract and store it."""
-    from dgrpo.stages import entry
-    from dgrpo.stages.exchange import import_table
+    from dgrpo.runtime import component_io as cio
+    from dgrpo.stages.shared.exchange import import_table
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, _, _ = entry.round_state(start, 0)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, _, _ = cio.round_state(start, 0)
     result = import_table(ctx, round_abs + round_index, "reward", "rewards", table.path,
-                          {"rollouts": entry.read_ref(rollouts)}, image)
-    entry.publish(ctx, result, {"rewards": rewards}, metrics)
+                          {"rollouts": cio.read_ref(rollouts)}, image)
+    cio.publish(ctx, result, {"rewards": rewards}, metrics)
 
 
 @dsl.component(base_image=image_for("cluster"), install_kfp_package=False)
@@ -51,11 +51,11 @@ def import_scores(config_json: str, store_uri: str, run_id: str, round_index: in
                   start: Input[Artifact], rollouts: Input[list[Dataset]], rewards: Input[list[Dataset]],
                   table: Input[Dataset], scores: Output[Dataset], metrics: Output[Metrics]):
     """Validate an external cluster stage's Parquet against the scores contract and store it."""
-    from dgrpo.stages import entry
-    from dgrpo.stages.exchange import import_table
+    from dgrpo.runtime import component_io as cio
+    from dgrpo.stages.shared.exchange import import_table
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, _, _ = entry.round_state(start, 0)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, _, _ = cio.round_state(start, 0)
     result = import_table(ctx, round_abs + round_index, "cluster", "scores", table.path,
-                          {"rollouts": entry.read_refs(rollouts), "rewards": entry.read_refs(rewards)}, image)
-    entry.publish(ctx, result, {"scores": scores}, metrics)
+                          {"rollouts": cio.read_refs(rollouts), "rewards": cio.read_refs(rewards)}, image)
+    cio.publish(ctx, result, {"scores": scores}, metrics)

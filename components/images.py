@@ -9,13 +9,11 @@ import os
 from pathlib import Path
 
 from dgrpo import __version__
-
-STAGES = ("rollout", "reward", "cluster", "update", "evaluate")
+from dgrpo.contracts.stages import stage_spec
 
 
 def image_for(stage: str) -> str:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    stage_spec(stage)  # an unknown stage is an error naming the known ones
     refs_file = os.environ.get("DGRPO_IMAGES_FILE")
     if refs_file:
         try:

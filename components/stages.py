@@ -14,11 +14,11 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 @dsl.component(base_image=image_for("update"), install_kfp_package=False)
 def resume(config_json: str, store_uri: str, run_id: str, resume_from: str, start: Output[Artifact]):
     """Where this run begins: round 0, or after the last committed round of `resume_from`."""
-    from dgrpo.stages import entry
-    from dgrpo.stages.resume import start_point
+    from dgrpo.runtime import component_io as cio
+    from dgrpo.stages.shared.commits import start_point
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    entry.write_text(start, start_point(ctx, resume_from).to_json())
+    ctx = cio.context(config_json, store_uri, run_id)
+    cio.write_text(start, start_point(ctx, resume_from).to_json())
 
 
 @dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
@@ -26,26 +26,26 @@ def rollout(config_json: str, store_uri: str, run_id: str, round_index: int, sha
             start: Input[Artifact], rollouts: Output[Dataset], metrics: Output[Metrics],
             adapter: Input[Model] | None = None):
     """Sample G SDE trajectories per prompt of one shard with the current adapter."""
-    from dgrpo.stages import entry
+    from dgrpo.runtime import component_io as cio
     from dgrpo.stages.rollout import run_rollout
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, adapter_ref, _ = entry.round_state(start, round_index, adapter)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, adapter_ref, _ = cio.round_state(start, round_index, adapter)
     result = run_rollout(ctx, round_abs, adapter_ref, shard_index, shard_count)
-    entry.publish(ctx, result, {"rollouts": rollouts}, metrics)
+    cio.publish(ctx, result, {"rollouts": rollouts}, metrics)
 
 
 @dsl.component(base_image=image_for("reward"), install_kfp_package=False)
 def reward(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
            rollouts: Input[Dataset], rewards: Output[Dataset], metrics: Output[Metrics]):
     """Score every rollout image of one shard with the configured reward model."""
-    from dgrpo.stages import entry
+    from dgrpo.runtime import component_io as cio
     from dgrpo.stages.reward import run_reward
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, _, _ = entry.round_state(start, 0)
-    result = run_reward(ctx, round_abs + round_index, entry.read_ref(rollouts))
-    entry.publish(ctx, result, {"rewards": rewards}, metrics)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, _, _ = cio.round_state(start, 0)
+    result = run_reward(ctx, round_abs + round_index, cio.read_ref(rollouts))
+    cio.publish(ctx, result, {"rewards": rewards}, metrics)
 
 
 @dsl.component(base_image=image_for("cluster"), install_kfp_package=False)
@@ -53,13 +53,13 @@ def cluster(config_json: str, store_uri: str, run_id: str, round_index: int, sta
             rollouts: Input[list[Dataset]], rewards: Input[list[Dataset]], scores: Output[Dataset],
             metrics: Output[Metrics]):
     """Turn the round's quality rewards (all shards) into final rewards (the DiverseGRPO slot)."""
-    from dgrpo.stages import entry
+    from dgrpo.runtime import component_io as cio
     from dgrpo.stages.cluster import run_cluster
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, _, _ = entry.round_state(start, 0)
-    result = run_cluster(ctx, round_abs + round_index, entry.read_refs(rollouts), entry.read_refs(rewards))
-    entry.publish(ctx, result, {"scores": scores}, metrics)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, _, _ = cio.round_state(start, 0)
+    result = run_cluster(ctx, round_abs + round_index, cio.read_refs(rollouts), cio.read_refs(rewards))
+    cio.publish(ctx, result, {"scores": scores}, metrics)
 
 
 @dsl.component(base_image=image_for("update"), install_kfp_package=False)
@@ -68,14 +68,14 @@ def update(config_json: str, store_uri: str, run_id: str, round_index: int, star
            new_optimizer_state: Output[Model], update_metrics: Output[Dataset], metrics: Output[Metrics],
            adapter: Input[Model] | None = None, optimizer_state: Input[Model] | None = None):
     """One GRPO round on the trajectories; writes the new LoRA adapter and optimizer state and commits the round."""
-    from dgrpo.stages import entry
+    from dgrpo.runtime import component_io as cio
     from dgrpo.stages.update import run_update
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, adapter_ref, optimizer_ref = entry.round_state(start, round_index, adapter, optimizer_state)
-    result = run_update(ctx, round_abs, entry.read_refs(rollouts), entry.read_ref(scores), adapter_ref,
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, adapter_ref, optimizer_ref = cio.round_state(start, round_index, adapter, optimizer_state)
+    result = run_update(ctx, round_abs, cio.read_refs(rollouts), cio.read_ref(scores), adapter_ref,
                         optimizer_ref)
-    entry.publish(ctx, result, {"adapter": new_adapter, "optimizer_state": new_optimizer_state,
+    cio.publish(ctx, result, {"adapter": new_adapter, "optimizer_state": new_optimizer_state,
                                 "metrics": update_metrics}, metrics)
 
 
@@ -85,11 +85,15 @@ def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, st
              adapter: Input[Model] | None = None, optimizer_state: Input[Model] | None = None):
     """Deterministic evaluation: quality, mode coverage, diversity, and an image grid (of the EMA weights when
     the run keeps an EMA and eval.use_ema is on)."""
-    from dgrpo.stages import entry
+    from dgrpo.runtime import component_io as cio
     from dgrpo.stages.evaluate import run_evaluate
 
-    ctx = entry.context(config_json, store_uri, run_id)
-    round_abs, adapter_ref, optimizer_ref = entry.round_state(start, round_index, adapter, optimizer_state)
+    ctx = cio.context(config_json, store_uri, run_id)
+    round_abs, adapter_ref, optimizer_ref = cio.round_state(start, round_index, adapter, optimizer_state)
     result = run_evaluate(ctx, round_abs, adapter_ref, optimizer_ref)
-    entry.publish(ctx, result, {"samples": samples}, metrics)
-    entry.write_grid_html(ctx, result.outputs["grid"], grid.path)
+    cio.publish(ctx, result, {"samples": samples}, metrics)
+    cio.write_grid_html(ctx, result.outputs["grid"], grid.path)
+
+
+STAGE_COMPONENTS = {"rollout": rollout, "reward": reward, "cluster": cluster, "update": update, "evaluate": evaluate}
+"""The component of each stage of the stage table, `dgrpo.contracts.stages.STAGES` (a test checks they agree)."""

@@ -10,8 +10,8 @@ import typer
 
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
-from dgrpo.report import build_report, format_report, summary_lines
-from dgrpo.stages.resume import ResumeError
+from dgrpo.runtime.report import build_report, format_report, summary_lines
+from dgrpo.stages.shared.commits import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, open_store
 
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
@@ -185,15 +185,15 @@ def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] =
 def contract_show(name: Annotated[str | None, typer.Argument(help="Stage or contract name; all contracts when "
                                                                   "omitted.")] = None):
     """Print what a stage reads and writes, or the columns of the stage contracts."""
-    from dgrpo.stages.interface import STAGES, describe_stage
+    from dgrpo.contracts.stages import STAGE_NAMES, describe_stage
 
-    if name in STAGES:
+    if name in STAGE_NAMES:
         typer.echo(describe_stage(name))
         return
     names = [name] if name else list(contracts.CONTRACTS)
     for n in names:
         if n not in contracts.CONTRACTS:
-            raise typer.BadParameter(f"unknown stage or contract {n!r} (stages: {', '.join(STAGES)}; contracts: "
+            raise typer.BadParameter(f"unknown stage or contract {n!r} (stages: {', '.join(STAGE_NAMES)}; contracts: "
                                      f"{', '.join(contracts.CONTRACTS)})")
         typer.echo(contracts.describe(contracts.CONTRACTS[n]) + "\n")
 
@@ -204,7 +204,7 @@ def contract_check(target: Annotated[str, typer.Argument(help="Stage or contract
                                                                 "sha256 (with --store).")],
                    store: Annotated[str | None, typer.Option(help="Store URI.")] = None):
     """Validate an artifact, produced by any image, against a stage's or a contract's schema."""
-    from dgrpo.stages.interface import check_table
+    from dgrpo.contracts.stages import check_table
 
     path = Path(artifact)
     try:
@@ -239,7 +239,7 @@ def experiment(
     threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
-    from dgrpo.experiment import run_experiment
+    from dgrpo.toyworld.experiment import run_experiment
 
     overrides = _overrides(set_)
     start = time.monotonic()

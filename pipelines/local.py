@@ -11,9 +11,10 @@ from dgrpo_pipelines.training import build_pipeline
 from kfp import local
 
 from dgrpo.config import RunConfig
-from dgrpo.engine import run_inprocess, training_plan
-from dgrpo.stages.common import StageContext
-from dgrpo.stages.resume import start_point
+from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime.plan import training_plan
+from dgrpo.stages.shared.commits import start_point
+from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import open_store
 
 ENGINES = ("kfp", "inprocess")

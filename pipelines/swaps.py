@@ -7,7 +7,7 @@ from kfp import components
 from kfp.dsl.base_component import BaseComponent
 
 from dgrpo.config import CustomStage
-from dgrpo.stages.interface import STAGES, SWAP_PARAMETERS
+from dgrpo.contracts.stages import SWAP_PARAMETERS, stage_spec
 
 
 def load_custom(stage: str, custom: CustomStage) -> BaseComponent:
@@ -23,7 +23,7 @@ def load_custom(stage: str, custom: CustomStage) -> BaseComponent:
             raise ValueError(f"{where}.component': {path} is not a KFP component: {exc}") from exc
     else:
         comp = components.load_component_from_text(yaml.safe_dump(container_spec(stage, custom)))
-    iface = STAGES[stage]
+    iface = stage_spec(stage)
     inputs, outputs = set(comp.component_spec.inputs or {}), set(comp.component_spec.outputs or {})
     missing = [p.name for p in iface.reads if p.name not in inputs]
     missing += [p.name for p in iface.writes if p.name not in outputs]
@@ -37,7 +37,7 @@ def load_custom(stage: str, custom: CustomStage) -> BaseComponent:
 
 def container_spec(stage: str, custom: CustomStage) -> dict:
     """A component spec running `custom.command` in `custom.image` with `--<port> PATH` and `--round_index N`."""
-    iface = STAGES[stage]
+    iface = stage_spec(stage)
     args: list = []
     for p in iface.reads:
         args += [f"--{p.name}", {"inputPath": p.name}]

@@ -1,4 +1,4 @@
-"""The Kubeflow training pipeline, unrolled over rounds at compile time from `dgrpo.engine.training_plan`.
+"""The Kubeflow training pipeline, unrolled over rounds at compile time from `dgrpo.runtime.plan.training_plan`.
 
 A run begins with `resume` (round 0, or after the last committed round of `resume_from`). Per round, rollout and
 reward fan out over prompt shards (dsl.ParallelFor) and cluster and update collect them (dsl.Collected). Stage
@@ -14,15 +14,14 @@ from dgrpo_pipelines.kubernetes import configure, light
 from dgrpo_pipelines.swaps import image_of, load_custom
 from kfp import compiler, dsl
 
-from dgrpo.config import SWAPPABLE_STAGES, RunConfig
-from dgrpo.engine import training_plan
+from dgrpo.config import RunConfig
+from dgrpo.runtime.plan import training_plan
 
 
 def build_pipeline(config: RunConfig):
     """A KFP pipeline for `config`: one task (or shard fan-out) per planned stage, artifacts wired round to round."""
     k8s = config.kubernetes
-    swaps = {s: load_custom(s, getattr(config.pipeline.stages, s)) for s in SWAPPABLE_STAGES
-             if getattr(config.pipeline.stages, s) is not None}
+    swaps = {stage: load_custom(stage, custom) for stage, custom in config.pipeline.swaps().items()}
 
     def stage_task(task: dsl.PipelineTask, stage: str, name: str) -> dsl.PipelineTask:
         return configure(task, k8s.resolve(stage), k8s).set_display_name(name)

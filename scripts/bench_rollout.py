@@ -16,7 +16,7 @@ from dgrpo.config import ModelConfig
 from dgrpo.models import load_policy
 from dgrpo.models.sd3 import SD3Policy
 from dgrpo.models.tiny import tiny_sd3_pipeline
-from dgrpo.trajectories import sample_ode, sample_sde
+from dgrpo.models.trajectories import sample_ode, sample_sde
 
 
 def _once(fn) -> float:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dgrpo_components.images import STAGES
+from dgrpo.contracts.stages import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def build_all(registry: str, tag: str, push: bool) -> dict[str, str]:
     if push:
         docker("push", base)
     refs = {}
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         ref = f"{registry}/dgrpo-{stage}:{tag}"
         docker("build", "--tag", ref, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"STAGE={stage}",
                "--build-arg", f"DGRPO_IMAGE={ref}", str(ROOT / "images" / "stage"))

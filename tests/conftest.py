@@ -14,9 +14,9 @@ import seaweedfs  # noqa: E402
 import torch  # noqa: E402
 
 from dgrpo.config import load_config  # noqa: E402
-from dgrpo.s3store import S3Store  # noqa: E402
-from dgrpo.stages.common import StageContext  # noqa: E402
+from dgrpo.stages.shared.context import StageContext  # noqa: E402
 from dgrpo.store import LocalStore  # noqa: E402
+from dgrpo.store.s3 import S3Store  # noqa: E402
 
 torch.set_num_threads(TORCH_THREADS)
 

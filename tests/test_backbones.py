@@ -10,15 +10,15 @@ from dgrpo.config import LoraConfig, ModelConfig
 from dgrpo.contracts import ROLLOUTS, UPDATE_METRICS
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+from dgrpo.models.trajectories import sample_ode, sample_sde
 from dgrpo.sampling import flow_sigmas, step_with_logprob
 from dgrpo.stages.cluster import run_cluster
-from dgrpo.stages.common import StageContext
-from dgrpo.stages.policy_io import ADAPTER_KIND
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
+from dgrpo.stages.shared.context import StageContext
+from dgrpo.stages.shared.policy_io import ADAPTER_KIND
 from dgrpo.stages.update import run_update
 from dgrpo.store import LocalStore
-from dgrpo.trajectories import sample_ode, sample_sde
 
 PROMPTS = ["a red square", "a blue cross"]
 

@@ -9,12 +9,12 @@ from sklearn.metrics import adjusted_rand_score
 from dgrpo import artifacts
 from dgrpo.contracts import ROLLOUTS, SCORES, ContractError
 from dgrpo.diversity import creativity_bonus
-from dgrpo.evaluation import png_bytes
+from dgrpo.images import png_bytes
 from dgrpo.lineage import Provenance
 from dgrpo.stages.cluster import run_cluster
-from dgrpo.stages.common import StageContext
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
+from dgrpo.stages.shared.context import StageContext
 from dgrpo.toyworld.data import render
 
 DIVERSE = {"cluster.method": "diverse", "cluster.beta": 2.0, "cluster.normalization": "zscore",

@@ -167,3 +167,63 @@ def test_prompts_file_excludes_inline_prompts(tmp_path, monkeypatch):
         config_from_dict({"eval": {"prompts_file": "x.txt"}})
     monkeypatch.chdir(tmp_path / "cfg" / "prompts")  # an override's file is relative to the working directory
     assert load_config(None, {"eval.prompts_file": "train.txt"}).eval.prompts == ["a red square", "a blue cross"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"sampling.method": "ode"}, r"'sampling.method': must be one of sde, cps, got 'ode'"),
+    ({"train.regularizer": "l2"}, r"'train.regularizer': must be one of none, kl, sa, both"),
+    ({"kubernetes.stages.update.tolerations": [{"operator": "Maybe"}]},
+     r"'kubernetes.stages.update.tolerations\[0\].operator': must be one of Equal, Exists"),
+    ({"train.learning_rate": 1e6}, r"'train.learning_rate': must be > 0 and <= 1, got 1000000.0"),
+    ({"train.learning_rate": 0}, r"'train.learning_rate': must be > 0"),
+    ({"sampling.guidance_scale": float("nan")}, r"'sampling.guidance_scale': must be a finite number"),
+    ({"train.adam_betas": [0.9, 1.5]}, r"'train.adam_betas\[1\]': must be >= 0 and < 1"),
+    ({"seed": -1}, r"'seed': must be >= 0"),
+    ({"kubernetes.stages.rollout.gpus": -2}, r"'kubernetes.stages.rollout.gpus': must be >= 0"),
+    ({"kubernetes.stages.scorer": {"gpus": 1}}, r"'kubernetes.stages.scorer': is not a stage"),
+    ({"pipeline.stages.update": {"image": "x", "command": ["y"]}}, r"'pipeline.stages.update': is not a swappable"),
+])
+def test_choices_and_ranges_come_from_the_field_types(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_every_numeric_field_declares_a_range():
+    from dgrpo.config import RunConfig
+    from dgrpo.config.fields import numeric_fields_without_range
+
+    assert numeric_fields_without_range(RunConfig) == []
+
+
+def test_recipe_hash_ignores_where_and_how_a_run_executes():
+    base = load_config()
+    deployment = load_config(None, {"pipeline.shards": 2, "pipeline.parallelism": 1, "name": "other",
+                                    "kubernetes.stages.update.gpus": 2, "train.num_processes": 2,
+                                    "train.micro_batch_size": 24, "sampling.batch_size": 4})
+    assert deployment.recipe_sha256() == base.recipe_sha256() and deployment.sha256() != base.sha256()
+    assert load_config(None, {"train.learning_rate": 2e-3}).recipe_sha256() != base.recipe_sha256()
+    assert load_config(None, {"seed": 3}).recipe_sha256() != base.recipe_sha256()
+
+
+def test_default_prompts_are_the_toy_worlds_captions():
+    from dgrpo.toyworld.data import CAPTIONS
+
+    cfg = load_config()
+    assert cfg.eval.prompts == CAPTIONS and cfg.sampling.prompts == CAPTIONS[:6]
+
+
+def test_a_config_recorded_before_the_restructure_still_loads():
+    """A run's config.json written by dgrpo at f5ee6c2 (before the config became a package): same values."""
+    import json
+    from pathlib import Path
+
+    from dgrpo.config import config_from_json
+
+    text = (Path(__file__).parent / "fixtures" / "config-f5ee6c2.json").read_text()
+    cfg = config_from_json(text)
+    old = json.loads(text)
+    new = cfg.to_dict()
+    assert {k: new[k] for k in old if k not in ("pipeline", "kubernetes")} == {k: v for k, v in old.items() if k not in
+                                                                              ("pipeline", "kubernetes")}
+    assert cfg.kubernetes.resolve("update").gpus == old["kubernetes"]["stages"]["update"]["gpus"]
+    assert cfg.pipeline.swaps() == {}

@@ -58,6 +58,23 @@ def test_wrong_schema_version_rejected_on_read(store):
         artifacts.read_table(store, ref, REWARDS)
 
 
+def test_an_earlier_version_with_the_same_columns_still_reads(store):
+    """rollouts v2 (before seeds came from named streams) has v3's columns: old artifacts stay readable."""
+    import dataclasses
+    import io
+
+    import pyarrow.parquet as pq
+
+    older = dataclasses.replace(REWARDS, version=1)
+    newer = dataclasses.replace(REWARDS, version=2, also_reads=(1,))
+    buf = io.BytesIO()
+    pq.write_table(contracts.validate(rewards_table(), older, "t"), buf)
+    assert contracts.from_parquet_bytes(buf.getvalue(), newer, "t").num_rows == 3
+    with pytest.raises(ContractError, match="declares contract rewards v1, expected rewards v2"):
+        contracts.from_parquet_bytes(buf.getvalue(), dataclasses.replace(REWARDS, version=2), "t")
+    assert contracts.ROLLOUTS.also_reads == (2,) and contracts.EVAL_SAMPLES.also_reads == (1,)
+
+
 def test_reading_with_wrong_contract_rejected(store):
     ref = artifacts.write_table(store, rewards_table(), REWARDS, prov())
     with pytest.raises(ContractError, match="is a 'rewards' artifact, expected 'scores'"):

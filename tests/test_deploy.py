@@ -11,9 +11,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from dgrpo_components.images import STAGES, image_for
+from dgrpo_components.images import image_for
 
-from dgrpo.s3store import S3Settings
+from dgrpo.contracts.stages import STAGE_NAMES
+from dgrpo.store.s3 import S3Settings
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -23,11 +24,11 @@ PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[0-9][A-Za-z0-9.+!-]*$")
 
 
 def test_image_references_file_selects_the_stage_images(tmp_path, monkeypatch):
-    refs = {s: f"registry.example/team/dgrpo-{s}:abc123@sha256:{'0' * 63}{i}" for i, s in enumerate(STAGES)}
+    refs = {s: f"registry.example/team/dgrpo-{s}:abc123@sha256:{'0' * 63}{i}" for i, s in enumerate(STAGE_NAMES)}
     path = tmp_path / "images.json"
     path.write_text(json.dumps(refs))
     monkeypatch.setenv("DGRPO_IMAGES_FILE", str(path))
-    assert [image_for(s) for s in STAGES] == [refs[s] for s in STAGES]
+    assert [image_for(s) for s in STAGE_NAMES] == [refs[s] for s in STAGE_NAMES]
     path.write_text(json.dumps({k: v for k, v in refs.items() if k != "cluster"}))
     with pytest.raises(ValueError, match=r"images.json: no image reference for stage 'cluster'"):
         image_for("cluster")
@@ -40,8 +41,18 @@ def test_image_references_file_selects_the_stage_images(tmp_path, monkeypatch):
     assert image_for("update") == "r.example/x/dgrpo-update:t1"
 
 
+def test_every_stage_of_the_table_has_a_component_and_an_image():
+    from dgrpo_components.stages import STAGE_COMPONENTS
+
+    assert list(STAGE_COMPONENTS) == list(STAGE_NAMES)
+    for stage in STAGE_NAMES:
+        assert (ROOT / "images" / "stage" / f"requirements-{stage}.txt").is_file(), stage
+    with pytest.raises(ValueError, match="unknown stage 'score'"):
+        image_for("score")
+
+
 def test_compiled_pipeline_uses_the_image_references_file(tmp_path):
-    refs = {s: f"registry.example/dgrpo-{s}:rev42" for s in STAGES}
+    refs = {s: f"registry.example/dgrpo-{s}:rev42" for s in STAGE_NAMES}
     (tmp_path / "images.json").write_text(json.dumps(refs))
     env = {**os.environ, "DGRPO_IMAGES_FILE": str(tmp_path / "images.json")}
     out = tmp_path / "pipeline.yaml"
@@ -53,7 +64,7 @@ def test_compiled_pipeline_uses_the_image_references_file(tmp_path):
     assert images == set(refs.values())
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_stage_image_is_pinned_non_root_and_built_on_the_base(stage):
     dockerfile = (ROOT / "images" / "stage" / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M)
@@ -122,7 +133,7 @@ def test_manifests_agree_with_each_other_and_with_the_store(monkeypatch):
         monkeypatch.setenv(key, value)
     settings = S3Settings.from_env()
     assert settings.endpoint_url == env["DGRPO_S3_ENDPOINT_URL"] and settings.addressing_style == "path"
-    documented = set(re.findall(r"DGRPO_S3_[A-Z_]+", (ROOT / "src/dgrpo/s3store.py").read_text()))
+    documented = set(re.findall(r"DGRPO_S3_[A-Z_]+", (ROOT / "src/dgrpo/store/s3.py").read_text()))
     assert set(env) <= documented
 
 

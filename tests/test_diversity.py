@@ -123,7 +123,8 @@ def test_single_tight_blob_gives_one_cluster():
 
 
 def test_all_pairs_median_width_misses_the_modes():
-    """SPEC section 3: most pairs are cross-mode, so that width makes the graph look connected; ours does not."""
+    """docs/algorithms.md, "DiverseGRPO": most pairs are cross-mode, so that width makes the graph look connected;
+    ours does not."""
     x, _ = blobs([6, 6, 6, 6])
     d = cosine_distances(x)
     assert spectral_clusters(d, kernel_width=float(np.median(d[np.triu_indices(24, 1)]))).max() == 0

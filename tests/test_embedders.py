@@ -5,7 +5,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from dgrpo.diversity import cosine_distances, spectral_clusters
-from dgrpo.embedders import EMBEDDERS, check_dreamsim_cache, load_embedder
+from dgrpo.embedders import EMBEDDERS, load_embedder
+from dgrpo.embedders.dreamsim import check_dreamsim_cache
 from dgrpo.toyworld.data import CAPTIONS, render
 
 
@@ -17,7 +18,7 @@ def rendered(caption: str, modes: list[int], seed: int = 0) -> np.ndarray:
 
 
 def test_registry_names_both_embedders_and_rejects_unknown():
-    assert {"toy", "dreamsim"} <= set(EMBEDDERS)
+    assert {"toy", "dreamsim"} <= set(EMBEDDERS.names())
     with pytest.raises(ValueError, match="cluster.embedder.*'clip'"):
         load_embedder("clip")
     with pytest.raises(ValueError, match="cluster.embedder_options"):

@@ -7,9 +7,9 @@ from dgrpo import artifacts
 from dgrpo.contracts import EVAL_SAMPLES
 from dgrpo.diversity import mean_pairwise_distance
 from dgrpo.embedders import load_embedder
-from dgrpo.evaluation import png_decode
-from dgrpo.stages.common import StageContext
+from dgrpo.images import png_decode
 from dgrpo.stages.evaluate import run_evaluate
+from dgrpo.stages.shared.context import StageContext
 
 SMALL_EVAL = {"eval.num_steps": 2, "eval.samples_per_prompt": 3}
 

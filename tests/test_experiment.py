@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dgrpo.experiment import at_matched_reward, build_arms, summarise
+from dgrpo.toyworld.experiment import at_matched_reward, build_arms, summarise
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

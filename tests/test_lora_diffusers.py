@@ -9,9 +9,9 @@ from dgrpo.config import LoraConfig, ModelConfig
 from dgrpo.lineage import Provenance
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
-from dgrpo.stages.policy_io import ADAPTER_KIND
+from dgrpo.models.trajectories import sample_ode
+from dgrpo.stages.shared.policy_io import ADAPTER_KIND
 from dgrpo.store import LocalStore
-from dgrpo.trajectories import sample_ode
 
 PROMPTS = ["a red square", "a blue cross"]
 

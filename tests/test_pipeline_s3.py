@@ -10,7 +10,7 @@ from dgrpo_pipelines.cli import app
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage
-from dgrpo.engine import training_plan
+from dgrpo.runtime.plan import training_plan
 from dgrpo.store import ArtifactRef, open_store
 
 LINEAGE_FIELDS = {"stage", "image", "config_sha256", "code_version", "inputs", "seeds", "round", "run_id"}

@@ -8,9 +8,9 @@ from conftest import small_config
 
 from dgrpo.config import ConfigError, load_config
 from dgrpo.models import load_policy
+from dgrpo.models.trajectories import sample_sde
 from dgrpo.sampling import euler_step
-from dgrpo.stages.common import sde_steps, trained_steps
-from dgrpo.trajectories import sample_sde
+from dgrpo.stages.shared.rounds import sde_steps, trained_steps
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -6,10 +6,10 @@ from conftest import small_config
 
 from dgrpo.config import ConfigError
 from dgrpo.models import load_policy
+from dgrpo.models.trajectories import sample_sde
+from dgrpo.objectives import clipped_policy_loss, sa_regularizer
 from dgrpo.sampling import step_with_logprob
-from dgrpo.stages.update import regularizer_terms
-from dgrpo.training import clipped_policy_loss, sa_regularizer
-from dgrpo.trajectories import sample_sde
+from dgrpo.stages.update.train import regularizer_terms
 
 
 def test_sa_regularizer_formula_and_detached_reference():

@@ -3,9 +3,9 @@
 import pytest
 from conftest import small_config
 
-from dgrpo.engine import run_inprocess
-from dgrpo.stages.common import StageContext
-from dgrpo.stages.resume import ResumeError, StartPoint, last_commit, start_point
+from dgrpo.runtime.engine import run_inprocess
+from dgrpo.stages.shared.commits import ResumeError, StartPoint, last_commit, start_point
+from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import LocalStore
 
 

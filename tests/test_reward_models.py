@@ -8,8 +8,8 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from dgrpo.models.tiny import clip_tokenizer
-from dgrpo.reward_models import AestheticHead
 from dgrpo.rewards import load_reward
+from dgrpo.rewards.models import AestheticHead
 
 PROMPTS = ["a red square", "a photo of a cat", "a blue cross"]
 
@@ -120,9 +120,8 @@ def _original_name(key: str) -> str:
 @pytest.fixture(scope="module")
 def imagereward_files(tmp_path_factory):
     """A tiny random ImageReward: ImageReward.pt with the authors' key names, med_config.json, a BERT vocab."""
+    from dgrpo.rewards.imagereward import ImageRewardModel, text_config, vision_config
     from transformers import BertTokenizer
-
-    from dgrpo.imagereward import ImageRewardModel, text_config, vision_config
 
     path = tmp_path_factory.mktemp("tiny-imagereward")
     words = ["a", "red", "square", "photo", "of", "cat", "blue", "cross", "dog", "green", "circle"]
@@ -151,9 +150,8 @@ def imagereward_files(tmp_path_factory):
 
 def test_imagereward_loads_the_authors_keys_and_scores(imagereward_files, images):
     pytest.importorskip("torchvision")
+    from dgrpo.rewards.imagereward import load_tokenizer
     from torchvision import transforms
-
-    from dgrpo.imagereward import load_tokenizer
 
     _, model, options = imagereward_files
     reward = load_reward("imagereward", options)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS
 from dgrpo.lineage import Provenance
-from dgrpo.s3store import S3Settings, S3Store, parse_s3_uri
 from dgrpo.store import StoreError, open_store
+from dgrpo.store.s3 import S3Settings, S3Store, parse_s3_uri
 
 
 def _rewards(n=4):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgrpo.training import clipped_policy_loss, group_advantages, kl_to_reference
+from dgrpo.objectives import clipped_policy_loss, group_advantages, kl_to_reference
 
 
 def test_group_advantages_normalise_within_groups():

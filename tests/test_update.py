@@ -10,18 +10,18 @@ from conftest import small_config
 from dgrpo import artifacts
 from dgrpo.config import ConfigError
 from dgrpo.contracts import ROLLOUTS
-from dgrpo.engine import run_inprocess
-from dgrpo.stages import update
+from dgrpo.objectives import group_advantages
+from dgrpo.runtime.engine import run_inprocess
 from dgrpo.stages.cluster import run_cluster
-from dgrpo.stages.common import StageContext
 from dgrpo.stages.evaluate import run_evaluate
-from dgrpo.stages.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
-from dgrpo.stages.training_state import EMA_STEP
+from dgrpo.stages.shared.context import StageContext
+from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
+from dgrpo.stages.shared.training_state import EMA_STEP
 from dgrpo.stages.update import group_conditioning, run_update
+from dgrpo.stages.update import train as update_train
 from dgrpo.store import LocalStore
-from dgrpo.training import group_advantages
 
 
 def _scored_round(ctx: StageContext):
@@ -130,7 +130,7 @@ def test_two_processes_train_the_round_a_single_process_does(tmp_path, monkeypat
             adv[rows] = group_advantages(rewards[rows], [groups[i] for i in rows], global_std, clip)
         return adv
 
-    monkeypatch.setattr(update, "group_advantages", per_process)
+    monkeypatch.setattr(update_train, "group_advantages", per_process)
     wrong_ctx = StageContext(small_config(**overrides), store, "per-process")
     wrong = run_update(wrong_ctx, 0, rollouts, scores).outputs
     with pytest.raises(AssertionError, match="gradient"):
@@ -162,7 +162,7 @@ def test_parallel_settings_are_validated(overrides, field):
 def test_mixed_precision_autocasts_the_transformer(tmp_path, monkeypatch, precision, dtype):
     """The attention projections compute in bf16 under autocast; the LoRA weights stay float32."""
     seen: list[torch.dtype] = []
-    load = update.load_policy_for_round
+    load = update_train.load_policy_for_round
 
     def load_and_watch(*args, **kwargs):
         policy = load(*args, **kwargs)
@@ -170,10 +170,10 @@ def test_mixed_precision_autocasts_the_transformer(tmp_path, monkeypatch, precis
         layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype) if torch.is_grad_enabled() else None)
         return policy
 
-    monkeypatch.setattr(update, "load_policy_for_round", load_and_watch)
+    monkeypatch.setattr(update_train, "load_policy_for_round", load_and_watch)
     ctx = StageContext(small_config(**{"train.mixed_precision": precision}), LocalStore(tmp_path / "s"), "mp")
     rollouts, scores = _scored_round(ctx)
-    out = update.run_update(ctx, 0, rollouts, scores)
+    out = run_update(ctx, 0, rollouts, scores)
     assert seen and set(seen) == {dtype}
     adapter = _tensors(ctx, out.outputs["adapter"])
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in adapter.values())

@@ -1,9 +1,9 @@
 """DiverseGRPO creativity reward: cluster a prompt group's images by embedding, reward the rare modes.
 
 Per-sample rewards make the mode weights follow replicator dynamics, so one mode takes over. The creativity
-bonus E_i = sqrt(N / n_k) pays an image more the smaller its semantic cluster is (SPEC section 3):
+bonus E_i = sqrt(N / n_k) pays an image more the smaller its semantic cluster is (docs/algorithms.md, "DiverseGRPO"):
 cosine distances of the images' embeddings -> Gaussian affinity -> normalised spectral clustering -> bonus.
-The Vendi score (SPEC section 6) measures the diversity of the same embeddings.
+The Vendi score (docs/algorithms.md, "Measuring diversity") measures the diversity of the same embeddings.
 """
 
 import numpy as np
@@ -80,7 +80,7 @@ def median_width(distances: np.ndarray) -> float:
     """The textbook width: the median of all pairwise distances (i < j).
 
     Offered for comparison: when most pairs are cross-mode it is a cross-mode distance and the eigengap sees one
-    connected cluster (SPEC section 3).
+    connected cluster (docs/algorithms.md, "DiverseGRPO").
     """
     d = _check_distances(distances)
     pairs = d[np.triu_indices(d.shape[0], 1)]
@@ -97,7 +97,8 @@ def auto_kernel_width(distances: np.ndarray, heuristic: str = "knn", n_neighbors
 
 
 def mean_pairwise_distance(embeddings: np.ndarray) -> float:
-    """Mean cosine distance over pairs i != j: the DreamSim diversity of one prompt's images (SPEC section 6)."""
+    """Mean cosine distance over pairs i != j: the DreamSim diversity of one prompt's images (docs/algorithms.md,
+    "Measuring diversity")."""
     d = cosine_distances(embeddings)
     n = d.shape[0]
     return float(d[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0
@@ -177,7 +178,7 @@ def spectral_clusters(
         return np.zeros(n, dtype=np.int64)
     embedding = vectors[:, :k]
     embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), _TINY)
-    labels = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(embedding)
+    labels = KMeans(n_clusters=k, random_state=seed % 2**32, n_init=10).fit_predict(embedding)
     return _canonical(labels)
 
 

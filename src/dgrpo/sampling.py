@@ -1,4 +1,4 @@
-"""Flow-matching SDE sampling with log-probabilities (SPEC section 1).
+"""Flow-matching SDE sampling with log-probabilities (docs/algorithms.md, "The SDE step").
 
 Small pure functions named like the paper. All math runs in float32 whatever the model dtype; sigma runs
 from 1 (noise) to 0 (data) and the model predicts the velocity v with x_{t+dt} = x + v dt.

@@ -12,7 +12,6 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from dgrpo.config import ModelConfig
-from dgrpo.models import register_policy
 from dgrpo.models.diffusers_policy import DiffusersPolicy, load_pipeline
 
 FLUX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -79,7 +78,6 @@ class FluxPolicy(DiffusersPolicy):
         return kwargs
 
 
-@register_policy("flux")
-def _load_flux(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> FluxPolicy:
+def load_flux_policy(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> FluxPolicy:
     skip = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     return FluxPolicy(load_pipeline(FluxPipeline, cfg, skip if transformer_only else ()), cfg, device)

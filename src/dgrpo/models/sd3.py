@@ -4,7 +4,6 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from dgrpo.config import ModelConfig
-from dgrpo.models import register_policy
 from dgrpo.models.diffusers_policy import DiffusersPolicy, load_pipeline
 
 SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -51,7 +50,6 @@ class SD3Policy(DiffusersPolicy):
         return (self.transformer.config.in_channels, self.height // f, self.width // f)
 
 
-@register_policy("sd3")
-def _load_sd3(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> SD3Policy:
+def load_sd3_policy(cfg: ModelConfig, device: torch.device | None, transformer_only: bool) -> SD3Policy:
     skip = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
     return SD3Policy(load_pipeline(StableDiffusion3Pipeline, cfg, skip if transformer_only else ()), cfg, device)

@@ -2,7 +2,8 @@
 
 Each image is embedded once (cluster.embedder) and the embedding is kept in the scores table. In "diverse" mode
 every prompt group is clustered spectrally on its embeddings' cosine distances and rare clusters earn the
-creativity bonus (SPEC section 3); in pass-through mode (Flow-GRPO) the final reward is the quality reward.
+creativity bonus (docs/algorithms.md, "DiverseGRPO"); in pass-through mode (Flow-GRPO) the final reward is the
+quality reward.
 Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
 of quality and of beta x bonus, the cluster counts and the rollouts' embedding diversity.
 """
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 
 from dgrpo import artifacts
 from dgrpo.config import ClusterConfig
-from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES, ContractError
+from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES
 from dgrpo.diversity import (
     auto_kernel_width,
     cosine_distances,
@@ -24,18 +25,11 @@ from dgrpo.diversity import (
     spectral_clusters,
 )
 from dgrpo.embedders import load_embedder
-from dgrpo.evaluation import png_decode
-from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
-from dgrpo.stages.shards import named_inputs, read_merged, uris
+from dgrpo.images import png_decode
+from dgrpo.rng import Stream, derive_seed
+from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
-
-
-def check_same_samples(left: pa.Table, right: pa.Table, left_name: str, right_name: str) -> None:
-    a, b = set(left.column("sample_id").to_pylist()), set(right.column("sample_id").to_pylist())
-    if a != b or len(a) != left.num_rows or len(b) != right.num_rows:
-        missing, extra = sorted(a - b)[:3], sorted(b - a)[:3]
-        raise ContractError(f"{right_name} does not match {left_name} sample for sample (column 'sample_id'): "
-                            f"missing {missing}, unexpected {extra}, or duplicate ids")
 
 
 def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, seed: int) -> dict[str, np.ndarray]:
@@ -76,14 +70,13 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
     per_group: dict[str, list[float]] = {k: [] for k in ("quality_std", "bonus_std", "clusters", "singletons",
                                                          "kernel_width", "diversity")}
     start = time.perf_counter()
-    seed = derive_seed(cfg.seed, round_index, 1 << 22)
     for gi, g in enumerate(dict.fromkeys(groups.tolist())):
         idx = np.flatnonzero(groups == g)
         per_group["quality_std"].append(float(quality[idx].std()))
         if embeddings is not None:
             per_group["diversity"].append(mean_pairwise_distance(embeddings[idx]))
         if c.method == "diverse":
-            out = score_group(quality[idx], embeddings[idx], c, derive_seed(seed, gi))
+            out = score_group(quality[idx], embeddings[idx], c, derive_seed(cfg.seed, Stream.CLUSTER, round_index, gi))
             cluster_id[idx], bonus[idx], final[idx] = out["cluster_id"], out["bonus"], out["final_reward"]
             sizes = np.bincount(out["cluster_id"])
             per_group["clusters"].append(float(len(sizes)))
@@ -101,7 +94,8 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
         "final_reward": pa.array(final, pa.float64()), "embedding": emb_col,
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
-                          seeds={"kmeans_seed": seed} if c.method == "diverse" else {})
+                          seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if c.method == "diverse"
+                          else {})
     ref = artifacts.write_table(ctx.store, out, SCORES, prov)
     metrics = {"final_reward_mean": float(pc.mean(out.column("final_reward")).as_py()),
                "quality_mean": float(quality.mean()), "quality_std": float(quality.std()),

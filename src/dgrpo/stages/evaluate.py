@@ -12,13 +12,15 @@ from dgrpo import artifacts
 from dgrpo.contracts import EVAL_SAMPLES
 from dgrpo.diversity import mean_pairwise_distance
 from dgrpo.embedders import load_embedder
-from dgrpo.evaluation import MODE_CLASSIFIERS, image_grid, mode_coverage, pairwise_diversity, png_bytes
+from dgrpo.images import image_grid, png_bytes
+from dgrpo.metrics import load_mode_classifier, mode_coverage, pairwise_diversity
+from dgrpo.models.trajectories import sample_ode
 from dgrpo.rewards import load_reward
-from dgrpo.stages.common import StageContext, StageResult, derive_seed, emit_event
-from dgrpo.stages.policy_io import load_policy_for_round
-from dgrpo.stages.training_state import use_ema_weights
+from dgrpo.rng import Stream, derive_seed
+from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.policy_io import load_policy_for_round
+from dgrpo.stages.shared.training_state import use_ema_weights
 from dgrpo.store import ArtifactRef
-from dgrpo.trajectories import sample_ode
 
 EVAL_BATCH = 128
 
@@ -33,7 +35,7 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
         use_ema_weights(ctx, policy, ema_state)
     prompts = list(e.prompts)
     group_of = torch.arange(len(prompts)).repeat_interleave(e.samples_per_prompt)
-    seeds = [derive_seed(e.seed, i % e.samples_per_prompt) for i in range(len(group_of))]
+    seeds = [derive_seed(e.seed, Stream.EVAL_NOISE, i % e.samples_per_prompt) for i in range(len(group_of))]
     base_cond = policy.encode_prompts(prompts)
     images = []
     for start in range(0, len(group_of), EVAL_BATCH):
@@ -47,7 +49,8 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
     scores = load_reward(cfg.reward.name, cfg.reward.options)(images, prompt_list)
     modes = None
     if e.mode_classifier is not None:
-        classify, n_modes = MODE_CLASSIFIERS[e.mode_classifier]
+        classify = load_mode_classifier(e.mode_classifier)
+        n_modes = classify.n_modes
         modes = classify(images)
 
     embeddings = None

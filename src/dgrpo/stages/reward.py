@@ -5,9 +5,9 @@ import pyarrow as pa
 
 from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS, ROLLOUTS
-from dgrpo.evaluation import png_decode
+from dgrpo.images import png_decode
 from dgrpo.rewards import load_reward
-from dgrpo.stages.common import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.store import ArtifactRef
 
 

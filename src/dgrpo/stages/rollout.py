@@ -6,19 +6,14 @@ import torch
 
 from dgrpo import artifacts
 from dgrpo.contracts import ROLLOUTS
-from dgrpo.evaluation import png_bytes
-from dgrpo.stages.common import (
-    StageContext,
-    StageResult,
-    derive_seed,
-    emit_event,
-    round_prompts,
-    sde_steps,
-)
-from dgrpo.stages.policy_io import load_policy_for_round
-from dgrpo.stages.shards import shard_prompt_indices
+from dgrpo.images import png_bytes
+from dgrpo.models.trajectories import expand_conditioning, sample_sde_batched
+from dgrpo.rng import Stream, derive_seed
+from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.policy_io import load_policy_for_round
+from dgrpo.stages.shared.rounds import round_prompts, sde_steps
+from dgrpo.stages.shared.shards import shard_prompt_indices
 from dgrpo.store import ArtifactRef
-from dgrpo.trajectories import expand_conditioning, sample_sde_batched
 
 
 def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None = None, shard: int = 0,
@@ -33,7 +28,7 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
     size = s.batch_size or s.group_size
     rows, log_probs = [], []
     for p in mine:  # one prompt group per model batch, so a sample's numbers do not depend on the sharding
-        seeds = [derive_seed(cfg.seed, round_index, 1 + p * s.group_size + k) for k in range(s.group_size)]
+        seeds = [derive_seed(cfg.seed, Stream.SAMPLE, round_index, p, k) for k in range(s.group_size)]
         cond = expand_conditioning(policy.encode_prompts([prompts[p]]), torch.zeros(s.group_size, dtype=torch.long))
         traj = sample_sde_batched(policy, cond, seeds, s.batch_size, num_steps=s.num_steps, shift=s.shift,
                                   noise_level=s.noise_level, guidance_scale=s.guidance_scale, method=s.method,

@@ -4,7 +4,11 @@ Captions say colour and shape but never where the shape is: the quadrant is a hi
 in the data, so a model's mode histogram measures its diversity without any learned classifier.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from dgrpo.images import uint8_to_unit
 
 IMAGE_SIZE = 16
 SHAPE_SIZE = 6
@@ -105,3 +109,17 @@ def classify_color(images: np.ndarray) -> np.ndarray:
     colors = dist.argmin(axis=1).astype(np.int64)
     colors[counts < MIN_FOREGROUND] = -1
     return colors
+
+
+@dataclass(frozen=True)
+class QuadrantClassifier:
+    """The toy world's mode classifier on uint8 images, as `dgrpo.metrics.MODE_CLASSIFIERS` entry "toy"."""
+
+    n_modes: int = N_MODES
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return classify_mode(uint8_to_unit(images))
+
+
+def mode_classifier() -> QuadrantClassifier:
+    return QuadrantClassifier()

@@ -10,6 +10,8 @@ clustering still has to find them.
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from dgrpo.embedders import check_images
+from dgrpo.images import uint8_to_unit
 from dgrpo.toyworld.data import IMAGE_SIZE
 
 GRID = 4
@@ -33,3 +35,12 @@ def toy_embedding(images: np.ndarray) -> np.ndarray:
     n = len(images)
     pooled = foreground.reshape(n, GRID, cell, GRID, cell).mean(axis=(2, 4)).reshape(n, GRID * GRID)
     return np.concatenate([pooled, np.full((n, 1), EMPTY_LEVEL, np.float32)], axis=1).astype(np.float32)
+
+
+def toy_embedder():
+    """The `dgrpo.embedders.EMBEDDERS` entry "toy": `toy_embedding` on uint8 images [B, H, W, 3]."""
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return toy_embedding(uint8_to_unit(check_images(images)))
+
+    return embed

@@ -8,6 +8,7 @@ setting where plain GRPO collapses the policy's diversity onto the favoured quad
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from dgrpo.images import uint8_to_unit
 from dgrpo.toyworld.data import (
     COLORS,
     MIN_FOREGROUND,
@@ -92,3 +93,15 @@ def toy_reward(images: np.ndarray, captions: list[str], *,
     bonus_table = np.append(np.asarray(mode_preference, dtype=np.float64), 0.0)
     bonus = bonus_table[modes]
     return {"quality": quality, "mode_bonus": bonus, "reward": quality + bonus, "mode": modes}
+
+
+def toy_reward_model(mode_preference: tuple[float, ...] | list[float] = MODE_PREFERENCE):
+    """The `dgrpo.rewards.REWARDS` entry "toy": quality (colour x shape x crispness, in [0, 1]) plus a small bonus
+    for favoured quadrants, on uint8 images [B, H, W, 3]."""
+    preference = tuple(float(p) for p in mode_preference)
+
+    def score(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+        out = toy_reward(uint8_to_unit(images), list(prompts), mode_preference=preference)
+        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+    return score

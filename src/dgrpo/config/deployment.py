@@ -1,0 +1,174 @@
+"""Where and how a run executes: the pipeline's shape, stage swaps and the pods (kfp-kubernetes).
+
+None of this changes what is trained, so none of it enters the recipe hash; lineage records it separately.
+Per-stage tables are keyed by the stage names of `dgrpo.contracts.stages`, the one list of stages.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check
+from dgrpo.contracts.stages import STAGE_NAMES, SWAPPABLE_STAGES, stage_spec
+
+
+@dataclass
+class CustomStage:
+    """A team's own component in place of one of ours: a component YAML, or an image and a command."""
+
+    component: str | None = None
+    """Path of a KFP component YAML whose inputs and outputs are named as in `dgrpo contract show <stage>`."""
+    image: str | None = None
+    """Container image, used with `command` when no component YAML is given."""
+    command: list[str] = field(default_factory=list)
+    """Command run in `image`; `--<input> PATH --<output> PATH` (and `--round_index N`...) are appended."""
+
+    def validate(self, path: str) -> None:
+        check((self.component is None) != (self.image is None), path,
+              "set exactly one of 'component' (a component YAML) or 'image' (with 'command')")
+        check(self.image is None or len(self.command) > 0, f"{path}.command", "must not be empty with 'image'")
+
+
+@dataclass
+class PipelineConfig:
+    """How the training plan becomes a Kubeflow pipeline."""
+
+    shards: Annotated[int, POSITIVE] = 1
+    """Prompt shards the sharded stages (rollout, reward) fan out over; a group never spans shards."""
+    parallelism: Annotated[int, NON_NEGATIVE] = 0
+    """Shards running at once (0: all); bounds the GPUs one round asks for."""
+    stages: dict[str, CustomStage | None] = field(default_factory=dict)
+    """External components replacing our stages, by stage name (null: ours); only table-in, table-out stages can be
+    swapped (reward: reads 'rollouts', writes 'rewards'; cluster: reads 'rollouts' and 'rewards', writes 'scores')."""
+
+    def validate(self, path: str) -> None:
+        for name, custom in self.swaps().items():
+            check(name in SWAPPABLE_STAGES, f"{path}.stages.{name}",
+                  f"is not a swappable stage (swappable: {', '.join(SWAPPABLE_STAGES)})")
+            custom.validate(f"{path}.stages.{name}")
+
+    def swaps(self) -> dict[str, CustomStage]:
+        """The swapped stages and their components."""
+        return {name: custom for name, custom in self.stages.items() if custom is not None}
+
+
+@dataclass
+class Toleration:
+    """A Kubernetes toleration, e.g. for a tainted GPU node pool."""
+
+    key: str = ""
+    """Taint key, e.g. nvidia.com/gpu."""
+    operator: Literal["Equal", "Exists"] = "Exists"
+    """Equal or Exists."""
+    value: str | None = None
+    """Taint value (with Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """NoSchedule, PreferNoSchedule or NoExecute; None tolerates every effect."""
+
+
+@dataclass
+class SecretEnv:
+    """Keys of a Kubernetes Secret exposed as environment variables (e.g. S3 or hub credentials)."""
+
+    secret: str = ""
+    """Secret name in the run's namespace."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Secret key -> environment variable name."""
+
+    def validate(self, path: str) -> None:
+        check(bool(self.secret), f"{path}.secret", "must name a Secret")
+        check(len(self.env) > 0, f"{path}.env", "must map at least one key to an environment variable")
+
+
+@dataclass
+class StageResources:
+    """Pod settings of one stage; a field left unset (null) takes `kubernetes.defaults`, then the built-in."""
+
+    gpus: Annotated[int, NON_NEGATIVE] | None = None
+    """Accelerators per pod (accelerator limit); built-in 0."""
+    gpu_resource: str | None = None
+    """Accelerator resource name (accelerator type); built-in nvidia.com/gpu."""
+    gpu_product: str | None = None
+    """GPU model as the node label nvidia.com/gpu.product (GPU feature discovery), e.g. NVIDIA-H100-80GB-HBM3."""
+    cpu_request: str | None = None
+    """CPU request, e.g. "4"."""
+    cpu_limit: str | None = None
+    """CPU limit."""
+    memory_request: str | None = None
+    """Memory request, e.g. 32Gi."""
+    memory_limit: str | None = None
+    """Memory limit."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the pod must match."""
+    tolerations: list[Toleration] | None = None
+    """Taints the pod tolerates."""
+    shm_size: str | None = None
+    """Size of a memory-backed /dev/shm (PyTorch data loading and NCCL need more than the 64M default)."""
+    secrets: list[SecretEnv] | None = None
+    """Secrets exposed as environment variables."""
+    env: dict[str, str] | None = None
+    """Plain environment variables."""
+    retries: Annotated[int, NON_NEGATIVE] | None = None
+    """Retries of a failed pod (preemption, node loss); built-in 0."""
+    caching: bool | None = None
+    """KFP result caching; built-in off for the stochastic stages (rollout, update), on for the others."""
+
+    def validate(self, path: str) -> None:
+        for i, s in enumerate(self.secrets or []):
+            s.validate(f"{path}.secrets[{i}]")
+
+
+@dataclass
+class ModelCacheConfig:
+    """A PersistentVolumeClaim holding base weights and DreamSim weights, so no round downloads them again."""
+
+    pvc: str = ""
+    """Claim name (manifests/ creates one); empty: no cache volume, stages download into the pod."""
+    mount_path: str = "/models"
+    """Where the claim is mounted; HF_HOME and TORCH_HOME point inside it."""
+    offline: bool = False
+    """Set HF_HUB_OFFLINE=1: read the cache only, fail instead of downloading (for a pre-filled cache)."""
+
+    def validate(self, path: str) -> None:
+        check(self.mount_path.startswith("/"), f"{path}.mount_path", f"must be absolute, got {self.mount_path!r}")
+
+
+BUILTIN_RESOURCES = {"gpus": 0, "gpu_resource": "nvidia.com/gpu", "retries": 0, "node_selector": {},
+                     "tolerations": [], "secrets": [], "env": {}}
+
+
+@dataclass
+class KubernetesConfig:
+    """Cluster settings of the compiled pipeline (kfp-kubernetes); ignored by kfp.local and the in-process engine."""
+
+    defaults: StageResources = field(default_factory=StageResources)
+    """Settings of every stage unless the stage sets its own."""
+    stages: dict[str, StageResources] = field(default_factory=dict)
+    """Per-stage settings, by stage name (rollout, reward, cluster, update, evaluate)."""
+    model_cache: ModelCacheConfig = field(default_factory=ModelCacheConfig)
+    """The model-cache volume, mounted in every stage."""
+
+    def validate(self, path: str) -> None:
+        self.defaults.validate(f"{path}.defaults")
+        for name, resources in self.stages.items():
+            check(name in STAGE_NAMES, f"{path}.stages.{name}", f"is not a stage (stages: {', '.join(STAGE_NAMES)})")
+            resources.validate(f"{path}.stages.{name}")
+        self.model_cache.validate(f"{path}.model_cache")
+
+    def resolve_defaults(self) -> StageResources:
+        """`defaults` over the built-in, for tasks that are not a stage; caching off."""
+        return dataclasses.replace(self._resolve(StageResources(), caching=False), caching=False)
+
+    def resolve(self, stage: str) -> StageResources:
+        """The effective settings of `stage`: its own, else the defaults, else the built-in."""
+        return self._resolve(self.stages.get(stage, StageResources()), caching=not stage_spec(stage).stochastic)
+
+    def _resolve(self, own: StageResources, caching: bool) -> StageResources:
+        values = {}
+        for f in dataclasses.fields(StageResources):
+            value = getattr(own, f.name)
+            value = getattr(self.defaults, f.name) if value is None else value
+            values[f.name] = BUILTIN_RESOURCES.get(f.name) if value is None else value
+        if values["caching"] is None:
+            values["caching"] = caching
+        return StageResources(**values)

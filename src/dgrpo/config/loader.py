@@ -1,0 +1,165 @@
+"""Reading a run config: YAML files with `base:` presets, prompt files, dotted overrides, typed coercion.
+
+Unknown keys and wrong types are errors that name the dotted field; `RunConfig.validate` then applies the rules
+declared in the field types and the cross-field checks.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dgrpo.config.fields import ConfigError
+from dgrpo.config.prompt_files import PromptFileError, read_prompts
+from dgrpo.config.recipe import EvalConfig, SamplingConfig
+from dgrpo.config.run import RunConfig
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config field '{path or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"config field '{where}{unknown[0]}': unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        field_path = f"{path}.{name}" if path else name
+        kwargs[name] = _coerce(hints[name], value, field_path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:  # the rules in the annotation are checked by validate_fields
+        return _coerce(args[0], value, path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, path)
+    if origin is typing.Literal:  # membership is checked by validate_fields, the type here
+        return _coerce(type(args[0]), value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config field '{path}': expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{path}': expected a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config field '{path}': expected {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "").validate()
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the base's."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping, with `base: other.yaml` (relative to the file) merged underneath it.
+
+    Presets that differ in a few fields (toy-sareg from toy-flowgrpo) state only those fields, so a change to the
+    shared recipe cannot leave one arm of a comparison behind.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file '{path}': 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}': cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}': invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': field 'base' must be a file name, got {base!r}")
+    below = read_yaml(path.parent / base, (*_seen, path)) if base is not None else {}
+    _read_prompt_files(below, data, path.parent, f"config file '{path}'")
+    return _merge(below, data)
+
+
+PROMPT_SECTIONS = {"sampling": SamplingConfig, "eval": EvalConfig}
+PROMPT_KEYS = ("prompts", "prompts_file", "prompts_sha256")
+
+
+def _read_prompt_files(below: dict[str, Any], layer: dict[str, Any], base_dir: Path, source: str) -> None:
+    """Read the `prompts_file` each section of `layer` (a config file or the overrides, to be merged over `below`)
+    names, relative to `base_dir`, into its `prompts` and `prompts_sha256`."""
+    for section, cls in PROMPT_SECTIONS.items():
+        own, under = layer.get(section), below.get(section)
+        if not isinstance(own, dict):
+            continue
+        if "prompts_sha256" in own:  # a resolved config (a run's config.json): its recorded prompts stand
+            resolved = "prompts" in own and (own["prompts_sha256"] is None) == (own.get("prompts_file") is None)
+            if not resolved:
+                raise ConfigError(f"config field '{section}.prompts_sha256' (in {source}): written by the loader "
+                                  f"from prompts_file, do not set it")
+            continue
+        file = own.get("prompts_file")
+        if file is not None:
+            if not isinstance(file, str):
+                raise ConfigError(f"config field '{section}.prompts_file' (in {source}): expected a file name, got "
+                                  f"{file!r}")
+            if "prompts" in own:
+                raise ConfigError(f"config field '{section}.prompts' (in {source}): set either prompts or "
+                                  f"prompts_file ({file}), not both")
+            try:
+                own["prompts"], own["prompts_sha256"] = read_prompts(base_dir / Path(file).expanduser())
+            except PromptFileError as exc:
+                raise ConfigError(f"config field '{section}.prompts_file' (in {source}): {exc}") from exc
+        elif "prompts_file" in own:  # an explicit null: back to inline (or default) prompts
+            own["prompts_sha256"] = None
+            if isinstance(under, dict) and under.get("prompts_file") is not None:
+                own.setdefault("prompts", cls().prompts)
+        elif "prompts" in own and isinstance(under, dict) and under.get("prompts_file") is not None:
+            raise ConfigError(f"config field '{section}.prompts' (in {source}): the base config reads them from "
+                              f"prompts_file ({under['prompts_file']}); set {section}.prompts_file to null as well")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config (None: the toy defaults) and apply dotted-key overrides such as {"rounds": 2}.
+
+    A `prompts_file` is read here, relative to the file naming it (to the working directory for an override)."""
+    data = read_yaml(path) if path is not None else {}
+    overrides = dict(overrides or {})
+    layer: dict[str, Any] = {}
+    for key in list(overrides):
+        section, _, leaf = key.partition(".")
+        if section in PROMPT_SECTIONS and leaf in PROMPT_KEYS:
+            layer.setdefault(section, {})[leaf] = overrides.pop(key)
+    _read_prompt_files(data, layer, Path.cwd(), "overrides")
+    overrides |= {f"{section}.{k}": v for section, values in layer.items() for k, v in values.items()}
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(data)
+
+
+def config_from_json(text: str) -> RunConfig:
+    return config_from_dict(json.loads(text))

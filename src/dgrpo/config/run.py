@@ -1,0 +1,108 @@
+"""A whole run: the recipe sections, the deployment sections, and the checks that span sections."""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from dgrpo.config.deployment import KubernetesConfig, PipelineConfig
+from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
+from dgrpo.config.recipe import (
+    ClusterConfig,
+    EvalConfig,
+    LoraConfig,
+    ModelConfig,
+    RewardConfig,
+    SamplingConfig,
+    TrainConfig,
+)
+
+RECIPE_FIELDS = ("seed", "model", "lora", "sampling", "reward", "cluster", "train", "eval")
+"""What is trained: a result's identity. `name`, `rounds` (how long, not what each round does), `pipeline` and
+`kubernetes` (where and how it runs) are deployment."""
+
+
+@dataclass
+class RunConfig:
+    """A whole fine-tuning run."""
+
+    name: str = "toy-flowgrpo"
+    """Run name; also the KFP pipeline name."""
+    seed: Annotated[int, NON_NEGATIVE] = 0
+    """Root seed; every random stream derives from it (`dgrpo.rng`)."""
+    rounds: Annotated[int, POSITIVE] = 10
+    """Training rounds (rollout, reward, cluster, update)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+
+    def validate(self) -> "RunConfig":
+        check(bool(self.name), "name", "must not be empty")
+        validate_fields(self)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate(f.name)
+        check(self.pipeline.shards <= self.sampling.prompts_per_round, "pipeline.shards",
+              f"must be <= sampling.prompts_per_round ({self.sampling.prompts_per_round}): a shard holds whole "
+              f"prompt groups, got {self.pipeline.shards}")
+        check(self.cluster.k is None or self.cluster.k <= self.sampling.group_size, "cluster.k",
+              f"must be <= sampling.group_size ({self.sampling.group_size}), got {self.cluster.k}")
+        n = self.sampling.prompts_per_round * self.sampling.group_size
+        check(n % self.train.num_processes == 0, "train.num_processes",
+              f"must divide the {n} trajectories of a round (sampling.prompts_per_round x group_size), got "
+              f"{self.train.num_processes}")
+        gpus = self.kubernetes.resolve("update").gpus
+        check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
+              f"is {self.train.num_processes} but the update pod gets {gpus} GPUs (kubernetes): one process per GPU")
+        check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
+              "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
+              f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace, so equal configs hash equally."""
+        return _canonical(self.to_dict())
+
+    def sha256(self) -> str:
+        """Hash of the whole config, deployment included."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def recipe_dict(self) -> dict[str, Any]:
+        """The recipe sections without their execution-only fields (`dgrpo.config.recipe.EXECUTION`)."""
+        out = {}
+        for name in RECIPE_FIELDS:
+            value = getattr(self, name)
+            out[name] = _without_execution(value) if dataclasses.is_dataclass(value) else value
+        return out
+
+    def recipe_sha256(self) -> str:
+        """Hash of what is trained: equal for runs that differ only in pods, shards, parallelism or the store."""
+        return hashlib.sha256(_canonical(self.recipe_dict()).encode()).hexdigest()
+
+    def eval_rounds(self) -> list[int]:
+        """Rounds after which evaluation runs; 0 is the base model before training."""
+        return sorted(set(range(0, self.rounds + 1, self.eval.every)) | {self.rounds})
+
+    @property
+    def num_train_steps(self) -> int:
+        return max(1, round(self.train.train_fraction * self.sampling.num_steps))
+
+
+def _canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _without_execution(section: Any) -> dict[str, Any]:
+    return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
+            for f in dataclasses.fields(section) if not f.metadata.get("execution")}

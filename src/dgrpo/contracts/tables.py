@@ -1,0 +1,151 @@
+"""Versioned Arrow schemas of every table passed between stages.
+
+These schemas are the contract that lets a team replace one stage with its own image: a table is valid when
+it carries every column of its contract with the contract's type (extra columns are allowed and kept), no
+nulls in non-nullable columns, and the contract's name and version in the Parquet metadata.
+Tensors travel as safetensors bytes in binary columns, so dtype and shape survive for any model.
+"""
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CONTRACT_KEY = b"dgrpo.contract"
+VERSION_KEY = b"dgrpo.contract_version"
+
+
+class ContractError(ValueError):
+    """A table does not match its contract; the message names the artifact and the column."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    version: int
+    schema: pa.Schema
+    description: str
+    also_reads: tuple[int, ...] = ()
+    """Earlier versions with the same columns (only a meaning changed, e.g. how seeds derive): still readable, so
+    artifacts written before the change can be inspected and checked."""
+
+    def metadata(self) -> dict[bytes, bytes]:
+        return {CONTRACT_KEY: self.name.encode(), VERSION_KEY: str(self.version).encode()}
+
+
+def _schema(*fields: tuple[str, pa.DataType, bool, str]) -> pa.Schema:
+    return pa.schema([pa.field(n, t, nullable=nullable, metadata={"doc": doc}) for n, t, nullable, doc in fields])
+
+
+_SAMPLE_KEYS = (
+    ("sample_id", pa.string(), False, "unique id of the image: round/prompt/index"),
+    ("group_id", pa.string(), False, "the prompt group the sample is normalised within"),
+    ("prompt", pa.string(), False, "the caption"),
+)
+
+ROLLOUTS = Contract("rollouts", 3, _schema(
+    *_SAMPLE_KEYS,
+    ("round", pa.int32(), False, "training round"),
+    ("sample_index", pa.int32(), False, "index within the group"),
+    ("seed", pa.int64(), False, "seed of the initial noise and SDE noise"),
+    ("image_png", pa.binary(), False, "decoded image, PNG"),
+    ("sigmas", pa.list_(pa.float32()), False, "the T+1 schedule sigmas"),
+    ("log_probs", pa.list_(pa.float32()), False, "log-prob of each of the T transitions under the sampler"),
+    ("latents", pa.binary(), False, "safetensors: 'latents' [T+1, ...], the whole trajectory"),
+    ("conditioning", pa.binary(), True,
+     "safetensors: the prompt conditioning (incl. negative) to recompute; on the group's sample_index 0 only"),
+), "SDE trajectories with everything needed to recompute log-probs (v2: conditioning once per group; v3: seeds "
+   "from the named streams of dgrpo.rng).", also_reads=(2,))
+
+REWARDS = Contract("rewards", 1, _schema(
+    *_SAMPLE_KEYS,
+    ("reward", pa.float64(), False, "the quality reward Q"),
+    ("components", pa.map_(pa.string(), pa.float64()), False, "named parts of the reward, for audit"),
+), "Per-image quality reward.")
+
+SCORES = Contract("scores", 2, _schema(
+    *_SAMPLE_KEYS,
+    ("quality", pa.float64(), False, "the quality reward Q"),
+    ("bonus", pa.float64(), False, "the creativity bonus beta x E' (after normalisation and gate); 0 in pass-through"),
+    ("cluster_id", pa.int32(), False, "cluster within the group; 0 in pass-through"),
+    ("final_reward", pa.float64(), False, "the reward the update normalises: Q' + bonus, Q' = Q or its group z-score"),
+    ("embedding", pa.list_(pa.float32()), True, "the image's embedding (cluster.embedder); null without embedder"),
+), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding).")
+
+UPDATE_METRICS = Contract("update_metrics", 2, _schema(
+    ("round", pa.int32(), False, "training round"),
+    ("optimizer_step", pa.int32(), False, "optimizer step within the round"),
+    ("policy_loss", pa.float64(), False, "clipped GRPO loss"),
+    ("kl", pa.float64(), False, "KL term (0 unless train.regularizer is kl or both)"),
+    ("sa_reg", pa.float64(), False, "SA-Reg averaged over trained steps as in the loss (0 unless sa or both)"),
+    ("approx_kl", pa.float64(), False, "0.5 mean (log ratio)^2"),
+    ("clip_fraction", pa.float64(), False, "share of ratios outside the clip range"),
+    ("grad_norm", pa.float64(), False, "gradient norm before clipping"),
+), "One row per optimizer step of the update stage.")
+
+EVAL_SAMPLES = Contract("eval_samples", 2, _schema(
+    *_SAMPLE_KEYS,
+    ("round", pa.int32(), False, "the round after which the policy was evaluated (0: base)"),
+    ("held_out", pa.bool_(), False, "the prompt is not a training prompt"),
+    ("image_png", pa.binary(), False, "decoded image, PNG"),
+    ("reward", pa.float64(), False, "the quality reward"),
+    ("mode", pa.int32(), True, "the visual mode from the mode classifier (-1: none); null without one"),
+), "Deterministic evaluation samples (v2: noise from the EVAL_NOISE stream of dgrpo.rng).", also_reads=(1,))
+
+CONTRACTS: dict[str, Contract] = {c.name: c for c in (ROLLOUTS, REWARDS, SCORES, UPDATE_METRICS, EVAL_SAMPLES)}
+
+
+def validate(table: pa.Table, contract: Contract, artifact: str) -> pa.Table:
+    """Check `table` against `contract`; return it with the contract's metadata attached."""
+    for expected in contract.schema:
+        if expected.name not in table.schema.names:
+            raise ContractError(
+                f"{artifact}: missing column '{expected.name}' ({expected.type}) required by "
+                f"contract {contract.name} v{contract.version}")
+        actual = table.schema.field(expected.name)
+        if not actual.type.equals(expected.type):
+            raise ContractError(
+                f"{artifact}: column '{expected.name}' has type {actual.type}, contract "
+                f"{contract.name} v{contract.version} expects {expected.type}")
+        if not expected.nullable and table.column(expected.name).null_count:
+            raise ContractError(f"{artifact}: column '{expected.name}' has nulls, contract "
+                                f"{contract.name} v{contract.version} forbids them")
+    metadata = dict(table.schema.metadata or {}) | contract.metadata()
+    return table.replace_schema_metadata(metadata)
+
+
+def check_metadata(schema: pa.Schema, contract: Contract, artifact: str) -> None:
+    """Check the contract name and version a Parquet file declares."""
+    meta = schema.metadata or {}
+    name = meta.get(CONTRACT_KEY, b"<none>").decode()
+    version = meta.get(VERSION_KEY, b"<none>").decode()
+    if name != contract.name or version not in {str(v) for v in (contract.version, *contract.also_reads)}:
+        raise ContractError(f"{artifact}: declares contract {name} v{version}, expected "
+                            f"{contract.name} v{contract.version}")
+
+
+def to_parquet_bytes(table: pa.Table, contract: Contract, artifact: str) -> bytes:
+    table = validate(table, contract, artifact)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def from_parquet_bytes(data: bytes, contract: Contract, artifact: str) -> pa.Table:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except pa.ArrowInvalid as exc:
+        raise ContractError(f"{artifact}: not a readable Parquet file: {exc}") from exc
+    check_metadata(table.schema, contract, artifact)
+    return validate(table, contract, artifact)
+
+
+def describe(contract: Contract) -> str:
+    """Human-readable listing of a contract's columns."""
+    lines = [f"{contract.name} v{contract.version}: {contract.description}"]
+    for f in contract.schema:
+        doc = (f.metadata or {}).get(b"doc", b"").decode()
+        null = " (nullable)" if f.nullable else ""
+        lines.append(f"  {f.name:<16} {str(f.type):<28}{null} {doc}")
+    return "\n".join(lines)

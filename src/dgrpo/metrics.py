@@ -1,0 +1,45 @@
+"""Evaluation metrics: mode coverage (with a domain's mode classifier) and pairwise pixel diversity."""
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from dgrpo.registry import Registry
+
+
+class ModeClassifier(Protocol):
+    """Maps uint8 images [B, H, W, 3] to mode ids in 0..n_modes-1, -1 for an image in no mode."""
+
+    n_modes: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+MODE_CLASSIFIERS: Registry[Callable[[], ModeClassifier]] = Registry(
+    "mode classifier", "eval.mode_classifier", {"toy": "dgrpo.toyworld.data:mode_classifier"})
+"""Factories of mode classifiers by name (`eval.mode_classifier`); a domain with known modes adds one."""
+
+
+def load_mode_classifier(name: str) -> ModeClassifier:
+    return MODE_CLASSIFIERS.get(name)()
+
+MODE_SHARE_THRESHOLD = 0.10
+
+
+def mode_coverage(modes: np.ndarray, n_modes: int) -> tuple[float, int]:
+    """(mode entropy / log M, number of modes holding >= 10%) of one prompt's samples; 'none' counts as no mode."""
+    counts = np.bincount(modes[modes >= 0], minlength=n_modes).astype(np.float64)
+    shares = counts / max(len(modes), 1)
+    nonzero = shares[shares > 0] / max(shares.sum(), 1e-12)
+    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(n_modes)) if nonzero.size else 0.0
+    return entropy, int((shares >= MODE_SHARE_THRESHOLD).sum())
+
+
+def pairwise_diversity(images: np.ndarray) -> float:
+    """Mean pairwise RMS pixel distance (in [0, 1]) between one prompt's images."""
+    flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    sq = (flat**2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0) / flat.shape[1]
+    n = len(images)
+    return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0

@@ -1,0 +1,60 @@
+"""The GRPO objective of Flow-GRPO (docs/algorithms.md, "The GRPO objective"): advantages, clipped ratio loss,
+KL and SA-Reg to the reference."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ADV_EPS = 1e-4
+
+
+def group_advantages(rewards: np.ndarray, group_ids: list[str], global_std: bool, clip: float) -> np.ndarray:
+    """A_i = (R_i - mean_group(R)) / (std + 1e-4), std of the batch (global) or of the group, clipped."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    groups = np.asarray(group_ids)
+    adv = np.empty_like(rewards)
+    batch_std = rewards.std()
+    for g in np.unique(groups):
+        mask = groups == g
+        std = batch_std if global_std else rewards[mask].std()
+        adv[mask] = (rewards[mask] - rewards[mask].mean()) / (std + ADV_EPS)
+    return np.clip(adv, -clip, clip)
+
+
+@dataclass
+class LossTerms:
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    kl: torch.Tensor
+    approx_kl: torch.Tensor
+    clip_fraction: torch.Tensor
+
+
+def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                        clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mean(max(-A r, -A clip(r, 1-eps, 1+eps))); also approx-KL and clip fraction for logging."""
+    log_ratio = log_prob - old_log_prob
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    approx_kl = 0.5 * (log_ratio.detach() ** 2).mean()
+    clip_fraction = ((ratio.detach() - 1).abs() > clip_range).float().mean()
+    return loss, approx_kl, clip_fraction
+
+
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL of two Gaussians with equal std: mean((mu - mu_ref)^2) / (2 std^2)."""
+    sq = ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, mean.ndim)))
+    std = std.reshape(-1) if std.ndim else std
+    return sq / (2 * std**2)
+
+
+def sa_regularizer(mean: torch.Tensor, ref_mean: torch.Tensor) -> torch.Tensor:
+    """Per-sample SA-Reg: mean((mu - mu_ref)^2), the squared W2 distance of equal-covariance Gaussian steps.
+
+    No std^2 denominator (unlike KL), so early, noisy steps are not discounted; the reference is detached.
+    """
+    sq = (mean - ref_mean.detach()) ** 2
+    return sq.mean(dim=tuple(range(1, mean.ndim)))

@@ -1,0 +1,37 @@
+"""Reward models by name. A reward scores decoded images against their prompts.
+
+A reward factory takes the config's `reward.options` as keyword arguments and returns a callable that maps uint8
+images [B, H, W, 3] and their prompts to named float arrays: "reward" is the score the pipeline optimises, the other
+entries are kept in the rewards table for audit. Built-ins: toy (the toy world's), pickscore, clipscore, aesthetic,
+hpsv2.1 (`dgrpo.rewards.models`) and imagereward (`dgrpo.rewards.imagereward`); a team's reward is a
+`package.module:factory` path in `reward.name`.
+"""
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from dgrpo.registry import Registry
+
+
+class RewardModel(Protocol):
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]: ...
+
+
+REWARDS: Registry[Callable[..., RewardModel]] = Registry("reward", "reward.name", {
+    "toy": "dgrpo.toyworld.reward:toy_reward_model",
+    "pickscore": "dgrpo.rewards.models:pickscore",
+    "clipscore": "dgrpo.rewards.models:clipscore",
+    "aesthetic": "dgrpo.rewards.models:aesthetic",
+    "hpsv2.1": "dgrpo.rewards.models:hpsv21",
+    "imagereward": "dgrpo.rewards.imagereward:imagereward",
+})
+
+
+def load_reward(name: str, options: dict[str, Any] | None = None) -> RewardModel:
+    factory = REWARDS.get(name)
+    try:
+        return factory(**(options or {}))
+    except TypeError as exc:
+        raise ValueError(f"config field 'reward.options': {exc}") from exc

@@ -1,0 +1,67 @@
+"""The boundary to a swapped-in stage: plain Parquet files in and out, validated and stored with lineage.
+
+Our stages pass references into the content-addressed store; a team's component reads and writes ordinary Parquet
+files instead. `export_table` materialises a (merged) table for it; `import_table` validates what it wrote
+against the stage's contract and stores it, with a lineage record naming the component's image.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dgrpo import artifacts, contracts, lineage
+from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.shards import as_list, check_same_samples, read_merged
+from dgrpo.store import ArtifactRef
+
+SUMMARY_COLUMN = {"rewards": "reward", "scores": "final_reward"}
+
+
+def export_table(ctx: StageContext, refs: ArtifactRef | list[ArtifactRef], contract: str, path: str) -> int:
+    """Write the table (shards merged in shard order) as a contract-valid Parquet file at `path`; returns rows."""
+    table = contracts.validate(read_merged(ctx.store, refs, contracts.CONTRACTS[contract]),
+                               contracts.CONTRACTS[contract], f"export of {contract}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return table.num_rows
+
+
+def import_table(ctx: StageContext, round_index: int, stage: str, contract: str, path: str,
+                 inputs: dict[str, ArtifactRef | list[ArtifactRef]], image: str) -> StageResult:
+    """Validate the Parquet file a swapped-in `stage` wrote, store it and record its lineage and event."""
+    spec = contracts.CONTRACTS[contract]
+    source = f"{stage} output '{contract}' ({image}) at {path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise contracts.ContractError(f"{source}: cannot read: {exc}") from exc
+    table = contracts.from_parquet_bytes(data, spec, source)
+    if "rollouts" in inputs:
+        samples = read_merged(ctx.store, inputs["rollouts"], contracts.ROLLOUTS).select(["sample_id"])
+        check_same_samples(samples, table, "its input rollouts", source)
+    named: dict[str, ArtifactRef] = {}
+    for name, refs in inputs.items():
+        refs = as_list(refs)
+        named |= {name: refs[0]} if len(refs) == 1 else {f"{name}[{i}]": r for i, r in enumerate(refs)}
+    first = lineage.read_record(ctx.store, next(iter(named.values())).sha256)
+    shard = {k: v for k, v in first.seeds.items() if k in ("shard", "shards")} if len(named) == 1 else {}
+    prov = ctx.provenance(stage, round_index, named, seeds=shard)
+    prov.image = image
+    ref = artifacts.write_table(ctx.store, table, spec, prov)
+    metrics = {"samples": float(table.num_rows)}
+    if contract in SUMMARY_COLUMN:
+        metrics[f"{SUMMARY_COLUMN[contract]}_mean"] = float(pc.mean(table.column(SUMMARY_COLUMN[contract])).as_py())
+    result = StageResult({contract: ref}, metrics)
+    emit_event(ctx, stage, round_index, result, shard.get("shard"))
+    return result

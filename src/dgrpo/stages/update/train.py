@@ -1,0 +1,226 @@
+"""One round of Flow-GRPO on the round's trajectories in this process: advantages, clipped loss, LoRA step."""
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers.training_utils import EMAModel
+from torch.nn.parallel import DistributedDataParallel
+
+from dgrpo import artifacts
+from dgrpo.config import RunConfig
+from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
+from dgrpo.models import FlowPolicy
+from dgrpo.objectives import clipped_policy_loss, group_advantages, kl_to_reference, sa_regularizer
+from dgrpo.rng import Stream, derive_seed
+from dgrpo.sampling import SDEStep, step_with_logprob
+from dgrpo.stages.shared.context import StageContext, StageResult
+from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
+from dgrpo.stages.shared.rounds import trained_steps
+from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
+from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
+from dgrpo.store import ArtifactRef
+
+
+def make_optimizer(policy: FlowPolicy, cfg: RunConfig) -> torch.optim.AdamW:
+    t = cfg.train
+    return torch.optim.AdamW(policy.lora_parameters(), lr=t.learning_rate, betas=tuple(t.adam_betas),
+                             weight_decay=t.weight_decay)
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """The process's accelerate state: torchrun's process group if launched by it, else a single process.
+
+    A single process may run many rounds with different settings (tests, the experiment), so its accelerate
+    singletons are reset first; under torchrun each process runs one round and keeps them.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def _stack_rows(column: list[bytes], key: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
+    rows = [artifacts.tensors_from_bytes(b) for b in column]
+    stacked = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    return stacked[key] if key else stacked
+
+
+def group_conditioning(traj: pa.Table, groups: list[str]) -> list[bytes]:
+    """Each row's conditioning, which the rollouts table stores once per group (on sample_index 0)."""
+    stored = traj.filter(pc.is_valid(traj.column("conditioning")))
+    of_group = dict(zip(stored.column("group_id").to_pylist(), stored.column("conditioning").to_pylist(),
+                        strict=True))
+    missing = sorted(set(groups) - set(of_group))
+    if missing or len(of_group) != stored.num_rows:
+        raise ValueError(f"rollouts column 'conditioning': needs exactly one row per group, groups without: "
+                         f"{missing[:3]}, rows with: {stored.num_rows} for {len(of_group)} groups")
+    return [of_group[g] for g in groups]
+
+
+@dataclass(frozen=True)
+class UpdateInputs:
+    """What one round's update reads."""
+
+    round_index: int
+    rollouts: ArtifactRef | list[ArtifactRef]
+    scores: ArtifactRef
+    adapter: ArtifactRef | None = None
+    optimizer_state: ArtifactRef | None = None
+
+
+def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
+    """The round's optimizer steps in this process (one of several under torchrun, or the only one).
+
+    Every process computes the advantages from the whole round, then trains on its own rows: every
+    num_processes-th trajectory, so a group's members spread over processes. Gradients are averaged across
+    processes by DistributedDataParallel through accelerate. The main process writes the artifacts; the others
+    return None.
+    """
+    cfg, t, round_index = ctx.config, ctx.config.train, inputs.round_index
+    traj = read_merged(ctx.store, inputs.rollouts, ROLLOUTS)
+    scored = artifacts.read_table(ctx.store, inputs.scores, SCORES)
+    check_same_samples(traj, scored, f"rollouts {uris(inputs.rollouts)}", f"scores {inputs.scores.uri}")
+    reward_of = dict(zip(scored.column("sample_id").to_pylist(), scored.column("final_reward").to_pylist(),
+                         strict=True))
+    rewards = np.array([reward_of[i] for i in traj.column("sample_id").to_pylist()])
+    groups = traj.column("group_id").to_pylist()
+    adv_all = group_advantages(rewards, groups, t.global_std, t.adv_clip_max)
+
+    acc = make_accelerator(t.mixed_precision)
+    rank, world = acc.process_index, acc.num_processes
+    if world != t.num_processes:
+        raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
+    mine = list(range(rank, len(adv_all), world))
+    all_traj, traj = traj, traj.take(mine)
+    adv = torch.tensor(adv_all[mine], dtype=torch.float32)
+
+    policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
+    opt = make_optimizer(policy, cfg)
+    ema = EMAModel(policy.lora_parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
+    if inputs.optimizer_state is not None:
+        load_training_state(opt, ema, artifacts.read_tensors(ctx.store, inputs.optimizer_state, OPTIMIZER_KIND))
+    if world > 1:  # every process loaded the same weights: DDP need not sync the frozen ones (GBs for FLUX)
+        frozen = [n for n, p in policy.transformer.named_parameters() if not p.requires_grad]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            policy.transformer, frozen + [n for n, _ in policy.transformer.named_buffers()])
+    policy.wrapped_transformer, opt = acc.prepare(policy.transformer, opt)
+    latents = _stack_rows(traj.column("latents").to_pylist(), "latents")
+    cond = _stack_rows(group_conditioning(all_traj, traj.column("group_id").to_pylist()))
+    old_log_probs = torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32)
+    sigmas = torch.tensor(traj.column("sigmas")[0].as_py(), dtype=torch.float32)
+
+    rows = []
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.UPDATE_ORDER, round_index))
+    n, batch_size = len(adv), t.batch_size // world
+    for _ in range(t.inner_epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, max(n - batch_size, 0) + 1, batch_size):  # drops a partial last batch
+            batch = order[start:start + batch_size]
+            stats = _optimizer_step(acc, policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
+                                    trained_steps(cfg, round_index))
+            rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
+            if ema is not None and len(rows) % t.ema_every == 0:
+                ema.step(policy.lora_parameters())
+    policy.wrapped_transformer = None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    return _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups)
+
+
+def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, opt: torch.optim.Optimizer,
+                   ema: EMAModel | None, rows: list[dict], rewards: np.ndarray, groups: list[str]) -> StageResult:
+    cfg, round_index = ctx.config, inputs.round_index
+    prov = ctx.provenance("update", round_index, {
+        **named_inputs("rollouts", inputs.rollouts), "scores": inputs.scores, "adapter": inputs.adapter,
+        "optimizer_state": inputs.optimizer_state, "base_model": ctx.base_model_ref(policy),
+        "config": ctx.config_ref()})
+    lora_meta = {"lora_config": json.dumps({"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha,
+                                            "target_modules": cfg.lora.target_modules or policy.lora_targets}),
+                 "round": str(round_index), **policy.lora_adapter_metadata()}
+    outputs = {"adapter": artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov,
+                                                  lora_meta)}
+    state, state_meta = training_state_to_tensors(opt, ema)
+    outputs["optimizer_state"] = artifacts.write_tensors(ctx.store, state, OPTIMIZER_KIND, prov, state_meta)
+    outputs["metrics"] = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
+                                               UPDATE_METRICS, prov)
+    if ema is not None:
+        with ema_weights(policy, ema):
+            outputs["ema_adapter"] = artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND,
+                                                             prov, {**lora_meta, "ema_decay": str(ema.decay)})
+    means = {k: float(np.mean([r[k] for r in rows])) for k in LOGGED}
+    return StageResult(outputs, {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
+                                 "zero_std_groups": _zero_std_share(rewards, groups)})
+
+
+LOGGED = ("policy_loss", "kl", "sa_reg", "approx_kl", "clip_fraction")
+
+
+def _zero_std_share(rewards: np.ndarray, groups: list[str]) -> float:
+    g = np.asarray(groups)
+    return float(np.mean([rewards[g == k].std() == 0 for k in np.unique(g)]))
+
+
+def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig,
+                    batch: torch.Tensor, latents: torch.Tensor, cond: dict[str, torch.Tensor],
+                    old_log_probs: torch.Tensor, adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int]
+                    ) -> dict[str, float]:
+    """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
+
+    Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
+    averaged over processes too.
+    """
+    t, s = cfg.train, cfg.sampling
+    micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
+    totals = torch.zeros(len(LOGGED), device=acc.device)
+    scale = 1.0 / (len(steps) * len(micro))
+    passes = [(idx, position, j) for idx in micro for position, j in enumerate(steps)]
+    for n, (idx, position, j) in enumerate(passes):
+        mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
+        x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
+        sync = contextlib.nullcontext() if n == len(passes) - 1 else acc.no_sync(policy.wrapped_transformer)
+        with sync:
+            v = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(idx)).to(policy.device), mb_cond,
+                                s.guidance_scale)
+            step = step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
+                                     sigmas[1].item(), s.noise_level, prev_sample=x_next)
+            policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
+                step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
+            kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step)
+            acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
+        totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
+    grad_norm = acc.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    averaged = acc.reduce(totals, reduction="mean").tolist()
+    return {**dict(zip(LOGGED, averaged, strict=True)), "grad_norm": float(grad_norm)}
+
+
+def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,
+                      x_next: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL, SA-Reg) of sampling step j, the `position`-th trained step; each a batch mean, 0 where not enabled.
+
+    KL acts on every trained step, SA-Reg on the first sa_steps trained steps only (position < sa_steps). The
+    reference is the base model (adapter off) under no_grad, so gradients flow through the policy's step mean alone.
+    """
+    t, s = cfg.train, cfg.sampling
+    use_kl = t.regularizer in ("kl", "both")
+    use_sa = t.regularizer in ("sa", "both") and position < t.sa_steps
+    zero = torch.zeros((), device=step.prev_sample_mean.device)
+    if not (use_kl or use_sa):
+        return zero, zero
+    with torch.no_grad(), policy.adapter_disabled():
+        v_ref = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond, s.guidance_scale)
+        ref = step_with_logprob(s.method, v_ref, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
+                                s.noise_level, prev_sample=x_next)
+    kl = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t).mean() if use_kl else zero
+    sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
+    return kl, sa
