@@ -1,6 +1,7 @@
 """The `dgrpo` command line: run, compile, submit, schedule, lineage, report, contract."""
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime.report import build_report, format_report, summary_lines
 from dgrpo.stages.shared.commits import ResumeError
-from dgrpo.store import ArtifactRef, StoreError, open_store
+from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
                   no_args_is_help=True, add_completion=False)
@@ -36,11 +37,18 @@ def _overrides(items: list[str] | None) -> dict:
     return pairs
 
 
-def _config(config: Path | None, overrides: list[str] | None):
+def _config(config: Path | None, overrides: list[str] | None, require_import: bool = True):
+    """The config, with its plug-in names and paths resolved (`require_import` False: compiling for images that
+    may hold packages this machine lacks, which is then a warning)."""
+    from dgrpo.runtime.checks import check_plugins
+
     try:
-        return load_config(config, _overrides(overrides))
+        cfg = load_config(config, _overrides(overrides))
+        for warning in check_plugins(cfg, require_import):
+            typer.echo(f"warning: {warning}", err=True)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    return cfg
 
 
 @app.command()
@@ -52,8 +60,10 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
         resume: Annotated[str | None, typer.Option(help="Continue this run after its last committed round "
                                                         "(run id default: the same).")] = None):
     """Train through the pipeline on this machine and print where the results are."""
-    from dgrpo_pipelines.local import new_run_id, open_context, run_pipeline
+    from dgrpo_pipelines.local import ENGINES, new_run_id, open_context, run_pipeline
 
+    if engine not in ENGINES:  # before anything is loaded or stored
+        raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
     cfg = _config(config, set_)
     run_id = run_id or resume or new_run_id(cfg)
     store_uri = store or str((output / "store").resolve())
@@ -90,7 +100,7 @@ def compile(config: ConfigOpt = None, set_: SetOpt = None,
     """Write the KFP IR YAML of the training pipeline for a cluster."""
     from dgrpo_pipelines.training import compile_pipeline
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, require_import=False)
     path = compile_pipeline(cfg, output)
     typer.echo(f"wrote {path} ({cfg.rounds} rounds, config {cfg.sha256()[:12]})")
 
@@ -117,7 +127,8 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
     from dgrpo_pipelines.local import new_run_id
     from dgrpo_pipelines.remote import submit as submit_run
 
-    cfg = _config(config, set_)
+    check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
+    cfg = _config(config, set_, require_import=False)
     run_id = run_id or resume or new_run_id(cfg)
     try:
         kfp_run = submit_run(_client(host), cfg, store, run_id, resume or "", experiment, service_account)
@@ -136,7 +147,8 @@ def schedule(host: HostOpt, store: StoreUriOpt,
     """Create a recurring KFP run that continues one fine-tune, `rounds` rounds per scheduled run."""
     from dgrpo_pipelines.remote import schedule as schedule_run
 
-    cfg = _config(config, set_)
+    check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
+    cfg = _config(config, set_, require_import=False)
     try:
         job = schedule_run(_client(host), cfg, store, run_id, cron, experiment, service_account)
     except ValueError as exc:
@@ -149,36 +161,60 @@ def _resolve(artifact: str, store: str | None):
     path = Path(artifact)
     if path.is_file() and path.stat().st_size < 4096 and path.read_bytes()[:1] == b"{":
         ref = ArtifactRef.from_json(path.read_text(), source=str(path))
-        return open_store(store or ref.uri.split("/objects/")[0]), ref.sha256
+        return open_store(store or ref.uri.split("/objects/")[0], "--store"), ref.sha256
+    if path.is_file() and "/objects/" not in artifact:
+        raise typer.BadParameter(f"{artifact}: neither a Parquet table nor a KFP artifact file holding a dgrpo "
+                                 "artifact reference")
     if "/objects/" in artifact:
-        root, name = artifact.split("/objects/", 1)
-        return open_store(store or root), Path(name).name.split(".")[0]
+        root, name = artifact.rsplit("/objects/", 1)
+        return open_store(store or root, "--store"), Path(name).name.split(".")[0]
     if store is None:
         raise typer.BadParameter("give --store when the artifact is a bare sha256")
-    return open_store(store), artifact
+    if not re.fullmatch(r"[0-9a-f]{64}", artifact):
+        raise typer.BadParameter(f"{artifact!r}: expected a sha256 (64 hexadecimal digits), an object path or a "
+                                 "KFP artifact file")
+    return open_store(store, "--store"), artifact
 
 
 @app.command("lineage")
 def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object path or KFP artifact file.")],
                 store: Annotated[str | None, typer.Option(help="Store URI.")] = None,
-                as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False):
+                as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False,
+                verify: Annotated[bool, typer.Option(help="Read and hash every object of the chain; a corrupt or "
+                                                          "missing one is flagged and the exit code is 1.")] = True):
     """Print the chain from an artifact (e.g. a LoRA adapter) back to the base checkpoint and config."""
-    try:
-        st, sha = _resolve(artifact, store)
-        entries = lineage.chain(st, sha)
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    st, sha = _resolve(artifact, store)
+    entries = lineage.chain(st, sha)
+    problems = lineage.chain_problems(st, entries) if verify else {}
     if as_json:
-        typer.echo(json.dumps([{"depth": d, "input": n, **vars(r)} for d, n, r in entries], indent=2))
+        typer.echo(json.dumps([{"depth": d, "input": n, **vars(r), **({"problem": problems[r.sha256]} if r.sha256
+                                                                       in problems else {})}
+                               for d, n, r in entries], indent=2))
     else:
-        typer.echo(lineage.format_chain(entries))
+        typer.echo(lineage.format_chain(entries, problems))
+    if problems:
+        raise StoreError(f"the chain of {sha[:12]} passes through {len(problems)} corrupt or missing objects "
+                         f"(marked !!); `dgrpo verify` checks a whole run")
+
+
+@app.command()
+def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to check.")],
+           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
+    """Check every object of a run against its lineage: present, whole (sha256), and the commits a chain."""
+    from dgrpo.runtime.verify import verify_run
+
+    result = verify_run(open_store(store, "--store"), run_id)
+    for problem in result.problems:
+        typer.echo(f"problem: {problem}")
+    if result.problems:
+        raise StoreError(result.summary())
+    typer.echo(result.summary())
 
 
 @app.command()
 def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
     """Rebuild and print a run's report."""
-    typer.echo(format_report(build_report(open_store(store), run_id)))
+    typer.echo(format_report(build_report(open_store(store, "--store"), run_id)))
 
 
 @contract_app.command("show")
@@ -235,8 +271,8 @@ def experiment(
     configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
         "configs"),
     beta: Annotated[list[float] | None, typer.Option(help="Bonus-only sweep beta (repeatable).")] = None,
-    jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.")] = 2,
-    threads: Annotated[int, typer.Option(help="Torch threads per arm.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads per arm.", min=1)] = 1,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
     from dgrpo.toyworld.experiment import run_experiment

@@ -11,12 +11,13 @@ from dgrpo_pipelines.training import compile_pipeline
 from kfp import Client
 
 from dgrpo.config import RunConfig
+from dgrpo.store import check_store_uri
 
 
 def _parameters(store_uri: str, run_id: str, resume_from: str) -> dict[str, str]:
-    if not store_uri or "://" not in store_uri:
-        raise ValueError(f"--store {store_uri!r}: a cluster run needs a store URI its pods reach (e.g. s3://bucket/"
-                         "prefix or file:///mnt/store on a shared volume)")
+    """The run parameters the KFP API stores in its run records: the store URI passes the one check first (no
+    credentials, a scheme the pods can reach)."""
+    check_store_uri(store_uri, "--store", require_scheme=True)
     return {"store_uri": store_uri, "run_id": run_id, "resume_from": resume_from}
 
 

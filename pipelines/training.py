@@ -15,6 +15,7 @@ from dgrpo_pipelines.swaps import image_of, load_custom
 from kfp import compiler, dsl
 
 from dgrpo.config import RunConfig
+from dgrpo.runtime.checks import check_plugins
 from dgrpo.runtime.plan import training_plan
 
 
@@ -90,6 +91,7 @@ def _only(carried: dict, *names: str) -> dict:
 
 def compile_pipeline(config: RunConfig, package_path: str | Path) -> Path:
     """Write the KFP IR YAML of the training pipeline (with its kfp-kubernetes platform spec)."""
+    check_plugins(config, require_import=False)  # an unknown reward or model fails here, not in a pod
     path = Path(package_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(config), str(path))

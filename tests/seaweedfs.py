@@ -59,6 +59,8 @@ class SeaweedS3:
     secret_key: str
     credentials_file: Path
     log: Path
+    ports: dict[str, int]
+    root: Path
 
     def client(self, **config):
         """An admin boto3 client, for what the tests do behind the store's back."""
@@ -80,24 +82,30 @@ class SeaweedS3:
         self.process.wait(timeout=30)
 
 
-def start(root: Path, timeout_s: float = 30.0) -> SeaweedS3:
+def start(root: Path, timeout_s: float = 30.0, ports: dict[str, int] | None = None) -> SeaweedS3:
+    """Start `weed mini` on `root`; with the `ports` and `root` of a stopped server, restart it on its data."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
-    access_key, secret_key = "dgrpo" + secrets.token_hex(6), secrets.token_hex(20)
-    identities = {"identities": [{"name": "dgrpo-test", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                                  "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}]}
-    (root / "identities.json").write_text(json.dumps(identities))
     credentials = root / "aws-credentials"
-    credentials.write_text(f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n")
-    (root / "aws-config").write_text("[default]\n")
-    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+    if (root / "identities.json").exists():  # a restart: the same keys
+        creds = json.loads((root / "identities.json").read_text())["identities"][0]["credentials"][0]
+        access_key, secret_key = creds["accessKey"], creds["secretKey"]
+    else:
+        access_key, secret_key = "dgrpo" + secrets.token_hex(6), secrets.token_hex(20)
+        identities = {"identities": [{"name": "dgrpo-test", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                                      "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}]}
+        (root / "identities.json").write_text(json.dumps(identities))
+        credentials.write_text(f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n")
+        (root / "aws-config").write_text("[default]\n")
+    ports = ports or dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     args = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.config={root / 'identities.json'}", *OFF_FLAGS, *(f"-{k}={v}" for k, v in ports.items())]
     log = root / "weed.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
-    server = SeaweedS3(process, f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, credentials, log)
+    server = SeaweedS3(process, f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, credentials, log,
+                       ports, root)
     probe = server.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2)
     deadline = time.monotonic() + timeout_s
     while True:

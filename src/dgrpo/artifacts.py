@@ -15,7 +15,8 @@ from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 def write_table(store: ArtifactStore, table: pa.Table, contract: Contract, prov: Provenance) -> ArtifactRef:
     """Validate `table` against `contract` on write, store it as Parquet and record its lineage."""
-    data = contracts.to_parquet_bytes(table, contract, f"{prov.stage} output '{contract.name}'")
+    where = f" of round {prov.round}" if prov.round is not None else ""
+    data = contracts.to_parquet_bytes(table, contract, f"{prov.stage} output '{contract.name}'{where}")
     ref = store.put(data, kind=contract.name, suffix=".parquet")
     lineage.record(store, ref, prov)
     return ref

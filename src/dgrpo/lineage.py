@@ -6,13 +6,16 @@ from a LoRA adapter back to the base checkpoint and the config can be walked in 
 
 import datetime
 import functools
+import json
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
+from dgrpo.store.base import OBJECT_KEY
 
 
 @dataclass
@@ -47,6 +50,8 @@ class LineageRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LineageRecord":
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a mapping, got {type(data).__name__}")
         return cls(**data)
 
 
@@ -78,17 +83,52 @@ def record(store: ArtifactStore, ref: ArtifactRef, prov: Provenance) -> LineageR
         seeds=dict(prov.seeds),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    key = f"lineage/{ref.sha256}.json"
-    if not store.exists(key):
-        store.put_json(key, asdict(rec))
+    if _intact_record(store, ref.sha256) is None:  # absent, or unreadable: (re)write it
+        store.put_json(record_key(ref.sha256), asdict(rec))
     return rec
 
 
-def read_record(store: ArtifactStore, sha256: str) -> LineageRecord:
+def record_key(sha256: str) -> str:
+    return f"lineage/{sha256}.json"
+
+
+def _intact_record(store: ArtifactStore, sha256: str) -> LineageRecord | None:
+    """The stored record of `sha256` if it is there and whole; None if absent or corrupt (then it is rewritten)."""
     try:
-        return LineageRecord.from_dict(store.get_json(f"lineage/{sha256}.json"))
+        return read_record(store, sha256)
+    except StoreError:
+        return None
+
+
+def read_record(store: ArtifactStore, sha256: str) -> LineageRecord:
+    """The lineage record of artifact `sha256`; StoreError if it is missing, unreadable or names another object."""
+    key = record_key(sha256)
+    try:
+        data = store.get_json(key)
     except FileNotFoundError as exc:
         raise StoreError(f"no lineage record for artifact {sha256} in {store.uri}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"lineage record {key} in {store.uri}: corrupt, not JSON ({exc})") from exc
+    try:
+        rec = LineageRecord.from_dict(data)
+    except TypeError as exc:
+        raise StoreError(f"lineage record {key} in {store.uri}: corrupt, not a lineage record ({exc})") from exc
+    if rec.sha256 != sha256:
+        raise StoreError(f"lineage record {key} in {store.uri}: corrupt, it describes artifact {rec.sha256}")
+    return rec
+
+
+def object_problem(store: ArtifactStore, rec: LineageRecord) -> str | None:
+    """What is wrong with the object `rec` describes (missing, corrupt), None if intact or not kept in the store
+    (the base weights are recorded by location and hash only)."""
+    if not in_store(rec):
+        return None
+    return store.check_object(ArtifactRef(kind=rec.kind, uri=rec.uri, sha256=rec.sha256, size=0))
+
+
+def in_store(rec: LineageRecord) -> bool:
+    """Whether the artifact is an object of a dgrpo store (not an external location such as the base weights)."""
+    return re.search(r"/" + OBJECT_KEY.pattern + "$", rec.uri) is not None
 
 
 def chain(store: ArtifactStore, sha256: str) -> list[tuple[int, str, LineageRecord]]:
@@ -109,15 +149,27 @@ def chain(store: ArtifactStore, sha256: str) -> list[tuple[int, str, LineageReco
     return out
 
 
-def format_chain(entries: list[tuple[int, str, LineageRecord]]) -> str:
+def chain_problems(store: ArtifactStore, entries: list[tuple[int, str, LineageRecord]]) -> dict[str, str]:
+    """The corrupt or missing objects along a chain, by sha256: a chain is only as good as its objects."""
+    problems = {}
+    for _, _, rec in entries:
+        if rec.sha256 not in problems and (problem := object_problem(store, rec)) is not None:
+            problems[rec.sha256] = problem
+    return problems
+
+
+def format_chain(entries: list[tuple[int, str, LineageRecord]], problems: dict[str, str] | None = None) -> str:
+    """The chain as an indented tree; an object listed in `problems` is flagged on its line."""
     seen: set[str] = set()
     lines = []
+    problems = problems or {}
     for depth, name, rec in entries:
         label = f"{name}: " if name else ""
         where = f" round {rec.round}" if rec.round is not None else ""
         repeat = " (see above)" if rec.sha256 in seen and rec.inputs else ""
         lines.append(f"{'  ' * depth}{label}{rec.kind} {rec.sha256[:12]} <- {rec.stage}{where}"
-                     f" config {rec.config_sha256[:12]} code {rec.code_version}{repeat}")
+                     f" config {rec.config_sha256[:12]} code {rec.code_version}{repeat}"
+                     + (f"  !! {problems[rec.sha256]}" if rec.sha256 in problems else ""))
         if depth == 0 or not rec.inputs:
             lines.append(f"{'  ' * depth}  uri {rec.uri}")
         seen.add(rec.sha256)

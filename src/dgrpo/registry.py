@@ -12,10 +12,13 @@ A name registered twice, or clashing with a built-in, is an error rather than a 
 """
 
 import importlib
+import importlib.util
+import re
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class RegistryError(ValueError):
@@ -79,7 +82,23 @@ class Registry(Generic[T]):
         raise RegistryError(f"{where}: unknown {self.kind} {name!r} (known: {', '.join(self.names())}; or a "
                             f"'package.module:factory' path)")
 
-    def check(self, name: str) -> None:
-        """Fail now, naming the config field, if `name` cannot resolve; built-ins are not imported."""
-        if name not in self._builtins:
-            self.get(name)
+    def check(self, name: str, require_import: bool = True) -> str | None:
+        """Fail now, naming the config field, if `name` cannot resolve; built-ins are not imported.
+
+        A `package.module:factory` path is imported and must name a callable. With `require_import` False (compiling
+        on a machine that lacks the stage images' packages) a path whose top-level package is not installed here
+        passes with the warning returned instead; a typo in a name or a path's form is still an error."""
+        if name in self._builtins or name in self._entries:
+            return None
+        if ":" not in name:
+            self.get(name)  # raises: unknown name
+        module_name, _, attr = name.partition(":")
+        if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(attr):
+            raise RegistryError(f"config field '{self.config_field}': {name!r} is not a 'package.module:factory' "
+                                "path (dotted Python names on both sides of one ':')")
+        top = module_name.split(".")[0]
+        if not require_import and importlib.util.find_spec(top) is None:
+            return (f"config field '{self.config_field}': package {top!r} of {name!r} is not installed here; it "
+                    "must be installed in the stage images")
+        self.get(name)
+        return None

@@ -74,6 +74,11 @@ def _check_value(hint: Any, value: Any, path: str) -> None:
         return
     if isinstance(value, float):
         check(math.isfinite(value), path, f"must be a finite number, got {value!r}")
+    if hint is Any:  # free-form options (reward.options, cluster.embedder_options): still no NaN or inf inside
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            _check_value(Any, item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}")
+        return
     if dataclasses.is_dataclass(value):
         validate_fields(value, path)
     elif origin is list and isinstance(value, list):

@@ -6,6 +6,7 @@ declared in the field types and the cross-field checks.
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,8 @@ from dgrpo.config.fields import ConfigError
 from dgrpo.config.prompt_files import PromptFileError, read_prompts
 from dgrpo.config.recipe import EvalConfig, SamplingConfig
 from dgrpo.config.run import RunConfig
+
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -59,6 +62,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; a person means the number
     if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"config field '{path}': expected {hint.__name__}, got {type(value).__name__} {value!r}")

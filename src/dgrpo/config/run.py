@@ -17,6 +17,7 @@ from dgrpo.config.recipe import (
     SamplingConfig,
     TrainConfig,
 )
+from dgrpo.config.secrets import check_no_secrets
 
 RECIPE_FIELDS = ("seed", "model", "lora", "sampling", "reward", "cluster", "train", "eval")
 """What is trained: a result's identity. `name`, `rounds` (how long, not what each round does), `pipeline` and
@@ -46,6 +47,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         check(bool(self.name), "name", "must not be empty")
         validate_fields(self)
+        check_no_secrets(self)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if hasattr(value, "validate"):

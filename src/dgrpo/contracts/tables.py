@@ -9,7 +9,9 @@ Tensors travel as safetensors bytes in binary columns, so dtype and shape surviv
 import io
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 CONTRACT_KEY = b"dgrpo.contract"
@@ -29,6 +31,10 @@ class Contract:
     also_reads: tuple[int, ...] = ()
     """Earlier versions with the same columns (only a meaning changed, e.g. how seeds derive): still readable, so
     artifacts written before the change can be inspected and checked."""
+    allow_nan: frozenset[str] = frozenset()
+    """Float columns where NaN is a value with a meaning (the column's doc says which); every other float column,
+    list element and map value must be finite, on write, on read and in `dgrpo contract check`. Infinities are
+    never allowed: a NaN or inf reward would otherwise train every LoRA weight to NaN and still look like success."""
 
     def metadata(self) -> dict[bytes, bytes]:
         return {CONTRACT_KEY: self.name.encode(), VERSION_KEY: str(self.version).encode()}
@@ -51,12 +57,13 @@ ROLLOUTS = Contract("rollouts", 3, _schema(
     ("seed", pa.int64(), False, "seed of the initial noise and SDE noise"),
     ("image_png", pa.binary(), False, "decoded image, PNG"),
     ("sigmas", pa.list_(pa.float32()), False, "the T+1 schedule sigmas"),
-    ("log_probs", pa.list_(pa.float32()), False, "log-prob of each of the T transitions under the sampler"),
+    ("log_probs", pa.list_(pa.float32()), False,
+     "log-prob of each of the T transitions under the sampler; NaN for a deterministic (non-SDE) step"),
     ("latents", pa.binary(), False, "safetensors: 'latents' [T+1, ...], the whole trajectory"),
     ("conditioning", pa.binary(), True,
      "safetensors: the prompt conditioning (incl. negative) to recompute; on the group's sample_index 0 only"),
 ), "SDE trajectories with everything needed to recompute log-probs (v2: conditioning once per group; v3: seeds "
-   "from the named streams of dgrpo.rng).", also_reads=(2,))
+   "from the named streams of dgrpo.rng).", also_reads=(2,), allow_nan=frozenset({"log_probs"}))
 
 REWARDS = Contract("rewards", 1, _schema(
     *_SAMPLE_KEYS,
@@ -111,8 +118,51 @@ def validate(table: pa.Table, contract: Contract, artifact: str) -> pa.Table:
         if not expected.nullable and table.column(expected.name).null_count:
             raise ContractError(f"{artifact}: column '{expected.name}' has nulls, contract "
                                 f"{contract.name} v{contract.version} forbids them")
+        _check_finite(table, expected.name, expected.name in contract.allow_nan, contract, artifact)
     metadata = dict(table.schema.metadata or {}) | contract.metadata()
     return table.replace_schema_metadata(metadata)
+
+
+def _float_values(arr: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
+    """The float values inside `arr` (a float column, or lists or maps of floats) and, for each, its row."""
+    if pa.types.is_floating(arr.type):
+        return arr, np.arange(len(arr))
+    if pa.types.is_fixed_size_list(arr.type):
+        children, counts = arr.flatten(), np.full(len(arr), arr.type.list_size)
+    elif pa.types.is_map(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        offsets = arr.offsets.to_numpy()
+        inner = arr.items if pa.types.is_map(arr.type) else arr.values
+        children, counts = inner.slice(offsets[0], offsets[-1] - offsets[0]), np.diff(offsets)
+    else:
+        return None
+    found = _float_values(children)
+    if found is None:
+        return None
+    return found[0], np.repeat(np.arange(len(arr)), counts)[found[1]]
+
+
+def _check_finite(table: pa.Table, name: str, nan_ok: bool, contract: Contract, artifact: str) -> None:
+    """Refuse NaN (unless the contract gives it a meaning in this column) and infinities in a float column."""
+    offset = 0
+    for chunk in table.column(name).chunks:
+        found = _float_values(chunk)
+        if found is None:
+            return  # not a float column
+        values, rows = found
+        bad = pc.is_inf(values) if nan_ok else pc.invert(pc.is_finite(values))
+        bad = pc.fill_null(bad, False)
+        if pc.any(bad).as_py():
+            n_nan = 0 if nan_ok else pc.sum(pc.fill_null(pc.is_nan(values), False)).as_py()
+            n_inf = pc.sum(pc.fill_null(pc.is_inf(values), False)).as_py()
+            row = offset + int(rows[pc.index(bad, True).as_py()])
+            where = f"row {row}"
+            if "sample_id" in table.column_names:
+                where += f", sample_id '{table.column('sample_id')[row].as_py()}'"
+            allowed = "finite numbers or NaN" if nan_ok else "finite numbers"
+            raise ContractError(f"{artifact}: column '{name}' holds {n_nan} NaN and {n_inf} infinite values "
+                                f"(first at {where}); contract {contract.name} v{contract.version} allows only "
+                                f"{allowed} there")
+        offset += len(chunk)
 
 
 def check_metadata(schema: pa.Schema, contract: Contract, artifact: str) -> None:

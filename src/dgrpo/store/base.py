@@ -8,10 +8,16 @@ primitives on S3.
 
 import hashlib
 import json
+import logging
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("dgrpo.store")
+OBJECT_KEY = re.compile(r"objects/[0-9a-f]{2}/([0-9a-f]{64})(?:\.[A-Za-z0-9_-]+)?")
+"""The key of a content-addressed object: objects/<sha256[:2]>/<sha256><suffix>."""
 
 
 class StoreError(RuntimeError):
@@ -79,28 +85,66 @@ class ArtifactStore(ABC):
     def _delete(self, key: str) -> None:
         """Remove the object at `key`; absent is not an error."""
 
-    def _key_of(self, uri: str) -> str:
+    def _holds(self, key: str, sha256: str, size: int) -> bool:
+        """Whether `key` holds exactly the object of hash `sha256` and `size` bytes (False when absent).
+        Backends override it to compare the size before reading the bytes."""
+        try:
+            return sha256_bytes(self._read(key)) == sha256
+        except FileNotFoundError:
+            return False
+
+    def key_of(self, ref: ArtifactRef) -> str:
+        """The key of `ref`'s object in this store, taken from the object's name (`objects/<sha[:2]>/<sha><suffix>`)
+        rather than from where the store was when the reference was written: a local store moved or mounted at
+        another path, or a bucket copied under another prefix, still resolves the references its commits hold."""
         base = self.uri.rstrip("/") + "/"
-        if not uri.startswith(base):
-            raise StoreError(f"artifact {uri} is not in store {self.uri}")
-        return uri[len(base):]
+        at = ref.uri.rfind("/objects/")
+        key = ref.uri[len(base):] if ref.uri.startswith(base) else ref.uri[at + 1:] if at >= 0 else ""
+        match = OBJECT_KEY.fullmatch(key)
+        if match is None or match.group(1) != ref.sha256 or not key.startswith(f"objects/{ref.sha256[:2]}/"):
+            raise StoreError(f"{ref.kind} artifact {ref.uri}: not an object of a dgrpo store (expected "
+                             f".../objects/{ref.sha256[:2]}/{ref.sha256}[.suffix])")
+        return key
 
     def put(self, data: bytes, kind: str, suffix: str = "") -> ArtifactRef:
+        """Store `data` under its content hash. An object already at that key is trusted only once its bytes check
+        out; a truncated or altered copy (a disk error, a tool that wrote in place, tampering) is rewritten, so an
+        identical rerun heals the store instead of failing on the same corrupt object every time."""
         sha = sha256_bytes(data)
         key = f"objects/{sha[:2]}/{sha}{suffix}"
-        if not self._exists(key):
+        if not self._holds(key, sha, len(data)):
+            if self._exists(key):
+                log.warning("%s: stored object %s did not match its content hash; rewritten", self.uri, key)
             self._write(key, data)
         return ArtifactRef(kind=kind, uri=f"{self.uri.rstrip('/')}/{key}", sha256=sha, size=len(data))
 
     def get(self, ref: ArtifactRef) -> bytes:
         try:
-            data = self._read(self._key_of(ref.uri))
+            data = self._read(self.key_of(ref))
         except FileNotFoundError as exc:
-            raise StoreError(f"{ref.kind} artifact {ref.uri}: not found") from exc
+            raise StoreError(f"{ref.kind} artifact {ref.uri}: not found in {self.uri}") from exc
         actual = sha256_bytes(data)
         if actual != ref.sha256:
             raise StoreError(f"{ref.kind} artifact {ref.uri}: content hash {actual} does not match {ref.sha256}")
         return data
+
+    def check_object(self, ref: ArtifactRef) -> str | None:
+        """What is wrong with `ref`'s object in this store (missing, wrong size when the reference records one,
+        wrong hash), or None if it is intact; for `dgrpo verify` and `dgrpo lineage`."""
+        try:
+            key = self.key_of(ref)
+            data = self._read(key)
+        except FileNotFoundError:
+            return f"{ref.kind} artifact {ref.sha256[:12]}: missing ({ref.uri})"
+        except StoreError as exc:
+            return str(exc)
+        actual = sha256_bytes(data)
+        if actual != ref.sha256:
+            return (f"{ref.kind} artifact {ref.sha256[:12]}: corrupt, {len(data)} bytes with content hash "
+                    f"{actual[:12]}, expected {ref.sha256} ({key})")
+        if ref.size and len(data) != ref.size:
+            return f"{ref.kind} artifact {ref.sha256[:12]}: {len(data)} bytes, its reference says {ref.size}"
+        return None
 
     def put_json(self, key: str, obj: Any) -> None:
         self._write(key, json.dumps(obj, indent=2, sort_keys=True).encode())

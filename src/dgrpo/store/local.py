@@ -4,7 +4,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError
+from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_file
 
 
 class LocalStore(ArtifactStore):
@@ -53,6 +53,13 @@ class LocalStore(ArtifactStore):
         finally:
             Path(tmp).unlink(missing_ok=True)
 
+    def _holds(self, key: str, sha256: str, size: int) -> bool:
+        path = self._path(key)
+        try:
+            return path.stat().st_size == size and sha256_file(path) == sha256
+        except FileNotFoundError:
+            return False
+
     def _delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -71,4 +78,4 @@ class LocalStore(ArtifactStore):
 
     def local_path(self, ref: ArtifactRef) -> Path:
         """The file behind `ref`, for libraries that want a path (hash not re-checked)."""
-        return self._path(self._key_of(ref.uri))
+        return self._path(self.key_of(ref))

@@ -12,6 +12,7 @@ whole object or none; object keys are content hashes, and `ArtifactStore.get` ch
 
 import io
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -19,9 +20,19 @@ from urllib.parse import urlparse
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
-from dgrpo.store.base import ArtifactStore, StoreError
+from dgrpo.store.base import ArtifactStore, StoreError, sha256_bytes
+from dgrpo.store.uris import check_store_uri, has_userinfo, redact
 
 MiB = 1 << 20
 ADDRESSING_STYLES = ("path", "virtual", "auto")
@@ -29,16 +40,28 @@ RETRY_MODES = ("standard", "adaptive")
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
-def _env_int(name: str, default: int) -> int:
+LIMITS = {"multipart_threshold_mb": (5, 5 << 20), "multipart_chunk_mb": (5, 5 << 10), "max_concurrency": (1, 64),
+          "max_attempts": (1, 20), "connect_timeout_s": (1, 600), "read_timeout_s": (1, 3600),
+          "request_deadline_s": (1, 3600)}
+"""Inclusive bounds of the numeric settings: S3's part sizes (5 MiB to 5 GiB, objects up to 5 TiB), and attempts
+and timeouts that keep one blocked request from stalling a stage for hours."""
+DOWNLOAD_ATTEMPTS = 2
+"""GETs per download: s3transfer re-issues a GET whose body broke off mid-stream; each GET is one request."""
+MAX_BACKOFF_S = 20
+"""botocore's cap on the sleep between two attempts (standard and adaptive modes)."""
+
+
+def _env_int(name: str, default: int, field_name: str) -> int:
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw.strip())
     except ValueError as exc:
         raise StoreError(f"environment variable {name}={raw!r}: expected an integer") from exc
-    if value <= 0:
-        raise StoreError(f"environment variable {name}={raw!r}: must be positive")
+    lo, hi = LIMITS[field_name]
+    if not lo <= value <= hi:
+        raise StoreError(f"environment variable {name}={raw!r}: must be between {lo} and {hi}")
     return value
 
 
@@ -68,8 +91,12 @@ class S3Settings:
     """DGRPO_S3_RETRY_MODE: botocore's retry mode: standard, or adaptive (also rate-limits the client)."""
     connect_timeout_s: int = 10
     """DGRPO_S3_CONNECT_TIMEOUT_S: seconds to open a connection before it counts as a (retried) failure."""
-    read_timeout_s: int = 120
+    read_timeout_s: int = 60
     """DGRPO_S3_READ_TIMEOUT_S: seconds without data on an open connection before the request is retried."""
+    request_deadline_s: int = 120
+    """DGRPO_S3_REQUEST_DEADLINE_S: no request is retried once this long has passed since its first attempt, so a
+    server that accepts connections and never answers blocks one request for at most `max_block_s()` (about 3.5
+    minutes with the defaults), not max_attempts x read_timeout_s plus backoff."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """Further botocore Config arguments, for callers that build settings in code (not read from the env)."""
 
@@ -81,13 +108,8 @@ class S3Settings:
             endpoint_url=endpoint,
             region=os.environ.get("DGRPO_S3_REGION") or None,
             addressing_style=os.environ.get("DGRPO_S3_ADDRESSING_STYLE") or ("path" if custom else "auto"),
-            multipart_threshold_mb=_env_int("DGRPO_S3_MULTIPART_THRESHOLD_MB", cls.multipart_threshold_mb),
-            multipart_chunk_mb=_env_int("DGRPO_S3_MULTIPART_CHUNK_MB", cls.multipart_chunk_mb),
-            max_concurrency=_env_int("DGRPO_S3_MAX_CONCURRENCY", cls.max_concurrency),
-            max_attempts=_env_int("DGRPO_S3_MAX_ATTEMPTS", cls.max_attempts),
             retry_mode=os.environ.get("DGRPO_S3_RETRY_MODE") or cls.retry_mode,
-            connect_timeout_s=_env_int("DGRPO_S3_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
-            read_timeout_s=_env_int("DGRPO_S3_READ_TIMEOUT_S", cls.read_timeout_s),
+            **{name: _env_int(f"DGRPO_S3_{name.upper()}", getattr(cls, name), name) for name in LIMITS},
         )
         settings.validate()
         return settings
@@ -98,10 +120,23 @@ class S3Settings:
                              f"{', '.join(ADDRESSING_STYLES)}")
         if self.retry_mode not in RETRY_MODES:
             raise StoreError(f"DGRPO_S3_RETRY_MODE={self.retry_mode!r}: expected one of {', '.join(RETRY_MODES)}")
-        if self.multipart_chunk_mb < 5:
-            raise StoreError(f"DGRPO_S3_MULTIPART_CHUNK_MB={self.multipart_chunk_mb}: S3 parts are at least 5 MiB")
-        if self.endpoint_url and urlparse(self.endpoint_url).scheme not in ("http", "https"):
-            raise StoreError(f"DGRPO_S3_ENDPOINT_URL={self.endpoint_url!r}: expected an http(s):// URL")
+        for name, (lo, hi) in LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise StoreError(f"DGRPO_S3_{name.upper()}={getattr(self, name)}: must be between {lo} and {hi}"
+                                 + (" (S3 parts are at least 5 MiB)" if name == "multipart_chunk_mb" else ""))
+        if self.endpoint_url:
+            shown = redact(self.endpoint_url)
+            if has_userinfo(self.endpoint_url):
+                raise StoreError(f"DGRPO_S3_ENDPOINT_URL={shown!r}: credentials do not belong in the endpoint URL; "
+                                 "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from a Kubernetes Secret "
+                                 "(kubernetes.*.secrets) or mount a credentials file")
+            if urlparse(self.endpoint_url).scheme not in ("http", "https"):
+                raise StoreError(f"DGRPO_S3_ENDPOINT_URL={shown!r}: expected an http(s):// URL")
+
+    def max_block_s(self) -> float:
+        """The longest one S3 request can block: attempts start until the deadline has passed, the last one may
+        wait for its connection and its answer, plus botocore's longest backoff sleep before it."""
+        return self.request_deadline_s + MAX_BACKOFF_S + self.connect_timeout_s + self.read_timeout_s
 
     def botocore_config(self) -> Config:
         return Config(s3={"addressing_style": self.addressing_style},
@@ -111,27 +146,36 @@ class S3Settings:
     def transfer_config(self) -> TransferConfig:
         return TransferConfig(multipart_threshold=self.multipart_threshold_mb * MiB,
                               multipart_chunksize=self.multipart_chunk_mb * MiB,
-                              max_concurrency=self.max_concurrency, use_threads=self.max_concurrency > 1)
+                              max_concurrency=self.max_concurrency, use_threads=self.max_concurrency > 1,
+                              num_download_attempts=DOWNLOAD_ATTEMPTS)
+
+
+def _stop_retrying_after(deadline_s: float, client: Any) -> None:
+    """Give every request of `client` a deadline: its attempts stop once `deadline_s` have passed since the first.
+
+    botocore asks every `needs-retry` handler in turn and sleeps for the first answer that is not None; ours runs
+    first and answers False (do not retry) past the deadline, else None, leaving the decision to botocore's own
+    retry handler. The clock starts at `before-call`, once per request, in the context its attempts share."""
+    def start(context: dict, **_: Any) -> None:
+        context["dgrpo_started"] = time.monotonic()
+
+    def past_deadline(request_dict: dict, **_: Any) -> bool | None:
+        started = request_dict.get("context", {}).get("dgrpo_started")
+        if started is not None and time.monotonic() - started >= deadline_s:
+            return False
+        return None
+
+    client.meta.events.register("before-call.s3", start)
+    client.meta.events.register_first("needs-retry.s3", past_deadline)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket[/prefix]`; credentials, queries and fragments are refused."""
+    """(bucket, prefix) of `s3://bucket[/prefix]`, after `check_store_uri` (no credentials, query or fragment)."""
+    check_store_uri(uri)
     parsed = urlparse(uri)
-    if parsed.scheme != "s3":
-        raise StoreError(f"store URI {uri!r}: expected s3://bucket/prefix")
-    if parsed.username or parsed.password or "@" in parsed.netloc:
-        raise StoreError(f"store URI {uri!r}: credentials do not belong in the store URI; give them through "
-                         "the AWS environment, a profile or a mounted credentials file")
-    if parsed.query or parsed.fragment or parsed.params:
-        raise StoreError(f"store URI {uri!r}: no query or fragment allowed; endpoint and region come from "
-                         "DGRPO_S3_* environment variables")
-    bucket = parsed.netloc
-    if not 3 <= len(bucket) <= 63:
-        raise StoreError(f"store URI {uri!r}: bucket name {bucket!r} must have 3 to 63 characters")
-    prefix = parsed.path.strip("/")
-    if "//" in prefix:
-        raise StoreError(f"store URI {uri!r}: empty path segment in prefix")
-    return bucket, prefix
+    if parsed.scheme.lower() != "s3":
+        raise StoreError(f"store URI {redact(uri)!r}: expected s3://bucket/prefix")
+    return parsed.netloc, parsed.path.strip("/")
 
 
 class S3Store(ArtifactStore):
@@ -146,6 +190,7 @@ class S3Store(ArtifactStore):
         region = self.settings.region or session.region_name or "us-east-1"
         self.client = session.client("s3", endpoint_url=self.settings.endpoint_url, region_name=region,
                                      config=self.settings.botocore_config())
+        _stop_retrying_after(self.settings.request_deadline_s, self.client)
         self.transfer = self.settings.transfer_config()
 
     def _key(self, key: str) -> str:
@@ -158,7 +203,26 @@ class S3Store(ArtifactStore):
         detail = exc.response.get("Error", {}) if isinstance(exc, ClientError) else {}
         code = detail.get("Code", type(exc).__name__)
         hint = f" (bucket {self.bucket!r} does not exist)" if code == "NoSuchBucket" else ""
-        return StoreError(f"{action} {self.uri}/{key}: {code}{hint}: {detail.get('Message') or exc}")
+        if isinstance(exc, BotoConnectionError | ReadTimeoutError | ConnectTimeoutError | EndpointConnectionError):
+            s = self.settings
+            hint = (f" (no answer from the S3 endpoint: retried for up to DGRPO_S3_REQUEST_DEADLINE_S="
+                    f"{s.request_deadline_s}s, {s.connect_timeout_s}s to connect and {s.read_timeout_s}s to "
+                    "answer each attempt)")
+        return StoreError(redact(f"{action} {self.uri}/{key}: {code}{hint}: {detail.get('Message') or exc}"))
+
+    def _holds(self, key: str, sha256: str, size: int) -> bool:
+        """Compare the size first (a HEAD), and read the bytes only when it matches."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise self._fail("checking", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("checking", key, exc) from exc
+        if head.get("ContentLength") != size:
+            return False
+        return sha256_bytes(self._read(key)) == sha256
 
     def _write(self, key: str, data: bytes) -> None:
         try:

@@ -11,3 +11,18 @@ def brightness(scale: float = 1.0):
         return {"reward": scale * value, "brightness": value}
 
     return score
+
+
+def flaky(nan_at: int = 3, value: float = float("nan"), batch: int | None = None):
+    """Brightness, but image `nan_at` of every batch (of `batch` images, if given) scores `value` (NaN by
+    default): a reward model that breaks on one input, as a real one does on an empty caption or a black image."""
+    inner = brightness()
+
+    def score(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+        out = inner(images, prompts)
+        out["reward"] = out["reward"].copy()
+        if batch is None or len(images) == batch:
+            out["reward"][nan_at % len(images)] = value
+        return out
+
+    return score

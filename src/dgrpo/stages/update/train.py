@@ -26,6 +26,7 @@ from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_pol
 from dgrpo.stages.shared.rounds import trained_steps
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
+from dgrpo.stages.update.finite import check_round_finite
 from dgrpo.store import ArtifactRef
 
 
@@ -132,6 +133,8 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
+    check_round_finite(round_index, rows, {"LoRA weight": policy.lora_state_dict(),
+                                           "optimizer state": training_state_to_tensors(opt, ema)[0]})
     return _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups)
 
 

@@ -1,0 +1,93 @@
+"""The `dgrpo` entry point: the typer app, with every error printed as one clear line and its secrets redacted.
+
+An operator who mistypes a store, a config value or a run id needs to read what is wrong, not 60 to 440 lines of
+traceback; `--debug` (anywhere on the command line, or DGRPO_DEBUG=1) prints the traceback as well. Exit codes:
+0 success, 1 an error, 2 a usage error (an unknown option, a bad argument), 130 interrupted.
+"""
+
+import logging
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import typer
+from dgrpo_pipelines.cli import app
+
+from dgrpo.store import redact
+
+_TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
+_LAST_ERROR = re.compile(r"^(?:[\w.]+\.)?(?P<error>\w*(?:Error|Exception|Exit)\b.*)$")
+
+OPERATOR_ERRORS = (ValueError, RuntimeError, OSError, LookupError)
+"""What bad input, a bad store or a failed stage raises (ConfigError, StoreError, ContractError, ResumeError,
+RegistryError and NonFiniteError are among their subclasses); anything else is a bug and says so."""
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """`text` on one line (whitespace collapsed), shortened to `limit` characters, secrets redacted."""
+    flat = " ".join(redact(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """The line an operator reads for `exc`."""
+    if isinstance(exc, click.exceptions.UsageError):
+        command = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        return one_line(exc.format_message()) + command
+    if isinstance(exc, click.ClickException):
+        return one_line(exc.format_message())
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, RuntimeError) and (found := _TASK_LOGS.search(message)):
+        message += _last_task_error(Path(found["path"]))
+    if isinstance(exc, OPERATOR_ERRORS):
+        return one_line(message)
+    return one_line(f"internal error, {type(exc).__name__}: {message} (a bug in dgrpo: rerun with --debug and "
+                    "report the traceback)")
+
+
+def _last_task_error(log: Path) -> str:
+    """The last exception line a failed kfp.local task printed, so the one line says why it failed."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-400:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if (found := _LAST_ERROR.match(line.strip())) is not None:
+            return f"; the task's last error: {found['error']}"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `dgrpo` command line with `argv` (default: sys.argv[1:]) and return its exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
+        if debug:
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, click.ClickException) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Fault injection: kill -9 at every stage boundary and in the middle of a write, a full disk, an S3 server that
+dies and comes back, kill -9 in an S3 multipart upload and of a kfp-engine run. After each, the store holds only
+whole objects and the run resumes to the bytes of a run nothing happened to."""
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import seaweedfs
+from conftest import S3_BUCKET
+from dgrpo_pipelines.errors import main
+from reliability_helpers import tiny_config
+from test_s3store import _FlakyProxy
+
+import dgrpo.store.local as local_store
+from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime.verify import verify_run
+from dgrpo.stages.shared.commits import last_commit
+from dgrpo.stages.shared.context import StageContext
+from dgrpo.store import LocalStore, open_store
+from dgrpo.store.s3 import S3Settings, S3Store
+
+HARNESS = Path(__file__).with_name("fault_harness.py")
+ROUNDS = 2
+
+
+def _cfg(**overrides):
+    return tiny_config(**overrides)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(_cfg(rounds=ROUNDS).to_json())
+    return path
+
+
+@pytest.fixture(scope="module")
+def round_zero(tmp_path_factory) -> Path:
+    """A store with round 0 of run "ft" committed: every fault below strikes in round 1."""
+    root = tmp_path_factory.mktemp("round-zero") / "store"
+    run_inprocess(StageContext(_cfg(rounds=1), LocalStore(root), "ft"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> str:
+    """The final adapter of the same two rounds with nothing going wrong."""
+    store = LocalStore(tmp_path_factory.mktemp("reference") / "store")
+    return run_inprocess(StageContext(_cfg(rounds=ROUNDS), store, "ft"))["adapter"].sha256
+
+
+def _resume_to_the_end(store, run_id: str = "ft") -> str:
+    """Resume after the last committed round for the rounds left; the final adapter's sha256."""
+    ctx = StageContext(_cfg(), store, run_id)
+    commit = last_commit(ctx, run_id)
+    done = 0 if commit is None else commit["round"] + 1
+    if done < ROUNDS:
+        run_inprocess(StageContext(_cfg(rounds=ROUNDS - done), store, run_id), resume_from=run_id if commit else "")
+    return last_commit(ctx, run_id)["adapter"]["sha256"]
+
+
+def _only_whole_objects(root: Path) -> None:
+    """Every object under its final name holds the bytes its name promises; partial writes left only temp files."""
+    for path in (root / "objects").rglob("*"):
+        if path.is_file() and not path.name.endswith(".tmp"):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split(".")[0], path
+    for path in (root / "lineage").rglob("*.json"):
+        json.loads(path.read_text())
+    for path in (root / "runs").rglob("*.json"):
+        json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("point", ["after:rollout", "after:reward", "after:cluster", "before-commit", "after:update",
+                                   "rename:commits/r000001", "fsync:.safetensors", "rename:.parquet"])
+def test_kill_9_at_a_stage_boundary_or_mid_write_then_resume(point, config_file, round_zero, reference, tmp_path):
+    root = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(round_zero, root)
+    proc = subprocess.run([sys.executable, str(HARNESS), str(config_file), str(root), "ft", "1", point],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    _only_whole_objects(root)
+    store = LocalStore(root)
+    assert _resume_to_the_end(store) == reference
+    assert verify_run(store, "ft").problems == []
+
+
+class _FullDisk:
+    """A file system that fills up in the middle of the first adapter write after round 0 is committed."""
+
+    def __init__(self, root: Path):
+        self.root, self.struck = root, False
+
+    def fdopen(self, fd, *args, **kwargs):
+        f = os.fdopen(fd, *args, **kwargs)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        committed = (self.root / "runs/ft/commits/r000000.json").exists()
+        if self.struck or not committed or ".safetensors" not in target:
+            return f
+        self.struck = True
+        real_write = f.write
+
+        def write(data):
+            real_write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        f.write = write
+        return f
+
+
+def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(config_file, reference, tmp_path,
+                                                                           monkeypatch, capsys):
+    root = tmp_path / "store"
+    disk = _FullDisk(root)
+    shim = types.ModuleType("os")
+    shim.__dict__.update(os.__dict__)
+    shim.fdopen = disk.fdopen
+    monkeypatch.setattr(local_store, "os", shim)
+    code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--run-id",
+                 "ft", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert disk.struck and code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: writing {LocalStore(root).uri}/objects/") and "No space left on device" in err[0]
+    assert not list(root.rglob("*.tmp"))  # the half-written temp file was removed
+    _only_whole_objects(root)
+    monkeypatch.undo()
+    assert _resume_to_the_end(LocalStore(root)) == reference
+
+
+def test_kill_9_in_an_s3_multipart_upload_leaves_no_object_and_a_rerun_completes(s3_server, s3_store, tmp_path):
+    """The upload is killed between its parts: S3 shows no object until CompleteMultipartUpload, so a reader sees
+    none, and the rerun writes the whole object (the incomplete upload is for the bucket's lifecycle rule)."""
+    host, port = s3_server.endpoint.removeprefix("http://").split(":")
+    reached, release = threading.Event(), threading.Event()
+
+    class HoldPartTwo(_FlakyProxy):
+        def _handle(self):
+            if "partNumber=2" in self.path:
+                reached.set()
+                release.wait(60)
+                self.close_connection = True
+                return
+            super()._handle()
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
+
+    handler = type("Proxy", (HoldPartTwo,), {"upstream": (host, int(port)), "seen": [], "faults": []})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    proxy.handle_error = lambda *_: None
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    size, seed = 12 * (1 << 20) + 7, 15
+    script = (f"import random; from dgrpo.store.s3 import S3Store, S3Settings; "
+              f"s = S3Settings.from_env(); S3Store({s3_store.uri!r}, s)"
+              f".put(random.Random({seed}).randbytes({size}), kind='blob', suffix='.bin')")
+    env = os.environ | {"DGRPO_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_port}",
+                        "DGRPO_S3_MULTIPART_THRESHOLD_MB": "5", "DGRPO_S3_MULTIPART_CHUNK_MB": "5",
+                        "DGRPO_S3_MAX_CONCURRENCY": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        assert reached.wait(120), "the upload never reached its second part"
+        child.kill()
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        release.set()
+        proxy.shutdown()
+        proxy.server_close()
+    data = random.Random(seed).randbytes(size)
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"{s3_store.prefix}/objects/{sha[:2]}/{sha}.bin"
+    admin = s3_server.client()
+    assert admin.list_objects_v2(Bucket=S3_BUCKET, Prefix=key).get("KeyCount", 0) == 0
+    uploads = admin.list_multipart_uploads(Bucket=S3_BUCKET, Prefix=s3_store.prefix).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [key]  # left to the bucket's AbortIncompleteMultipartUpload rule
+    settings = S3Settings.from_env()
+    store = S3Store(s3_store.uri, type(settings)(**{**settings.__dict__, "multipart_threshold_mb": 5,
+                                                    "multipart_chunk_mb": 5}))
+    ref = store.put(data, kind="blob", suffix=".bin")
+    assert store.get(ref) == data
+
+
+@pytest.fixture
+def private_s3(tmp_path):
+    """A SeaweedFS of this test's own, which it may kill and restart (the session's server is shared)."""
+    server = seaweedfs.start(tmp_path / "seaweedfs")
+    server.client().create_bucket(Bucket="restart")
+    yield server
+    server.stop()
+
+
+def _restart_after(server, down_s: float):
+    server.stop()
+    time.sleep(down_s)
+    return seaweedfs.start(server.root, ports=server.ports)
+
+
+def _wait_for_commit(server, prefix: str, run_id: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    admin = server.client()
+    deadline = time.monotonic() + timeout_s
+    while admin.list_objects_v2(Bucket="restart", Prefix=f"{prefix}/runs/{run_id}/commits/").get("KeyCount", 0) == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no round committed"
+        time.sleep(0.2)
+
+
+def _s3_env(server, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DGRPO_S3_"))}
+    return env | server.env() | {f"DGRPO_S3_{k.upper()}": v for k, v in settings.items()}
+
+
+def test_the_s3_server_restarting_mid_run_is_ridden_out(private_s3, config_file, reference, monkeypatch):
+    """The server dies after round 0 is committed and is back 2 s later: the requests in between are retried within
+    the deadline, and the run finishes with the same bytes."""
+    uri = "s3://restart/ride"
+    env = _s3_env(private_s3, request_deadline_s="60", connect_timeout_s="2", read_timeout_s="10")
+    proc = subprocess.Popen([sys.executable, str(HARNESS), str(config_file), uri, "ft", str(ROUNDS), "none"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_commit(private_s3, "ride", "ft", proc)
+        server = _restart_after(private_s3, 2.0)
+        private_s3.process = server.process
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "finished" in out, err[-3000:]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store = open_store(uri)
+    assert _resume_to_the_end(store) == reference  # nothing left to train: the run's own final adapter
+    assert verify_run(store, "ft").problems == []
+
+
+def test_the_s3_server_down_longer_than_the_deadline_fails_in_one_line_and_resumes(private_s3, config_file,
+                                                                                   reference, monkeypatch, tmp_path):
+    uri = "s3://restart/fail"
+    env = _s3_env(private_s3, request_deadline_s="2", connect_timeout_s="1", read_timeout_s="2")
+    run = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "inprocess", "--config",
+           str(config_file), "--store", uri, "--run-id", "ft", "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_commit(private_s3, "fail", "ft", proc)
+        private_s3.stop()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    assert "no answer from the S3 endpoint" in lines[0] or "Could not connect" in lines[0], lines[0]
+    server = seaweedfs.start(private_s3.root, ports=private_s3.ports)
+    private_s3.process = server.process
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store = open_store(uri)
+    assert _resume_to_the_end(store) == reference
+    assert verify_run(store, "ft").problems == []
+
+
+@pytest.mark.e2e
+def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path):
+    """kill -9 of `dgrpo run --engine kfp` and all its task processes once round 0 is committed; `--resume` through
+    kfp.local again finishes with the bytes of an uninterrupted run."""
+    store = tmp_path / "store"
+    base = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "kfp", "--config", str(config_file),
+            "--store", str(store), "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not (store / "runs/ft/commits/r000000.json").exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and every kfp.local task it started
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _only_whole_objects(store)
+    assert not (store / "runs/ft/commits/r000001.json").exists()
+    resumed = subprocess.run(base + ["--resume", "ft", "--set", "rounds=1"], capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert LocalStore(store).get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"] == reference
+    assert verify_run(LocalStore(store), "ft").problems == []

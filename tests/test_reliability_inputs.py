@@ -1,0 +1,245 @@
+"""The bad-input catalogue: what a careless or hostile operator types, the one line `dgrpo` answers, and proof that
+nothing stored changed.
+
+Every case names the class of input it stands for (config field, CLI argument, file, id, URI, artifact from a
+swapped stage, environment), the input, and the text its one error line must contain. Each runs the real entry
+point (`dgrpo_pipelines.errors.main`, what the `dgrpo` script calls) in this process against a store holding one
+committed round, and compares every file under the test's directories, and every request the KFP API received,
+before and after. The values a person naturally writes that must work are at the end.
+"""
+
+import io
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import small_config
+from dgrpo_pipelines.errors import main
+from reliability_helpers import snapshot, tiny_config
+from test_cluster_pipeline import kfp_api  # noqa: F401  (the fake KFP API server fixture)
+
+from dgrpo.contracts import REWARDS, SCORES
+from dgrpo.runtime.engine import run_inprocess
+from dgrpo.stages.shared.context import StageContext
+from dgrpo.stages.shared.exchange import import_table
+from dgrpo.store import ArtifactRef, LocalStore
+
+PLUGINS = Path(__file__).parent / "plugins"
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
+HF_TOKEN = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3k"
+
+
+@dataclass
+class Case:
+    id: str
+    kind: str
+    """config, cli, file, id, uri, artifact or env: the class of user-facing input."""
+    argv: list[str]
+    """{store}, {dir}, {host} are filled in; files named in `files` are written under {dir} first."""
+    error: str
+    """Text the one error line must contain."""
+    env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def _parquet(table: pa.Table, contract=None) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(contract.metadata()) if contract else table, sink)
+    return sink.getvalue()
+
+
+def _rewards(reward=(0.5, float("nan")), drop=()) -> pa.Table:
+    table = pa.table({"sample_id": ["r0/p0/s0", "r0/p0/s1"], "group_id": ["r0/p0"] * 2, "prompt": ["p"] * 2,
+                      "reward": pa.array(reward, pa.float64()),
+                      "components": pa.array([[("q", 0.5)]] * 2, REWARDS.schema.field("components").type)})
+    return table.drop_columns(list(drop))
+
+
+RUN = ["run", "--engine", "inprocess", "--store", "{store}", "--output", "{dir}/out"]
+CASES = [
+    # config fields: ranges, finiteness, names, plug-ins, secrets, types
+    Case("lr-too-large", "config", RUN + ["--set", "train.learning_rate=1e6"],
+         "config field 'train.learning_rate': must be > 0 and <= 1, got 1000000.0"),
+    Case("nan-guidance", "config", RUN + ["--set", "sampling.guidance_scale=.nan"],
+         "config field 'sampling.guidance_scale': must be a finite number, got nan"),
+    Case("inf-in-reward-options", "config", RUN + ["--set", "reward.options={scale: .inf}"],
+         "config field 'reward.options.scale': must be a finite number, got inf"),
+    Case("misspelled-field", "config", RUN + ["--set", "train.lerning_rate=0.1"],
+         "config field 'train.lerning_rate': unknown field"),
+    Case("unknown-reward", "config", RUN + ["--set", "reward.name=pickscor"],
+         "config field 'reward.name': unknown reward 'pickscor'"),
+    Case("unknown-reward-at-compile", "config", ["compile", "-o", "{dir}/p.yaml", "--set", "reward.name=pickscor"],
+         "config field 'reward.name': unknown reward 'pickscor'"),
+    Case("unimportable-model", "config", RUN + ["--set", "model.kind=acme_models.sd4:load"],
+         "config field 'model.kind': cannot import module 'acme_models.sd4'"),
+    Case("malformed-plugin-path", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                             "cluster.embedder=acme:embed-v2"],
+         "config field 'cluster.embedder': 'acme:embed-v2' is not a 'package.module:factory' path"),
+    Case("unknown-mode-classifier", "config", RUN + ["--set", "eval.mode_classifier=quadrants"],
+         "config field 'eval.mode_classifier': unknown mode classifier 'quadrants'"),
+    Case("misspelled-plugin-option", "config", RUN + ["--set", "reward.name=acme_rewards:brightness",
+                                                      "--set", "reward.options={scael: 2}"],
+         "config field 'reward.options': got an unexpected keyword argument 'scael'"),
+    Case("token-in-k8s-env", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                        f"kubernetes.defaults.env={{HF_TOKEN: {HF_TOKEN}}}"],
+         "config field 'kubernetes.defaults.env.HF_TOKEN': its name says it holds a secret"),
+    Case("aws-key-in-stage-env", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                            "kubernetes.stages.update.env={KEYS: AKIAIOSFODNN7EXAMPLE}"],
+         "config field 'kubernetes.stages.update.env.KEYS': looks like an AWS access key id"),
+    Case("password-in-model-uri", "config", RUN + ["--set", f"model.pretrained=https://me:{SECRET}@hub.example/m"],
+         "config field 'model.pretrained': looks like a password in a URI"),
+    Case("zero-rounds", "config", RUN + ["--set", "rounds=0"], "config field 'rounds': must be > 0, got 0"),
+    Case("words-for-numbers", "config", RUN + ["--set", "sampling.group_size=eight"],
+         "config field 'sampling.group_size': expected int, got str 'eight'"),
+    # command-line arguments
+    Case("set-without-value", "cli", RUN + ["--set", "rounds"], "--set 'rounds': expected key.path=value"),
+    Case("unknown-engine", "cli", RUN[:2] + ["kfpp"] + RUN[3:], "'kfpp': expected one of kfp, inprocess"),
+    Case("unknown-option", "cli", RUN + ["--rounds", "3"], "No such option: --rounds"),
+    Case("zero-jobs", "cli", ["experiment", "--jobs", "0", "--output", "{dir}/exp"], "'--jobs': 0 is not in the range"),
+    Case("five-field-cron", "cli", ["schedule", "--host", "{host}", "--store", "s3://bucket/p", "--run-id", "ft",
+                                    "--cron", "0 2 * * *"], "--cron '0 2 * * *': KFP cron has 6 fields"),
+    # files
+    Case("missing-config-file", "file", RUN + ["--config", "{dir}/nope.yaml"],
+         "nope.yaml': cannot read: No such file or directory"),
+    Case("broken-yaml", "file", RUN + ["--config", "{dir}/broken.yaml"], "broken.yaml': invalid YAML",
+         files={"broken.yaml": b"rounds: [1\n"}),
+    Case("empty-prompts-file", "file", RUN + ["--set", "sampling.prompts_file={dir}/prompts.txt"],
+         "config field 'sampling.prompts_file' (in overrides)", files={"prompts.txt": b"\n"}),
+    Case("not-parquet", "file", ["contract", "check", "reward", "{dir}/notes.txt"],
+         "notes.txt: neither a Parquet table nor a KFP artifact file", files={"notes.txt": b"hello"}),
+    Case("broken-artifact-file", "file", ["lineage", "{dir}/ref.json"], "ref.json: not a dgrpo artifact reference",
+         files={"ref.json": b'{"kind": "lora_adapter"'}),
+    # ids: run ids, artifact ids
+    Case("unknown-artifact", "id", ["lineage", "0" * 64, "--store", "{store}"],
+         f"no lineage record for artifact {'0' * 64}"),
+    Case("not-a-sha256", "id", ["lineage", "adapter-of-round-3", "--store", "{store}"],
+         "'adapter-of-round-3': expected a sha256"),
+    Case("report-of-unknown-run", "id", ["report", "nosuch", "--store", "{store}"],
+         "run nosuch: no evaluation recorded"),
+    Case("verify-unknown-run", "id", ["verify", "nosuch", "--store", "{store}"], "run 'nosuch': no records"),
+    Case("resume-with-another-lora", "id", RUN + ["--resume", "ft", "--set", "lora.rank=4"],
+         "resume_from 'ft': config field 'lora' differs"),
+    Case("fresh-run-under-a-used-id", "id", RUN + ["--run-id", "ft"], "run ft already has committed rounds up to 0"),
+    # URIs
+    Case("credentials-in-store-uri", "uri", RUN[:4] + [f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/p"] + RUN[5:],
+         "'s3://***@bucket/p': credentials do not belong in the store URI"),
+    Case("unknown-scheme", "uri", ["report", "ft", "--store", "gs://bucket/p"], "unsupported scheme 'gs'"),
+    Case("credentials-sent-to-kfp", "uri", ["submit", "--host", "{host}", "--store", f"s3://k:{SECRET}@bucket/p"],
+         "--store 's3://***@bucket/p': credentials do not belong"),
+    Case("local-path-for-a-cluster", "uri", ["submit", "--host", "{host}", "--store", "outputs/store"],
+         "a cluster run needs a store URI its pods reach"),
+    # artifacts from swapped stages
+    Case("nan-reward-from-a-team", "artifact", ["contract", "check", "reward", "{dir}/r.parquet"],
+         "column 'reward' holds 1 NaN and 0 infinite values (first at row 1, sample_id 'r0/p0/s1')",
+         files={"r.parquet": _parquet(_rewards(), REWARDS)}),
+    Case("missing-column", "artifact", ["contract", "check", "reward", "{dir}/r.parquet"],
+         "missing column 'components'", files={"r.parquet": _parquet(_rewards((0.5, 0.5), ["components"]), REWARDS)}),
+    Case("scores-for-a-reward-stage", "artifact", ["contract", "check", "reward", "{dir}/s.parquet"],
+         "declares contract 'scores'; stage reward reads and writes rollouts, rewards",
+         files={"s.parquet": _parquet(pa.table({"sample_id": ["a"]}), SCORES)}),
+    Case("reward-as-text", "artifact", ["contract", "check", "rewards", "{dir}/r.parquet"],
+         "column 'reward' has type string", files={"r.parquet": _parquet(
+             _rewards((0.5, 0.5)).set_column(3, "reward", pa.array(["high", "low"])), REWARDS)}),
+    # environment
+    Case("attempts-not-a-number", "env", ["report", "ft", "--store", "s3://bucket/p"],
+         "environment variable DGRPO_S3_MAX_ATTEMPTS='many': expected an integer",
+         env={"DGRPO_S3_MAX_ATTEMPTS": "many"}),
+    Case("endless-read-timeout", "env", ["report", "ft", "--store", "s3://bucket/p"],
+         "DGRPO_S3_READ_TIMEOUT_S='100000': must be between 1 and 3600", env={"DGRPO_S3_READ_TIMEOUT_S": "100000"}),
+    Case("credentials-in-endpoint", "env", ["report", "ft", "--store", "s3://bucket/p"],
+         "DGRPO_S3_ENDPOINT_URL='http://***@seaweedfs:8333': credentials do not belong",
+         env={"DGRPO_S3_ENDPOINT_URL": f"http://admin:{SECRET}@seaweedfs:8333"}),
+    Case("kfp-endpoint-unset", "env", ["submit", "--store", "s3://bucket/p"], "Missing option '--host'",
+         env={"KF_PIPELINES_ENDPOINT": ""}),
+]
+
+
+@pytest.fixture(scope="module")
+def committed_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalogue") / "store"
+    run_inprocess(StageContext(tiny_config(rounds=1), LocalStore(root), "ft"))
+    return root
+
+
+def test_the_catalogue_covers_every_class_of_input():
+    kinds = {c.kind for c in CASES}
+    assert kinds == {"config", "cli", "file", "id", "uri", "artifact", "env"}
+    assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_one_clear_line_and_changes_nothing(case, committed_store, tmp_path, kfp_api,  # noqa: F811
+                                                          monkeypatch, capsys):
+    host, requests = kfp_api
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.chdir(tmp_path)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value) if value else monkeypatch.delenv(key, raising=False)
+    for name, data in case.files.items():
+        (tmp_path / name).write_bytes(data)
+    argv = [a.format(store=committed_store, dir=tmp_path, host=host) for a in case.argv]
+    before = snapshot(committed_store, tmp_path)
+
+    code = main(argv)
+
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and case.error in lines[0], lines[0]
+    assert SECRET not in out + err and HF_TOKEN not in out + err and "Traceback" not in out + err
+    assert snapshot(committed_store, tmp_path) == before
+    assert [r for r in requests if r[0] == "POST"] == []  # nothing reached the KFP API's run records
+
+
+def test_debug_adds_the_traceback_still_redacted(committed_store, tmp_path, capsys):
+    argv = ["report", "ft", "--store", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/p"]
+    assert main(argv + ["--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "check_store_uri" in err and SECRET not in err
+    assert err.strip().splitlines()[-1].startswith("error: store URI 's3://***@bucket/p'")
+    assert main(argv) == 1 and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_swapped_stage_writing_other_samples_is_refused_and_nothing_is_stored(committed_store, tmp_path):
+    """A team's reward component answering for samples it was not given: refused before anything is stored."""
+    store = LocalStore(shutil.copytree(committed_store, tmp_path / "store"))
+    ctx = StageContext(tiny_config(rounds=1), store, "ft")
+    rollouts = store.get_json("runs/ft/events/r0000-rollout.json")
+    path = tmp_path / "rewards.parquet"
+    path.write_bytes(_parquet(_rewards((0.5, 0.5)), REWARDS))
+    before = snapshot(tmp_path / "store")
+    with pytest.raises(ValueError, match=r"does not match its input rollouts sample for sample \(column 'sample_id'\)"):
+        import_table(ctx, 0, "reward", "rewards", str(path),
+                     {"rollouts": ArtifactRef(**rollouts["outputs"]["rollouts"])}, "team/reward:1")
+    assert snapshot(tmp_path / "store") == before
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train.learning_rate": "1e-4"},  # YAML 1.1 reads this as a string; a person means the number
+    {"train.learning_rate": "3E-4", "train.weight_decay": "0"},
+    {"reward.options": {}, "cluster.embedder_options": {"batch_size": 8}},
+    {"kubernetes.defaults.env": {"TOKENIZERS_PARALLELISM": "false", "AWS_SHARED_CREDENTIALS_FILE": "/creds/aws",
+                                 "HF_HUB_OFFLINE": "1", "AWS_REGION": "eu-west-1"}},
+    {"kubernetes.defaults.secrets": [{"secret": "s3-credentials", "env": {"aws_secret_access_key":
+                                                                          "AWS_SECRET_ACCESS_KEY"}}]},
+    {"model.pretrained": "stabilityai/stable-diffusion-3.5-medium", "model.kind": "toy"},
+])
+def test_values_a_person_naturally_writes_load(overrides):
+    small_config(**overrides)
+
+
+def test_natural_store_uris_and_numbers_work_end_to_end(tmp_path, capsys):
+    """compile with a number written as 1e-4 and the pods' store given as file:///..."""
+    assert main(["compile", "-o", str(tmp_path / "p.yaml"), "--set", "rounds=1", "--set",
+                 "train.learning_rate=1e-4"]) == 0
+    assert (tmp_path / "p.yaml").is_file()
+    assert main(["report", "ft", "--store", f"file://{tmp_path}/fresh"]) == 1  # a valid URI, an empty store
+    assert "run ft: no evaluation recorded" in capsys.readouterr().err
+
+
+def test_the_installed_script_is_the_one_line_entry_point():
+    scripts = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'dgrpo = "dgrpo_pipelines.errors:main"' in scripts
