@@ -252,7 +252,7 @@ def contract_check(target: Annotated[str, typer.Argument(help="Stage or contract
             source = f"artifact {sha}"
         contract, table = check_table(data, target, source)
     except (contracts.ContractError, StoreError) as exc:
-        typer.echo(f"invalid: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"ok: {source} is a valid {contract.name} v{contract.version} table ({table.num_rows} rows)")
 

@@ -12,9 +12,13 @@ import sys
 import traceback
 from pathlib import Path
 
-import click
 import typer
 from dgrpo_pipelines.cli import app
+
+try:  # typer >= 0.20 runs on its own copy of click; its exceptions are not click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - an older typer on click itself
+    from click import exceptions as click_errors
 
 from dgrpo.store import redact
 
@@ -34,10 +38,10 @@ def one_line(text: str, limit: int = 600) -> str:
 
 def describe(exc: BaseException) -> str:
     """The line an operator reads for `exc`."""
-    if isinstance(exc, click.exceptions.UsageError):
+    if isinstance(exc, click_errors.UsageError):
         command = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         return one_line(exc.format_message()) + command
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, click_errors.ClickException):
         return one_line(exc.format_message())
     message = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
@@ -71,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except click_errors.NoArgsIsHelpError as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
         print(f"error: {describe(exc)}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, click.ClickException) else 1
+        return exc.exit_code if isinstance(exc, click_errors.ClickException) else 1
 
 
 if __name__ == "__main__":

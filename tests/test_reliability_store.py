@@ -115,13 +115,15 @@ def test_dgrpo_verify_checks_every_object_of_a_run(store, capsys):
     assert "run 'nosuchrun': no records under runs/nosuchrun/" in capsys.readouterr().err
 
 
-def test_dgrpo_verify_finds_a_commit_that_does_not_extend_the_chain(tmp_path):
-    store = LocalStore(tmp_path / "s")
-    run_inprocess(StageContext(_cfg(rounds=2), store, "ft"))
-    first, second = (store.get_json(k) for k in store.list("runs/ft/commits"))
-    store.put_json("runs/ft/commits/r000001.json", second | {"adapter": first["adapter"]})
+def test_dgrpo_verify_finds_a_commit_that_does_not_extend_the_chain(store):
+    """A commit for round 1 naming round 0's adapter (a stale or forged record): not the update of round 1, and not
+    trained from round 0's committed adapter."""
+    first = store.get_json("runs/ft/commits/r000000.json")
+    store.put_json("runs/ft/commits/r000001.json", first | {"round": 1})
     problems = verify_run(store, "ft").problems
-    assert len(problems) == 1 and "r000001.json: its adapter" in problems[0] and "update round 0" in problems[0]
+    assert len(problems) == 2, problems
+    assert "r000001.json: its adapter" in problems[0] and "update round 0, not by the update of round 1" in problems[0]
+    assert "round 1's adapter was trained from no adapter, not from round 0's committed adapter" in problems[1]
 
 
 # --- a store can move: references resolve by content, not by where the store was ----------------------------------
