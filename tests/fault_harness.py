@@ -10,7 +10,9 @@ and kills itself with SIGKILL, the signal nothing can catch or clean up after, a
 - `rename:<key part>`: a store write has its complete temp file on disk, not yet renamed into place;
 - `fsync:<key part>`: a store write has written its temp file, not yet flushed or renamed.
 
-The point lives here, in the test harness, by wrapping library functions; the library has no fault hooks.
+The point lives here, in the test harness, by wrapping library functions; the library has no fault hooks. The
+tests start `main` in a process forked from a multiprocessing forkserver that has imported this module once, so
+eight crashes in a row pay for one import of torch and diffusers, not eight.
 """
 
 import os
@@ -71,7 +73,9 @@ def kill_in_os_call(call: str, key_part: str) -> None:
     local.os = shim
 
 
-def main(config_path: str, store_uri: str, run_id: str, rounds: str, point: str) -> None:
+def main(config_path: str, store_uri: str, run_id: str, rounds: str, point: str,
+         env: dict[str, str] | None = None) -> None:
+    os.environ.update(env or {})
     config = config_from_json(Path(config_path).read_text())
     config.rounds = int(rounds)
     kind, _, arg = point.partition(":")

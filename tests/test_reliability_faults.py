@@ -5,8 +5,10 @@ whole objects and the run resumes to the bytes of a run nothing happened to."""
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import types
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import fault_harness
 import pytest
 import seaweedfs
 from conftest import S3_BUCKET
@@ -82,20 +85,40 @@ def _only_whole_objects(root: Path) -> None:
         json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("point", ["after:rollout", "after:reward", "after:cluster", "before-commit", "after:update",
-                                   "rename:commits/r000001", "fsync:.safetensors", "rename:.parquet"])
-def test_kill_9_at_a_stage_boundary_or_mid_write_then_resume(point, config_file, round_zero, reference, tmp_path):
-    root = tmp_path / "store"
-    import shutil
+def _harness(config_file: Path, store_uri: str, point: str, rounds: int = 1, env: dict | None = None,
+             wait_s: float | None = 600) -> multiprocessing.Process | int | None:
+    """`fault_harness.main` in a process forked from a forkserver that imported it once; its exit code (or the
+    process itself with `wait_s` None)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["fault_harness"])
+    proc = context.Process(target=fault_harness.main, args=(str(config_file), store_uri, "ft", str(rounds), point, env))
+    proc.start()
+    if wait_s is None:
+        return proc
+    proc.join(wait_s)
+    return proc.exitcode
 
+
+CRASHES = ["rename:.parquet", "after:rollout", "after:reward", "after:cluster", "fsync:.safetensors",
+           "before-commit", "rename:commits/r000001", "after:update"]
+"""Every stage boundary of round 1, and writes cut short: a table object's and an adapter's temp file complete or
+not yet flushed, and the commit record's, each never renamed into place."""
+
+
+def test_kill_9_at_every_stage_boundary_and_mid_write_then_resume(config_file, round_zero, reference, tmp_path):
+    """One store through eight kill -9s in a row, each run resuming the last: after each, only whole objects hold a
+    final name and every record parses; the eighth run commits round 1 with the bytes of a run nothing happened to
+    (and dies before its last evaluation)."""
+    root = tmp_path / "store"
     shutil.copytree(round_zero, root)
-    proc = subprocess.run([sys.executable, str(HARNESS), str(config_file), str(root), "ft", "1", point],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
-    _only_whole_objects(root)
+    for point in CRASHES:
+        assert _harness(config_file, str(root), point) == -signal.SIGKILL, point
+        _only_whole_objects(root)
+        assert (root / "runs/ft/commits/r000001.json").exists() == (point == "after:update"), point
     store = LocalStore(root)
-    assert _resume_to_the_end(store) == reference
+    assert last_commit(StageContext(_cfg(), store, "ft"), "ft")["adapter"]["sha256"] == reference
     assert verify_run(store, "ft").problems == []
+    assert list(root.rglob("*.tmp"))  # the writes cut short left their temp files, and nothing read them
 
 
 class _FullDisk:
@@ -121,20 +144,22 @@ class _FullDisk:
         return f
 
 
-def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(config_file, reference, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(config_file, round_zero, reference,
+                                                                           tmp_path, monkeypatch, capsys):
     root = tmp_path / "store"
+    shutil.copytree(round_zero, root)
     disk = _FullDisk(root)
     shim = types.ModuleType("os")
     shim.__dict__.update(os.__dict__)
     shim.fdopen = disk.fdopen
     monkeypatch.setattr(local_store, "os", shim)
-    code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--run-id",
-                 "ft", "--output", str(tmp_path / "out")])
+    code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--resume",
+                 "ft", "--set", "rounds=1", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert disk.struck and code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: writing {LocalStore(root).uri}/objects/") and "No space left on device" in err[0]
     assert not list(root.rglob("*.tmp"))  # the half-written temp file was removed
+    assert not (root / "runs/ft/commits/r000001.json").exists()
     _only_whole_objects(root)
     monkeypatch.undo()
     assert _resume_to_the_end(LocalStore(root)) == reference

@@ -23,16 +23,21 @@ class LocalStore(ArtifactStore):
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise StoreError(f"writing {self.uri}/{key}: {exc.strerror or exc}") from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            Path(tmp).unlink(missing_ok=True)  # a full disk or a kill leaves no partial object, only this name gone
+            if isinstance(exc, OSError):
+                raise StoreError(f"writing {self.uri}/{key}: {exc.strerror or exc}") from exc
             raise
 
     def _create(self, key: str, data: bytes) -> bool:
