@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -72,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    thread_hook = threading.excepthook
+    if not debug:  # a helper thread (the progress display) that dies says so in one line, not a traceback
+        threading.excepthook = _thread_died
+    try:
+        return _run(args, debug)
+    finally:
+        threading.excepthook = thread_hook
+
+
+def _thread_died(hook: threading.ExceptHookArgs) -> None:
+    what = describe(hook.exc_value) if hook.exc_value is not None else hook.exc_type.__name__
+    print(f"warning: thread {hook.thread.name if hook.thread else '?'} stopped: {what}", file=sys.stderr)
+
+
+def _run(args: list[str], debug: bool) -> int:
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
         return code if isinstance(code, int) else 0

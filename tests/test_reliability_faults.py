@@ -285,7 +285,8 @@ def test_the_s3_server_down_longer_than_the_deadline_fails_in_one_line_and_resum
     assert "no answer from the S3 endpoint" in lines[0] or "Could not connect" in lines[0], lines[0]
     server = seaweedfs.start(private_s3.root, ports=private_s3.ports)
     private_s3.process = server.process
-    for key, value in env.items():
+    # the resume gets the default deadline: a server just back may take a few seconds to serve its volumes
+    for key, value in (env | {"DGRPO_S3_REQUEST_DEADLINE_S": "120", "DGRPO_S3_READ_TIMEOUT_S": "60"}).items():
         monkeypatch.setenv(key, value)
     store = open_store(uri)
     assert _resume_to_the_end(store) == reference

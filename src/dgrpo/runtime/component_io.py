@@ -31,7 +31,7 @@ def context(config_json: str, store_uri: str, run_id: str) -> StageContext:
         raise ValueError("pipeline parameter 'run_id' must not be empty")
     if not store_uri:
         raise ValueError("pipeline parameter 'store_uri' must not be empty")
-    return StageContext(config_from_json(config_json), open_store(store_uri), run_id)
+    return StageContext(config_from_json(config_json), open_store(store_uri, "pipeline parameter 'store_uri'"), run_id)
 
 
 def read_ref(artifact: FileArtifact | None) -> ArtifactRef | None:
