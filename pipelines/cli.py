@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from dgrpo_pipelines.errors import OneLineErrors
 
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
@@ -16,7 +17,7 @@ from dgrpo.stages.shared.commits import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=OneLineErrors)
 contract_app = typer.Typer(help="The versioned data contracts between stages.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
 

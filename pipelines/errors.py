@@ -1,8 +1,10 @@
-"""The `dgrpo` entry point: the typer app, with every error printed as one clear line and its secrets redacted.
+"""Every error of the `dgrpo` command line as one clear line, with its secrets redacted.
 
 An operator who mistypes a store, a config value or a run id needs to read what is wrong, not 60 to 440 lines of
-traceback; `--debug` (anywhere on the command line, or DGRPO_DEBUG=1) prints the traceback as well. Exit codes:
-0 success, 1 an error, 2 a usage error (an unknown option, a bad argument), 130 interrupted.
+traceback; `--debug` (anywhere on the command line, or DGRPO_DEBUG=1) prints the traceback as well. Two pieces:
+`OneLineErrors`, the command group of the typer app (`cli.app`), turns an exception raised by a command into that
+line and exit code 1; `main`, the `dgrpo` script's entry point, does the same for usage errors (unknown options,
+bad arguments: exit code 2), which click raises before any command runs. Exit code 130: interrupted.
 """
 
 import logging
@@ -14,7 +16,7 @@ import traceback
 from pathlib import Path
 
 import typer
-from dgrpo_pipelines.cli import app
+from typer.core import TyperGroup
 
 try:  # typer >= 0.20 runs on its own copy of click; its exceptions are not click's
     from typer._click import exceptions as click_errors
@@ -67,19 +69,49 @@ def _last_task_error(log: Path) -> str:
     return ""
 
 
+def _debug() -> bool:
+    return os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
+
+
+def report(exc: BaseException, debug: bool) -> None:
+    """Print `exc` as the one `error:` line on stderr, after its (redacted) traceback when debugging."""
+    if debug:
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    print(f"error: {describe(exc)}", file=sys.stderr)
+
+
+class OneLineErrors(TyperGroup):
+    """The app's command group: an exception from a command becomes one line and exit code 1."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise  # usage errors and exits: click's (or `main`'s) to show
+        except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
+            report(exc, _debug())
+            raise typer.Exit(1) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `dgrpo` command line with `argv` (default: sys.argv[1:]) and return its exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
+    debug = "--debug" in args or _debug()
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    thread_hook = threading.excepthook
-    if not debug:  # a helper thread (the progress display) that dies says so in one line, not a traceback
+    saved = threading.excepthook, os.environ.get("DGRPO_DEBUG")
+    if debug:
+        os.environ["DGRPO_DEBUG"] = "1"  # for OneLineErrors, inside the app
+    else:  # a helper thread (the progress display) that dies says so in one line, not a traceback
         threading.excepthook = _thread_died
     try:
         return _run(args, debug)
     finally:
-        threading.excepthook = thread_hook
+        threading.excepthook = saved[0]
+        if saved[1] is None:
+            os.environ.pop("DGRPO_DEBUG", None)
+        else:
+            os.environ["DGRPO_DEBUG"] = saved[1]
 
 
 def _thread_died(hook: threading.ExceptHookArgs) -> None:
@@ -88,6 +120,8 @@ def _thread_died(hook: threading.ExceptHookArgs) -> None:
 
 
 def _run(args: list[str], debug: bool) -> int:
+    from dgrpo_pipelines.cli import app
+
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -102,10 +136,8 @@ def _run(args: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
-        if debug:
-            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
-        print(f"error: {describe(exc)}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - usage errors, and anything raised outside a command
+        report(exc, debug)
         return exc.exit_code if isinstance(exc, click_errors.ClickException) else 1
 
 

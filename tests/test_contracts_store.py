@@ -30,7 +30,7 @@ def test_table_round_trip_keeps_contract_metadata(store):
 
 
 def test_missing_column_names_artifact_and_column(store):
-    with pytest.raises(ContractError, match=r"reward output 'rewards': missing column 'components'"):
+    with pytest.raises(ContractError, match=r"reward output 'rewards' of round 0: missing column 'components'"):
         artifacts.write_table(store, rewards_table().drop_columns(["components"]), REWARDS, prov())
 
 
@@ -102,7 +102,7 @@ def test_failed_write_leaves_no_partial_object(store, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match=r"writing file://.*/objects/3a/3a6eb079\w+: disk full"):
         store.put(b"data", kind="blob")
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
 

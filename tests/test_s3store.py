@@ -61,8 +61,9 @@ def test_corrupted_object_detected_on_read(s3_store, s3_server):
 
 def test_missing_object_and_missing_bucket_are_named(s3_store):
     ref = s3_store.put(b"x", kind="blob")
+    absent = "0" * 64
     with pytest.raises(StoreError, match=r"blob artifact .*: not found"):
-        s3_store.get(replace(ref, uri=ref.uri.replace("/objects/", "/objects/zz")))
+        s3_store.get(replace(ref, sha256=absent, uri=f"{s3_store.uri}/objects/00/{absent}"))
     with pytest.raises(StoreError, match=r"no-such-bucket.*NoSuchBucket \(bucket 'no-such-bucket' does not exist\)"):
         S3Store("s3://no-such-bucket/p").put_json("a.json", {})
     with pytest.raises(StoreError, match=r"listing s3://no-such-bucket/p/runs: NoSuchBucket"):
