@@ -98,7 +98,8 @@ CASES = [
     Case("set-without-value", "cli", RUN + ["--set", "rounds"], "--set 'rounds': expected key.path=value"),
     Case("unknown-engine", "cli", RUN[:2] + ["kfpp"] + RUN[3:], "'kfpp': expected one of kfp, inprocess"),
     Case("unknown-option", "cli", RUN + ["--rounds", "3"], "No such option: --rounds"),
-    Case("zero-jobs", "cli", ["experiment", "--jobs", "0", "--output", "{dir}/exp"], "Invalid value for '--jobs': Input should be greater than or equal to 1"),
+    Case("zero-jobs", "cli", ["experiment", "--jobs", "0", "--output", "{dir}/exp"],
+         "Invalid value for '--jobs': Input should be greater than or equal to 1"),
     Case("five-field-cron", "cli", ["schedule", "--host", "{host}", "--store", "s3://bucket/p", "--run-id", "ft",
                                     "--cron", "0 2 * * *"], "--cron '0 2 * * *': KFP cron has 6 fields"),
     # files
@@ -245,3 +246,14 @@ def test_natural_store_uris_and_numbers_work_end_to_end(tmp_path, capsys):
 def test_the_installed_script_is_the_one_line_entry_point():
     scripts = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert 'dgrpo = "dgrpo_pipelines.errors:main"' in scripts
+
+
+def test_the_compiler_itself_refuses_an_unknown_plugin(tmp_path):
+    """Not only the CLI: whoever compiles the pipeline (a notebook, a CI job) gets the check before a pod does."""
+    from dgrpo_pipelines.training import compile_pipeline
+
+    from dgrpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="config field 'model.kind': unknown policy 'sd4'"):
+        compile_pipeline(tiny_config(**{"model.kind": "sd4"}), tmp_path / "p.yaml")
+    assert not (tmp_path / "p.yaml").exists()
