@@ -171,8 +171,11 @@ def test_numbers_written_the_natural_way_load():
     """YAML 1.1 reads 1e-4 (no dot) as a string; a person writing it means the number."""
     cfg = small_config(**{"train.learning_rate": "1e-4", "cluster.beta": "2", "train.weight_decay": "0.5e-3"})
     assert (cfg.train.learning_rate, cfg.cluster.beta, cfg.train.weight_decay) == (1e-4, 2.0, 5e-4)
+    assert small_config(**{"rounds": "1e3", "eval.every": 5.0}).rounds == 1000
     with pytest.raises(ConfigError, match="config field 'train.learning_rate': expected float, got str 'fast'"):
         small_config(**{"train.learning_rate": "fast"})
+    with pytest.raises(ConfigError, match="config field 'rounds': expected int, got float 2.5"):
+        small_config(rounds=2.5)
 
 
 def test_provenance_names_the_round_in_a_contract_error(tmp_path):

@@ -62,8 +62,12 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; a person means the number
+    if hint in (int, float) and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; a person means the number
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # rounds: 1e3, or 5.0: a whole number however it is written
+    if hint is float and isinstance(value, float):
+        return value
     if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"config field '{path}': expected {hint.__name__}, got {type(value).__name__} {value!r}")

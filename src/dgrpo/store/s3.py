@@ -135,7 +135,8 @@ class S3Settings:
 
     def max_block_s(self) -> float:
         """The longest one S3 request can block: attempts start until the deadline has passed, the last one may
-        wait for its connection and its answer, plus botocore's longest backoff sleep before it."""
+        wait for its connection and its answer, plus botocore's longest backoff sleep before it. (A download is up
+        to DOWNLOAD_ATTEMPTS such requests, a multipart transfer one per part.)"""
         return self.request_deadline_s + MAX_BACKOFF_S + self.connect_timeout_s + self.read_timeout_s
 
     def botocore_config(self) -> Config:
