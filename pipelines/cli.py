@@ -171,10 +171,18 @@ def _resolve(artifact: str, store: str | None):
         return open_store(store or root, "--store"), Path(name).name.split(".")[0]
     if store is None:
         raise typer.BadParameter("give --store when the artifact is a bare sha256")
-    if not re.fullmatch(r"[0-9a-f]{64}", artifact):
-        raise typer.BadParameter(f"{artifact!r}: expected a sha256 (64 hexadecimal digits), an object path or a "
-                                 "KFP artifact file")
-    return open_store(store, "--store"), artifact
+    if not re.fullmatch(r"[0-9a-fA-F]{8,64}", artifact):
+        raise typer.BadParameter(f"{artifact!r}: expected a sha256 (64 hexadecimal digits, or the first 8 or more), "
+                                 "an object path or a KFP artifact file")
+    st = open_store(store, "--store")
+    sha = artifact.lower()
+    if len(sha) < 64:  # the 12-digit prefix `dgrpo lineage` and the report print
+        found = sorted({Path(k).stem for k in st.list("lineage") if Path(k).name.startswith(sha)})
+        if len(found) != 1:
+            raise StoreError(f"artifact {sha}: {'no' if not found else len(found)} lineage records in {st.uri} "
+                             f"start with it" + ("; give more digits" if found else ""))
+        sha = found[0]
+    return st, sha
 
 
 @app.command("lineage")

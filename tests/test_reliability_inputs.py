@@ -118,6 +118,8 @@ CASES = [
          f"no lineage record for artifact {'0' * 64}"),
     Case("not-a-sha256", "id", ["lineage", "adapter-of-round-3", "--store", "{store}"],
          "'adapter-of-round-3': expected a sha256"),
+    Case("unknown-sha-prefix", "id", ["lineage", "0123456789ab", "--store", "{store}"],
+         "artifact 0123456789ab: no lineage records in file://"),
     Case("report-of-unknown-run", "id", ["report", "nosuch", "--store", "{store}"],
          "run nosuch: no evaluation recorded"),
     Case("verify-unknown-run", "id", ["verify", "nosuch", "--store", "{store}"], "run 'nosuch': no records"),

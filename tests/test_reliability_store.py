@@ -92,6 +92,8 @@ def test_dgrpo_lineage_flags_a_chain_through_a_corrupt_object(store, capsys):
     assert err.strip() == (f"error: the chain of {adapter.sha256[:12]} passes through 1 corrupt or missing objects "
                            "(marked !!); `dgrpo verify` checks a whole run")
     assert main(["lineage", adapter.sha256, "--store", str(store.root), "--no-verify"]) == 0
+    assert main(["lineage", adapter.sha256[:12].upper(), "--store", str(store.root), "--no-verify"]) == 0
+    assert f"lora_adapter {adapter.sha256[:12]} <- update" in capsys.readouterr().out
 
 
 def test_dgrpo_verify_checks_every_object_of_a_run(store, capsys):
