@@ -10,7 +10,7 @@ import typer
 
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
-from dgrpo.runtime.report import build_report, format_report, summary_lines
+from dgrpo.runtime.report import build_report, format_report, summary_lines, write_html
 from dgrpo.stages.shared.commits import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, open_store
 
@@ -77,9 +77,12 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     report = build_report(ctx.store, run_id)
+    html_path = write_html(ctx.store, [run_id], work_dir / "report.html")
+    ctx.store.put_text(f"runs/{run_id}/report.html", html_path.read_text(encoding="utf-8"))
     typer.echo(f"done in {time.monotonic() - start:.0f}s")
     typer.echo(f"  artifacts: {ctx.store.uri}")
     typer.echo(f"  report:    {ctx.store.uri}/runs/{run_id}/report.md")
+    typer.echo(f"  html:      {html_path.resolve()}")
     for line in summary_lines(report):
         typer.echo("  " + line)
 
@@ -176,9 +179,23 @@ def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object pat
 
 
 @app.command()
-def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
-    """Rebuild and print a run's report."""
-    typer.echo(format_report(build_report(open_store(store), run_id)))
+def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several overlay in one HTML report.")],
+           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+           html: Annotated[bool, typer.Option("--html", help="Write the self-contained HTML report.")] = False,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: "
+                                                       "RUN[+RUN...].html here).")] = None):
+    """Rebuild and print a run's markdown report, or write the HTML report of one or more runs."""
+    st = open_store(store)
+    try:
+        if html:
+            path = write_html(st, run_ids, output or Path("+".join(run_ids) + ".html"))
+            typer.echo(f"wrote {path}")
+            return
+        for run_id in run_ids:
+            typer.echo(format_report(build_report(st, run_id)))
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @contract_app.command("show")
