@@ -53,6 +53,10 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
                                                         "(run id default: the same).")] = None):
     """Train through the pipeline on this machine and print where the results are."""
     from dgrpo_pipelines.local import new_run_id, open_context, run_pipeline
+    from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
+    from rich.console import Console
+
+    from dgrpo.stages.shared.commits import start_point
 
     cfg = _config(config, set_)
     run_id = run_id or resume or new_run_id(cfg)
@@ -62,17 +66,11 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds, engine {engine}, config {cfg.sha256()[:12]}")
     typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
     start = time.monotonic()
-    terminal = sys.stdout  # kfp.local's task logs are redirected away from it while the pipeline runs
-
-    def progress(done: int, total: int, event: dict) -> None:
-        shown = {k: v for k, v in event["metrics"].items()
-                 if k in ("reward_mean", "policy_loss", "approx_kl", "reward", "mode_entropy", "modes_over_10pct")}
-        bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
-        typer.echo(f"  [{bar}] {done:3d}/{total} {time.monotonic() - start:6.0f}s  round {event['round']:>3} "
-                   f"{event['stage']:<9} " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), file=terminal)
-
+    console = Console(file=sys.stdout)  # kfp.local's task logs are redirected away from it while the pipeline runs
     try:
-        run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
+        done = start_point(ctx, resume or "").round
+        with FineTuneProgress(done, done + cfg.rounds, stages_per_round(cfg), console) as bar:
+            run_pipeline(ctx, store_uri, work_dir, engine, lambda _d, _t, event: bar.on_event(event), resume or "")
     except ResumeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
