@@ -90,7 +90,8 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
                           seeds={"eval_seed": e.seed})
     samples_ref = artifacts.write_table(ctx.store, table, EVAL_SAMPLES, prov)
     rows = [images[(group_of == p).numpy()][: e.grid_columns] for p in range(len(prompts))]
-    grid_ref = artifacts.write_blob(ctx.store, image_grid(rows), "eval_grid", ".png", prov)
+    scale = max(1, 64 // images.shape[1])  # the toy's 16 px images shown at 64 px; a real model's as they are
+    grid_ref = artifacts.write_blob(ctx.store, image_grid(rows, scale=scale), "eval_grid", ".png", prov)
     result = StageResult({"samples": samples_ref, "grid": grid_ref}, metrics)
     emit_event(ctx, "evaluate", round_index, result)
     ctx.store.put_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json", {
