@@ -213,3 +213,15 @@ def test_the_report_renders_in_headless_chromium(runs):
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert len(images) == 2 and all(i["complete"] and i["w"] > 0 and i["h"] > 0 and i["shown"] > 0 for i in images)
     assert len(svgs) >= 10 and all(s["w"] > 100 and s["h"] > 100 and s["paths"] > 5 for s in svgs), svgs
+
+
+def test_the_kfp_glue_publishes_the_report_as_an_html_output(runs, tmp_path):
+    from types import SimpleNamespace
+
+    from dgrpo.runtime import component_io as cio
+
+    ctx = cio.context(small_config(**FAST).to_json(), str(runs / "store"), "alpha")
+    artifact = SimpleNamespace(path=str(tmp_path / "kfp" / "report"), metadata={})
+    cio.write_run_report(ctx, artifact)
+    page = Page(Path(artifact.path).read_text())
+    assert len([a for a in page.all("img") if a.get("alt", "").startswith("evaluation grid")]) == 2
