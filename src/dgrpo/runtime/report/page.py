@@ -167,11 +167,23 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
+LIST_SHOWN = 24
+"""Items of a long list (prompts read from a file) shown in the recipe; the rest are counted."""
+
+
+def _shorten(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > LIST_SHOWN:
+        return value[:LIST_SHOWN] + [f"... and {len(value) - LIST_SHOWN} more"]
+    return value
+
+
 def _recipes(runs: list[RunData]) -> str:
     parts = ["<h2>Recipe</h2>"]
     known = [r for r in runs if r.recipe is not None]
     if len(known) > 1:
-        flat = [_flatten(r.recipe) for r in known]
+        flat = [_flatten(_shorten(r.recipe)) for r in known]
         keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
         head = "".join(f"<th>{_e(r.run_id)}</th>" for r in known)
         rows = "".join(f"<tr><td>{_e(k)}</td>" + "".join(f"<td>{_e(f.get(k, '-'))}</td>" for f in flat) + "</tr>"
@@ -181,7 +193,7 @@ def _recipes(runs: list[RunData]) -> str:
         if run.recipe is None:
             parts.append(f"<p>{_e(run.run_id)}: no config artifact in the lineage (no update has run).</p>")
             continue
-        text = yaml.safe_dump(run.recipe, sort_keys=False, width=110)
+        text = yaml.safe_dump(_shorten(run.recipe), sort_keys=False, width=110)
         parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>{_e(run.run_id)}: config "
                      f"{_e((run.config_sha256 or '')[:12])}</summary><pre>{_e(text)}</pre></details>")
     return "".join(parts)
