@@ -309,30 +309,32 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["P1", "P2", "P3", "P4"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"The cost of a round ({torch.get_num_threads()} threads, {device}); rows print as they are measured")
+    print(f"{'':4}{'ratio':<42}{'measured':>10}{'SD3.5-M':>10}{'goal':>8}  met", flush=True)
     rows, p2_info = [], None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "P1" in args.only:
-            rows.append(p1(args))
+            rows.append(_show(p1(args)))
         if "P2" in args.only or "P4" in args.only:
             row, p2_info = p2(args, tmp)
-            rows += [row] if "P2" in args.only else []
+            rows += [_show(row)] if "P2" in args.only else []
         if "P3" in args.only:
-            rows.append(p3(args))
+            rows.append(_show(p3(args)))
         if "P4" in args.only:
-            rows.append(p4(args, tmp, p2_info))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"\nThe cost of a round ({torch.get_num_threads()} threads, {device})")
-    print(f"{'':4}{'ratio':<42}{'measured':>10}{'SD3.5-M':>10}{'goal':>8}  met")
-    for r in rows:
-        value = r.projected if r.projected is not None else r.measured
-        proj = f"{r.projected:.3g}" if r.projected is not None else "-"
-        print(f"{r.key:<4}{r.what:<42}{r.measured:>10.3g}{proj:>10}{'<= ' + format(r.goal, 'g'):>8}  "
-              f"{'yes' if value <= r.goal else 'NO'}")
-    for r in rows:
-        for note in r.notes:
-            print(f"  {r.key}: {note}")
+            rows.append(_show(p4(args, tmp, p2_info)))
 
+
+def _show(r: Row) -> Row:
+    value = r.projected if r.projected is not None else r.measured
+    proj = f"{r.projected:.3g}" if r.projected is not None else "-"
+    print(f"{r.key:<4}{r.what:<42}{r.measured:>10.3g}{proj:>10}{'<= ' + format(r.goal, 'g'):>8}  "
+          f"{'yes' if value <= r.goal else 'NO'}", file=sys.__stdout__)
+    for note in r.notes:
+        print(f"      {note}", file=sys.__stdout__)
+    sys.__stdout__.flush()
+    return r
 
 if __name__ == "__main__":
     main()
