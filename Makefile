@@ -11,7 +11,7 @@ K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
 
-.PHONY: help install run run-inprocess test test-fast lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
+.PHONY: help install run run-inprocess test test-fast test-images lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
@@ -38,7 +38,10 @@ test: $(STAMP) lint lint-images lint-manifests  ## lint, unit tests and the end-
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)  ## the tests without the end-to-end pipeline runs
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -m "not e2e and not images"
+
+test-images: $(STAMP)  ## build each stage image's environment as a venv (build/image-envs) and run the pipeline in them
+	$(BIN)/pytest -q -m images tests/test_stage_images.py
 
 lint: $(STAMP)  ## ruff, and the import layering with import-linter (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check src components pipelines tests scripts examples
@@ -66,7 +69,7 @@ experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) o
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
-	$(BIN)/python scripts/bench_rollout.py
+	$(BIN)/python scripts/bench_round.py
 
 clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

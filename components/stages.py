@@ -8,7 +8,7 @@ definition time.
 
 from dgrpo_components.images import image_for
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 @dsl.component(base_image=image_for("update"), install_kfp_package=False)
@@ -81,10 +81,10 @@ def update(config_json: str, store_uri: str, run_id: str, round_index: int, star
 
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
 def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, start: Input[Artifact],
-             samples: Output[Dataset], grid: Output[HTML], metrics: Output[Metrics],
+             samples: Output[Dataset], grid: Output[HTML], metrics: Output[Metrics], summary: Output[Markdown],
              adapter: Input[Model] | None = None, optimizer_state: Input[Model] | None = None):
-    """Deterministic evaluation: quality, mode coverage, diversity, and an image grid (of the EMA weights when
-    the run keeps an EMA and eval.use_ema is on)."""
+    """Deterministic evaluation: quality, mode coverage, diversity (all, held-out and training prompts), an image
+    grid and a Markdown summary (of the EMA weights when the run keeps an EMA and eval.use_ema is on)."""
     from dgrpo.runtime import component_io as cio
     from dgrpo.stages.evaluate import run_evaluate
 
@@ -93,6 +93,7 @@ def evaluate(config_json: str, store_uri: str, run_id: str, round_index: int, st
     result = run_evaluate(ctx, round_abs, adapter_ref, optimizer_ref)
     cio.publish(ctx, result, {"samples": samples}, metrics)
     cio.write_grid_html(ctx, result.outputs["grid"], grid.path)
+    cio.write_evaluation_markdown(ctx, round_abs, summary)
 
 
 STAGE_COMPONENTS = {"rollout": rollout, "reward": reward, "cluster": cluster, "update": update, "evaluate": evaluate}

@@ -12,7 +12,7 @@ from dgrpo_pipelines.errors import OneLineErrors
 
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
-from dgrpo.runtime.report import build_report, format_report, summary_lines
+from dgrpo.runtime.report import build_report, format_report, summary_lines, write_html
 from dgrpo.stages.shared.commits import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
@@ -62,6 +62,10 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
                                                         "(run id default: the same).")] = None):
     """Train through the pipeline on this machine and print where the results are."""
     from dgrpo_pipelines.local import ENGINES, new_run_id, open_context, run_pipeline
+    from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
+    from rich.console import Console
+
+    from dgrpo.stages.shared.commits import start_point
 
     if engine not in ENGINES:  # before anything is loaded or stored
         raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
@@ -73,24 +77,21 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds, engine {engine}, config {cfg.sha256()[:12]}")
     typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
     start = time.monotonic()
-    terminal = sys.stdout  # kfp.local's task logs are redirected away from it while the pipeline runs
-
-    def progress(done: int, total: int, event: dict) -> None:
-        shown = {k: v for k, v in event["metrics"].items()
-                 if k in ("reward_mean", "policy_loss", "approx_kl", "reward", "mode_entropy", "modes_over_10pct")}
-        bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
-        typer.echo(f"  [{bar}] {done:3d}/{total} {time.monotonic() - start:6.0f}s  round {event['round']:>3} "
-                   f"{event['stage']:<9} " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), file=terminal)
-
+    console = Console(file=sys.stdout)  # kfp.local's task logs are redirected away from it while the pipeline runs
     try:
-        run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
+        done = start_point(ctx, resume or "").round
+        with FineTuneProgress(done, done + cfg.rounds, stages_per_round(cfg), console) as bar:
+            run_pipeline(ctx, store_uri, work_dir, engine, lambda _d, _t, event: bar.on_event(event), resume or "")
     except ResumeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     report = build_report(ctx.store, run_id)
+    html_path = write_html(ctx.store, [run_id], work_dir / "report.html")
+    ctx.store.put_text(f"runs/{run_id}/report.html", html_path.read_text(encoding="utf-8"))
     typer.echo(f"done in {time.monotonic() - start:.0f}s")
     typer.echo(f"  artifacts: {ctx.store.uri}")
     typer.echo(f"  report:    {ctx.store.uri}/runs/{run_id}/report.md")
+    typer.echo(f"  html:      {html_path.resolve()}")
     for line in summary_lines(report):
         typer.echo("  " + line)
 
@@ -221,9 +222,19 @@ def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to 
 
 
 @app.command()
-def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
-    """Rebuild and print a run's report."""
-    typer.echo(format_report(build_report(open_store(store, "--store"), run_id)))
+def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several overlay in one HTML report.")],
+           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+           html: Annotated[bool, typer.Option("--html", help="Write the self-contained HTML report.")] = False,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: "
+                                                       "RUN[+RUN...].html here).")] = None):
+    """Rebuild and print a run's markdown report, or write the HTML report of one or more runs."""
+    st = open_store(store, "--store")
+    if html:
+        path = write_html(st, run_ids, output or Path("+".join(run_ids) + ".html"))
+        typer.echo(f"wrote {path}")
+        return
+    for run_id in run_ids:
+        typer.echo(format_report(build_report(st, run_id)))
 
 
 @contract_app.command("show")

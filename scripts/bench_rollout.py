@@ -36,7 +36,8 @@ def timed_pair(a, b, repeats: int) -> tuple[float, float]:
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
-def bench_sd3(args) -> None:
+def measure_sd3(args) -> dict:
+    """Best-of times of the diffusers pipeline call and of our SDE sampler with log-probs on the tiny SD3 model."""
     pipe = tiny_sd3_pipeline(width=args.width, num_layers=args.layers, sample_size=args.size)
     pipe.set_progress_bar_config(disable=True)
     cfg = ModelConfig(kind="sd3", dtype=args.dtype, max_sequence_length=args.max_sequence_length)
@@ -59,12 +60,18 @@ def bench_sd3(args) -> None:
     same = torch.equal(ode.to(plain().device), plain())
     t_plain, t_ours = timed_pair(plain, ours, args.repeats)
     n_params = sum(p.numel() for p in policy.transformer.parameters())
-    print(f"tiny SD3 ({n_params / 1e6:.2f}M transformer params, {size}px, {args.dtype}, {policy.device}), "
-          f"batch {len(prompts)}, {args.steps} steps, CFG 4.5, best of {args.repeats}")
-    print(f"  our ODE sampler equals the pipeline's latents: {same}")
-    print(f"  diffusers pipeline call  {t_plain * 1000:8.1f} ms")
-    print(f"  SDE with log-probs       {t_ours * 1000:8.1f} ms")
-    print(f"  ratio SDE / pipeline     {t_ours / t_plain:8.3f}x  (goal <= 1.05x)")
+    return {"plain": t_plain, "ours": t_ours, "same": same, "params": n_params, "size": size,
+            "batch": len(prompts), "device": str(policy.device)}
+
+
+def bench_sd3(args) -> None:
+    m = measure_sd3(args)
+    print(f"tiny SD3 ({m['params'] / 1e6:.2f}M transformer params, {m['size']}px, {args.dtype}, {m['device']}), "
+          f"batch {m['batch']}, {args.steps} steps, CFG 4.5, best of {args.repeats}")
+    print(f"  our ODE sampler equals the pipeline's latents: {m['same']}")
+    print(f"  diffusers pipeline call  {m['plain'] * 1000:8.1f} ms")
+    print(f"  SDE with log-probs       {m['ours'] * 1000:8.1f} ms")
+    print(f"  ratio SDE / pipeline     {m['ours'] / m['plain']:8.3f}x  (goal <= 1.05x)")
 
 
 def bench_toy(args) -> None:
@@ -80,8 +87,7 @@ def bench_toy(args) -> None:
     print(f"  ratio SDE / plain        {sde / ode:8.3f}x  (goal <= 1.05x)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=96, help="toy batch")
     parser.add_argument("--sd3-batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
@@ -93,6 +99,11 @@ def main() -> None:
     parser.add_argument("--max-sequence-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-toy", action="store_true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_sd3(args)

@@ -80,7 +80,7 @@ SCORES = Contract("scores", 2, _schema(
     ("embedding", pa.list_(pa.float32()), True, "the image's embedding (cluster.embedder); null without embedder"),
 ), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding).")
 
-UPDATE_METRICS = Contract("update_metrics", 2, _schema(
+UPDATE_METRICS = Contract("update_metrics", 3, _schema(
     ("round", pa.int32(), False, "training round"),
     ("optimizer_step", pa.int32(), False, "optimizer step within the round"),
     ("policy_loss", pa.float64(), False, "clipped GRPO loss"),
@@ -89,7 +89,9 @@ UPDATE_METRICS = Contract("update_metrics", 2, _schema(
     ("approx_kl", pa.float64(), False, "0.5 mean (log ratio)^2"),
     ("clip_fraction", pa.float64(), False, "share of ratios outside the clip range"),
     ("grad_norm", pa.float64(), False, "gradient norm before clipping"),
-), "One row per optimizer step of the update stage.")
+    ("ratio_mean", pa.float64(), False, "mean importance ratio pi/pi_old over the step's samples and trained steps"),
+    ("ratio_std", pa.float64(), False, "standard deviation of that ratio"),
+), "One row per optimizer step of the update stage (v3: importance-ratio mean and std).")
 
 EVAL_SAMPLES = Contract("eval_samples", 2, _schema(
     *_SAMPLE_KEYS,

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from dgrpo import lineage
 from dgrpo.config import config_from_json
+from dgrpo.runtime.report import evaluation_markdown, render_html
 from dgrpo.stages.shared.commits import StartPoint
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.store import ArtifactRef, open_store
@@ -93,3 +94,17 @@ def write_grid_html(ctx: StageContext, grid: ArtifactRef, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(f'<html><body><p>{grid.uri}</p><img src="data:image/png;base64,{data}" '
                           f'style="image-rendering: pixelated"/></body></html>')
+
+
+def write_evaluation_markdown(ctx: StageContext, round_index: int, artifact: FileArtifact) -> None:
+    """The evaluation of `round_index` as Markdown, which the KFP UI shows as the task's visualisation."""
+    record = ctx.store.get_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json")
+    write_text(artifact, evaluation_markdown(record))
+
+
+def write_run_report(ctx: StageContext, artifact: FileArtifact) -> None:
+    """The run's HTML report (`dgrpo.runtime.report.render_html`) into a KFP HTML output: the pipeline's last task
+    publishes it, and the KFP UI shows it inline. Also kept in the store beside the markdown report."""
+    text = render_html(ctx.store, [ctx.run_id])
+    ctx.store.put_text(f"runs/{ctx.run_id}/report.html", text)
+    write_text(artifact, text)

@@ -1,16 +1,21 @@
 """Evaluate stage: deterministic sampling on held-out prompts and seeds; quality, mode coverage, diversity.
 
-Diversity per prompt: mean pairwise pixel distance, and mean pairwise embedding distance with cluster.embedder
-(DreamSim for real images) when one is configured.
+Diversity per prompt: mean pairwise pixel distance and, when cluster.embedder is configured (DreamSim for real
+images), the mean pairwise embedding distance and the Vendi score of the embeddings (the effective number of
+distinct images). Every measure is averaged over all prompts, over the held-out prompts (`heldout_*`) and over the
+training prompts (`train_*`): a method that keeps diversity only on the prompts it trained on has not learned it.
 """
+
+import json
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from dgrpo import artifacts
+from dgrpo.config import RunConfig
 from dgrpo.contracts import EVAL_SAMPLES
-from dgrpo.diversity import mean_pairwise_distance
+from dgrpo.diversity import mean_pairwise_distance, vendi_score
 from dgrpo.embedders import load_embedder
 from dgrpo.images import image_grid, png_bytes
 from dgrpo.metrics import load_mode_classifier, mode_coverage, pairwise_diversity
@@ -65,6 +70,7 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
                "reward": float(scores["reward"][mask].mean()), "diversity": pairwise_diversity(images[mask])}
         if embeddings is not None:
             row["embedding_diversity"] = mean_pairwise_distance(embeddings[mask])
+            row["vendi"] = vendi_score(embeddings[mask])
         if "quality" in scores:
             row["quality"] = float(scores["quality"][mask].mean())
         if modes is not None:
@@ -84,20 +90,38 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
                           seeds={"eval_seed": e.seed})
     samples_ref = artifacts.write_table(ctx.store, table, EVAL_SAMPLES, prov)
     rows = [images[(group_of == p).numpy()][: e.grid_columns] for p in range(len(prompts))]
-    grid_ref = artifacts.write_blob(ctx.store, image_grid(rows), "eval_grid", ".png", prov)
+    scale = max(1, 64 // images.shape[1])  # the toy's 16 px images shown at 64 px; a real model's as they are
+    grid_ref = artifacts.write_blob(ctx.store, image_grid(rows, scale=scale), "eval_grid", ".png", prov)
     result = StageResult({"samples": samples_ref, "grid": grid_ref}, metrics)
     emit_event(ctx, "evaluate", round_index, result)
-    ctx.store.put_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json", {"round": round_index, "metrics": metrics,
-                                                                             "per_prompt": per_prompt})
+    ctx.store.put_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json", {
+        "round": round_index, "metrics": metrics, "per_prompt": per_prompt, "reward": reward_source(cfg),
+        "grid": json.loads(grid_ref.to_json()), "grid_columns": e.grid_columns, "eval_seed": e.seed})
     return result
 
 
+SUMMARISED = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
+"""Per-prompt measures that the stage's metrics average."""
+
+
 def _summarise(per_prompt: list[dict]) -> dict[str, float]:
-    """Means over prompts, overall and over the held-out prompts."""
-    keys = [k for k in ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity")
-            if k in per_prompt[0]]
+    """Means over prompts: over all of them, over the held-out ones (`heldout_`) and the training ones (`train_`)."""
+    keys = [k for k in SUMMARISED if k in per_prompt[0]]
     metrics = {k: float(np.mean([r[k] for r in per_prompt])) for k in keys}
-    held = [r for r in per_prompt if r["held_out"]]
-    if held:
-        metrics |= {f"heldout_{k}": float(np.mean([r[k] for r in held])) for k in keys}
+    for prefix, rows in (("heldout_", [r for r in per_prompt if r["held_out"]]),
+                         ("train_", [r for r in per_prompt if not r["held_out"]])):
+        if rows:
+            metrics |= {f"{prefix}{k}": float(np.mean([r[k] for r in rows])) for k in keys}
     return metrics
+
+
+def reward_source(cfg: RunConfig) -> dict[str, str]:
+    """Which reward the evaluation scores with, and why: with a swapped reward stage it cannot be the same code."""
+    swapped = cfg.pipeline.swaps().get("reward")
+    if swapped is None:
+        return {"name": cfg.reward.name, "why": "the training reward (reward.name), as the reward stage uses"}
+    what = swapped.component or swapped.image
+    return {"name": cfg.reward.name, "swapped_stage": str(what),
+            "why": f"the reward stage is swapped for {what}, a separate container the evaluate stage cannot call; "
+                   f"the evaluation scores with reward.name {cfg.reward.name!r} instead. Point reward.name at the "
+                   "same model (a registry name or package.module:factory path) to evaluate with it"}

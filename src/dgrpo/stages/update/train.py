@@ -158,17 +158,36 @@ def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, 
         with ema_weights(policy, ema):
             outputs["ema_adapter"] = artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND,
                                                              prov, {**lora_meta, "ema_decay": str(ema.decay)})
-    means = {k: float(np.mean([r[k] for r in rows])) for k in LOGGED}
+    means = {k: float(np.mean([r[k] for r in rows])) for k in (*LOGGED, "ratio_mean", "ratio_std")}
     return StageResult(outputs, {**means, "optimizer_steps": float(len(rows)), "reward_mean": float(rewards.mean()),
-                                 "zero_std_groups": _zero_std_share(rewards, groups)})
+                                 **group_reward_spread(rewards, groups)})
 
 
 LOGGED = ("policy_loss", "kl", "sa_reg", "approx_kl", "clip_fraction")
 
 
-def _zero_std_share(rewards: np.ndarray, groups: list[str]) -> float:
+def group_reward_spread(rewards: np.ndarray, groups: list[str]) -> dict[str, float]:
+    """The in-group spread of the reward the update normalises: the mean over groups of its standard deviation,
+    and the share of groups whose rewards are all equal (zero advantage: they teach nothing)."""
     g = np.asarray(groups)
-    return float(np.mean([rewards[g == k].std() == 0 for k in np.unique(g)]))
+    stds = np.array([rewards[g == k].std() for k in np.unique(g)])
+    return {"reward_group_std": float(stds.mean()), "zero_std_groups": float(np.mean(stds == 0))}
+
+
+def ratio_moments(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """[sum d, sum d^2, count] of d = ratio - 1 over a micro-batch, in float64: the ratio sits near 1, so its
+    variance computed from raw second moments in float32 would cancel to noise."""
+    d = torch.exp(log_prob.detach().double() - old_log_prob.detach().double()) - 1.0
+    return torch.stack([d.sum(), (d * d).sum(), torch.tensor(float(d.numel()), dtype=torch.float64,
+                                                              device=d.device)])
+
+
+def ratio_stats(moments: torch.Tensor) -> dict[str, float]:
+    """Mean and standard deviation of the importance ratio from summed `ratio_moments` (GRPO-Guard logs both: a
+    mean drifting from 1 or a growing spread shows the update leaving the trust region)."""
+    total, squares, n = moments.tolist()
+    mean_d = total / n
+    return {"ratio_mean": 1.0 + mean_d, "ratio_std": max(squares / n - mean_d * mean_d, 0.0) ** 0.5}
 
 
 def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig,
@@ -183,6 +202,7 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
     t, s = cfg.train, cfg.sampling
     micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
     totals = torch.zeros(len(LOGGED), device=acc.device)
+    moments = torch.zeros(3, dtype=torch.float64, device=acc.device)
     scale = 1.0 / (len(steps) * len(micro))
     passes = [(idx, position, j) for idx in micro for position, j in enumerate(steps)]
     for n, (idx, position, j) in enumerate(passes):
@@ -199,11 +219,13 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
             kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step)
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
         totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
+        moments += ratio_moments(step.log_prob, old_log_probs[idx, j].to(policy.device))
     grad_norm = acc.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     averaged = acc.reduce(totals, reduction="mean").tolist()
-    return {**dict(zip(LOGGED, averaged, strict=True)), "grad_norm": float(grad_norm)}
+    return {**dict(zip(LOGGED, averaged, strict=True)), **ratio_stats(acc.reduce(moments, reduction="sum")),
+            "grad_norm": float(grad_norm)}
 
 
 def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,

@@ -1,10 +1,11 @@
-"""The run report: what a person reads after `dgrpo run`, built from the run's event records in the store."""
+"""The markdown run report and terminal summary, and the markdown view of one evaluation (a KFP Markdown
+visualisation), built from the records the stages write in the store."""
 
 import json
 
 from dgrpo.store import ArtifactStore
 
-SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity")
+SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
 
 
 def load_events(store: ArtifactStore, run_id: str) -> list[dict]:
@@ -67,3 +68,30 @@ def summary_lines(report: dict) -> list[str]:
 
 def dumps(report: dict) -> str:
     return json.dumps(report, indent=2)
+
+
+SPLIT_COLUMNS = (("all prompts", ""), ("held-out", "heldout_"), ("training", "train_"))
+
+
+def evaluation_markdown(record: dict) -> str:
+    """One evaluation (its record `runs/<run>/eval/r<round>.json`) as Markdown: the measures by prompt split, then
+    per prompt, and which reward scored it."""
+    metrics = record["metrics"]
+    keys = [k for k in SHOWN if k in metrics]
+    splits = [(name, prefix) for name, prefix in SPLIT_COLUMNS if any(prefix + k in metrics for k in keys)]
+    lines = [f"## Evaluation after round {record['round']}", "",
+             "| measure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(f"{metrics[p + k]:.4f}" if p + k in metrics else "-"
+                                              for _, p in splits) + " |")
+    per_keys = [k for k in SHOWN if record["per_prompt"] and k in record["per_prompt"][0]]
+    lines += ["", "| prompt | held out | " + " | ".join(per_keys) + " |", "|---|---|" + "---|" * len(per_keys)]
+    for row in record["per_prompt"]:
+        prompt = str(row["prompt"]).replace("|", "\\|")
+        lines.append(f"| {prompt} | {'yes' if row['held_out'] else 'no'} | "
+                     + " | ".join(f"{row[k]:.4f}" for k in per_keys) + " |")
+    if "reward" in record:
+        lines += ["", f"Reward: `{record['reward']['name']}`: {record['reward']['why']}."]
+    if "grid" in record:
+        lines += ["", f"Image grid: {record['grid']['uri']}"]
+    return "\n".join(lines) + "\n"

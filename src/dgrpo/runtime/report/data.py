@@ -1,0 +1,110 @@
+"""What the HTML report shows of one run, read from the store: evaluations, training rewards, update metrics,
+the final adapter's lineage and the run's recipe.
+
+Everything comes from records the stages already write (events, evaluation records, the rewards tables, lineage),
+so a report can be rebuilt at any time, for a run in progress too.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dgrpo import artifacts, lineage
+from dgrpo.config import config_from_json
+from dgrpo.contracts import REWARDS
+from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
+
+
+@dataclass
+class Evaluation:
+    round: int
+    metrics: dict[str, float]
+    per_prompt: list[dict]
+    grid: ArtifactRef
+    reward: dict[str, str] = field(default_factory=dict)
+    """Which reward scored the evaluation, and why (`dgrpo.stages.evaluate.reward_source`); empty for old runs."""
+
+
+@dataclass
+class TrainingRound:
+    round: int
+    reward_mean: float
+    """Mean quality reward over the round's rollouts (all shards)."""
+    group_std: float
+    """Mean over the round's prompt groups of the reward's standard deviation within the group."""
+    update: dict[str, float] = field(default_factory=dict)
+    """The update stage's metrics of the round (losses, ratio statistics, zero-spread share)."""
+
+
+@dataclass
+class RunData:
+    run_id: str
+    evaluations: list[Evaluation]
+    training: list[TrainingRound]
+    final_adapter: ArtifactRef | None
+    lineage: list[tuple[int, str, lineage.LineageRecord]]
+    """The final adapter's lineage chain (`dgrpo.lineage.chain`); empty without an adapter."""
+    recipe: dict | None
+    """The recipe part of the run's config (`RunConfig.recipe_dict`), from the config artifact in the lineage."""
+    config_sha256: str | None
+
+
+def load_run(store: ArtifactStore, run_id: str) -> RunData:
+    """Everything the report shows of `run_id`; a run with no evaluation is an error naming the run and store."""
+    events = [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
+    if not events:
+        raise StoreError(f"run {run_id}: no records under runs/{run_id}/ in {store.uri}")
+    evaluations = _evaluations(store, run_id, [e for e in events if e["stage"] == "evaluate"])
+    if not evaluations:
+        raise StoreError(f"run {run_id}: no evaluation recorded in {store.uri}")
+    updates = sorted((e for e in events if e["stage"] == "update"), key=lambda e: e["round"])
+    training = _training(store, [e for e in events if e["stage"] == "reward"], {e["round"]: e for e in updates})
+    final = ArtifactRef(**updates[-1]["outputs"]["adapter"]) if updates else None
+    chain = lineage.chain(store, final.sha256) if final else []
+    recipe, config_sha = _recipe(store, chain)
+    return RunData(run_id, evaluations, training, final, chain, recipe, config_sha)
+
+
+def _evaluations(store: ArtifactStore, run_id: str, events: list[dict]) -> list[Evaluation]:
+    out = []
+    for e in sorted(events, key=lambda e: e["round"]):
+        key = f"runs/{run_id}/eval/r{e['round']:04d}.json"
+        record = store.get_json(key) if store.exists(key) else {"per_prompt": []}
+        out.append(Evaluation(e["round"], e["metrics"], record["per_prompt"], ArtifactRef(**e["outputs"]["grid"]),
+                              record.get("reward", {})))
+    return out
+
+
+def _training(store: ArtifactStore, reward_events: list[dict], updates: dict[int, dict]) -> list[TrainingRound]:
+    """Per round: the quality reward's mean over all shards and its mean in-group spread, from the rewards tables."""
+    by_round: dict[int, list[ArtifactRef]] = {}
+    for e in reward_events:
+        by_round.setdefault(e["round"], []).append(ArtifactRef(**e["outputs"]["rewards"]))
+    rounds = []
+    for r in sorted(by_round):
+        tables = [artifacts.read_table(store, ref, REWARDS).select(["group_id", "reward"]) for ref in by_round[r]]
+        groups = np.concatenate([t.column("group_id").to_numpy(zero_copy_only=False) for t in tables])
+        rewards = np.concatenate([t.column("reward").to_numpy() for t in tables])
+        stds = [rewards[groups == g].std() for g in np.unique(groups)]
+        rounds.append(TrainingRound(r, float(rewards.mean()), float(np.mean(stds)),
+                                    updates.get(r, {}).get("metrics", {})))
+    return rounds
+
+
+def _recipe(store: ArtifactStore, chain: list[tuple[int, str, lineage.LineageRecord]]) -> tuple[dict | None,
+                                                                                                 str | None]:
+    rec = next((r for _, _, r in chain if r.kind == "config"), None)
+    if rec is None:
+        return None, None
+    text = store.get(ArtifactRef(kind="config", uri=rec.uri, sha256=rec.sha256, size=0)).decode()
+    return config_from_json(text).recipe_dict(), rec.sha256
+
+
+def quality_key(metrics: dict[str, float]) -> str:
+    """The evaluation's quality measure: the mode-independent quality where the reward reports one, else reward."""
+    return "quality" if "quality" in metrics else "reward"
+
+
+def diversity_key(metrics: dict[str, float]) -> str:
+    """The evaluation's diversity measure: embedding distance where an embedder is configured, else pixels."""
+    return "embedding_diversity" if "embedding_diversity" in metrics else "diversity"

@@ -1,0 +1,145 @@
+"""The report's plots as inline SVG, drawn by matplotlib (object API: no pyplot, no global backend state).
+
+One colour per run, so several runs overlay on every plot; line styles tell the prompt split apart (solid: all
+evaluation prompts, dashed: held-out, dotted: training).
+"""
+
+import io
+import re
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from dgrpo.runtime.report.data import RunData, diversity_key, quality_key
+
+SPLITS = (("", "all prompts", "-"), ("heldout_", "held-out", "--"), ("train_", "training", ":"))
+LABELS = {"reward": "reward", "quality": "quality (mode-independent)", "embedding_diversity":
+          "embedding diversity (mean pairwise distance)", "vendi": "Vendi score of the embeddings",
+          "diversity": "pixel diversity (mean pairwise RMS)", "mode_entropy": "mode entropy / log M",
+          "modes_over_10pct": "modes holding >= 10%"}
+UPDATE_LABELS = {"approx_kl": "approx. KL to the sampler", "clip_fraction": "clip fraction",
+                 "ratio_std": "importance-ratio std", "zero_std_groups": "share of zero-spread groups",
+                 "reward_group_std": "in-group spread of the final reward", "kl": "KL to the base model",
+                 "sa_reg": "SA-Reg"}
+
+
+def _svg(fig: Figure) -> str:
+    """The figure as an <svg> element, without the XML prologue (it is inlined into HTML)."""
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, selectable, and a smaller page
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (4.6, 3.0)) -> tuple[Figure, object]:
+    fig = Figure(figsize=size)
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if xlabel in ("round", "after round"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def _colours(n: int) -> list:
+    return [f"C{i % 10}" for i in range(n)]
+
+
+def evaluation_metrics(runs: list[RunData]) -> list[str]:
+    """The per-prompt measures every run's evaluations report, in display order."""
+    keys = [k for k in LABELS if any(k in ev.metrics for run in runs for ev in run.evaluations)]
+    return keys
+
+
+def metric_over_rounds(runs: list[RunData], key: str) -> str:
+    """One evaluation measure against the round, per run and prompt split."""
+    fig, ax = _figure(LABELS.get(key, key), "after round", key)
+    for run, colour in zip(runs, _colours(len(runs)), strict=True):
+        for prefix, split, style in SPLITS:
+            points = [(ev.round, ev.metrics[prefix + key]) for ev in run.evaluations if prefix + key in ev.metrics]
+            if points:
+                x, y = zip(*points, strict=True)
+                label = f"{run.run_id} ({split})" if len(runs) > 1 else split
+                ax.plot(x, y, style, color=colour, marker="o", markersize=3, label=label)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def training_reward(runs: list[RunData]) -> str:
+    """The training reward per round, with a band of +- its mean in-group standard deviation."""
+    fig, ax = _figure("training reward per round (band: +- in-group std)", "round", "reward")
+    for run, colour in zip(runs, _colours(len(runs)), strict=True):
+        if not run.training:
+            continue
+        x = np.array([t.round for t in run.training])
+        mean = np.array([t.reward_mean for t in run.training])
+        spread = np.array([t.group_std for t in run.training])
+        ax.plot(x, mean, "-", color=colour, marker="o", markersize=3, label=run.run_id)
+        ax.fill_between(x, mean - spread, mean + spread, color=colour, alpha=0.2, linewidth=0)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def update_metric(runs: list[RunData], key: str) -> str | None:
+    """One update-stage metric against the round, or None when no run reports it."""
+    series = [(run, [(t.round, t.update[key]) for t in run.training if key in t.update]) for run in runs]
+    if not any(points for _, points in series):
+        return None
+    fig, ax = _figure(UPDATE_LABELS.get(key, key), "round", key)
+    for (run, points), colour in zip(series, _colours(len(runs)), strict=True):
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, "-", color=colour, marker="o", markersize=3, label=run.run_id)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """The points no other point beats on both axes (both maximised), sorted by the first axis."""
+    keep = [i for i, p in enumerate(points)
+            if not np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1))]
+    front = points[keep]
+    return front[np.argsort(front[:, 0])]
+
+
+def quality_diversity(runs: list[RunData]) -> str:
+    """Each run's path through (quality, diversity) over its evaluations, and the Pareto front of all points."""
+    metrics = runs[0].evaluations[0].metrics
+    qk, dk = quality_key(metrics), diversity_key(metrics)
+    fig, ax = _figure("quality against diversity (Pareto)", LABELS[qk], LABELS[dk], size=(6.0, 4.2))
+    every = []
+    for run, colour in zip(runs, _colours(len(runs)), strict=True):
+        path = np.array([(ev.metrics[qk], ev.metrics[dk]) for ev in run.evaluations
+                         if qk in ev.metrics and dk in ev.metrics])
+        if not len(path):
+            continue
+        every.append(path)
+        ax.plot(path[:, 0], path[:, 1], "-", color=colour, marker="o", markersize=4, alpha=0.8, label=run.run_id)
+        ax.annotate(f"r{run.evaluations[0].round}", path[0], fontsize=7, color=colour)
+        ax.annotate(f"r{run.evaluations[-1].round}", path[-1], fontsize=7, color=colour, fontweight="bold")
+    if every:
+        front = pareto_front(np.concatenate(every))
+        ax.step(front[:, 0], front[:, 1], where="post", color="black", linestyle="--", linewidth=1,
+                label="Pareto front")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def svg_ids_unique(svgs: list[str]) -> list[str]:
+    """matplotlib names clip paths and glyphs with ids that repeat across figures; inlined into one page, a repeat
+    would make one plot use another's clip path. Prefix every id (and its references) per plot."""
+    out = []
+    for n, svg in enumerate(svgs):
+        prefix = f"p{n}-"
+        svg = re.sub(r'\bid="([^"]+)"', lambda m, p=prefix: f'id="{p}{m.group(1)}"', svg)
+        svg = re.sub(r"url\(#([^)]+)\)", lambda m, p=prefix: f"url(#{p}{m.group(1)})", svg)
+        svg = re.sub(r'href="#([^"]+)"', lambda m, p=prefix: f'href="#{p}{m.group(1)}"', svg)
+        out.append(svg)
+    return out
