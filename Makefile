@@ -67,6 +67,7 @@ experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) o
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python scripts/bench_rollout.py
+	$(BIN)/python scripts/bench_prune.py
 
 clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

@@ -120,8 +120,9 @@ def _original_name(key: str) -> str:
 @pytest.fixture(scope="module")
 def imagereward_files(tmp_path_factory):
     """A tiny random ImageReward: ImageReward.pt with the authors' key names, med_config.json, a BERT vocab."""
-    from dgrpo.rewards.imagereward import ImageRewardModel, text_config, vision_config
     from transformers import BertTokenizer
+
+    from dgrpo.rewards.imagereward import ImageRewardModel, text_config, vision_config
 
     path = tmp_path_factory.mktemp("tiny-imagereward")
     words = ["a", "red", "square", "photo", "of", "cat", "blue", "cross", "dog", "green", "circle"]
@@ -150,8 +151,9 @@ def imagereward_files(tmp_path_factory):
 
 def test_imagereward_loads_the_authors_keys_and_scores(imagereward_files, images):
     pytest.importorskip("torchvision")
-    from dgrpo.rewards.imagereward import load_tokenizer
     from torchvision import transforms
+
+    from dgrpo.rewards.imagereward import load_tokenizer
 
     _, model, options = imagereward_files
     reward = load_reward("imagereward", options)
