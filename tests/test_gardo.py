@@ -58,6 +58,11 @@ def test_uncertainty_and_gate_by_hand():
     # non-negative values [0, 0, 0, 4]: the 50th percentile is 0, so only u > 0 is gated
     assert gardo.kl_gate(u, 0.5).tolist() == [False, False, False, False, True]
     assert not gardo.kl_gate(np.array([-1.0, -2.0]), 0.5).any()
+    # ties at the maximum: upstream's strict percentile rule gates nothing, "top_share" gates the share
+    tied = np.array([-3.0, 0.0, 1.0, 2.0, 2.0, 2.0])
+    assert not gardo.kl_gate(tied, 0.5).any()  # the 50th percentile of [0, 1, 2, 2, 2] is 2
+    assert gardo.kl_gate(tied, 0.5, "top_share").tolist() == [False, False, False, True, True, True]
+    assert gardo.kl_gate(tied, 0.2, "top_share").tolist() == [False, False, False, True, False, False]
     assert gardo.descending_ranks(np.array([1.0, 1.0, 2.0])).tolist() == [2.0, 3.0, 1.0]  # stable ties
 
 

@@ -340,6 +340,10 @@ class GardoConfig:
     kl_gate_share: Annotated[float, Range(gt=0, le=1)] = 0.1
     """Share of the non-negative uncertainties above the gate: the KL applies above their (100 - 100 share)th
     percentile. Upstream starts at 0.1 and adapts it within [0.02, 0.2] across rounds; here it is fixed."""
+    kl_gate_rule: Literal["percentile", "top_share"] = "percentile"
+    """"percentile" (upstream): uncertainty strictly above that percentile; rank differences tie often, and when
+    more than kl_gate_share of them tie at the maximum nothing is gated. "top_share": exactly that share of them,
+    the largest first (ties in sample order)."""
     reference_reset: bool = False
     """Replace the regulariser's reference (first the base model) by the current policy after a round in which an
     optimizer step's KL passed reset_kl_threshold, or reset_every rounds after the last reset."""

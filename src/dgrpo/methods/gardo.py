@@ -67,16 +67,28 @@ def uncertainty(main: np.ndarray, auxiliary: list[np.ndarray]) -> np.ndarray:
     return descending_ranks(main) - np.mean([descending_ranks(a) for a in auxiliary], axis=0)
 
 
-def kl_gate(uncert: np.ndarray, share: float) -> np.ndarray:
-    """True where the KL applies: uncertainty above the (100 - 100 share)th percentile of its non-negative values
-    (numpy's linear interpolation, as upstream); all False when no value is non-negative."""
+def kl_gate(uncert: np.ndarray, share: float, rule: str = "percentile") -> np.ndarray:
+    """True where the KL applies, among the samples with non-negative uncertainty (none are gated without any).
+
+    "percentile" (upstream): uncertainty strictly above the (100 - 100 share)th percentile of the non-negative
+    values (numpy's linear interpolation). Uncertainties are rank differences, so they tie often, and when more than
+    `share` of them tie at the maximum nothing is gated. "top_share": exactly ceil(share x their number) of them,
+    the largest first, ties in sample order.
+    """
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     u = np.asarray(uncert, dtype=np.float64)
-    candidates = u[u >= 0]
+    candidates = np.flatnonzero(u >= 0)
+    gate = np.zeros(len(u), dtype=bool)
     if candidates.size == 0:
-        return np.zeros(len(u), dtype=bool)
-    return u > np.percentile(candidates, 100 - 100 * share)
+        return gate
+    if rule == "percentile":
+        return u > np.percentile(u[candidates], 100 - 100 * share)
+    if rule == "top_share":
+        order = candidates[np.argsort(-u[candidates], kind="stable")]
+        gate[order[:int(np.ceil(share * candidates.size))]] = True
+        return gate
+    raise ValueError(f"rule must be 'percentile' or 'top_share', got {rule!r}")
 
 
 def reset_due(step_kls: list[float], threshold: float, rounds_since_reset: int, every: int) -> bool:

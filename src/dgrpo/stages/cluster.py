@@ -84,7 +84,7 @@ def round_kl_gate(cfg: RunConfig, scored: pa.Table) -> tuple[np.ndarray, np.ndar
                              f"{sorted(components[missing[0]])}")
         aux.append(np.array([c[name] for c in components], dtype=np.float64))
     u = gardo.uncertainty(np.asarray(scored.column("reward").to_pylist(), dtype=np.float64), aux)
-    return u, gardo.kl_gate(u, cfg.gardo.kl_gate_share)
+    return u, gardo.kl_gate(u, cfg.gardo.kl_gate_share, cfg.gardo.kl_gate_rule)
 
 
 def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
