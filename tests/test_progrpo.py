@@ -10,6 +10,8 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import small_config
+from dgrpo_pipelines.cli import app
+from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage
 from dgrpo.config import ConfigError, ModelConfig
@@ -141,7 +143,8 @@ def test_prune_decisions_are_in_the_lineage_and_the_table_passes_its_contract(pr
     # what a swapped-in reward stage receives is a contract-valid table of the survivors
     path = tmp_path / "rollouts.parquet"
     assert export_table(ctx, ref, "rollouts", str(path)) == 16
-    contracts.from_parquet_bytes(path.read_bytes(), ROLLOUTS, str(path))
+    out = CliRunner().invoke(app, ["contract", "check", "rollouts", str(path)])
+    assert out.exit_code == 0 and "valid rollouts v4 table (16 rows)" in out.output, out.output
     broken = table.set_column(table.schema.get_field_index("prune_record"), "prune_record",
                               pa.array([[1]] * 16, pa.list_(pa.int64())))
     with pytest.raises(contracts.ContractError, match="prune_record"):

@@ -20,7 +20,7 @@ from dgrpo.contracts import ROLLOUTS
 from dgrpo.images import png_bytes
 from dgrpo.methods import drift, progrpo
 from dgrpo.models import FlowPolicy
-from dgrpo.models.trajectories import ConditioningAt, expand_conditioning, sample_sde
+from dgrpo.models.trajectories import ConditioningAt, Trajectories, expand_conditioning, sample_sde
 from dgrpo.rewards import RewardModel, load_reward
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
@@ -36,61 +36,73 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
                 shards: int = 1) -> StageResult:
     """Sample the prompt groups of `shard` (of `shards`); ids and seeds are those of the unsharded round."""
     cfg = ctx.config
-    s = cfg.sampling
     policy = load_policy_for_round(ctx, adapter, trainable=False)
     prompts = round_prompts(cfg, round_index)
-    window = sde_steps(cfg, round_index)
-    expand = cfg.progrpo.mode == "expand_prune"
-    started = cfg.progrpo.expand_group_size if expand else s.group_size
-    reward = load_reward(cfg.reward.name, cfg.reward.options) if expand else None
-    sigmas = policy.sigmas(s.num_steps, s.shift)
+    reward = load_reward(cfg.reward.name, cfg.reward.options) if cfg.progrpo.mode == "expand_prune" else None
     rows, log_probs, decisions, nfe = [], [], {}, 0
     for p in shard_prompt_indices(len(prompts), shard, shards):  # one group per call: no dependence on sharding
-        seeds = [derive_seed(cfg.seed, Stream.SAMPLE, round_index, p, k) for k in range(started)]
-        cond = expand_conditioning(policy.encode_prompts([prompts[p]]), torch.zeros(started, dtype=torch.long))
-        noise = PromptNoise(cfg, sigmas, round_index, p, started) if cfg.drift.prompt_noise else None
-        pruner = GroupPruner(cfg, policy, reward, prompts[p], seeds) if expand else None
-        traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method,
-                          window, s.batch_size, noise.hook(cond) if noise else None,
-                          tuple(cfg.progrpo.prune_steps) if expand else (), pruner)
-        size = s.batch_size or len(traj.positions)
-        images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, len(traj.positions),
-                                                                                              size)])
+        group_rows, traj, records = sample_group(cfg, policy, reward, round_index, p, prompts[p])
+        rows += group_rows
         log_probs.append(traj.log_probs)
         nfe += traj.nfe
-        group_id = f"r{round_index}/p{p}"
-        if pruner is not None:
-            decisions[group_id] = pruner.records
-        for row, k in enumerate(traj.positions):
-            rows.append({
-                "sample_id": f"r{round_index}/p{p}/s{k}", "group_id": group_id, "prompt": prompts[p],
-                "round": round_index, "sample_index": k, "seed": seeds[k], "image_png": png_bytes(images[row]),
-                "sigmas": traj.sigmas.tolist(), "log_probs": traj.log_probs[row].tolist(),
-                "latents": artifacts.tensors_to_bytes({"latents": traj.latents[row]}),
-                "conditioning": artifacts.tensors_to_bytes({name: t[0] for name, t in cond.items()}) if row == 0
-                else None,  # a group shares its prompt: MBs per row for SD3/FLUX, stored once
-                **(noise.columns(k) if noise else {}),
-                **(pruner.columns(k, first=row == 0) if pruner else {}),
-            })
+        if records is not None:
+            decisions[group_rows[0]["group_id"]] = records
     table = pa.Table.from_pylist(rows, schema=ROLLOUTS.schema)
     inputs = {"adapter": adapter, "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()}
     seeds_info = {"first_sample_seed": rows[0]["seed"], **({"shard": shard, "shards": shards} if shards > 1 else {})}
-    if expand:
+    if reward is not None:
         inputs["prune_decisions"] = artifacts.write_blob(
             ctx.store, json.dumps({"schedule": prune_schedule(cfg), "groups": decisions}, sort_keys=True).encode(),
             PRUNE_DECISIONS_KIND, ".json", ctx.provenance("rollout", round_index, dict(inputs), seeds_info))
     ref = artifacts.write_table(ctx.store, table, ROLLOUTS, ctx.provenance("rollout", round_index, inputs, seeds_info))
-    groups = len(rows) // s.group_size
     metrics = {"samples": float(len(rows)), "mean_log_prob": float(torch.cat(log_probs).nanmean()),
-               "nfe": float(nfe), "nfe_per_sample": nfe / len(rows)}
-    if expand:
-        metrics |= {"started": float(started * groups), "pruned": float((started - s.group_size) * groups),
-                    "nfe_without_pruning": float(started * s.num_steps * groups)}
-    if noise is not None:
-        metrics["prompt_noise_steps"] = float(np.count_nonzero(noise.scale))
+               "nfe": float(nfe), "nfe_per_sample": nfe / len(rows), **option_metrics(cfg, policy, len(rows))}
     result = StageResult({"rollouts": ref}, metrics)
     emit_event(ctx, "rollout", round_index, result, shard if shards > 1 else None)
     return result
+
+
+def sample_group(cfg: RunConfig, policy: FlowPolicy, reward: RewardModel | None, round_index: int, p: int,
+                 prompt: str) -> tuple[list[dict], Trajectories, list[dict] | None]:
+    """One prompt group: its table rows, its trajectories and, under expand-and-prune, its prune decisions."""
+    s = cfg.sampling
+    started = cfg.progrpo.expand_group_size if reward is not None else s.group_size
+    seeds = [derive_seed(cfg.seed, Stream.SAMPLE, round_index, p, k) for k in range(started)]
+    cond = expand_conditioning(policy.encode_prompts([prompt]), torch.zeros(started, dtype=torch.long))
+    noise = None
+    if cfg.drift.prompt_noise:
+        noise = PromptNoise(cfg, policy.sigmas(s.num_steps, s.shift), round_index, p, started)
+    pruner = GroupPruner(cfg, policy, reward, prompt, seeds) if reward is not None else None
+    traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method,
+                      sde_steps(cfg, round_index), s.batch_size, noise.hook(cond) if noise else None,
+                      tuple(cfg.progrpo.prune_steps) if pruner else (), pruner)
+    n, size = len(traj.positions), s.batch_size or len(traj.positions)
+    images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, n, size)])
+    rows = [{
+        "sample_id": f"r{round_index}/p{p}/s{k}", "group_id": f"r{round_index}/p{p}", "prompt": prompt,
+        "round": round_index, "sample_index": k, "seed": seeds[k], "image_png": png_bytes(images[row]),
+        "sigmas": traj.sigmas.tolist(), "log_probs": traj.log_probs[row].tolist(),
+        "latents": artifacts.tensors_to_bytes({"latents": traj.latents[row]}),
+        "conditioning": artifacts.tensors_to_bytes({name: t[0] for name, t in cond.items()}) if row == 0
+        else None,  # a group shares its prompt: MBs per row for SD3/FLUX, stored once
+        **(noise.columns(k) if noise else {}), **(pruner.columns(k, first=row == 0) if pruner else {}),
+    } for row, k in enumerate(traj.positions)]
+    return rows, traj, None if pruner is None else pruner.records
+
+
+def option_metrics(cfg: RunConfig, policy: FlowPolicy, samples: int) -> dict[str, float]:
+    """Expand-and-prune's counts and the number of steps with prompt noise, for the stage metrics."""
+    s, d, p, out = cfg.sampling, cfg.drift, cfg.progrpo, {}
+    if p.mode == "expand_prune":
+        groups = samples // s.group_size
+        out |= {"started": float(p.expand_group_size * groups),
+                "pruned": float((p.expand_group_size - s.group_size) * groups),
+                "nfe_without_pruning": float(p.expand_group_size * s.num_steps * groups)}
+    if d.prompt_noise:
+        _, scale = drift.noise_coefficients(policy.sigmas(s.num_steps, s.shift), d.prompt_noise_tau1,
+                                            d.prompt_noise_tau2, d.prompt_noise_scale)
+        out["prompt_noise_steps"] = float(np.count_nonzero(scale))
+    return out
 
 
 def prune_schedule(cfg: RunConfig) -> dict:
