@@ -2,6 +2,8 @@
 potential-based shaping; each against hand-computed values, and through the stages."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import small_config
@@ -18,6 +20,7 @@ from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.shared.context import StageContext
+from dgrpo.stages.shared.exchange import import_table
 from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.stages.update import options as update_options
@@ -252,6 +255,33 @@ def test_an_option_the_scores_lack_is_an_error_naming_the_column(plain_round):
     filtering = StageContext(small_config(**FAST, **{"drift.outlier_filter": True}), store, "filtering")
     with pytest.raises(ValueError, match="column 'kept' is null for 16 of 16 samples.*drift.outlier_filter"):
         run_update(filtering, 0, rollouts, scores)
+
+
+def test_a_swapped_in_cluster_stage_that_sets_kept_is_obeyed(plain_round, tmp_path):
+    """A team's cluster stage writes a scores v3 Parquet file with its own `kept` flags; imported through the
+    exchange boundary, the update (config without any filter) gives the dropped samples no advantage."""
+    store, rollouts, scores = plain_round
+    ctx = StageContext(small_config(**FAST), store, "external")
+    table = artifacts.read_table(store, scores, SCORES)
+    kept = [i not in (0, 9) for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("kept"), SCORES.schema.field("kept"),
+                             pa.array(kept, pa.bool_()))
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path)  # written by "their" code: the metadata is what they declare
+    imported = import_table(ctx, 0, "cluster", "scores", str(path), {"rollouts": rollouts}, "team/cluster:1")
+    seen = []
+    advantages = update_train.group_advantages
+
+    def watch(rewards, groups, global_std, clip, kept=None):
+        adv = advantages(rewards, groups, global_std, clip, kept)
+        seen.append((kept, adv))
+        return adv
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(update_train, "group_advantages", watch)
+        result = run_update(ctx, 0, rollouts, imported.outputs["scores"])
+    assert result.metrics["dropped"] == 2 and seen[0][0].tolist() == kept
+    assert seen[0][1][0] == 0 and seen[0][1][9] == 0 and np.count_nonzero(seen[0][1]) >= 12
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
