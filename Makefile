@@ -65,11 +65,13 @@ compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain
 
-experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) on the toy world: table + plot
+experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg, DiverseGRPO, DRIFT, Pro-GRPO, GARDO (+ beta sweep) on the toy world
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python scripts/bench_round.py
+	$(BIN)/python scripts/bench_rollout.py
+	$(BIN)/python scripts/bench_prune.py
 
 clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

@@ -4,21 +4,24 @@ from pathlib import Path
 
 import pytest
 
-from dgrpo.toyworld.experiment import at_matched_reward, build_arms, summarise
+from dgrpo.toyworld.experiment import PRESETS, at_matched_reward, build_arms, summarise
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-def test_arms_differ_only_in_cluster_and_regulariser():
+def test_arms_differ_only_in_their_method_sections():
     arms = build_arms(CONFIGS, betas=[0.5, 1.0, 2.0])
     names = [a.name for a in arms]
-    assert names == ["flowgrpo", "sareg", "diversegrpo", "bonus-beta0.5", "bonus-beta1", "bonus-beta2"]
+    assert names == ["flowgrpo", "sareg", "diversegrpo", "drift", "progrpo", "gardo", "bonus-beta0.5", "bonus-beta1",
+                     "bonus-beta2"]
     base = arms[0].config.to_dict()
     for arm in arms[1:]:
         other = arm.config.to_dict()
-        assert {k for k in base if base[k] != other[k]} <= {"name", "cluster", "train"}
+        # GARDO's reward adds its auxiliary reward beside the same main reward
+        assert {k for k in base if base[k] != other[k]} <= {"name", "cluster", "train", "drift", "progrpo", "gardo",
+                                                            "reward"}
         assert {k for k in base["train"] if base["train"][k] != other["train"][k]} <= {
-            "regularizer", "sa_lambda", "sa_steps"}
+            "regularizer", "sa_lambda", "sa_steps", "beta_kl"}
     assert arms[0].config.cluster.method == "passthrough" and arms[0].config.train.regularizer == "none"
     assert arms[1].config.train.regularizer == "sa" and arms[1].config.cluster.method == "passthrough"
     assert arms[2].config.cluster.method == "diverse" and arms[2].config.train.regularizer == "sa"
@@ -26,11 +29,11 @@ def test_arms_differ_only_in_cluster_and_regulariser():
 
 
 def test_budget_mismatch_is_refused(tmp_path):
-    for name in ("flowgrpo", "sareg", "diversegrpo"):
-        text = (CONFIGS / f"toy-{name}.yaml").read_text()
+    for name, preset in PRESETS.items():
+        text = (CONFIGS / preset).read_text()
         if name == "sareg":
             text += "rounds: 31\n"
-        (tmp_path / f"toy-{name}.yaml").write_text(text)
+        (tmp_path / preset).write_text(text)
     with pytest.raises(ValueError, match="budget"):
         build_arms(tmp_path, betas=[])
 

@@ -123,7 +123,7 @@ def test_two_processes_train_the_round_a_single_process_does(tmp_path, monkeypat
         assert_same_update(reference, (reference[0], summed), cfg, n_terms)
 
     # negative control 2: each process normalises its own half of every prompt group (rows rank, rank + 2, ...)
-    def per_process(rewards, groups, global_std, clip):
+    def per_process(rewards, groups, global_std, clip, kept=None):
         adv = np.empty(len(rewards))
         for rank in range(2):
             rows = np.arange(rank, len(rewards), 2)

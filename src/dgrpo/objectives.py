@@ -9,14 +9,24 @@ import torch
 ADV_EPS = 1e-4
 
 
-def group_advantages(rewards: np.ndarray, group_ids: list[str], global_std: bool, clip: float) -> np.ndarray:
-    """A_i = (R_i - mean_group(R)) / (std + 1e-4), std of the batch (global) or of the group, clipped."""
+def group_advantages(rewards: np.ndarray, group_ids: list[str], global_std: bool, clip: float,
+                     kept: np.ndarray | None = None) -> np.ndarray:
+    """A_i = (R_i - mean_group(R)) / (std + 1e-4), std of the batch (global) or of the group, clipped.
+
+    With `kept` (a filter's choice: DRIFT's outlier filter, Pro-GRPO's OVF) the means and stds are those of the kept
+    samples only and a dropped sample's advantage is 0, so it adds no policy gradient.
+    """
     rewards = np.asarray(rewards, dtype=np.float64)
     groups = np.asarray(group_ids)
-    adv = np.empty_like(rewards)
-    batch_std = rewards.std()
+    keep = np.ones(len(rewards), dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+    if keep.shape != rewards.shape:
+        raise ValueError(f"kept has shape {keep.shape}, rewards {rewards.shape}: one flag per sample")
+    adv = np.zeros_like(rewards)
+    batch_std = rewards[keep].std() if keep.any() else 0.0
     for g in np.unique(groups):
-        mask = groups == g
+        mask = (groups == g) & keep
+        if not mask.any():
+            continue
         std = batch_std if global_std else rewards[mask].std()
         adv[mask] = (rewards[mask] - rewards[mask].mean()) / (std + ADV_EPS)
     return np.clip(adv, -clip, clip)

@@ -30,10 +30,12 @@ class Stream(enum.IntEnum):
     """(round, group index): k-means initialisation of one prompt group's spectral clustering."""
     EVAL_NOISE = 7
     """(sample index,) under the root eval.seed: the evaluation's fixed noise, the same every round."""
+    PROMPT_NOISE = 8
+    """(round, prompt index, sample index, step): DRIFT's prompt-embedding noise of one sample at one step."""
 
 
 ARITY = {Stream.PROMPTS: 1, Stream.SAMPLE: 3, Stream.SDE_WINDOW: 1, Stream.LORA_INIT: 0, Stream.UPDATE_ORDER: 1,
-         Stream.CLUSTER: 2, Stream.EVAL_NOISE: 1}
+         Stream.CLUSTER: 2, Stream.EVAL_NOISE: 1, Stream.PROMPT_NOISE: 4}
 
 SEED_BITS = 63
 

@@ -263,3 +263,95 @@ class EvalConfig:
     def validate(self, path: str) -> None:
         check(len(self.prompts) > 0, f"{path}.prompts", "must not be empty")
         check_prompt_source(self.prompts_file, self.prompts_sha256, path)
+
+
+@dataclass
+class DriftConfig:
+    """DRIFT's three options (docs/algorithms.md, "DRIFT"); each is off by default. The paper publishes no code: every
+    default below is this project's choice."""
+
+    outlier_filter: bool = False
+    """Sampling: drop each group's reward outliers (|robust z of the quality reward| > outlier_threshold around the
+    median) before the advantages, which are computed on the kept subset; the scores table's `kept` column shows
+    what was dropped. Refused together with a Pro-GRPO mode (both pick a subset of the same group)."""
+    outlier_threshold: Annotated[float, Range(ge=1)] = 2.0
+    """alpha: robust z = 0.6745 (Q - median) / MAD (the mean absolute deviation where MAD is 0). At >= 1 at least
+    half of every group stays."""
+    prompt_noise: bool = False
+    """Prompting: annealed noise on the positive prompt embeddings during rollout, y' = sqrt(g) y + s sqrt(1 - g) eps,
+    replayed exactly in the update from per-step seeds stored in the rollouts table."""
+    prompt_noise_scale: Annotated[float, NON_NEGATIVE] = 0.25
+    """s, the noise's std relative to the unit normal (CADS' default)."""
+    prompt_noise_tau1: Annotated[float, Range(ge=0, le=1)] = 0.6
+    """g = 1 (no noise) for sigma <= tau1."""
+    prompt_noise_tau2: Annotated[float, Range(ge=0, le=1)] = 0.9
+    """g = 0 (the prompt replaced by noise) for sigma >= tau2; linear between tau1 and tau2."""
+    prompt_noise_resample: Literal["step", "trajectory"] = "step"
+    """"step": a fresh eps at every noisy step (CADS); "trajectory": one eps per sample for all its steps."""
+    shaping_weight: Annotated[float, NON_NEGATIVE] = 0.0
+    """Optimisation: weight of the potential-based shaping F = S clip(w (Phi - Phi_0), -c, c) added to the final
+    reward before normalisation; 0 turns it off. Phi is the intra-group diversity potential on cluster.embedder."""
+    shaping_potential: Literal["mean_distance", "nearest_distance"] = "mean_distance"
+    """Phi_i: mean (or smallest) cosine distance of image i to the other kept images of its group."""
+    shaping_clip: Annotated[float, POSITIVE] = 1.0
+    """c: the shaping's bound before the scale S."""
+    shaping_scale: Literal["absolute", "reward_std"] = "reward_std"
+    """S: 1, or the group's reward std, so that w and c are relative to the reward's own spread (PickScore spreads
+    ~0.01 in a group, the toy reward ~0.15)."""
+
+    def validate(self, path: str) -> None:
+        check(not self.prompt_noise or self.prompt_noise_tau1 < self.prompt_noise_tau2, f"{path}.prompt_noise_tau1",
+              f"must be < prompt_noise_tau2 ({self.prompt_noise_tau2}), got {self.prompt_noise_tau1}")
+
+
+@dataclass
+class ProGRPOConfig:
+    """Pro-GRPO (docs/algorithms.md, "Pro-GRPO"): Optimal Variance Filtering, after sampling or during it."""
+
+    mode: Literal["off", "filter", "expand_prune"] = "off"
+    """"filter": the cluster stage keeps the filter_keep samples of each group whose final rewards vary the most
+    (OVF; the others get no advantage). "expand_prune": the rollout samples expand_group_size trajectories per
+    prompt and at each prune step previews x0_hat = x - sigma v, scores the previews with the reward and keeps the
+    OVF subset; the sampling.group_size survivors are the group."""
+    filter_keep: Annotated[int, Range(ge=2)] = 8
+    """k, samples kept per group in "filter" mode (< sampling.group_size)."""
+    expand_group_size: Annotated[int, Range(ge=3)] = 32
+    """G_max, trajectories started per prompt in "expand_prune" mode (> sampling.group_size)."""
+    prune_steps: list[Annotated[int, NON_NEGATIVE]] = field(default_factory=lambda: [5, 7])
+    """Steps (0-based, increasing, < sampling.num_steps) at which the live trajectories are previewed and pruned."""
+    prune_sizes: list[Annotated[int, Range(ge=2)]] = field(default_factory=lambda: [24, 16])
+    """Trajectories kept at each prune step, decreasing; the last is sampling.group_size."""
+
+
+@dataclass
+class GardoConfig:
+    """GARDO as a baseline (docs/algorithms.md, "GARDO"); each option is off by default."""
+
+    novelty_advantage: bool = False
+    """A = (r - mean_g r) x novelty / mean_g(novelty) where r >= mean_g r, r - mean_g r elsewhere, no std division;
+    novelty = smallest cosine distance to the rest of the group on cluster.embedder's features. Replaces the
+    group-normalised advantage (train.global_std does not apply)."""
+    kl_gate: bool = False
+    """Apply the KL (train.regularizer kl or both) only to uncertain samples: uncertainty = rank under the reward
+    minus the mean rank under aux_components, over the round; gated above a percentile (kl_gate_share)."""
+    aux_components: list[str] = field(default_factory=list)
+    """Auxiliary rewards: names of the reward's `components` (the rewards table), e.g. aesthetic and imagereward
+    from the "multi" reward (upstream's), or the toy reward's quality."""
+    kl_gate_share: Annotated[float, Range(gt=0, le=1)] = 0.1
+    """Share of the non-negative uncertainties above the gate: the KL applies above their (100 - 100 share)th
+    percentile. Upstream starts at 0.1 and adapts it within [0.02, 0.2] across rounds; here it is fixed."""
+    kl_gate_rule: Literal["percentile", "top_share"] = "percentile"
+    """"percentile" (upstream): uncertainty strictly above that percentile; rank differences tie often, and when
+    more than kl_gate_share of them tie at the maximum nothing is gated. "top_share": exactly that share of them,
+    the largest first (ties in sample order)."""
+    reference_reset: bool = False
+    """Replace the regulariser's reference (first the base model) by the current policy after a round in which an
+    optimizer step's KL passed reset_kl_threshold, or reset_every rounds after the last reset."""
+    reset_kl_threshold: Annotated[float, POSITIVE] = 3e-4
+    """KL (as in the update metrics' `kl`) above which the reference is reset (upstream's kl_thres)."""
+    reset_every: Annotated[int, POSITIVE] = 15
+    """Rounds after which the reference is reset anyway (upstream's reset_freq)."""
+
+    def validate(self, path: str) -> None:
+        check(not self.kl_gate or len(self.aux_components) > 0, f"{path}.aux_components",
+              "must name at least one reward component when kl_gate is on")

@@ -10,16 +10,19 @@ from dgrpo.config.deployment import KubernetesConfig, PipelineConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
 from dgrpo.config.recipe import (
     ClusterConfig,
+    DriftConfig,
     EvalConfig,
+    GardoConfig,
     LoraConfig,
     ModelConfig,
+    ProGRPOConfig,
     RewardConfig,
     SamplingConfig,
     TrainConfig,
 )
 from dgrpo.config.secrets import check_no_secrets
 
-RECIPE_FIELDS = ("seed", "model", "lora", "sampling", "reward", "cluster", "train", "eval")
+RECIPE_FIELDS = ("seed", "model", "lora", "sampling", "reward", "cluster", "train", "eval", "drift", "progrpo", "gardo")
 """What is trained: a result's identity. `name`, `rounds` (how long, not what each round does), `pipeline` and
 `kubernetes` (where and how it runs) are deployment."""
 
@@ -41,6 +44,9 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    progrpo: ProGRPOConfig = field(default_factory=ProGRPOConfig)
+    gardo: GardoConfig = field(default_factory=GardoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
@@ -67,6 +73,7 @@ class RunConfig:
         check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
+        check_methods(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,3 +115,33 @@ def _canonical(data: dict[str, Any]) -> str:
 def _without_execution(section: Any) -> dict[str, Any]:
     return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
             for f in dataclasses.fields(section) if not f.metadata.get("execution")}
+
+
+def check_methods(cfg: RunConfig) -> None:
+    """The checks of the DRIFT, Pro-GRPO and GARDO options that span sections."""
+    d, p, g, s, t = cfg.drift, cfg.progrpo, cfg.gardo, cfg.sampling, cfg.train
+    check(not (d.outlier_filter and p.mode != "off"), "drift.outlier_filter",
+          f"cannot be combined with progrpo.mode {p.mode!r}: both choose a subset of each group (DRIFT keeps the "
+          "reward-concentrated middle, Pro-GRPO the high-variance extremes); turn one of them off")
+    for name, on in (("drift.shaping_weight", d.shaping_weight > 0), ("gardo.novelty_advantage", g.novelty_advantage)):
+        check(not on or cfg.cluster.embedder is not None, "cluster.embedder",
+              f"must name an embedder: {name} uses the distances between a group's embeddings")
+    check(not g.kl_gate or t.regularizer in ("kl", "both"), "gardo.kl_gate",
+          f"gates the KL, but train.regularizer is {t.regularizer!r}: set it to kl or both")
+    check(not g.reference_reset or t.regularizer != "none", "gardo.reference_reset",
+          "resets the regulariser's reference, but train.regularizer is 'none'")
+    if p.mode == "filter":
+        check(p.filter_keep < s.group_size, "progrpo.filter_keep",
+              f"must be < sampling.group_size ({s.group_size}), got {p.filter_keep}")
+    if p.mode == "expand_prune":
+        steps, sizes = p.prune_steps, p.prune_sizes
+        check(p.expand_group_size > s.group_size, "progrpo.expand_group_size",
+              f"must be > sampling.group_size ({s.group_size}), got {p.expand_group_size}")
+        check(len(steps) == len(sizes) > 0, "progrpo.prune_sizes",
+              f"needs one size per prune step ({len(steps)} steps), got {len(sizes)}")
+        check(all(a < b for a, b in zip(steps, steps[1:], strict=False)) and steps[-1] < s.num_steps,
+              "progrpo.prune_steps", f"must increase and stay below sampling.num_steps ({s.num_steps}), got {steps}")
+        check(all(a > b for a, b in zip([p.expand_group_size, *sizes], sizes, strict=False))
+              and sizes[-1] == s.group_size, "progrpo.prune_sizes",
+              f"must decrease from progrpo.expand_group_size ({p.expand_group_size}) and end at sampling.group_size "
+              f"({s.group_size}), got {sizes}")

@@ -50,10 +50,15 @@ _SAMPLE_KEYS = (
     ("prompt", pa.string(), False, "the caption"),
 )
 
-ROLLOUTS = Contract("rollouts", 3, _schema(
+PRUNE_DECISION = pa.struct([pa.field("step", pa.int32()), pa.field("sample_index", pa.int32()),
+                            pa.field("seed", pa.int64()), pa.field("preview_reward", pa.float64()),
+                            pa.field("kept", pa.bool_())])
+"""One candidate at one prune step of Pro-GRPO's expand-and-prune: its preview's reward and whether it went on."""
+
+ROLLOUTS = Contract("rollouts", 4, _schema(
     *_SAMPLE_KEYS,
     ("round", pa.int32(), False, "training round"),
-    ("sample_index", pa.int32(), False, "index within the group"),
+    ("sample_index", pa.int32(), False, "index within the group (within the expanded group under expand-and-prune)"),
     ("seed", pa.int64(), False, "seed of the initial noise and SDE noise"),
     ("image_png", pa.binary(), False, "decoded image, PNG"),
     ("sigmas", pa.list_(pa.float32()), False, "the T+1 schedule sigmas"),
@@ -61,9 +66,18 @@ ROLLOUTS = Contract("rollouts", 3, _schema(
      "log-prob of each of the T transitions under the sampler; NaN for a deterministic (non-SDE) step"),
     ("latents", pa.binary(), False, "safetensors: 'latents' [T+1, ...], the whole trajectory"),
     ("conditioning", pa.binary(), True,
-     "safetensors: the prompt conditioning (incl. negative) to recompute; on the group's sample_index 0 only"),
+     "safetensors: the prompt conditioning (incl. negative) to recompute; on the group's first row only"),
+    ("prompt_noise_seeds", pa.list_(pa.int64()), True,
+     "DRIFT prompt noise: per step, the seed of eps (null: none at that step); null when drift.prompt_noise is off"),
+    ("prompt_noise_signal", pa.list_(pa.float32()), True, "DRIFT prompt noise: per step, sqrt(g) multiplying y"),
+    ("prompt_noise_scale", pa.list_(pa.float32()), True, "DRIFT prompt noise: per step, s sqrt(1 - g) multiplying eps"),
+    ("preview_rewards", pa.list_(pa.float64()), True,
+     "Pro-GRPO expand-and-prune: this survivor's preview reward at each prune step; null when off"),
+    ("prune_record", pa.list_(PRUNE_DECISION), True,
+     "Pro-GRPO expand-and-prune: every candidate of the group at every prune step; on the group's first row only"),
 ), "SDE trajectories with everything needed to recompute log-probs (v2: conditioning once per group; v3: seeds "
-   "from the named streams of dgrpo.rng).", also_reads=(2,), allow_nan=frozenset({"log_probs"}))
+   "from the named streams of dgrpo.rng; v4: DRIFT's prompt noise and Pro-GRPO's prune decisions).",
+   allow_nan=frozenset({"log_probs"}))
 
 REWARDS = Contract("rewards", 1, _schema(
     *_SAMPLE_KEYS,
@@ -71,14 +85,23 @@ REWARDS = Contract("rewards", 1, _schema(
     ("components", pa.map_(pa.string(), pa.float64()), False, "named parts of the reward, for audit"),
 ), "Per-image quality reward.")
 
-SCORES = Contract("scores", 2, _schema(
+SCORES = Contract("scores", 3, _schema(
     *_SAMPLE_KEYS,
     ("quality", pa.float64(), False, "the quality reward Q"),
     ("bonus", pa.float64(), False, "the creativity bonus beta x E' (after normalisation and gate); 0 in pass-through"),
     ("cluster_id", pa.int32(), False, "cluster within the group; 0 in pass-through"),
-    ("final_reward", pa.float64(), False, "the reward the update normalises: Q' + bonus, Q' = Q or its group z-score"),
+    ("final_reward", pa.float64(), False,
+     "the reward the update normalises: Q' + bonus + shaping, Q' = Q or its group z-score"),
     ("embedding", pa.list_(pa.float32()), True, "the image's embedding (cluster.embedder); null without embedder"),
-), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding).")
+    ("kept", pa.bool_(), True,
+     "in the group's kept subset (DRIFT outlier filter, Pro-GRPO filter); dropped samples get no advantage; "
+     "null: no filter"),
+    ("shaping", pa.float64(), True, "DRIFT's potential-based shaping term, included in final_reward; null when off"),
+    ("novelty", pa.float64(), True,
+     "GARDO: smallest cosine distance to the rest of the group; scales the advantage; null when off"),
+    ("kl_gate", pa.bool_(), True, "GARDO: the KL applies to this sample; null: KL on every sample"),
+), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding; v3: kept, shaping, "
+   "novelty, kl_gate).")
 
 UPDATE_METRICS = Contract("update_metrics", 3, _schema(
     ("round", pa.int32(), False, "training round"),

@@ -3,7 +3,8 @@
 A reward factory takes the config's `reward.options` as keyword arguments and returns a callable that maps uint8
 images [B, H, W, 3] and their prompts to named float arrays: "reward" is the score the pipeline optimises, the other
 entries are kept in the rewards table for audit. Built-ins: toy (the toy world's), pickscore, clipscore, aesthetic,
-hpsv2.1 (`dgrpo.rewards.models`) and imagereward (`dgrpo.rewards.imagereward`); a team's reward is a
+hpsv2.1 (`dgrpo.rewards.models`), imagereward (`dgrpo.rewards.imagereward`) and multi (a main reward with
+auxiliary ones as components, `dgrpo.rewards.multi`); a team's reward is a
 `package.module:factory` path in `reward.name`.
 """
 
@@ -26,6 +27,7 @@ REWARDS: Registry[Callable[..., RewardModel]] = Registry("reward", "reward.name"
     "aesthetic": "dgrpo.rewards.models:aesthetic",
     "hpsv2.1": "dgrpo.rewards.models:hpsv21",
     "imagereward": "dgrpo.rewards.imagereward:imagereward",
+    "multi": "dgrpo.rewards.multi:multi_reward",
 })
 
 

@@ -6,6 +6,10 @@ creativity bonus (docs/algorithms.md, "DiverseGRPO"); in pass-through mode (Flow
 quality reward.
 Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
 of quality and of beta x bonus, the cluster counts and the rollouts' embedding diversity.
+
+The method options that act on rewards act here too (`method_columns`, `round_kl_gate`): DRIFT's outlier filter
+and potential-based shaping, Pro-GRPO's Optimal Variance Filtering after sampling, and GARDO's novelty and KL gate.
+Their columns are null when the option is off.
 """
 
 import time
@@ -15,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dgrpo import artifacts
-from dgrpo.config import ClusterConfig
+from dgrpo.config import ClusterConfig, RunConfig
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES
 from dgrpo.diversity import (
     auto_kernel_width,
@@ -26,6 +30,7 @@ from dgrpo.diversity import (
 )
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
+from dgrpo.methods import drift, gardo, progrpo
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
@@ -40,6 +45,46 @@ def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, s
     labels = spectral_clusters(d, k=c.k, k_max=c.k_max, kernel_width=width, seed=seed)
     bonus, final = diverse_rewards(quality, labels, c.beta, c.normalization, c.quality_gate, c.quality_normalization)
     return {"cluster_id": labels, "bonus": bonus, "final_reward": final, "kernel_width": np.array(width)}
+
+
+def method_columns(cfg: RunConfig, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None
+                   ) -> dict[str, np.ndarray]:
+    """One group's kept flags, shaping, shaped final reward and novelty under the configured method options (only
+    the enabled ones' keys). DRIFT filters on the quality reward (filtering the shaped reward would drop exactly
+    the diverse images the shaping pays) and computes the potential among the kept images; Pro-GRPO's filter keeps
+    the OVF subset of the final rewards."""
+    d, out = cfg.drift, {}
+    keep = np.ones(len(quality), dtype=bool)
+    if d.outlier_filter:
+        keep = out["kept"] = drift.outlier_kept(quality, d.outlier_threshold)
+    if cfg.progrpo.mode == "filter":
+        chosen = progrpo.optimal_variance_subset(final, cfg.progrpo.filter_keep)
+        keep = out["kept"] = np.isin(np.arange(len(final)), chosen)
+    if d.shaping_weight > 0:
+        phi = drift.diversity_potential(embeddings[keep], d.shaping_potential)
+        shaping, clipped = np.zeros(len(final)), np.zeros(len(final), dtype=bool)
+        shaping[keep], clipped[keep] = drift.potential_shaping(phi, final[keep], d.shaping_weight, d.shaping_clip,
+                                                               d.shaping_scale)
+        out |= {"shaping": shaping, "shaping_clipped": clipped, "final_reward": final + shaping}
+    if cfg.gardo.novelty_advantage:
+        out["novelty"] = gardo.novelty(embeddings)
+    return out
+
+
+def round_kl_gate(cfg: RunConfig, scored: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """GARDO's (uncertainty, KL gate) over the whole round: the reward against gardo.aux_components, components of
+    the rewards table."""
+    components = [dict(c) for c in scored.column("components").to_pylist()]
+    aux = []
+    for name in cfg.gardo.aux_components:
+        missing = [i for i, c in enumerate(components) if name not in c]
+        if missing:
+            raise ValueError(f"config field 'gardo.aux_components': the rewards table has no component {name!r} "
+                             f"(column 'components') for sample {scored.column('sample_id')[missing[0]]}; it has "
+                             f"{sorted(components[missing[0]])}")
+        aux.append(np.array([c[name] for c in components], dtype=np.float64))
+    u = gardo.uncertainty(np.asarray(scored.column("reward").to_pylist(), dtype=np.float64), aux)
+    return u, gardo.kl_gate(u, cfg.gardo.kl_gate_share, cfg.gardo.kl_gate_rule)
 
 
 def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
@@ -67,6 +112,7 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                              f"{embeddings.shape}")
 
     cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
+    extra: dict[str, np.ndarray] = {}
     per_group: dict[str, list[float]] = {k: [] for k in ("quality_std", "bonus_std", "clusters", "singletons",
                                                          "kernel_width", "diversity")}
     start = time.perf_counter()
@@ -83,6 +129,12 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
             per_group["singletons"].append(float(np.sum(sizes == 1)))
             per_group["kernel_width"].append(float(out["kernel_width"]))
         per_group["bonus_std"].append(float(bonus[idx].std()))
+        for key, values in method_columns(cfg, quality[idx], final[idx], None if embeddings is None
+                                          else embeddings[idx]).items():
+            target = final if key == "final_reward" else extra.setdefault(key, np.zeros(n, values.dtype))
+            target[idx] = values
+    if cfg.gardo.kl_gate:
+        extra["uncertainty"], extra["kl_gate"] = round_kl_gate(cfg, scored)
     cluster_seconds = time.perf_counter() - start
 
     emb_col = (pa.nulls(n, SCORES.schema.field("embedding").type) if embeddings is None
@@ -92,6 +144,8 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
         "prompt": scored.column("prompt"), "quality": pa.array(quality, pa.float64()),
         "bonus": pa.array(bonus, pa.float64()), "cluster_id": pa.array(cluster_id, pa.int32()),
         "final_reward": pa.array(final, pa.float64()), "embedding": emb_col,
+        **{name: pa.array(extra[name], SCORES.schema.field(name).type) if name in extra
+           else pa.nulls(n, SCORES.schema.field(name).type) for name in ("kept", "shaping", "novelty", "kl_gate")},
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
                           seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if c.method == "diverse"
@@ -102,7 +156,24 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                "bonus_std": float(bonus.std()), "embed_seconds": embed_seconds, "cluster_seconds": cluster_seconds}
     metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
                 for k, v in per_group.items() if v}
+    metrics |= method_metrics(extra)
     result = StageResult({"scores": ref}, metrics)
     emit_event(ctx, "cluster", round_index, result)
     return result
 
+
+def method_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
+    """The method options' figures for the stage metrics (events, KFP Metrics, the run report)."""
+    out = {}
+    if "kept" in extra:
+        out |= {"kept": float(extra["kept"].sum()), "dropped": float((~extra["kept"]).sum())}
+    if "shaping" in extra:
+        out |= {"shaping_abs_mean": float(np.abs(extra["shaping"]).mean()),
+                "shaping_std": float(extra["shaping"].std()),
+                "shaping_clipped_share": float(extra["shaping_clipped"].mean())}
+    if "novelty" in extra:
+        out["novelty_mean"] = float(extra["novelty"].mean())
+    if "kl_gate" in extra:
+        out |= {"kl_gated_share": float(extra["kl_gate"].mean()),
+                "uncertainty_mean": float(extra["uncertainty"].mean())}
+    return out

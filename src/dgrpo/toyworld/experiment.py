@@ -22,7 +22,8 @@ from dgrpo.runtime.engine import run_inprocess
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactStore, LocalStore
 
-PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "diversegrpo": "toy-diversegrpo.yaml"}
+PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "diversegrpo": "toy-diversegrpo.yaml",
+           "drift": "toy-drift.yaml", "progrpo": "toy-progrpo.yaml", "gardo": "toy-gardo.yaml"}
 FAVOURED_MODE = 0
 """The toy reward's favoured quadrant (top-left), whose share shows the collapse."""
 COLUMNS = ["arm", "round", "reward", "quality", "mode_entropy", "modes_over_10pct", "favoured_share",

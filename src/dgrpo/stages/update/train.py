@@ -26,6 +26,7 @@ from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_pol
 from dgrpo.stages.shared.rounds import trained_steps
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
+from dgrpo.stages.update import options
 from dgrpo.stages.update.finite import check_round_finite
 from dgrpo.store import ArtifactRef
 
@@ -88,11 +89,13 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     traj = read_merged(ctx.store, inputs.rollouts, ROLLOUTS)
     scored = artifacts.read_table(ctx.store, inputs.scores, SCORES)
     check_same_samples(traj, scored, f"rollouts {uris(inputs.rollouts)}", f"scores {inputs.scores.uri}")
-    reward_of = dict(zip(scored.column("sample_id").to_pylist(), scored.column("final_reward").to_pylist(),
-                         strict=True))
-    rewards = np.array([reward_of[i] for i in traj.column("sample_id").to_pylist()])
     groups = traj.column("group_id").to_pylist()
-    adv_all = group_advantages(rewards, groups, t.global_std, t.adv_clip_max)
+    signals = options.read_signals(cfg, traj.column("sample_id").to_pylist(), groups, scored,
+                                   f"scores {inputs.scores.uri}")
+    rewards = signals.rewards
+    adv_all = (options.novelty_advantages(cfg, signals) if cfg.gardo.novelty_advantage
+               else group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept))
+    kl_weight_all = options.kl_weights(signals)
 
     acc = make_accelerator(t.mixed_precision)
     rank, world = acc.process_index, acc.num_processes
@@ -101,12 +104,17 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     mine = list(range(rank, len(adv_all), world))
     all_traj, traj = traj, traj.take(mine)
     adv = torch.tensor(adv_all[mine], dtype=torch.float32)
+    extras = RoundExtras(options.PromptNoiseReplay.from_rollouts(traj), None if kl_weight_all is None
+                         else torch.tensor(kl_weight_all[mine], dtype=torch.float32))
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
     opt = make_optimizer(policy, cfg)
     ema = EMAModel(policy.lora_parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
-    if inputs.optimizer_state is not None:
-        load_training_state(opt, ema, artifacts.read_tensors(ctx.store, inputs.optimizer_state, OPTIMIZER_KIND))
+    state = None if inputs.optimizer_state is None else artifacts.read_tensors(ctx.store, inputs.optimizer_state,
+                                                                                OPTIMIZER_KIND)
+    if state is not None:
+        load_training_state(opt, ema, state)
+    extras.reference = options.Reference(cfg, policy, state)
     if world > 1:  # every process loaded the same weights: DDP need not sync the frozen ones (GBs for FLUX)
         frozen = [n for n, p in policy.transformer.named_parameters() if not p.requires_grad]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -125,21 +133,35 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         for start in range(0, max(n - batch_size, 0) + 1, batch_size):  # drops a partial last batch
             batch = order[start:start + batch_size]
             stats = _optimizer_step(acc, policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
-                                    trained_steps(cfg, round_index))
+                                    trained_steps(cfg, round_index), extras)
             rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
             if ema is not None and len(rows) % t.ema_every == 0:
                 ema.step(policy.lora_parameters())
     policy.wrapped_transformer = None
+    extras.reference.after_round(round_index, [r["kl"] for r in rows])
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
     check_round_finite(round_index, rows, {"LoRA weight": policy.lora_state_dict(),
                                            "optimizer state": training_state_to_tensors(opt, ema)[0]})
-    return _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups)
+    result = _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups, extras.reference.to_tensors())
+    result.metrics |= options.metrics(signals) | extras.reference.metrics(round_index)
+    return result
+
+
+@dataclass
+class RoundExtras:
+    """What the method options add to a round's optimizer steps (`options`): the replayed prompt noise, per-sample
+    KL weights (GARDO's gate) and the regularisers' reference."""
+
+    prompt_noise: options.PromptNoiseReplay | None = None
+    kl_weight: torch.Tensor | None = None
+    reference: options.Reference | None = None
 
 
 def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, opt: torch.optim.Optimizer,
-                   ema: EMAModel | None, rows: list[dict], rewards: np.ndarray, groups: list[str]) -> StageResult:
+                   ema: EMAModel | None, rows: list[dict], rewards: np.ndarray, groups: list[str],
+                   reference_state: dict[str, torch.Tensor]) -> StageResult:
     cfg, round_index = ctx.config, inputs.round_index
     prov = ctx.provenance("update", round_index, {
         **named_inputs("rollouts", inputs.rollouts), "scores": inputs.scores, "adapter": inputs.adapter,
@@ -151,6 +173,7 @@ def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, 
     outputs = {"adapter": artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov,
                                                   lora_meta)}
     state, state_meta = training_state_to_tensors(opt, ema)
+    state |= reference_state
     outputs["optimizer_state"] = artifacts.write_tensors(ctx.store, state, OPTIMIZER_KIND, prov, state_meta)
     outputs["metrics"] = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
                                                UPDATE_METRICS, prov)
@@ -192,8 +215,8 @@ def ratio_stats(moments: torch.Tensor) -> dict[str, float]:
 
 def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig,
                     batch: torch.Tensor, latents: torch.Tensor, cond: dict[str, torch.Tensor],
-                    old_log_probs: torch.Tensor, adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int]
-                    ) -> dict[str, float]:
+                    old_log_probs: torch.Tensor, adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int],
+                    extras: RoundExtras) -> dict[str, float]:
     """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
 
     Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
@@ -207,6 +230,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
     passes = [(idx, position, j) for idx in micro for position, j in enumerate(steps)]
     for n, (idx, position, j) in enumerate(passes):
         mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
+        if extras.prompt_noise is not None:
+            mb_cond = extras.prompt_noise.conditioning(mb_cond, idx.tolist(), j)
         x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
         sync = contextlib.nullcontext() if n == len(passes) - 1 else acc.no_sync(policy.wrapped_transformer)
         with sync:
@@ -216,7 +241,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
                                      sigmas[1].item(), s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
                 step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
-            kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step)
+            kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step, extras.reference,
+                                       None if extras.kl_weight is None else extras.kl_weight[idx])
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
         totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
         moments += ratio_moments(step.log_prob, old_log_probs[idx, j].to(policy.device))
@@ -229,12 +255,14 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
 
 
 def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,
-                      x_next: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep
+                      x_next: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep,
+                      reference: "options.Reference | None" = None, kl_weight: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL, SA-Reg) of sampling step j, the `position`-th trained step; each a batch mean, 0 where not enabled.
 
     KL acts on every trained step, SA-Reg on the first sa_steps trained steps only (position < sa_steps). The
-    reference is the base model (adapter off) under no_grad, so gradients flow through the policy's step mean alone.
+    reference is the base model (adapter off; GARDO's reset `reference` once it has one) under no_grad, so
+    gradients flow through the policy's step mean alone. `kl_weight` weighs each sample's KL (GARDO's gate).
     """
     t, s = cfg.train, cfg.sampling
     use_kl = t.regularizer in ("kl", "both")
@@ -242,10 +270,13 @@ def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int,
     zero = torch.zeros((), device=step.prev_sample_mean.device)
     if not (use_kl or use_sa):
         return zero, zero
-    with torch.no_grad(), policy.adapter_disabled():
+    with torch.no_grad(), (policy.adapter_disabled() if reference is None else reference.active()):
         v_ref = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond, s.guidance_scale)
         ref = step_with_logprob(s.method, v_ref, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
                                 s.noise_level, prev_sample=x_next)
-    kl = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t).mean() if use_kl else zero
+    kl = zero
+    if use_kl:
+        per_sample = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t)
+        kl = per_sample.mean() if kl_weight is None else (per_sample * kl_weight.to(per_sample.device)).mean()
     sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
     return kl, sa

@@ -1,0 +1,97 @@
+"""GARDO (arXiv 2512.24138), the diversity-aware Flow-GRPO with public code (yifan123/flow_grpo:
+scripts/train_sd3_gardo.py, flow_grpo/stat_tracking.py), rebuilt from that code as options of our stages.
+
+- Novelty-scaled advantages: A_i = (r_i - mean_g r) x novelty_i / mean_g(novelty) where r_i >= mean_g r, and
+  A_i = r_i - mean_g r below it; no division by a std. novelty_i is the smallest cosine distance from image i to
+  the other images of its group, on L2-normalised features (DINOv3 upstream, `cluster.embedder` here).
+- KL gated to uncertain samples: uncertainty = rank under the main reward minus the mean rank under auxiliary
+  rewards (ranks over the whole round, 1 = best); the KL applies to the samples above a percentile of the
+  non-negative uncertainties.
+- Reference resets: the KL's reference is replaced by the current policy when an optimizer step's KL passes a
+  threshold, or every N rounds.
+docs/algorithms.md ("GARDO") lists where this differs from the upstream script.
+"""
+
+import numpy as np
+
+from dgrpo.diversity import cosine_distances
+
+
+def novelty(embeddings: np.ndarray) -> np.ndarray:
+    """min over j != i of the cosine distance 1 - cos(e_i, e_j) within one group; 0 for a group of one."""
+    d = cosine_distances(embeddings)
+    n = d.shape[0]
+    if n < 2:
+        return np.zeros(n)
+    return d[~np.eye(n, dtype=bool)].reshape(n, n - 1).min(axis=1)
+
+
+def novelty_advantages(rewards: np.ndarray, group_ids: list[str], novelties: np.ndarray, clip: float,
+                       kept: np.ndarray | None = None) -> np.ndarray:
+    """GARDO's advantages, clipped to +-clip; rows outside `kept` (a filter's dropped samples) get 0 and do not
+    enter their group's means. Where a group's mean novelty is 0 (identical images) the scale is 1: no signal."""
+    r = np.asarray(rewards, dtype=np.float64)
+    nov = np.asarray(novelties, dtype=np.float64)
+    groups = np.asarray(group_ids)
+    keep = np.ones(len(r), dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+    if not (r.shape == nov.shape == keep.shape == groups.shape):
+        raise ValueError(f"rewards {r.shape}, novelty {nov.shape}, kept {keep.shape} and groups {groups.shape} "
+                         f"must have one entry per sample")
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(nov))):
+        raise ValueError("rewards and novelty must be finite")
+    adv = np.zeros_like(r)
+    for g in np.unique(groups):
+        mask = (groups == g) & keep
+        if not mask.any():
+            continue
+        centred = r[mask] - r[mask].mean()
+        mean_novelty = nov[mask].mean()
+        scale = np.ones_like(centred) if mean_novelty == 0 else nov[mask] / mean_novelty
+        adv[mask] = centred * np.where(centred < 0, 1.0, scale)
+    return np.clip(adv, -clip, clip)
+
+
+def descending_ranks(values: np.ndarray) -> np.ndarray:
+    """Rank 1 for the largest value, n for the smallest; ties keep their order (stable), so ranks are unique."""
+    x = np.asarray(values, dtype=np.float64)
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[np.argsort(-x, kind="stable")] = np.arange(1, len(x) + 1)
+    return ranks
+
+
+def uncertainty(main: np.ndarray, auxiliary: list[np.ndarray]) -> np.ndarray:
+    """rank(main) - mean_a rank(aux_a): positive where the main reward ranks a sample worse than the auxiliary
+    rewards do (the sign of the upstream code)."""
+    if not auxiliary:
+        raise ValueError("uncertainty needs at least one auxiliary reward")
+    return descending_ranks(main) - np.mean([descending_ranks(a) for a in auxiliary], axis=0)
+
+
+def kl_gate(uncert: np.ndarray, share: float, rule: str = "percentile") -> np.ndarray:
+    """True where the KL applies, among the samples with non-negative uncertainty (none are gated without any).
+
+    "percentile" (upstream): uncertainty strictly above the (100 - 100 share)th percentile of the non-negative
+    values (numpy's linear interpolation). Uncertainties are rank differences, so they tie often, and when more than
+    `share` of them tie at the maximum nothing is gated. "top_share": exactly ceil(share x their number) of them,
+    the largest first, ties in sample order.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    u = np.asarray(uncert, dtype=np.float64)
+    candidates = np.flatnonzero(u >= 0)
+    gate = np.zeros(len(u), dtype=bool)
+    if candidates.size == 0:
+        return gate
+    if rule == "percentile":
+        return u > np.percentile(u[candidates], 100 - 100 * share)
+    if rule == "top_share":
+        order = candidates[np.argsort(-u[candidates], kind="stable")]
+        gate[order[:int(np.ceil(share * candidates.size))]] = True
+        return gate
+    raise ValueError(f"rule must be 'percentile' or 'top_share', got {rule!r}")
+
+
+def reset_due(step_kls: list[float], threshold: float, rounds_since_reset: int, every: int) -> bool:
+    """Replace the reference after this round: an optimizer step's KL passed `threshold`, or the reference has
+    served `every` rounds."""
+    return any(k > threshold for k in step_kls) or rounds_since_reset >= every
