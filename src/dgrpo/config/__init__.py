@@ -4,7 +4,9 @@
 """
 
 from dgrpo.config.deployment import (
+    ConfigMapEnv,
     CustomStage,
+    GuardRails,
     KubernetesConfig,
     ModelCacheConfig,
     PipelineConfig,
@@ -25,7 +27,8 @@ from dgrpo.config.recipe import (
 )
 from dgrpo.config.run import RECIPE_FIELDS, RunConfig
 
-__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "CustomStage", "EvalConfig", "KubernetesConfig",
+__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "ConfigMapEnv", "CustomStage", "EvalConfig",
+           "GuardRails", "KubernetesConfig",
            "LoraConfig", "ModelCacheConfig", "ModelConfig", "PipelineConfig", "Range", "RewardConfig", "RunConfig",
            "SamplingConfig", "SecretEnv", "StageResources", "Toleration", "TrainConfig", "config_from_dict",
            "config_from_json", "load_config", "read_yaml"]
