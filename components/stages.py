@@ -109,7 +109,7 @@ def evaluate(store_uri: str, run_id: str, recipe_sha256: str, after_update: bool
     """Deterministic evaluation after the round (or of the base model), then the guard rails and the best adapter.
     Uses the EMA of the weights when the run keeps one and eval.use_ema is on."""
     from dgrpo.runtime import component_io as cio
-    from dgrpo.runtime.segment import evaluate as evaluate_
+    from dgrpo.runtime.review import evaluate as evaluate_
 
     with cio.task(store_uri, run_id, "evaluate", state) as (ctx, st, _):
         result = evaluate_(ctx, st, after_update, cio.read_ref(adapter), cio.read_ref(optimizer_state))

@@ -72,6 +72,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     from dgrpo_pipelines.local import new_run_id, open_context, run_pipeline
 
     from dgrpo.runtime.engine import ChainFailed
+    from dgrpo.runtime.fine_tune import status as fine_tune_status
     from dgrpo.stages.shared.ownership import OwnershipError
 
     cfg = _config(config, set_)
@@ -98,7 +99,9 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
         end = run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
     except (ResumeError, OwnershipError, ChainFailed) as exc:
         raise _fail(exc) from exc
-    typer.echo(f"done in {time.monotonic() - start:.0f}s: {end.decision.reason if end.decision else end.error}")
+    st = fine_tune_status(ctx.store, run_id)
+    why = st["reason"] or end.error or "nothing to train"
+    typer.echo(f"done in {time.monotonic() - start:.0f}s: {st['state']}, {why} ({st['segments']} segments)")
     typer.echo(f"  artifacts: {ctx.store.uri}")
     try:
         report = build_report(ctx.store, run_id)

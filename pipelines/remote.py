@@ -6,7 +6,6 @@ ends. `schedule` creates a recurring run instead (max concurrency 1, no catch-up
 segment, and once the fine-tune is complete the runs end at once.
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -72,7 +71,3 @@ def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_
                     f"{config.rounds} rounds")
     return client.create_recurring_run(body)
 
-
-def parameters_size(store_uri: str, record: dict) -> int:
-    """Bytes of a segment's run parameters as JSON (what the KFP API caps)."""
-    return len(json.dumps(fine_tune.segment_parameters(open_store(store_uri), record), separators=(",", ":")))

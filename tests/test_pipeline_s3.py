@@ -45,7 +45,7 @@ def test_two_rounds_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
         for name, entry in json.loads(path.read_text()).get("artifacts", {}).items():
             for art in entry["artifacts"]:
                 if "sha256" in art.get("metadata", {}):
-                    published[(path.parent.name, name)] = art["metadata"]
+                    published[(str(path.parent), name)] = art["metadata"]  # tasks repeat per round
     assert len(published) == 6 * cfg.rounds + len(cfg.eval_rounds())  # rollouts, rewards, scores, 3 from update
     adapter_meta = next(m for m in published.values() if m["sha256"] == final.sha256)
     rec = lineage.read_record(store, final.sha256)

@@ -8,7 +8,7 @@ pipeline does, through the same segment steps (`dgrpo.runtime.segment`) and the 
 import uuid
 from collections.abc import Callable
 
-from dgrpo.runtime import fine_tune
+from dgrpo.runtime import fine_tune, review
 from dgrpo.runtime import segment as seg
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
@@ -55,7 +55,7 @@ def segment_inprocess(store: ArtifactStore, run_id: str, config_sha256: str) -> 
         ctx = seg.context(store, state)
         if base_due:
             now["task"] = "evaluate"
-            seg.evaluate(ctx, state, after_update=False)
+            review.evaluate(ctx, state, after_update=False)
         for r in state.rounds:
             now |= {"task": "begin_round", "round": r}
             rs = seg.begin_round(store, state, r)
@@ -63,7 +63,7 @@ def segment_inprocess(store: ArtifactStore, run_id: str, config_sha256: str) -> 
             if rs.evaluate:
                 now["task"] = "evaluate"
                 done = trained_state(store, run_id)
-                seg.evaluate(ctx, rs, after_update=True, adapter=done.adapter, optimizer_state=done.optimizer_state)
+                review.evaluate(ctx, rs, after_update=True, adapter=done.adapter, optimizer_state=done.optimizer_state)
     except Exception as exc:  # the segment fails; like a KFP task, the error is recorded for the exit step
         failure = exc
         seg.record_error(store, run_id, now["task"], exc, now["segment"], now["round"])

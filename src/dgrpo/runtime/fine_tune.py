@@ -129,7 +129,7 @@ def status(store: ArtifactStore, run_id: str) -> dict:
             "rounds_per_run": chain_record.get("rounds_per_run"), "mode": chain_record.get("mode"),
             "recipe_sha256": (claim or {}).get("recipe_sha256"), "claimed_at": (claim or {}).get("claimed_at"),
             "current_segment": segments[-1] if segments else None, "segments": len(segments), "lease": lease,
-            "last_error": errs[-1] if errs else None, "stop": read_json(store, seg.stop_key(run_id)),
+            "last_error": seg.root_error(errs), "stop": read_json(store, seg.stop_key(run_id)),
             "best": read_json(store, run_key(run_id, "best.json")),
             "final_adapter": ref_dict(trained_state(store, run_id).adapter)}
 

@@ -3,9 +3,9 @@
 A segment is one KFP run (or one pass of the local driver): `open_segment` takes the fine-tune's lease and
 plans up to `pipeline.rounds_per_run` rounds from the last commit; `begin_round` starts each round only if it is
 still the fine-tune's next uncommitted round and the lease is still held (kfp.local runs later loop iterations
-after a failed one; Argo does not, and both then behave the same); `evaluate` runs the evaluate stage and reviews
-the evaluations (best adapter, guard rails); `finish_segment`, the KFP run's exit task, records the outcome,
-decides with `dgrpo.runtime.chain.decide`, gives the lease back and submits the next segment when there is one.
+after a failed one; Argo does not, and both then behave the same); `finish_segment`, the KFP run's exit task,
+records the outcome, decides with `dgrpo.runtime.chain.decide`, gives the lease back and submits the next segment
+when there is one. Evaluations and their review (best adapter, guard rails) are in `dgrpo.runtime.review`.
 """
 
 import datetime
@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dgrpo.runtime import chain, report
-from dgrpo.stages.evaluate import run_evaluate
+from dgrpo.runtime import chain
 from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
-from dgrpo.stages.shared.context import StageContext, StageResult
+from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.ownership import (
     OwnershipError,
     acquire_lease,
@@ -102,6 +101,12 @@ def errors(store: ArtifactStore, run_id: str) -> list[dict]:
     return [store.get_json(k) for k in store.list(run_key(run_id, "errors"))]
 
 
+def root_error(errs: list[dict]) -> dict | None:
+    """The error that ended a segment: the last one, but not a later round's refusal to run after it."""
+    causes = [e for e in errs if not e["error"].startswith(RoundOrderError.__name__)]
+    return (causes or errs or [None])[-1]
+
+
 def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_id: str = ""
                  ) -> tuple[RoundState, bool]:
     """Take the lease and plan the segment: up to rounds_per_run rounds from the last commit. Also says whether
@@ -123,7 +128,7 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
             start = trained_state(store, run_id)
             return (RoundState(run_id, config_sha256, record["segment"], held["holder"], record["start_round"],
                                start.adapter, start.optimizer_state, tuple(record["rounds"])),
-                    record["start_round"] == 0 and not store.exists(_eval_key(run_id, 0)))
+                    record["start_round"] == 0 and not store.exists(eval_key(run_id, 0)))
     start = trained_state(store, run_id)
     if start.next_round >= config.rounds or store.exists(stop_key(run_id)):
         return RoundState(run_id, config_sha256, 0, "", start.next_round, start.adapter, start.optimizer_state), False
@@ -136,7 +141,7 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
     if not store.create_json(segment_key(run_id, n), record):
         release_lease(store, run_id, lease["holder"])
         raise OwnershipError(f"fine-tune {run_id!r}: segment {n} was recorded by another writer")
-    base_due = start.next_round == 0 and 0 in config.eval_rounds() and not store.exists(_eval_key(run_id, 0))
+    base_due = start.next_round == 0 and 0 in config.eval_rounds() and not store.exists(eval_key(run_id, 0))
     return RoundState(run_id, config_sha256, n, lease["holder"], start.next_round, start.adapter,
                       start.optimizer_state, rounds), base_due
 
@@ -157,52 +162,8 @@ def begin_round(store: ArtifactStore, segment: RoundState, round_index: int) -> 
                       state.adapter, state.optimizer_state, (round_index,), round_index + 1 in config.eval_rounds())
 
 
-def evaluate(ctx: StageContext, state: RoundState, after_update: bool, adapter: ArtifactRef | None = None,
-             optimizer_state: ArtifactRef | None = None) -> StageResult:
-    """Evaluate the policy after `state`'s round (or, before any training, the base model), then review."""
-    if after_update:
-        result = run_evaluate(ctx, state.round + 1, adapter, optimizer_state)
-    else:
-        result = run_evaluate(ctx, state.round, state.adapter, state.optimizer_state)
-    review_evaluations(ctx)
-    return result
-
-
-def _eval_key(run_id: str, completed: int) -> str:
+def eval_key(run_id: str, completed: int) -> str:
     return run_key(run_id, f"eval/r{completed:04d}.json")
-
-
-def evaluations(store: ArtifactStore, run_id: str) -> list[dict]:
-    return [{"round": e["round"], "metrics": e["metrics"]}
-            for e in (store.get_json(k) for k in store.list(run_key(run_id, "eval")))]
-
-
-def review_evaluations(ctx: StageContext) -> chain.Stop | None:
-    """Record the best adapter so far, and a stop record when a guard rail fires."""
-    rules, evals = ctx.config.pipeline.guard_rails, evaluations(ctx.store, ctx.run_id)
-    best = chain.best_evaluation(rules, evals)
-    if best is not None:
-        commit = read_json(ctx.store, run_key(ctx.run_id, f"commits/r{best['round'] - 1:06d}.json")) \
-            if best["round"] > 0 else None
-        ctx.store.put_json(run_key(ctx.run_id, "best.json"), {
-            "metric": rules.best_metric, "mode": rules.best_mode, "value": best["metrics"][rules.best_metric],
-            "round": best["round"], "adapter": commit["adapter"] if commit else None,
-            "optimizer_state": commit["optimizer_state"] if commit else None,
-            "ema": ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, "at": now()})
-    stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals))
-    if stop is not None:
-        ctx.store.put_json(stop_key(ctx.run_id), stop.to_dict() | {"at": now()})
-    return stop
-
-
-def _training_rewards(ctx: StageContext, rules, evals: list[dict]) -> dict[int, float]:
-    """Mean training reward of the rounds the hacking rule's window spans (only those events are read)."""
-    if rules.hacking_evaluations is None or len(evals) <= rules.hacking_evaluations:
-        return {}
-    first = evals[-(rules.hacking_evaluations + 1)]["round"]
-    keys = [k for k in ctx.store.list(run_key(ctx.run_id, "events")) if "-reward" in k.rsplit("/", 1)[-1]
-            and int(k.rsplit("/r", 1)[-1][:4]) >= first]
-    return report.round_means([ctx.store.get_json(k) for k in keys])
 
 
 def own_segment(store: ArtifactStore, run_id: str, kfp_run_id: str) -> dict | None:
@@ -255,9 +216,9 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
     n = record["segment"]
     progress = done - record["start_round"]
     failed = final_state not in SUCCESS_STATES or (progress == 0 and done < config.rounds)  # or it would loop
-    errs = [e for e in errors(store, run_id) if e.get("segment") == n]
-    error = errs[-1]["error"] if errs else (f"the run ended {final_state} having committed {progress} rounds"
-                                            if failed else "")
+    cause = root_error([e for e in errors(store, run_id) if e.get("segment") == n])
+    error = cause["error"] if cause else (f"the run ended {final_state} having committed {progress} rounds"
+                                          if failed else "")
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
                             failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
                             max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
