@@ -273,7 +273,7 @@ def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object pat
 @app.command()
 def report(run_id: str, store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
     """Rebuild and print a run's report."""
-    typer.echo(format_report(build_report(open_store(store), run_id)))
+    typer.echo(format_report(build_report(open_store(store), _run_id(run_id, "run id"))))
 
 
 @contract_app.command("show")
