@@ -28,7 +28,7 @@ $(LINT_STAMP): requirements-lint.txt
 	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lint.txt
 	touch $(LINT_STAMP)
 
-run: $(STAMP)  ## train the toy world for 10 rounds through the Kubeflow pipeline (kfp.local)
+run: $(STAMP)  ## train the toy world for 10 rounds through the Kubeflow pipeline (kfp.local), as 2 segments
 	$(BIN)/dgrpo run --config $(CONFIG) $(RUN_ARGS)
 
 run-inprocess: $(STAMP)  ## the same training in one process, without kfp (faster)
@@ -72,6 +72,8 @@ bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python scripts/bench_round.py
 	$(BIN)/python scripts/bench_rollout.py
 	$(BIN)/python scripts/bench_prune.py
+	$(BIN)/python scripts/bench_compile.py
+	$(BIN)/python scripts/bench_round_cost.py
 
 clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

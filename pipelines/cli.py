@@ -1,4 +1,4 @@
-"""The `dgrpo` command line: run, compile, submit, schedule, lineage, report, contract."""
+"""The `dgrpo` command line: run, status, stop, unlock, compile, submit, schedule, lineage, report, contract."""
 
 import json
 import re
@@ -52,44 +52,73 @@ def _config(config: Path | None, overrides: list[str] | None, require_import: bo
     return cfg
 
 
+def _run_id(value: str | None, option: str) -> str | None:
+    """A run id given on the command line, checked against the run-id character set."""
+    from dgrpo.stages.shared.ownership import validate_run_id
+
+    try:
+        return None if value is None else validate_run_id(value, option)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
 @app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None,
         output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
         store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).")] = None,
         engine: Annotated[str, typer.Option(help="kfp (kfp.local, the default) or inprocess.")] = "kfp",
-        run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None,
-        resume: Annotated[str | None, typer.Option(help="Continue this run after its last committed round "
-                                                        "(run id default: the same).")] = None):
-    """Train through the pipeline on this machine and print where the results are."""
+        run_id: Annotated[str | None, typer.Option(help="Run id of a new fine-tune (default: name-timestamp).")
+                          ] = None,
+        resume: Annotated[str | None, typer.Option(help="Continue this fine-tune after its last committed round, "
+                                                        "until `rounds` are done (with --run-id: branch from it).")
+                          ] = None):
+    """Train a fine-tune through the pipeline on this machine, segment by segment, and print where the results are."""
     from dgrpo_pipelines.local import ENGINES, new_run_id, open_context, run_pipeline
     from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
     from rich.console import Console
 
-    from dgrpo.stages.shared.commits import start_point
+    from dgrpo.runtime.engine import ChainFailed
+    from dgrpo.runtime.fine_tune import status as fine_tune_status
+    from dgrpo.stages.shared.commits import trained_state
+    from dgrpo.stages.shared.ownership import OwnershipError
 
     if engine not in ENGINES:  # before anything is loaded or stored
         raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
     cfg = _config(config, set_)
-    run_id = run_id or resume or new_run_id(cfg)
+    run_id = _run_id(run_id, "--run-id") or _run_id(resume, "--resume") or new_run_id(cfg)
     store_uri = store or str((output / "store").resolve())
     ctx = open_context(cfg, store_uri, run_id)
     work_dir = output / "runs" / run_id
-    typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds, engine {engine}, config {cfg.sha256()[:12]}")
+    typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds in segments of {cfg.pipeline.rounds_per_run}, engine "
+               f"{engine}, recipe {cfg.recipe_sha256()[:12]}")
     typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
     start = time.monotonic()
     console = Console(file=sys.stdout)  # kfp.local's task logs are redirected away from it while the pipeline runs
+    done = trained_state(ctx.store, run_id).next_round if resume else 0
     try:
-        done = start_point(ctx, resume or "").round
-        with FineTuneProgress(done, done + cfg.rounds, stages_per_round(cfg), console) as bar:
-            run_pipeline(ctx, store_uri, work_dir, engine, lambda _d, _t, event: bar.on_event(event), resume or "")
-    except ResumeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    report = build_report(ctx.store, run_id)
+        with FineTuneProgress(min(done, cfg.rounds), cfg.rounds, stages_per_round(cfg), console) as bar:
+            def progress(_done: int, _total: int, event: dict) -> None:
+                bar.set_rounds(event["fine_tune"]["rounds_done"], event["fine_tune"]["rounds_total"])
+                bar.on_event(event)
+
+            end = run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
+    except (ResumeError, OwnershipError, ChainFailed) as exc:
+        raise _fail(exc) from exc
+    st = fine_tune_status(ctx.store, run_id)
+    why = st["reason"] or end.error or "nothing to train"
+    typer.echo(f"done in {time.monotonic() - start:.0f}s: {st['state']}, {why} ({st['segments']} segments)")
+    typer.echo(f"  artifacts: {ctx.store.uri}")
+    try:
+        report = build_report(ctx.store, run_id)
+    except ValueError:
+        return
     html_path = write_html(ctx.store, [run_id], work_dir / "report.html")
     ctx.store.put_text(f"runs/{run_id}/report.html", html_path.read_text(encoding="utf-8"))
-    typer.echo(f"done in {time.monotonic() - start:.0f}s")
-    typer.echo(f"  artifacts: {ctx.store.uri}")
     typer.echo(f"  report:    {ctx.store.uri}/runs/{run_id}/report.md")
     typer.echo(f"  html:      {html_path.resolve()}")
     for line in summary_lines(report):
@@ -97,47 +126,104 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 @app.command()
+def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
+           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+           as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False):
+    """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter of a fine-tune."""
+    from dgrpo.runtime.fine_tune import format_status
+    from dgrpo.runtime.fine_tune import status as fine_tune_status
+
+    try:
+        st = fine_tune_status(open_store(store, "--store"), _run_id(run_id, "run id"))
+    except (ResumeError, StoreError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps(st, indent=2) if as_json else format_status(st))
+
+
+@app.command()
+def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
+         store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+         reason: Annotated[str, typer.Option(help="Why, for dgrpo status.")] = ""):
+    """Stop a fine-tune's chain: its running segment ends before its next round and submits no other."""
+    from dgrpo.runtime.fine_tune import request_stop
+
+    try:
+        request_stop(open_store(store, "--store"), _run_id(run_id, "run id"), reason)
+    except (ResumeError, StoreError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{run_id}: stop requested; `dgrpo run/submit --resume {run_id}` continues it later")
+
+
+@app.command()
+def unlock(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
+           holder: Annotated[str, typer.Option(help="Holder id of the stale lease, as `dgrpo status` shows it.")],
+           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
+    """Release the lease of a segment that died without its exit task (only that lease, by its holder id)."""
+    from dgrpo.runtime.fine_tune import unlock as release
+
+    if not release(open_store(store, "--store"), _run_id(run_id, "run id"), holder):
+        raise _fail(RuntimeError(f"fine-tune {run_id}: lease {holder} is not held (already released, or another "
+                                 "segment holds the fine-tune now: see dgrpo status)"))
+    typer.echo(f"released lease {holder} of {run_id}; the next segment may start")
+
+
+@app.command()
 def compile(config: ConfigOpt = None, set_: SetOpt = None,
             output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML path.")] = Path("pipeline.yaml")):
-    """Write the KFP IR YAML of the training pipeline for a cluster."""
+    """Write the KFP IR YAML of the segment pipeline for a cluster (its size does not depend on `rounds`)."""
     from dgrpo_pipelines.training import compile_pipeline
 
     cfg = _config(config, set_, require_import=False)
     path = compile_pipeline(cfg, output)
-    typer.echo(f"wrote {path} ({cfg.rounds} rounds, config {cfg.sha256()[:12]})")
+    typer.echo(f"wrote {path} (segments of up to {cfg.pipeline.rounds_per_run} rounds, recipe "
+               f"{cfg.recipe_sha256()[:12]})")
 
 
 HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
                                       envvar="KF_PIPELINES_ENDPOINT")]
 StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).")]
 ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment.")]
-AccountOpt = Annotated[str | None, typer.Option(help="Kubernetes service account of the run.")]
+NamespaceOpt = Annotated[str, typer.Option(help="Profile namespace of the experiment (multi-user Kubeflow).")]
+TokenOpt = Annotated[str | None, typer.Option(help="Bearer token for the KFP API (default: $KF_PIPELINES_TOKEN, "
+                                                   "else the mounted service-account token).",
+                                              envvar="KF_PIPELINES_TOKEN")]
 
 
-def _client(host: str):
-    from kfp import Client
+def _client(host: str, namespace: str = "", token: str | None = None):
+    from dgrpo.runtime.kfp_rest import KfpClient
 
-    return Client(host=host)
+    try:
+        return KfpClient(host, token=token, namespace=namespace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command()
 def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: SetOpt = None,
-           run_id: Annotated[str | None, typer.Option(help="Run id (default: name-timestamp).")] = None,
-           resume: Annotated[str | None, typer.Option(help="Continue this run after its last committed round.")] = None,
-           experiment: ExperimentOpt = "dgrpo", service_account: AccountOpt = None):
-    """Compile the pipeline and submit one run of `rounds` rounds to a KFP cluster."""
+           run_id: Annotated[str | None, typer.Option(help="Run id of a new fine-tune (default: name-timestamp).")
+                             ] = None,
+           resume: Annotated[str | None, typer.Option(help="Continue this fine-tune after its last committed round.")
+                             ] = None,
+           experiment: ExperimentOpt = "dgrpo", namespace: NamespaceOpt = "", token: TokenOpt = None):
+    """Start a fine-tune on a KFP cluster: its first segment run, which submits the next until `rounds` are done."""
     from dgrpo_pipelines.local import new_run_id
     from dgrpo_pipelines.remote import submit as submit_run
 
+    from dgrpo.runtime.kfp_rest import KfpApiError
+    from dgrpo.stages.shared.ownership import OwnershipError
+
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
-    run_id = run_id or resume or new_run_id(cfg)
+    run_id = _run_id(run_id, "--run-id") or _run_id(resume, "--resume") or new_run_id(cfg)
     try:
-        kfp_run = submit_run(_client(host), cfg, store, run_id, resume or "", experiment, service_account)
-    except ValueError as exc:
+        kfp_run = submit_run(_client(host, namespace, token), cfg, store, run_id, resume or "", experiment)
+    except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(f"submitted dgrpo run {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds, config "
-               f"{cfg.sha256()[:12]})")
+    except (ResumeError, OwnershipError, KfpApiError, StoreError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"submitted fine-tune {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds in segments of "
+               f"{cfg.pipeline.rounds_per_run}, recipe {cfg.recipe_sha256()[:12]}); follow it with: dgrpo status "
+               f"{run_id} --store {store}")
 
 
 @app.command()
@@ -145,17 +231,24 @@ def schedule(host: HostOpt, store: StoreUriOpt,
              run_id: Annotated[str, typer.Option(help="The fine-tune every scheduled run continues.")],
              cron: Annotated[str, typer.Option(help="KFP cron, 6 fields: '0 0 2 * * *' is 02:00 daily.")],
              config: ConfigOpt = None, set_: SetOpt = None, experiment: ExperimentOpt = "dgrpo",
-             service_account: AccountOpt = None):
-    """Create a recurring KFP run that continues one fine-tune, `rounds` rounds per scheduled run."""
+             namespace: NamespaceOpt = "", token: TokenOpt = None):
+    """Create a recurring KFP run (max concurrency 1) whose runs each train the next segment of one fine-tune."""
     from dgrpo_pipelines.remote import schedule as schedule_run
+
+    from dgrpo.runtime.kfp_rest import KfpApiError
+    from dgrpo.stages.shared.ownership import OwnershipError
 
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
     try:
-        job = schedule_run(_client(host), cfg, store, run_id, cron, experiment, service_account)
-    except ValueError as exc:
+        job = schedule_run(_client(host, namespace, token), cfg, store, _run_id(run_id, "--run-id"), cron,
+                           experiment)
+    except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(f"scheduled {run_id}: recurring run {job}, cron '{cron}', {cfg.rounds} rounds per run")
+    except (ResumeError, OwnershipError, KfpApiError, StoreError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"scheduled {run_id}: recurring run {job}, cron '{cron}', {cfg.pipeline.rounds_per_run} rounds per "
+               f"run until {cfg.rounds}")
 
 
 def _resolve(artifact: str, store: str | None):
@@ -213,7 +306,7 @@ def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to 
     """Check every object of a run against its lineage: present, whole (sha256), and the commits a chain."""
     from dgrpo.runtime.verify import verify_run
 
-    result = verify_run(open_store(store, "--store"), run_id)
+    result = verify_run(open_store(store, "--store"), _run_id(run_id, "run id"))
     for problem in result.problems:
         typer.echo(f"problem: {problem}")
     if result.problems:
@@ -234,7 +327,7 @@ def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several ov
         typer.echo(f"wrote {path}")
         return
     for run_id in run_ids:
-        typer.echo(format_report(build_report(st, run_id)))
+        typer.echo(format_report(build_report(st, _run_id(run_id, "run id"))))
 
 
 @contract_app.command("show")

@@ -38,6 +38,8 @@ def configure(task: dsl.PipelineTask, settings: StageResources, k8s: KubernetesC
             task.set_env_variable(name, value)
     for secret in settings.secrets:
         kubernetes.use_secret_as_env(task, secret_name=secret.secret, secret_key_to_env=dict(secret.env))
+    for cm in settings.config_maps:
+        kubernetes.use_config_map_as_env(task, config_map_name=cm.config_map, config_map_key_to_env=dict(cm.env))
     for name, value in settings.env.items():
         task.set_env_variable(name, value)
     if settings.retries:
@@ -47,5 +49,5 @@ def configure(task: dsl.PipelineTask, settings: StageResources, k8s: KubernetesC
 
 
 def light(k8s: KubernetesConfig) -> StageResources:
-    """Settings of the bookkeeping tasks (resume point, Parquet adapters): the defaults, without GPUs."""
+    """Settings of the bookkeeping tasks (segment steps, Parquet adapters): the defaults, without GPUs."""
     return dataclasses.replace(k8s.resolve_defaults(), gpus=0, gpu_product=None, shm_size=None)

@@ -1,5 +1,11 @@
-"""Run the training pipeline on this machine: through kfp.local (the default) or in-process."""
+"""Run a fine-tune on this machine: its segments one after another through kfp.local (the default) or in-process.
 
+Both engines run the chain the cluster runs: each segment ends with the same exit step (`finish_segment`) and the
+same decision function, and the next segment starts when it says so. On a cluster the exit task submits the next
+KFP run itself; here this driver starts it.
+"""
+
+import builtins
 import contextlib
 import threading
 import time
@@ -11,30 +17,42 @@ from dgrpo_pipelines.training import build_pipeline
 from kfp import local
 
 from dgrpo.config import RunConfig
-from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime import fine_tune
+from dgrpo.runtime import segment as seg
+from dgrpo.runtime.chain import Decision
+from dgrpo.runtime.engine import run_chain, segment_inprocess
 from dgrpo.runtime.plan import training_plan
-from dgrpo.stages.shared.commits import start_point
+from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.store import open_store
+from dgrpo.stages.shared.ownership import OwnershipError, run_key, validate_run_id
+from dgrpo.store import ArtifactStore, open_store
 
 ENGINES = ("kfp", "inprocess")
 
 
 class EventWatcher(threading.Thread):
-    """Polls the run's event records and reports each finished stage: the progress display."""
+    """Polls the fine-tune's event records and reports each finished stage: the progress display.
+
+    `report(done, total, event)` counts stage events over the whole fine-tune (all its segments);
+    `event["fine_tune"]` adds its rounds done and rounds in total."""
 
     def __init__(self, ctx: StageContext, report: Callable[[int, int, dict], None], interval: float = 0.5):
         super().__init__(daemon=True)
         self.ctx, self.report, self.interval = ctx, report, interval
         self.total = sum(t.shards for t in training_plan(ctx.config))
-        self.seen: set[str] = set(ctx.store.list(f"runs/{ctx.run_id}/events"))  # a resumed run's earlier rounds
+        self.seen: set[str] = set(ctx.store.list(run_key(ctx.run_id, "events")))  # a resumed fine-tune's rounds
+        self.rounds_done = trained_state(ctx.store, ctx.run_id).next_round
         self.done = threading.Event()
 
     def poll(self) -> None:
-        for key in self.ctx.store.list(f"runs/{self.ctx.run_id}/events"):
+        for key in self.ctx.store.list(run_key(self.ctx.run_id, "events")):
             if key not in self.seen:
                 self.seen.add(key)
-                self.report(len(self.seen), self.total, self.ctx.store.get_json(key))
+                event = self.ctx.store.get_json(key)
+                if event["stage"] == "update":
+                    self.rounds_done = trained_state(self.ctx.store, self.ctx.run_id).next_round
+                event["fine_tune"] = {"rounds_done": self.rounds_done, "rounds_total": self.ctx.config.rounds}
+                self.report(min(len(self.seen), self.total), self.total, event)
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -47,40 +65,72 @@ class EventWatcher(threading.Thread):
 
 
 def run_pipeline(ctx: StageContext, store_uri: str, work_dir: Path, engine: str = "kfp",
-                 progress: Callable[[int, int, dict], None] | None = None, resume_from: str = "") -> None:
-    """Run the whole training pipeline for `ctx` (continuing `resume_from`'s last committed round, if given);
-    kfp.local task logs go to work_dir/kfp.log."""
+                 progress: Callable[[int, int, dict], None] | None = None, resume_from: str = "") -> seg.SegmentEnd:
+    """Start (or resume) fine-tune `ctx.run_id` and run its segments until the chain ends; returns how the last
+    segment ended. kfp.local task logs go to work_dir/kfp.log."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    start_point(ctx, resume_from)  # a run that cannot start or resume fails here, not inside its first task
+    record = fine_tune.start(ctx.store, ctx.config, ctx.run_id, resume_from)  # claims the run id, or checks it
     watcher = EventWatcher(ctx, progress or (lambda *_: None))
     watcher.start()
     try:
         if engine == "inprocess":
-            run_inprocess(ctx, resume_from)
-        else:
-            _run_kfp_local(ctx.config, store_uri, ctx.run_id, work_dir, resume_from)
+            return run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record["config_sha256"]))
+        segment_run = KfpLocalSegments(ctx.config, ctx.store, store_uri, record, work_dir)
+        return run_chain(segment_run)
     finally:
         watcher.stop()
 
 
-def _run_kfp_local(config: RunConfig, store_uri: str, run_id: str, work_dir: Path, resume_from: str = "") -> None:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    log_path = work_dir / "kfp.log"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "pipeline_root"))
-    pipeline = build_pipeline(config)
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
-        # kfp.local warns that images and display names are not used locally: expected, and noise here.
-        warnings.filterwarnings("ignore", message=".*(local runner|non-Python base image).*")
+class KfpLocalSegments:
+    """Runs one segment through kfp.local per call (the pipeline compiled once), and reads how it ended from the
+    records its exit task wrote."""
+
+    def __init__(self, config: RunConfig, store: ArtifactStore, store_uri: str, chain_record: dict, work_dir: Path):
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.store, self.log_path = store, work_dir / "kfp.log"
+        self.params = fine_tune.segment_parameters(store, chain_record) | {"store_uri": store_uri}
+        self.pipeline = build_pipeline(config)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "pipeline_root"))
+
+    def __call__(self) -> tuple[seg.SegmentEnd, BaseException | None]:
+        run_id = self.params["run_id"]
+        before = len(self.store.list(run_key(run_id, "segments")))
+        errors_before = len(seg.errors(self.store, run_id))
+        failure: BaseException | None = None
+        saved_print = builtins.print  # kfp.local leaks indenting print wrappers from its loop threads
         try:
-            pipeline(store_uri=store_uri, run_id=run_id, resume_from=resume_from)
+            with open(self.log_path, "a") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
+                # kfp.local warns that images and display names are not used locally: expected, and noise here.
+                warnings.filterwarnings("ignore", message=".*(local runner|non-Python base image).*")
+                self.pipeline(**self.params)
         except RuntimeError as exc:
-            raise RuntimeError(f"{exc} (task logs: {log_path})") from exc
+            failure = RuntimeError(f"{exc} (task logs: {self.log_path})")
+        finally:
+            builtins.print = saved_print
+        segments = self.store.list(run_key(run_id, "segments"))
+        new_errors = seg.errors(self.store, run_id)[errors_before:]
+        if len(segments) == before:  # refused (another segment holds the fine-tune), or nothing left to train
+            refused = [e for e in new_errors if e.get("segment") is None]
+            if refused:
+                failure = OwnershipError(refused[-1]["error"]) if "OwnershipError" in refused[-1]["error"] \
+                    else RuntimeError(refused[-1]["error"])
+            return seg.SegmentEnd(None, refused[-1]["error"] if refused else ""), failure
+        record = self.store.get_json(segments[-1])
+        if "decision" not in record:
+            raise RuntimeError(f"segment {record['segment']} of {run_id} ended without its exit step "
+                               f"(task logs: {self.log_path})") from failure
+        decision = Decision(record["decision"]["action"], record["decision"]["reason"])
+        if failure is not None and record.get("error"):
+            failure = RuntimeError(f"{record['error']} (task logs: {self.log_path})")
+        return seg.SegmentEnd(decision, record.get("error", ""), record["segment"]), failure
 
 
 def new_run_id(config: RunConfig) -> str:
-    return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """name-timestamp, with the characters a run id may not hold replaced by '-'."""
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in config.name).strip("._-") or "run"
+    return validate_run_id(f"{name[:80]}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def open_context(config: RunConfig, store_uri: str, run_id: str) -> StageContext:
-    return StageContext(config, open_store(store_uri), run_id)
+    return StageContext(config, open_store(store_uri), validate_run_id(run_id))

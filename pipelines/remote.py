@@ -1,52 +1,71 @@
-"""Submitting the compiled pipeline to a Kubeflow Pipelines cluster with the kfp Client: one-off and recurring runs.
+"""Starting a fine-tune on a Kubeflow Pipelines cluster through the v2beta1 REST API (`dgrpo.runtime.kfp_rest`).
 
-A recurring run continues one fine-tune: its run id is fixed and it resumes itself (`resume_from` = run id), so
-each scheduled KFP run trains the next `rounds` rounds after the last committed one.
+`submit` stores the config and the compiled segment pipeline in the artifact store, claims (or checks) the
+fine-tune and creates its first segment run; every segment's exit task then submits the next until the chain
+ends. `schedule` creates a recurring run instead (max concurrency 1, no catch-up): each scheduled run is one
+segment, and once the fine-tune is complete the runs end at once.
 """
 
 import tempfile
 from pathlib import Path
 
+import yaml
 from dgrpo_pipelines.training import compile_pipeline
-from kfp import Client
 
 from dgrpo.config import RunConfig
-from dgrpo.store import check_store_uri
+from dgrpo.runtime import fine_tune, kfp_rest
+from dgrpo.store import ArtifactStore, check_store_uri, open_store
 
 
-def _parameters(store_uri: str, run_id: str, resume_from: str) -> dict[str, str]:
-    """The run parameters the KFP API stores in its run records: the store URI passes the one check first (no
-    credentials, a scheme the pods can reach)."""
-    check_store_uri(store_uri, "--store", require_scheme=True)
-    return {"store_uri": store_uri, "run_id": run_id, "resume_from": resume_from}
+def _store(store_uri: str) -> ArtifactStore:
+    """The fine-tune's store: a URI the pods reach, without credentials (the KFP API keeps run parameters)."""
+    return open_store(check_store_uri(store_uri, "--store", require_scheme=True), "--store")
 
 
-def submit(client: Client, config: RunConfig, store_uri: str, run_id: str, resume_from: str = "",
-           experiment: str = "dgrpo", service_account: str | None = None) -> str:
-    """Compile and submit one run of `config.rounds` rounds; returns the KFP run id."""
-    params = _parameters(store_uri, run_id, resume_from)
+def compiled(config: RunConfig) -> tuple[dict, dict | None]:
+    """The segment pipeline's IR and its kfp-kubernetes platform spec (None without cluster settings)."""
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
-        result = client.create_run_from_pipeline_package(
-            str(package), arguments=params, run_name=f"{run_id}" + (f" (resumes {resume_from})" if resume_from
-                                                                    else ""),
-            experiment_name=experiment, enable_caching=None, service_account=service_account)
-    return result.run_id
+        docs = list(yaml.safe_load_all(compile_pipeline(config, Path(tmp) / "pipeline.yaml").read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else None)
 
 
-def schedule(client: Client, config: RunConfig, store_uri: str, run_id: str, cron: str, experiment: str = "dgrpo",
-             service_account: str | None = None, enabled: bool = True) -> str:
-    """Create a recurring run that continues fine-tune `run_id` on the `cron` schedule; returns its id."""
-    if len(cron.split()) != 6:
-        raise ValueError(f"--cron {cron!r}: KFP cron has 6 fields (seconds first), e.g. '0 0 2 * * *' for 02:00 "
-                         "daily")
-    params = _parameters(store_uri, run_id, run_id)
-    exp = client.create_experiment(experiment)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
-        job = client.create_recurring_run(
-            experiment_id=exp.experiment_id, job_name=f"{run_id} nightly", cron_expression=cron,
-            description=f"continues dgrpo fine-tune {run_id}, {config.rounds} rounds per run",
-            max_concurrency=1, no_catchup=True, params=params, pipeline_package_path=str(package),
-            enabled=enabled, service_account=service_account)
-    return job.recurring_run_id
+def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str,
+           experiment: str, mode: str) -> tuple[dict, dict, dict | None]:
+    spec, platform = compiled(config)
+    experiment_id = client.experiment_id(experiment)
+    kfp = {"endpoint": config.kubernetes.kfp_endpoint, "experiment_id": experiment_id, "namespace": client.namespace,
+           "service_account": config.kubernetes.service_account,
+           "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
+    record = fine_tune.start(store, config, run_id, resume_from, mode=mode, kfp=kfp)
+    return record, spec, platform
+
+
+def submit(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id: str, resume_from: str = "",
+           experiment: str = "dgrpo") -> str:
+    """Start (or resume) the fine-tune and create its first segment run; returns the KFP run id."""
+    store = _store(store_uri)
+    record, spec, platform = _chain(client, store, config, run_id, resume_from, experiment, "kfp")
+    body = kfp_rest.run_body(
+        display_name=f"{run_id} segment" + (f" (resumes {resume_from})" if resume_from else ""),
+        experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
+        parameters=fine_tune.segment_parameters(store, record), service_account=config.kubernetes.service_account,
+        description=f"dgrpo fine-tune {run_id}: {config.rounds} rounds, {config.pipeline.rounds_per_run} per run")
+    return client.create_run(body)
+
+
+def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id: str, cron: str,
+             experiment: str = "dgrpo", enabled: bool = True) -> str:
+    """Create a recurring run whose runs each train the next segment of fine-tune `run_id`; returns its id."""
+    kfp_rest.check_cron(cron)
+    store = _store(store_uri)
+    claimed = fine_tune.read_claim(store, run_id) is not None
+    record, spec, platform = _chain(client, store, config, run_id, run_id if claimed else "", experiment,
+                                    "schedule")
+    body = kfp_rest.recurring_run_body(
+        display_name=f"{run_id} chain", experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
+        parameters=fine_tune.segment_parameters(store, record), cron=cron,
+        service_account=config.kubernetes.service_account, enabled=enabled,
+        description=f"continues dgrpo fine-tune {run_id}, {config.pipeline.rounds_per_run} rounds per run, until "
+                    f"{config.rounds} rounds")
+    return client.create_recurring_run(body)
+

@@ -1,9 +1,6 @@
-"""The cluster pipeline: kfp-kubernetes settings in the compiled IR, stage swaps, and submit/schedule request bodies
-against a local fake of the KFP REST API."""
+"""The cluster pipeline: kfp-kubernetes settings in the compiled IR and stage swaps (submit and schedule:
+test_kfp_rest.py)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -53,10 +50,11 @@ def _executor(spec: dict, task: dict) -> str:
 
 def test_cluster_pipeline_carries_every_kubernetes_setting(tmp_path):
     spec, platform = _compile(tmp_path, rounds=2, **{"pipeline.shards": 2}, **K8S)
+    light = ("open", "plan", "begin", "finish")  # the segment's own tasks: the defaults, no GPU
     tasks = {name: t for name, t in _tasks(spec).items() if name.split("-")[0] in
-             ("rollout", "reward", "cluster", "update", "evaluate", "resume")}
+             ("rollout", "reward", "cluster", "update", "evaluate", *light)}
     executors = spec["deploymentSpec"]["executors"]
-    assert {n.split("-")[0] for n in tasks} == {"rollout", "reward", "cluster", "update", "evaluate", "resume"}
+    assert {n.split("-")[0] for n in tasks} == {"rollout", "reward", "cluster", "update", "evaluate", *light}
     for name, task in tasks.items():
         stage, label = name.split("-")[0], _executor(spec, task)
         container, k8s = executors[label]["container"], platform[label]
@@ -72,8 +70,7 @@ def test_cluster_pipeline_carries_every_kubernetes_setting(tmp_path):
         assert container["resources"]["resourceMemoryRequest"] == "8Gi"
         caching = task.get("cachingOptions", {}).get("enableCache", False)
         assert caching == (stage in ("reward", "cluster")), f"{name}: caching {caching}"
-        if stage != "resume":
-            assert task["retryPolicy"]["maxRetryCount"] == 2, name
+        assert task["retryPolicy"]["maxRetryCount"] == 2, name
         gpus = {"rollout": "2", "update": "8"}.get(stage)
         assert container["resources"].get("accelerator", {}).get("resourceCount") == gpus, name
         if gpus:
@@ -92,24 +89,29 @@ def test_cluster_pipeline_carries_every_kubernetes_setting(tmp_path):
             assert "tolerations" not in k8s, name
 
 
+def _shard_loop(spec: dict) -> tuple[dict, dict, dict]:
+    """(the shard loop task, its body's tasks, the round loop body's tasks)."""
+    for comp in spec["components"].values():
+        body = comp.get("dag", {}).get("tasks", {})
+        for task in body.values():
+            if "parameterIterator" in task and "raw" in task["parameterIterator"]["items"]:
+                return task, spec["components"][task["componentRef"]["name"]]["dag"]["tasks"], body
+    raise AssertionError("no shard loop")
+
+
 def test_rollout_and_reward_fan_out_over_shards_and_cluster_collects_them(tmp_path):
     spec, _ = _compile(tmp_path, rounds=2, **{"pipeline.shards": 3, "pipeline.parallelism": 2,
                                               "sampling.prompts_per_round": 4})
-    root = spec["root"]["dag"]["tasks"]
-    loops = {n: t for n, t in root.items() if n.startswith("for-loop")}
-    assert len(loops) == 2
-    for loop in loops.values():
-        assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2]"
-        assert loop["iteratorPolicy"]["parallelismLimit"] == 2
-        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-        assert {n.split("-")[0] for n in body} == {"rollout", "reward"}
-        rollout = next(t for n, t in body.items() if n.startswith("rollout"))
-        assert rollout["inputs"]["parameters"]["shard_index"]["componentInputParameter"].startswith(
-            "pipelinechannel--loop-item")
-    clusters = [t for n, t in root.items() if n.startswith("cluster")]
-    for c in clusters:
-        assert set(c["inputs"]["artifacts"]) == {"rollouts", "rewards", "start"}
-        assert c["dependentTasks"][0].startswith("for-loop")
+    loop, body, round_body = _shard_loop(spec)
+    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2]"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    assert {n.split("-")[0] for n in body} == {"rollout", "reward"}
+    rollout = next(t for n, t in body.items() if n.startswith("rollout"))
+    assert rollout["inputs"]["parameters"]["shard_index"]["componentInputParameter"].startswith(
+        "pipelinechannel--loop-item")
+    (c,) = [t for n, t in round_body.items() if n.startswith("cluster")]
+    assert set(c["inputs"]["artifacts"]) == {"rollouts", "rewards", "state"}
+    assert any(d.startswith("for-loop") for d in c["dependentTasks"])
     cluster_comp = spec["components"]["comp-cluster"]["inputDefinitions"]["artifacts"]
     assert cluster_comp["rollouts"]["isArtifactList"] and cluster_comp["rewards"]["isArtifactList"]
 
@@ -136,13 +138,14 @@ def test_example_component_yaml_is_compiled_from_its_source(tmp_path):
 
 def test_swapped_reward_stage_is_wired_between_parquet_adapters(tmp_path):
     spec, _ = _compile(tmp_path, rounds=1, **{"pipeline.stages.reward": {"component": str(EXAMPLE / "component.yaml")}})
-    body = next(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
-                for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("for-loop"))
+    _, body, _ = _shard_loop(spec)
     assert set(body) == {"rollout", "export-table", "brightness-reward", "import-rewards"}
     ext = body["brightness-reward"]
     assert ext["inputs"]["artifacts"]["rollouts"]["taskOutputArtifact"] == {"outputArtifactKey": "table",
                                                                             "producerTask": "export-table"}
-    assert "round_index" in ext["inputs"]["parameters"]
+    # the fine-tune's round, from a task inside the shard loop (a parameter from outside would be overwritten)
+    assert ext["inputs"]["parameters"]["round_index"]["taskOutputParameter"] == {"outputParameterKey": "Output",
+                                                                                 "producerTask": "export-table"}
     imp = body["import-rewards"]["inputs"]
     assert imp["artifacts"]["table"]["taskOutputArtifact"]["producerTask"] == "brightness-reward"
     assert imp["parameters"]["image"]["runtimeValue"]["constant"] == "python:3.11-slim"
@@ -159,8 +162,7 @@ def test_swap_by_image_and_command_builds_a_container_component(tmp_path):
     for port in ("--rollouts", "--rewards", "--scores", "--round_index"):
         assert port in args
     assert args[args.index("--scores") + 1] == "{{$.outputs.artifacts['scores'].path}}"
-    names = set(spec["root"]["dag"]["tasks"])
-    assert {"export-shards", "export-shards-2", "custom-cluster", "import-scores"} <= names
+    assert {"export-shards", "export-shards-2", "custom-cluster", "import-scores"} <= set(_tasks(spec))
 
 
 def test_swapped_component_with_wrong_ports_is_rejected_naming_the_field(tmp_path):
@@ -213,103 +215,3 @@ def test_contract_check_validates_any_parquet_file(tmp_path):
     pq.write_table(_rewards().drop_columns(["components"]), broken)
     out = CliRunner().invoke(app, ["contract", "check", "reward", str(broken)])
     assert out.exit_code == 1 and "missing column 'components'" in out.output
-
-
-# submit / schedule against a fake KFP API ------------------------------------------------------------------------
-class FakeKfp(BaseHTTPRequestHandler):
-    """The KFP v2beta1 endpoints kfp.Client calls to create experiments, runs and recurring runs."""
-
-    requests: list[tuple[str, str, dict]] = []
-
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self.requests.append(("GET", self.path, {}))
-        if self.path.startswith("/apis/v2beta1/experiments"):
-            self._reply({"experiments": [], "total_size": 0})
-        elif self.path.startswith("/apis/v2beta1/healthz"):
-            self._reply({"multi_user": False})
-        else:
-            self.send_error(404)
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append(("POST", self.path, body))
-        if self.path == "/apis/v2beta1/experiments":
-            self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
-        elif self.path == "/apis/v2beta1/runs":
-            self._reply({"run_id": "run-1", "display_name": body["display_name"]})
-        elif self.path == "/apis/v2beta1/recurringruns":
-            self._reply({"recurring_run_id": "rec-1", "display_name": body["display_name"]})
-        else:
-            self.send_error(404)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def kfp_api(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))  # the kfp client reads ~/.config/kfp/context.json
-    FakeKfp.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKfp)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", FakeKfp.requests
-    server.shutdown()
-    server.server_close()
-
-
-def _posted(requests, path):
-    return [body for method, p, body in requests if method == "POST" and p == path]
-
-
-def test_submit_sends_the_compiled_pipeline_with_run_parameters(kfp_api):
-    host, requests = kfp_api
-    out = CliRunner().invoke(app, ["submit", "--host", host, "--store", "s3://bucket/dgrpo", "--set", "rounds=3",
-                                   "--set", "pipeline.shards=2", "--resume", "ft-1", "--experiment", "nightly"])
-    assert out.exit_code == 0, out.output
-    assert "KFP run run-1" in out.output
-    (exp,) = _posted(requests, "/apis/v2beta1/experiments")
-    assert exp["display_name"] == "nightly"
-    (run,) = _posted(requests, "/apis/v2beta1/runs")
-    assert run["experiment_id"] == "exp-1"
-    assert run["runtime_config"]["parameters"] == {"store_uri": "s3://bucket/dgrpo", "run_id": "ft-1",
-                                                   "resume_from": "ft-1"}
-    spec = run["pipeline_spec"]  # no platform settings: the IR itself
-    assert spec["pipelineInfo"]["name"] == "toy-flowgrpo"
-    assert sum(n.startswith("update") for n in spec["root"]["dag"]["tasks"]) == 3
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"store_uri", "run_id", "resume_from",
-                                                                   "config_json"}
-
-
-def test_schedule_creates_a_recurring_run_that_continues_one_fine_tune(kfp_api):
-    host, requests = kfp_api
-    args = ["schedule", "--host", host, "--store", "s3://bucket/dgrpo", "--run-id", "ft-nightly",
-            "--cron", "0 0 2 * * *", "--set", "rounds=2", "--set", "kubernetes.stages.update.gpus=4",
-            "--set", "kubernetes.model_cache.pvc=dgrpo-model-cache"]
-    out = CliRunner().invoke(app, args)
-    assert out.exit_code == 0, out.output
-    assert "recurring run rec-1" in out.output
-    (job,) = _posted(requests, "/apis/v2beta1/recurringruns")
-    assert job["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
-    assert job["mode"] == "ENABLE" and int(job["max_concurrency"]) == 1 and job["no_catchup"] is True
-    assert job["experiment_id"] == "exp-1"
-    assert job["runtime_config"]["parameters"] == {"store_uri": "s3://bucket/dgrpo", "run_id": "ft-nightly",
-                                                   "resume_from": "ft-nightly"}
-    spec, platform = job["pipeline_spec"]["pipeline_spec"], job["pipeline_spec"]["platform_spec"]  # IR + k8s
-    update_exec = spec["deploymentSpec"]["executors"]["exec-update"]
-    assert update_exec["container"]["resources"]["accelerator"]["resourceCount"] == "4"
-    mount = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-update"]["pvcMount"][0]
-    assert mount["constant"] == "dgrpo-model-cache"
-
-    bad = CliRunner().invoke(app, args[:8] + ["0 2 * * *"])
-    assert bad.exit_code != 0 and "6 fields" in bad.output
-    local = CliRunner().invoke(app, ["submit", "--host", host, "--store", "outputs/store"])
-    assert local.exit_code != 0 and "store URI" in local.output

@@ -59,7 +59,7 @@ def test_compiled_pipeline_uses_the_image_references_file(tmp_path):
     dgrpo = Path(sys.executable).parent / "dgrpo"  # a fresh process: components read their images at import
     subprocess.run([str(dgrpo), "compile", "--set", "rounds=1", "--output", str(out)], env=env, check=True,
                    capture_output=True, cwd=tmp_path)
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == set(refs.values())
 
@@ -105,11 +105,35 @@ def test_manifests_render_and_validate_against_the_kubernetes_schemas():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert kinds == {("ConfigMap", "kfp-launcher"), ("ConfigMap", "dgrpo-s3"),
                      ("PersistentVolumeClaim", "dgrpo-model-cache"), ("ServiceAccount", "dgrpo-pipeline-runner"),
-                     ("Role", "dgrpo-pipeline-runner"), ("RoleBinding", "dgrpo-pipeline-runner")}
+                     ("Role", "dgrpo-pipeline-runner"), ("RoleBinding", "dgrpo-pipeline-runner"),
+                     ("Role", "dgrpo-continuation"), ("RoleBinding", "dgrpo-continuation")}
     assert all(d["metadata"]["namespace"] == "kubeflow" for d in docs)
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dgrpo" for d in docs)
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate({**docs[0], "spec": {"bogus": 1}}, "1.32.0", strict=True)
+
+
+def test_the_pod_default_for_the_kfp_api_token_is_valid():
+    """kubernetes-validate has no schema for the PodDefault CRD: its env, volumes and mounts are checked strictly
+    inside a Pod, the rest by hand (the CRD requires spec.selector); a typo in the projected token is caught."""
+    doc = yaml.safe_load((ROOT / "manifests" / "kubeflow" / "access-ml-pipeline.poddefault.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("kubeflow.org/v1alpha1", "PodDefault")
+    spec = doc["spec"]
+    assert spec["selector"] == {"matchLabels": {"access-ml-pipeline": "true"}}  # the finish task's label
+
+    def pod(volumes):
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {
+            "volumes": volumes, "containers": [{"name": "c", "image": "i", "env": spec["env"],
+                                                "volumeMounts": spec["volumeMounts"]}]}}
+
+    kubernetes_validate.validate(pod(spec["volumes"]), "1.32.0", strict=True)
+    token = spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    assert {e["name"]: e["value"] for e in spec["env"]}["KF_PIPELINES_SA_TOKEN_PATH"] == \
+        f"{spec['volumeMounts'][0]['mountPath']}/{token['path']}"
+    typo = [{**spec["volumes"][0], "projected": {"sources": [{"serviceAccountToken": {**token, "audiences": []}}]}}]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod(typo), "1.32.0", strict=True)
 
 
 def test_manifests_agree_with_each_other_and_with_the_store(monkeypatch):

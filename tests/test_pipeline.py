@@ -1,55 +1,86 @@
-"""The pipeline as users run it: compiled to KFP IR, and run end to end through kfp.local."""
+"""The pipeline as users run it: one segment compiled to KFP IR, and a chain of segments through kfp.local."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import small_config
 from dgrpo_pipelines.cli import app
 from dgrpo_pipelines.local import run_pipeline
-from dgrpo_pipelines.training import compile_pipeline
+from dgrpo_pipelines.training import PIPELINE_PARAMETERS, compile_pipeline
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage
+from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime.fine_tune import status
 from dgrpo.runtime.plan import training_plan
+from dgrpo.runtime.report import evaluation_markdown
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND
-from dgrpo.stages.shared.shards import read_merged
+from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, LocalStore
 
-STAGE_ORDER = ["rollout", "reward", "cluster", "update"]
+
+def _dag(spec: dict, task: dict) -> dict:
+    return spec["components"][task["componentRef"]["name"]]["dag"]["tasks"]
 
 
-def _round_of(task: dict) -> int:
-    return int(task["inputs"]["parameters"]["round_index"]["runtimeValue"]["constant"])
+def _kind(name: str) -> str:
+    return name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
 
 
-def test_compiled_pipeline_has_every_stage_per_round_in_order(tmp_path):
-    cfg = small_config(rounds=3, **{"eval.every": 1})
-    spec = yaml.safe_load(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())
-    tasks = spec["root"]["dag"]["tasks"]
-    by_stage_round = {}
-    for name, task in tasks.items():
-        if name.startswith("for-loop"):  # the shard fan-out: rollout -> reward per shard
-            body = {n.split("-")[0]: (n, t) for n, t in spec["components"][task["componentRef"]["name"]]["dag"][
-                "tasks"].items()}
-            assert body["reward"][1]["dependentTasks"] == [body["rollout"][0]]
-            by_stage_round[("fanout", _round_of(body["rollout"][1]))] = (name, set(task.get("dependentTasks", [])))
-        elif name != "resume":
-            stage = task["componentRef"]["name"].removeprefix("comp-").split("-")[0]
-            by_stage_round[(stage, _round_of(task))] = (name, set(task.get("dependentTasks", [])))
-    for r in range(3):
-        assert by_stage_round[("fanout", r)][0] in by_stage_round[("cluster", r)][1]
-        assert by_stage_round[("cluster", r)][0] in by_stage_round[("update", r)][1]
-        if r > 0:
-            assert by_stage_round[("update", r - 1)][0] in by_stage_round[("fanout", r)][1]
-            assert by_stage_round[("update", r - 1)][0] in by_stage_round[("update", r)][1]
-        assert by_stage_round[("update", r)][0] in by_stage_round[("evaluate", r + 1)][1]
-    assert by_stage_round[("evaluate", 0)][1] == {"resume"}
-    assert len(by_stage_round) == len([t for t in training_plan(cfg) if t.stage != "reward"])
-    executors = spec["deploymentSpec"]["executors"]
-    images = {e["container"]["image"] for e in executors.values()}
-    assert {i.split("/")[-1].split(":")[0] for i in images} == {f"dgrpo-{s}" for s in STAGE_ORDER + ["evaluate"]}
+def test_compiled_segment_runs_one_round_per_iteration_in_order(tmp_path):
+    path = compile_pipeline(small_config(**{"pipeline.shards": 2}), tmp_path / "p.yaml")
+    spec, platform = yaml.safe_load_all(path.read_text())
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(PIPELINE_PARAMETERS)  # ids and hashes only
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finish-segment"}
+    assert root["finish-segment"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    finish = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finish-segment"]
+    assert finish["podMetadata"]["labels"] == {"access-ml-pipeline": "true"}  # the KFP API token (PodDefault)
+    segment = _dag(spec, root["exit-handler-1"])
+    kinds = {_kind(n): n for n in segment}
+    assert set(kinds) == {"open-segment", "plan-segment", "condition", "for-loop"}
+    loop = segment[kinds["for-loop"]]
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("plan-segment-Output")
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 1  # rounds one at a time, in list order
+    assert segment[kinds["condition"]]["taskInfo"]["name"] == "base-model"
+    assert "open-segment-Output" in segment[kinds["condition"]]["triggerPolicy"]["condition"]
+    body = _dag(spec, loop)
+    by_kind = {_kind(n): t for n, t in body.items()}
+    assert set(by_kind) == {"begin-round", "for-loop", "cluster", "update", "condition"}
+    shards = by_kind["for-loop"]
+    assert shards["parameterIterator"]["items"]["raw"] == "[0, 1]"
+    inner = {_kind(n): t for n, t in _dag(spec, shards).items()}
+    assert inner["reward"]["dependentTasks"] == ["rollout"]
+    for stage in ("rollout", "reward"):  # the round reaches the shard loop as an artifact, never a parameter
+        assert inner[stage]["inputs"]["artifacts"]["state"]["componentInputArtifact"].endswith("begin-round-state")
+        assert "round_index" not in inner[stage]["inputs"].get("parameters", {})
+    assert {_kind(t) for t in by_kind["cluster"]["dependentTasks"]} == {"begin-round", "for-loop"}
+    assert "cluster" in by_kind["update"]["dependentTasks"]
+    cond = by_kind["condition"]["triggerPolicy"]["condition"]
+    assert "begin-round-Output" in cond  # the single bool output of begin_round
+    evaluate = next(iter(_dag(spec, by_kind["condition"]).values()))
+    assert evaluate["inputs"]["artifacts"]["adapter"]["componentInputArtifact"].endswith("update-new_adapter")
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert {i.split("/")[-1].split(":")[0] for i in images} == {f"dgrpo-{s}" for s in
+                                                                ("rollout", "reward", "cluster", "update", "evaluate")}
+
+
+def _check_evaluation_outputs(pipeline_root: Path, store: LocalStore, events: dict) -> None:
+    """What the KFP UI shows of an evaluation: its metrics as a Metrics artifact (those of its event) and a Markdown
+    summary of its record."""
+    summaries = [p for p in pipeline_root.rglob("summary") if p.is_file() and p.parent.name.startswith("evaluate")]
+    assert len(summaries) == len([k for k in events if k[0] == "evaluate"])
+    for path in summaries:
+        text = path.read_text()
+        round_index = int(text.split("\n", 1)[0].removeprefix("## Evaluation after round "))
+        assert text == evaluation_markdown(store.get_json(f"runs/chain/eval/r{round_index:04d}.json"))
+        output = json.loads((path.parent / "executor_output.json").read_text())
+        published = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        assert published == events[("evaluate", round_index)]["metrics"]
+        assert {"vendi", "heldout_vendi", "train_vendi", "heldout_embedding_diversity"} <= set(published)
 
 
 def _events(store, run_id):
@@ -57,67 +88,61 @@ def _events(store, run_id):
 
 
 @pytest.mark.e2e
-def test_two_rounds_through_kfp_local(tmp_path):
-    cfg = small_config(**{"pipeline.shards": 2})  # rollout and reward fan out over 2 shards per round
+def test_seven_rounds_in_three_kfp_segments_equal_the_in_process_engine(tmp_path):
+    """The chain through kfp.local: 7 rounds at rounds_per_run 3 are 3 KFP runs, each started by the decision of
+    the one before; the final adapter is the in-process engine's, bit for bit, trained in one segment."""
+    knobs = {"eval.every": 10, "eval.num_steps": 2, "eval.samples_per_prompt": 2}
+    cfg = small_config(rounds=7, **knobs, **{"pipeline.rounds_per_run": 3})
     store = LocalStore(tmp_path / "store")
-    ctx = StageContext(cfg, store, "e2e")
+    ctx = StageContext(cfg, store, "chain")
     seen = []
-    run_pipeline(ctx, str(store.root), tmp_path / "work", "kfp", lambda done, total, e: seen.append((done, total)))
+    end = run_pipeline(ctx, str(store.root), tmp_path / "work", "kfp", lambda d, t, e: seen.append((d, t, e)))
+    assert end.decision.action == "done" and end.segment == 3
 
-    plan = list(training_plan(cfg))
-    total = sum(t.shards for t in plan)
-    assert seen[-1] == (total, total)
-    events = _events(store, "e2e")
-    assert set(events) == {(t.stage, t.round) for t in plan}
+    segments = [store.get_json(k) for k in store.list("runs/chain/segments")]
+    assert [s["rounds"] for s in segments] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [s["decision"]["action"] for s in segments] == ["continue", "continue", "done"]
+    assert len({s["kfp_run_id"] for s in segments}) == 3 and not store.exists("runs/chain/lease.json")
+    st = status(store, "chain")
+    assert (st["state"], st["rounds_done"], st["rounds_total"], st["segments"]) == ("done", 7, 7, 3)
+    total = sum(t.shards for t in training_plan(cfg))
+    assert seen[-1][:2] == (total, total)
+    assert seen[-1][2]["fine_tune"] == {"rounds_done": 7, "rounds_total": 7}
+    events = _events(store, "chain")
+    assert set(events) == {(t.stage, t.round) for t in training_plan(cfg)}
 
-    # every table between stages is valid against its contract on read
     kinds = {"rollouts": contracts.ROLLOUTS, "rewards": contracts.REWARDS, "scores": contracts.SCORES,
              "update_metrics": contracts.UPDATE_METRICS, "eval_samples": contracts.EVAL_SAMPLES}
-    all_events = [store.get_json(k) for k in store.list("runs/e2e/events")]
-    assert sum(e["stage"] == "rollout" for e in all_events) == 2 * cfg.rounds  # one event per shard
     n_tables = 0
-    for event in all_events:
+    for event in events.values():  # every table between stages is valid against its contract on read
         for out in event["outputs"].values():
             ref = ArtifactRef(**out)
             if ref.kind in kinds:
-                table = artifacts.read_table(store, ref, kinds[ref.kind])
-                assert table.num_rows > 0
+                assert artifacts.read_table(store, ref, kinds[ref.kind]).num_rows > 0
                 n_tables += 1
-    assert n_tables == (2 * 2 + 2) * cfg.rounds + len(cfg.eval_rounds())
+    assert n_tables == 4 * cfg.rounds + len(cfg.eval_rounds())
 
-    shards = [ArtifactRef(**e["outputs"]["rollouts"]) for e in all_events if (e["stage"], e["round"]) == ("rollout", 1)]
-    rollouts = read_merged(store, shards, contracts.ROLLOUTS)
-    assert [artifacts.read_table(store, r, contracts.ROLLOUTS).num_rows for r in shards] == [8, 8]
-    assert rollouts.num_rows == cfg.sampling.prompts_per_round * cfg.sampling.group_size
-    assert len(rollouts.column("log_probs")[0].as_py()) == cfg.sampling.num_steps
-
-    # the adapter trained: LoRA B left zero, and the policy's evaluation reward moved
-    final = ArtifactRef(**events[("update", cfg.rounds - 1)]["outputs"]["adapter"])
+    final = ArtifactRef(**events[("update", 6)]["outputs"]["adapter"])
     weights = artifacts.read_tensors(store, final, ADAPTER_KIND)
-    assert all(k.startswith("transformer.") for k in weights)
     assert max(float(v.abs().max()) for k, v in weights.items() if "lora_B" in k) > 0
-    first, last = events[("evaluate", 0)]["metrics"], events[("evaluate", cfg.rounds)]["metrics"]
-    assert last["reward"] != first["reward"]
-    assert events[("update", 0)]["metrics"]["approx_kl"] < 1e-6  # on-policy: the ratio starts at 1
-
-    # lineage: adapter <- update <- rollouts <- previous adapter ... <- base checkpoint and config
+    # lineage across segments: adapter r6 <- update r6 <- adapter r5 (segment 2) ... <- base model and config
     chain = lineage.chain(store, final.sha256)
-    kinds_in_chain = {r.kind for _, _, r in chain}
-    expected_kinds = {"lora_adapter", "rollouts", "scores", "rewards", "optimizer_state", "base_model", "config"}
-    assert expected_kinds <= kinds_in_chain
-    assert {r.round for _, _, r in chain if r.kind == "rollouts"} == set(range(cfg.rounds))
+    assert {r.round for _, _, r in chain if r.kind == "rollouts"} == set(range(7))
     config_rec = next(r for _, _, r in chain if r.kind == "config")
-    stored_config = store.get(ArtifactRef(kind="config", uri=config_rec.uri, sha256=config_rec.sha256, size=0))
-    assert json.loads(stored_config) == cfg.to_dict()
-
-    # `dgrpo lineage` reads the KFP output artifact file of the last update
+    assert load_config(store, config_rec.sha256).to_dict() == cfg.to_dict()
+    assert {r.config_sha256 for _, _, r in chain if r.kind == "lora_adapter"} == {cfg.recipe_sha256()}
     kfp_files = [p for p in (tmp_path / "work" / "pipeline_root").rglob("new_adapter") if p.is_file()]
     target = next(p for p in kfp_files if ArtifactRef.from_json(p.read_text()).sha256 == final.sha256)
     out = CliRunner().invoke(app, ["lineage", str(target)])
     assert out.exit_code == 0, out.output
     assert "base_model" in out.output and "config" in out.output and final.sha256[:12] in out.output
+    reports = list((tmp_path / "work" / "pipeline_root").rglob("report"))
+    last_report = max(reports, key=lambda p: p.stat().st_mtime).read_text()
+    assert len(reports) == 3 and "rounds done: 7/7" in last_report and "<svg" in last_report  # status, then plots
+    _check_evaluation_outputs(tmp_path / "work" / "pipeline_root", store, events)
 
-    # the in-process engine runs the same stages unsharded: identical artifacts, bit for bit
-    inproc = StageContext(small_config(), LocalStore(tmp_path / "store2"), "e2e")
-    run_pipeline(inproc, str(tmp_path / "store2"), tmp_path / "work2", "inprocess")
-    assert _events(inproc.store, "e2e")[("update", cfg.rounds - 1)]["outputs"]["adapter"]["sha256"] == final.sha256
+    one = small_config(rounds=7, **knobs, **{"pipeline.rounds_per_run": 7})
+    inproc = run_inprocess(StageContext(one, LocalStore(tmp_path / "store2"), "chain"))
+    assert inproc["adapter"].sha256 == final.sha256
+    assert inproc["optimizer_state"].sha256 == store.get_json("runs/chain/commits/r000006.json")[
+        "optimizer_state"]["sha256"]

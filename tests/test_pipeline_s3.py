@@ -45,7 +45,7 @@ def test_two_rounds_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
         for name, entry in json.loads(path.read_text()).get("artifacts", {}).items():
             for art in entry["artifacts"]:
                 if "sha256" in art.get("metadata", {}):
-                    published[(path.parent.name, name)] = art["metadata"]
+                    published[(str(path.parent), name)] = art["metadata"]  # tasks repeat per round
     assert len(published) == 6 * cfg.rounds + len(cfg.eval_rounds())  # rollouts, rewards, scores, 3 from update
     adapter_meta = next(m for m in published.values() if m["sha256"] == final.sha256)
     rec = lineage.read_record(store, final.sha256)
@@ -53,7 +53,8 @@ def test_two_rounds_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
     assert adapter_meta["image"] == "registry.example/dgrpo-stage:test"
     assert adapter_meta["stage"] == "update" and adapter_meta["round"] == cfg.rounds - 1
     assert adapter_meta["inputs"] == rec.inputs and set(rec.inputs) >= {"rollouts", "scores", "adapter"}
-    assert adapter_meta["seeds"] == rec.seeds and adapter_meta["config_sha256"] == cfg.sha256()
+    assert adapter_meta["seeds"] == rec.seeds and adapter_meta["config_sha256"] == cfg.recipe_sha256()
+    assert adapter_meta["deployment_sha256"] == rec.deployment_sha256 is not None
     assert adapter_meta["dgrpo_uri"] == final.uri
 
     # `dgrpo lineage` from the KFP output artifact file walks the chain in S3 back to the base and the config

@@ -220,8 +220,10 @@ def test_the_kfp_glue_publishes_the_report_as_an_html_output(runs, tmp_path):
 
     from dgrpo.runtime import component_io as cio
 
-    ctx = cio.context(small_config(**FAST).to_json(), str(runs / "store"), "alpha")
+    store = LocalStore(runs / "store")
     artifact = SimpleNamespace(path=str(tmp_path / "kfp" / "report"), metadata={})
-    cio.write_run_report(ctx, artifact)
+    cio.write_run_report(store, "alpha", "fine-tune alpha: done <10/10 rounds>", artifact)
     page = Page(Path(artifact.path).read_text())
+    assert "fine-tune alpha: done &lt;10/10 rounds&gt;" in Path(artifact.path).read_text()  # escaped, first
+    assert store._read("runs/alpha/report.html").decode() == Path(artifact.path).read_text()
     assert len([a for a in page.all("img") if a.get("alt", "").startswith("evaluation grid")]) == 2

@@ -4,8 +4,9 @@ import pytest
 from conftest import small_config
 
 from dgrpo.runtime.engine import run_inprocess
-from dgrpo.stages.shared.commits import ResumeError, StartPoint, last_commit, start_point
+from dgrpo.stages.shared.commits import ResumeError, last_commit, trained_state
 from dgrpo.stages.shared.context import StageContext
+from dgrpo.stages.shared.ownership import OwnershipError
 from dgrpo.store import LocalStore
 
 
@@ -19,36 +20,37 @@ def test_resumed_run_reaches_the_adapter_of_an_uninterrupted_run(tmp_path):
 
     first = StageContext(_cfg(rounds=1), store, "ft")
     run_inprocess(first)
-    commit = last_commit(first, "ft")
-    assert commit["round"] == 0 and commit["lora"]["rank"] == 8
-    point = start_point(first, "ft")
-    assert point.round == 1 and point.adapter.sha256 == commit["adapter"]["sha256"]
-    assert StartPoint.from_json(point.to_json()) == point
+    commit = last_commit(store, "ft")
+    assert commit["round"] == 0 and commit["recipe_sha256"] == _cfg().recipe_sha256()
+    point = trained_state(store, "ft")
+    assert point.next_round == 1 and point.adapter.sha256 == commit["adapter"]["sha256"]
 
-    resumed = run_inprocess(StageContext(_cfg(rounds=1), store, "ft"), resume_from="ft")
+    resumed = run_inprocess(StageContext(_cfg(rounds=2), store, "ft"), resume_from="ft")  # rounds: the total
     assert resumed["adapter"].sha256 == whole["adapter"].sha256
     assert resumed["optimizer_state"].sha256 == whole["optimizer_state"].sha256
     assert [k.rsplit("/", 1)[1] for k in store.list("runs/ft/commits")] == ["r000000.json", "r000001.json"]
     events = {k.rsplit("/", 1)[1] for k in store.list("runs/ft/events")}
     assert {"r0000-update.json", "r0001-update.json", "r0001-evaluate.json", "r0002-evaluate.json"} <= events
+    again = run_inprocess(StageContext(_cfg(rounds=2), store, "ft"), resume_from="ft")  # complete: nothing to do
+    assert again["adapter"].sha256 == whole["adapter"].sha256 and len(store.list("runs/ft/segments")) == 2
 
 
 def test_resume_refuses_what_would_corrupt_a_fine_tune(tmp_path):
     store = LocalStore(tmp_path / "store")
     ctx = StageContext(_cfg(rounds=1), store, "ft")
-    assert start_point(ctx, "ft") == StartPoint(0, resumed_from="ft")  # a recurring run's first night
     run_inprocess(ctx)
-    with pytest.raises(ResumeError, match="already has committed rounds up to 0"):
-        start_point(ctx)
-    with pytest.raises(ResumeError, match="no committed round under runs/other"):
-        start_point(StageContext(_cfg(rounds=1), store, "branch"), "other")
-    with pytest.raises(ResumeError, match="config field 'lora'"):
-        start_point(StageContext(_cfg(rounds=1, **{"lora.rank": 4}), store, "ft"), "ft")
-    store.put_json("runs/other/commits/r000000.json", store.get_json("runs/ft/commits/r000000.json"))
-    with pytest.raises(ResumeError, match="needs a new run id"):
-        start_point(StageContext(_cfg(rounds=1), store, "ft"), "other")  # ft has rounds of its own
-    branch = start_point(StageContext(_cfg(rounds=1), store, "branch"), "ft")
-    assert branch.round == 1 and branch.resumed_from == "ft"
+    with pytest.raises(OwnershipError, match="run id 'ft' is taken"):
+        run_inprocess(ctx)  # a fresh fine-tune under a run id that exists
+    with pytest.raises(ResumeError, match="no fine-tune of that id"):
+        run_inprocess(StageContext(_cfg(rounds=1), store, "branch"), "other")
+    with pytest.raises(ResumeError, match="differs from the fine-tune's in lora.rank"):
+        run_inprocess(StageContext(_cfg(rounds=2, **{"lora.rank": 4}), store, "ft"), "ft")
+    assert trained_state(store, "ft").next_round == 1  # nothing trained by the refused runs
+    branch = run_inprocess(StageContext(_cfg(rounds=2), store, "branch"), "ft")  # a new fine-tune from ft's round 0
+    assert trained_state(store, "branch").next_round == 2 and not store.exists("runs/branch/commits/r000000.json")
+    assert store.get_json("runs/branch/commits/r000001.json")["parent"] == last_commit(store, "ft")["adapter"][
+        "sha256"]
+    assert branch["adapter"].sha256 != last_commit(store, "ft")["adapter"]["sha256"]
 
 
 def test_sharded_round_equals_unsharded_round(tmp_path):
@@ -75,7 +77,7 @@ def test_kfp_run_resumes_a_fine_tune_with_a_swapped_in_reward_stage(tmp_path):
     store = LocalStore(tmp_path / "store")
     run_inprocess(StageContext(_cfg(rounds=1), store, "ft"))
     component = Path(__file__).parents[1] / "examples" / "custom_reward" / "component.yaml"
-    cfg = _cfg(rounds=1, **{"pipeline.shards": 2, "pipeline.stages.reward": {"component": str(component)}})
+    cfg = _cfg(rounds=2, **{"pipeline.shards": 2, "pipeline.stages.reward": {"component": str(component)}})
     run_pipeline(StageContext(cfg, store, "ft"), str(store.root), tmp_path / "work", "kfp", resume_from="ft")
 
     night1 = store.get_json("runs/ft/commits/r000000.json")

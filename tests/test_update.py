@@ -193,7 +193,7 @@ def test_ema_is_kept_carried_across_runs_and_evaluated(tmp_path):
 
     first = StageContext(small_config(**cfg, rounds=1), store, "ft")
     run_inprocess(first)
-    resumed = run_inprocess(StageContext(small_config(**cfg, rounds=1), store, "ft"), resume_from="ft")
+    resumed = run_inprocess(StageContext(small_config(**cfg, rounds=2), store, "ft"), resume_from="ft")
     assert resumed["optimizer_state"].sha256 == whole["optimizer_state"].sha256
 
     ema_ctx = StageContext(small_config(**cfg), store, "eval-ema")

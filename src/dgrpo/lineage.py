@@ -30,6 +30,9 @@ class Provenance:
     seeds: dict[str, int] = field(default_factory=dict)
     image: str | None = None
     """Image of the producing component when it is not this process's own (a swapped-in stage)."""
+    deployment_sha256: str | None = None
+    """The run's deployment settings (pods, shards, segments, execution-only fields) as a stored object; kept apart
+    from `config_sha256`, the recipe hash, so a result's identity does not depend on where it was computed."""
 
 
 @dataclass
@@ -47,6 +50,7 @@ class LineageRecord:
     input_kinds: dict[str, str]
     seeds: dict[str, int]
     created_at: str
+    deployment_sha256: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LineageRecord":
@@ -82,6 +86,7 @@ def record(store: ArtifactStore, ref: ArtifactRef, prov: Provenance) -> LineageR
         input_kinds={name: r.kind for name, r in prov.inputs.items()},
         seeds=dict(prov.seeds),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        deployment_sha256=prov.deployment_sha256,
     )
     if _intact_record(store, ref.sha256) is None:  # absent, or unreadable: (re)write it
         store.put_json(record_key(ref.sha256), asdict(rec))

@@ -4,7 +4,9 @@
 """
 
 from dgrpo.config.deployment import (
+    ConfigMapEnv,
     CustomStage,
+    GuardRails,
     KubernetesConfig,
     ModelCacheConfig,
     PipelineConfig,
@@ -28,8 +30,8 @@ from dgrpo.config.recipe import (
 )
 from dgrpo.config.run import RECIPE_FIELDS, RunConfig
 
-__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "CustomStage", "DriftConfig", "EvalConfig", "GardoConfig",
-           "KubernetesConfig", "LoraConfig", "ModelCacheConfig", "ModelConfig", "PipelineConfig", "ProGRPOConfig",
-           "Range", "RewardConfig", "RunConfig",
+__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "ConfigMapEnv", "CustomStage", "DriftConfig", "EvalConfig",
+           "GardoConfig", "GuardRails", "KubernetesConfig", "LoraConfig", "ModelCacheConfig", "ModelConfig",
+           "PipelineConfig", "ProGRPOConfig", "Range", "RewardConfig", "RunConfig",
            "SamplingConfig", "SecretEnv", "StageResources", "Toleration", "TrainConfig", "config_from_dict",
            "config_from_json", "load_config", "read_yaml"]

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check
+from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, Range, check
 from dgrpo.contracts.stages import STAGE_NAMES, SWAPPABLE_STAGES, stage_spec
 
 
@@ -30,9 +30,47 @@ class CustomStage:
 
 
 @dataclass
-class PipelineConfig:
-    """How the training plan becomes a Kubeflow pipeline."""
+class GuardRails:
+    """Stop rules checked after every evaluation, so a fine-tune nobody watches stops when it collapses or hacks
+    its reward; and the metric that picks the best adapter so far (always recorded). Unset rules are off."""
 
+    diversity_metric: str = "diversity"
+    """Evaluation metric the collapse rules read: diversity (pixels), embedding_diversity (cluster.embedder),
+    mode_entropy or modes_over_10pct (with a mode classifier)."""
+    diversity_floor: Annotated[float, NON_NEGATIVE] | None = None
+    """Collapse: stop when the diversity metric falls below this value."""
+    diversity_max_drop: Annotated[float, Range(gt=0, lt=1)] | None = None
+    """Collapse: stop when the diversity metric has fallen by this fraction from the base model's evaluation (the
+    fine-tune's first), e.g. 0.5 stops once it has halved."""
+    hacking_evaluations: Annotated[int, Range(ge=2)] | None = None
+    """Reward hacking: stop when the held-out metric fell at each of this many consecutive evaluations while the
+    training reward rose over the same rounds."""
+    heldout_metric: str = "heldout_reward"
+    """Evaluation metric of the held-out prompts the hacking rule reads (heldout_reward needs eval prompts that are
+    not training prompts; reward otherwise)."""
+    best_metric: str = "reward"
+    """Evaluation metric that ranks adapters: the best so far is recorded in runs/<id>/best.json."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a larger or a smaller `best_metric` is better."""
+
+    def enabled(self) -> bool:
+        return (self.diversity_floor is not None or self.diversity_max_drop is not None
+                or self.hacking_evaluations is not None)
+
+
+@dataclass
+class PipelineConfig:
+    """How the training plan becomes Kubeflow pipeline runs: one run (a segment) per `rounds_per_run` rounds."""
+
+    rounds_per_run: Annotated[int, POSITIVE] = 20
+    """Rounds one KFP run (a segment) trains at most; each finished segment submits the next until `rounds` are
+    committed. A segment executes about (2 x shards + 3) tasks per round, and Argo keeps every executed task in
+    its Workflow object (docs/kubernetes.md, "Workflow size"): the compiler refuses more than 400 tasks a run."""
+    max_retries: Annotated[int, NON_NEGATIVE] = 2
+    """Failed segments retried in a row, from the last committed round, before the chain stops as failed; a
+    segment that committed rounds before failing starts the count again."""
+    guard_rails: GuardRails = field(default_factory=GuardRails)
+    """Stop rules on the evaluations, and the best-adapter metric."""
     shards: Annotated[int, POSITIVE] = 1
     """Prompt shards the sharded stages (rollout, reward) fan out over; a group never spans shards."""
     parallelism: Annotated[int, NON_NEGATIVE] = 0
@@ -81,6 +119,20 @@ class SecretEnv:
 
 
 @dataclass
+class ConfigMapEnv:
+    """Keys of a Kubernetes ConfigMap exposed as environment variables."""
+
+    config_map: str = ""
+    """ConfigMap name in the run's namespace."""
+    env: dict[str, str] = field(default_factory=dict)
+    """ConfigMap key -> environment variable name."""
+
+    def validate(self, path: str) -> None:
+        check(bool(self.config_map), f"{path}.config_map", "must name a ConfigMap")
+        check(len(self.env) > 0, f"{path}.env", "must map at least one key to an environment variable")
+
+
+@dataclass
 class StageResources:
     """Pod settings of one stage; a field left unset (null) takes `kubernetes.defaults`, then the built-in."""
 
@@ -106,6 +158,8 @@ class StageResources:
     """Size of a memory-backed /dev/shm (PyTorch data loading and NCCL need more than the 64M default)."""
     secrets: list[SecretEnv] | None = None
     """Secrets exposed as environment variables."""
+    config_maps: list[ConfigMapEnv] | None = None
+    """ConfigMap keys exposed as environment variables (e.g. the dgrpo-s3 store settings of manifests/)."""
     env: dict[str, str] | None = None
     """Plain environment variables."""
     retries: Annotated[int, NON_NEGATIVE] | None = None
@@ -116,6 +170,8 @@ class StageResources:
     def validate(self, path: str) -> None:
         for i, s in enumerate(self.secrets or []):
             s.validate(f"{path}.secrets[{i}]")
+        for i, c in enumerate(self.config_maps or []):
+            c.validate(f"{path}.config_maps[{i}]")
 
 
 @dataclass
@@ -134,7 +190,7 @@ class ModelCacheConfig:
 
 
 BUILTIN_RESOURCES = {"gpus": 0, "gpu_resource": "nvidia.com/gpu", "retries": 0, "node_selector": {},
-                     "tolerations": [], "secrets": [], "env": {}}
+                     "tolerations": [], "secrets": [], "config_maps": [], "env": {}}
 
 
 @dataclass
@@ -147,9 +203,16 @@ class KubernetesConfig:
     """Per-stage settings, by stage name (rollout, reward, cluster, update, evaluate)."""
     model_cache: ModelCacheConfig = field(default_factory=ModelCacheConfig)
     """The model-cache volume, mounted in every stage."""
+    service_account: str = ""
+    """Service account the KFP runs execute as (manifests/ creates dgrpo-pipeline-runner); empty: the namespace's
+    default runner. The chain's continuation task needs the RBAC of manifests/continuation-rbac.yaml."""
+    kfp_endpoint: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    """KFP API address the continuation task reaches from inside the cluster to submit the next segment."""
 
     def validate(self, path: str) -> None:
         self.defaults.validate(f"{path}.defaults")
+        check(self.kfp_endpoint.startswith(("http://", "https://")), f"{path}.kfp_endpoint",
+              f"must be an http(s):// URL, got {self.kfp_endpoint!r}")
         for name, resources in self.stages.items():
             check(name in STAGE_NAMES, f"{path}.stages.{name}", f"is not a stage (stages: {', '.join(STAGE_NAMES)})")
             resources.validate(f"{path}.stages.{name}")

@@ -99,6 +99,22 @@ class RunConfig:
         """Hash of what is trained: equal for runs that differ only in pods, shards, parallelism or the store."""
         return hashlib.sha256(_canonical(self.recipe_dict()).encode()).hexdigest()
 
+    def deployment_dict(self) -> dict[str, Any]:
+        """Everything the recipe hash leaves out: how long and where the run executes, and the execution-only
+        fields of the recipe sections (recorded in lineage beside the recipe hash)."""
+        out = {name: value for name, value in self.to_dict().items() if name not in RECIPE_FIELDS}
+        execution = {}
+        for name in RECIPE_FIELDS:
+            section = getattr(self, name)
+            if dataclasses.is_dataclass(section):
+                execution |= {f"{name}.{f.name}": getattr(section, f.name) for f in dataclasses.fields(section)
+                              if f.metadata.get("execution")}
+        return out | {"execution": execution}
+
+    def recipe_differences(self, other: "RunConfig") -> list[str]:
+        """Dotted paths of the recipe fields whose values differ between the two configs."""
+        return sorted(_diff(self.recipe_dict(), other.recipe_dict(), ""))
+
     def eval_rounds(self) -> list[int]:
         """Rounds after which evaluation runs; 0 is the base model before training."""
         return sorted(set(range(0, self.rounds + 1, self.eval.every)) | {self.rounds})
@@ -110,6 +126,13 @@ class RunConfig:
 
 def _canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _diff(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b)) for d in _diff(a.get(key), b.get(key),
+                                                                    f"{path}.{key}" if path else key)]
+    return [] if a == b else [path]
 
 
 def _without_execution(section: Any) -> dict[str, Any]:

@@ -74,9 +74,9 @@ ROUND_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.per_round)
 """The stages of one training round, in order."""
 SWAPPABLE_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.swappable)
 
-SWAP_PARAMETERS = ("round_index", "shard_index", "shard_count", "config_json")
-"""Parameters passed to a swapped-in component when it declares them: the absolute round is not known at compile
-time, so `round_index` is the round within the pipeline run."""
+SWAP_PARAMETERS = ("round_index", "shard_index", "shard_count")
+"""Parameters passed to a swapped-in component when it declares them: the fine-tune's round, the shard and the
+number of shards. (The config stays in the store: run parameters carry only its sha256.)"""
 
 
 def stage_spec(name: str) -> StageSpec:

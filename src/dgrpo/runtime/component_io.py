@@ -5,15 +5,19 @@ helpers read and write artifact references there without importing kfp, so the g
 """
 
 import base64
+import contextlib
+import html
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from dgrpo import lineage
-from dgrpo.config import config_from_json
+from dgrpo.runtime import segment
 from dgrpo.runtime.report import evaluation_markdown, render_html
-from dgrpo.stages.shared.commits import StartPoint
+from dgrpo.runtime.segment import RoundState
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.store import ArtifactRef, open_store
+from dgrpo.stages.shared.ownership import run_key, validate_run_id
+from dgrpo.store import ArtifactRef, ArtifactStore, open_store
 
 
 class FileArtifact(Protocol):
@@ -27,12 +31,33 @@ class MetricsSink(Protocol):
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
-def context(config_json: str, store_uri: str, run_id: str) -> StageContext:
-    if not run_id:
-        raise ValueError("pipeline parameter 'run_id' must not be empty")
+@contextlib.contextmanager
+def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = None, round_index: int | None = None
+         ) -> Iterator[tuple[StageContext | None, RoundState | None, ArtifactStore]]:
+    """The body of a component: its store, and with a round-state input its context and state. A failure is
+    recorded in the store (task, segment, round) before it propagates: on a cluster the exit task learns nothing
+    about why a task failed, and `dgrpo status` shows the last error."""
+    validate_run_id(run_id, "pipeline parameter 'run_id'")
     if not store_uri:
         raise ValueError("pipeline parameter 'store_uri' must not be empty")
-    return StageContext(config_from_json(config_json), open_store(store_uri, "pipeline parameter 'store_uri'"), run_id)
+    store = open_store(store_uri, "pipeline parameter 'store_uri'")
+    round_state = None
+    try:
+        round_state = None if state is None else read_state(state)
+        ctx = None if round_state is None else segment.context(store, round_state)
+        yield ctx, round_state, store
+    except BaseException as exc:
+        try:
+            if round_index is None and round_state is not None and len(round_state.rounds) == 1:
+                round_index = round_state.round
+            segment.record_error(store, run_id, name, exc, round_state.segment if round_state else None, round_index)
+        except Exception:  # noqa: BLE001 - the task's own error matters more than a failed record of it
+            pass
+        raise
+
+
+def read_state(artifact: FileArtifact) -> RoundState:
+    return RoundState.from_json(Path(artifact.path).read_text(), source=f"state artifact {artifact.path}")
 
 
 def read_ref(artifact: FileArtifact | None) -> ArtifactRef | None:
@@ -53,19 +78,6 @@ def write_text(artifact: FileArtifact, text: str) -> None:
     path.write_text(text)
 
 
-def round_state(start: FileArtifact, round_index: int, adapter: FileArtifact | None = None,
-                optimizer_state: FileArtifact | None = None) -> tuple[int, ArtifactRef | None, ArtifactRef | None]:
-    """The absolute round of a task at `round_index` within its pipeline run, and the state it trains from.
-
-    Tasks of the run's first round get no adapter input; theirs is the start point's (a resumed run's)."""
-    point = StartPoint.from_json(Path(start.path).read_text(), source=f"start artifact {start.path}")
-    if round_index == 0:
-        return point.round, read_ref(adapter) or point.adapter, read_ref(optimizer_state) or point.optimizer_state
-    if adapter is None:
-        raise ValueError(f"round {round_index} of the run has no adapter input: the pipeline wiring is broken")
-    return point.round + round_index, read_ref(adapter), read_ref(optimizer_state)
-
-
 def publish(ctx: StageContext, result: StageResult, outputs: dict[str, FileArtifact],
             metrics: MetricsSink | None = None) -> None:
     """Write each output's reference to its file and its lineage into the artifact's metadata."""
@@ -84,6 +96,7 @@ def lineage_metadata(rec: lineage.LineageRecord) -> dict[str, Any]:
     """The lineage record as KFP artifact metadata, shown in the KFP UI beside the artifact."""
     return {"dgrpo_uri": rec.uri, "sha256": rec.sha256, "kind": rec.kind, "stage": rec.stage, "run_id": rec.run_id,
             "round": rec.round, "image": rec.image, "config_sha256": rec.config_sha256,
+            "deployment_sha256": rec.deployment_sha256,
             "code_version": rec.code_version, "inputs": rec.inputs, "input_kinds": rec.input_kinds,
             "seeds": rec.seeds, "created_at": rec.created_at}
 
@@ -102,9 +115,15 @@ def write_evaluation_markdown(ctx: StageContext, round_index: int, artifact: Fil
     write_text(artifact, evaluation_markdown(record))
 
 
-def write_run_report(ctx: StageContext, artifact: FileArtifact) -> None:
-    """The run's HTML report (`dgrpo.runtime.report.render_html`) into a KFP HTML output: the pipeline's last task
-    publishes it, and the KFP UI shows it inline. Also kept in the store beside the markdown report."""
-    text = render_html(ctx.store, [ctx.run_id])
-    ctx.store.put_text(f"runs/{ctx.run_id}/report.html", text)
+def write_run_report(store: ArtifactStore, run_id: str, status: str, artifact: FileArtifact) -> None:
+    """The fine-tune's HTML report (`dgrpo.runtime.report.render_html`) into a KFP HTML output, after its status
+    (`status`, the segment's outcome): the exit task publishes it, and the KFP UI shows it inline. Kept in the
+    store beside the markdown report. Before any evaluation there is only the status."""
+    head = f"<pre>{html.escape(status)}</pre>"
+    try:
+        page = render_html(store, [run_id])
+    except ValueError:  # no evaluation recorded yet
+        page = "<html><body></body></html>"
+    text = page.replace("<body>", "<body>" + head, 1)
+    store.put_text(run_key(run_id, "report.html"), text)
     write_text(artifact, text)

@@ -14,6 +14,7 @@ from dgrpo.runtime.report.summary import (
     evaluation_markdown,
     format_report,
     load_events,
+    round_means,
     summary_lines,
 )
 from dgrpo.store import ArtifactStore
@@ -34,4 +35,4 @@ def write_html(store: ArtifactStore, run_ids: list[str], path: str | Path) -> Pa
 
 
 __all__ = ["build_report", "dumps", "evaluation_markdown", "format_report", "load_events", "render_html",
-           "summary_lines", "write_html"]
+           "round_means", "summary_lines", "write_html"]

@@ -17,7 +17,7 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
     evals = [e for e in events if e["stage"] == "evaluate"]
     if not evals:
         raise ValueError(f"run {run_id}: no evaluation recorded in {store.uri}")
-    rewards = _round_means([e for e in events if e["stage"] == "reward"])
+    rewards = round_means([e for e in events if e["stage"] == "reward"])
     updates = [e for e in events if e["stage"] == "update"]
     report = {
         "run_id": run_id, "store": store.uri,
@@ -32,7 +32,7 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
     return report
 
 
-def _round_means(reward_events: list[dict]) -> dict[int, float]:
+def round_means(reward_events: list[dict]) -> dict[int, float]:
     """Mean training reward per round, weighting a sharded round's shards by their sample counts."""
     sums: dict[int, list[float]] = {}
     for e in reward_events:

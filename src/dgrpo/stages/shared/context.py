@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from dgrpo import lineage
 from dgrpo.config import RunConfig
 from dgrpo.lineage import Provenance
+from dgrpo.stages.shared import run_config
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 if TYPE_CHECKING:
@@ -19,18 +20,26 @@ class StageContext:
     config: RunConfig
     store: ArtifactStore
     run_id: str
+    lease: str = ""
+    """Holder id of the segment's lease (`dgrpo.stages.shared.ownership`); a commit checks it is still held."""
+    _refs: dict[str, ArtifactRef] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def provenance(self, stage: str, round_index: int | None, inputs: dict[str, ArtifactRef | None],
                    seeds: dict[str, int] | None = None) -> Provenance:
+        """Lineage of what `stage` writes: the recipe hash identifies what was trained, the deployment object
+        where and how (pods, shards, processes) apart from it."""
         present = {k: v for k, v in inputs.items() if v is not None}
-        return Provenance(stage=stage, run_id=self.run_id, config_sha256=self.config.sha256(),
-                          round=round_index, inputs=present, seeds=dict(seeds or {}))
+        if "deployment" not in self._refs:
+            self._refs["deployment"] = run_config.put_deployment(self.store, self.config)
+        return Provenance(stage=stage, run_id=self.run_id, config_sha256=self.config.recipe_sha256(),
+                          round=round_index, inputs=present, seeds=dict(seeds or {}),
+                          deployment_sha256=self._refs["deployment"].sha256)
 
     def config_ref(self) -> ArtifactRef:
-        """The run config as an artifact: the root of every lineage chain."""
-        ref = self.store.put(self.config.to_json().encode(), kind="config", suffix=".json")
-        lineage.record(self.store, ref, self.provenance("config", None, {}, {"seed": self.config.seed}))
-        return ref
+        """The run config as an artifact (`run_config.put_config`): the root of every lineage chain."""
+        if "config" not in self._refs:
+            self._refs["config"] = run_config.put_config(self.store, self.config)
+        return self._refs["config"]
 
     def base_model_ref(self, policy: "FlowPolicy") -> ArtifactRef:
         """The base weights, recorded by location and hash (never copied into the store)."""

@@ -20,7 +20,7 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
     """
     inputs = UpdateInputs(round_index, rollouts, scores, adapter, optimizer_state)
     result = launch(ctx, inputs) if ctx.config.train.num_processes > 1 else train_round(ctx, inputs)
-    commit_round(ctx, round_index, result.outputs["adapter"], result.outputs["optimizer_state"])
+    commit_round(ctx, round_index, result.outputs["adapter"], result.outputs["optimizer_state"], parent=adapter)
     emit_event(ctx, "update", round_index, result)
     return result
 

@@ -1,0 +1,212 @@
+"""Starting, resuming and inspecting a fine-tune (a chain of segments), apart from any engine.
+
+`start` is what `dgrpo run`, `dgrpo submit` and `dgrpo schedule` do before the first segment: store the config by
+reference, claim the run id (a fresh fine-tune) or check the one being resumed, and write the chain record the
+segments and the continuation read. `status` gathers what `dgrpo status` prints.
+"""
+
+import contextlib
+import difflib
+import json
+
+from dgrpo.config import RunConfig
+from dgrpo.runtime import chain, kfp_rest, report
+from dgrpo.runtime import segment as seg
+from dgrpo.stages.shared.commits import ResumeError, last_commit, ref_dict, trained_state
+from dgrpo.stages.shared.ownership import (
+    claim_key,
+    claim_run,
+    lease_key,
+    now,
+    read_claim,
+    read_json,
+    read_lease,
+    release_lease,
+    run_key,
+    validate_run_id,
+)
+from dgrpo.stages.shared.run_config import load_config, put_config
+from dgrpo.store import ArtifactStore
+
+LEGACY_MATCHING = ("model", "lora", "seed")
+"""Fields a fine-tune recorded before claims existed is checked on (its commits hold them, not its recipe)."""
+
+
+def chain_key(run_id: str) -> str:
+    return run_key(run_id, "chain.json")
+
+
+def known_runs(store: ArtifactStore) -> list[str]:
+    return sorted({k.split("/")[1] for k in store.list("runs") if k.count("/") >= 2})
+
+
+def _missing(store: ArtifactStore, run_id: str, option: str) -> ResumeError:
+    close = difflib.get_close_matches(run_id, known_runs(store), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `dgrpo status` lists a fine-tune's state"
+    return ResumeError(f"{option} {run_id!r}: no fine-tune of that id in {store.uri}{hint} (a fresh fine-tune "
+                       "takes --run-id instead)")
+
+
+def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: str) -> dict:
+    """The claim of `run_id`, after checking `config` trains its recipe (fields that differ are named)."""
+    claim = read_claim(store, run_id)
+    if claim is None:
+        commit = last_commit(store, run_id)
+        if commit is None:
+            raise _missing(store, run_id, option)
+        cfg = config.to_dict()  # a fine-tune from before claims: its commits record these fields
+        for key in LEGACY_MATCHING:
+            if key in commit and commit[key] != cfg[key]:
+                raise ResumeError(f"{option} {run_id!r}: config field '{key}' differs from the fine-tune's "
+                                  f"({cfg[key]!r} here, {commit[key]!r} there)")
+        return {"run_id": run_id, "legacy": True}
+    if claim["recipe_sha256"] != config.recipe_sha256():
+        differing = config.recipe_differences(load_config(store, claim["config_sha256"]))
+        raise ResumeError(f"{option} {run_id!r}: the recipe differs from the fine-tune's in "
+                          f"{', '.join(differing) or 'its hash'}; a resumed fine-tune keeps its recipe (change "
+                          "rounds, pipeline or kubernetes freely, or start a new run id)")
+    return claim
+
+
+def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str = "", mode: str = "local",
+          kfp: dict | None = None) -> dict:
+    """Store the config, claim or check the fine-tune, write its chain record; returns the chain record.
+
+    Without `resume_from` the run id must be new; `resume_from == run_id` continues that fine-tune after its last
+    commit (a guard-rail stop is lifted: the rules are checked again at the next evaluation); another
+    `resume_from` branches a new fine-tune from that one's last commit."""
+    validate_run_id(run_id, "run id")
+    config_ref = put_config(store, config)
+    if resume_from == run_id:
+        claim = _check_recipe(store, config, run_id, "--resume")
+        if claim.get("legacy"):
+            claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
+                                      "base": None, "resumed_from": "", "adopted": True})
+        store.delete(seg.stop_key(run_id))
+    else:
+        base = None
+        if resume_from:
+            validate_run_id(resume_from, "--resume")
+            _check_recipe(store, config, resume_from, "--resume")
+            commit = last_commit(store, resume_from)
+            if commit is None:
+                raise ResumeError(f"--resume {resume_from!r}: no committed round under runs/{resume_from}/commits in "
+                                  f"{store.uri} to branch from")
+            base = {"run_id": resume_from, "round": commit["round"], "adapter": commit["adapter"],
+                    "optimizer_state": commit["optimizer_state"]}
+        elif last_commit(store, run_id) is not None:
+            raise ResumeError(f"run {run_id} already has committed rounds in {store.uri}: resume it "
+                              f"(--resume {run_id}) or choose another run id")
+        claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
+                                  "base": base, "resumed_from": resume_from})
+    record = {"run_id": run_id, "config_sha256": config_ref.sha256, "recipe_sha256": config.recipe_sha256(),
+              "rounds": config.rounds, "rounds_per_run": config.pipeline.rounds_per_run, "mode": mode,
+              "kfp": kfp, "updated_at": now()}
+    store.put_json(chain_key(run_id), record)
+    return record
+
+
+def segment_parameters(store: ArtifactStore, chain_record: dict) -> dict[str, str]:
+    """The run parameters of every segment of a chain: ids and hashes, never the config itself."""
+    return {"store_uri": store.uri, "run_id": chain_record["run_id"], "config_sha256": chain_record["config_sha256"],
+            "recipe_sha256": chain_record["recipe_sha256"]}
+
+
+def status(store: ArtifactStore, run_id: str) -> dict:
+    """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter, across segments."""
+    validate_run_id(run_id, "run id")
+    claim = read_claim(store, run_id)
+    if claim is None and last_commit(store, run_id) is None:
+        raise _missing(store, run_id, "fine-tune")
+    chain_record = read_json(store, chain_key(run_id)) or {}
+    segments = [store.get_json(k) for k in store.list(run_key(run_id, "segments"))]
+    lease = read_lease(store, run_id)
+    recorded = read_json(store, run_key(run_id, "status.json")) or {}
+    state = "running" if lease else recorded.get("state", "not started")
+    errs = seg.errors(store, run_id)
+    return {"run_id": run_id, "store": store.uri, "state": state, "reason": recorded.get("reason", ""),
+            "rounds_done": trained_state(store, run_id).next_round, "rounds_total": chain_record.get("rounds"),
+            "rounds_per_run": chain_record.get("rounds_per_run"), "mode": chain_record.get("mode"),
+            "recipe_sha256": (claim or {}).get("recipe_sha256"), "claimed_at": (claim or {}).get("claimed_at"),
+            "current_segment": segments[-1] if segments else None, "segments": len(segments), "lease": lease,
+            "last_error": seg.root_error(errs), "stop": read_json(store, seg.stop_key(run_id)),
+            "best": read_json(store, run_key(run_id, "best.json")),
+            "final_adapter": ref_dict(trained_state(store, run_id).adapter)}
+
+
+def format_status(st: dict) -> str:
+    total = st["rounds_total"] if st["rounds_total"] is not None else "?"
+    lines = [f"fine-tune {st['run_id']} ({st['store']}): {st['state']}" + (f" - {st['reason']}" if st["reason"]
+                                                                           else ""),
+             f"  rounds done: {st['rounds_done']}/{total}   segments: {st['segments']} of up to "
+             f"{st['rounds_per_run'] or '?'} rounds   recipe {str(st['recipe_sha256'])[:12]}"]
+    cur = st["current_segment"]
+    if cur:
+        rounds = cur["rounds"]
+        span = f"rounds {rounds[0]}-{rounds[-1]}" if rounds else "no rounds"
+        lines.append(f"  segment {cur['segment']}: {span}, {cur['state']}, KFP run {cur.get('kfp_run_id') or '-'}, "
+                     f"started {cur['started_at']}" + (f", finished {cur['finished_at']}" if cur.get("finished_at")
+                                                       else ""))
+    if st["lease"]:
+        lines.append(f"  lease: {st['lease']['holder']} (segment {st['lease'].get('segment')}, taken "
+                     f"{st['lease']['acquired_at']}); if its run is dead: dgrpo unlock {st['run_id']} --holder "
+                     f"{st['lease']['holder']} --store {st['store']}")
+    if st["stop"]:
+        stop = st["stop"]
+        lines.append(f"  {chain.stop_label(stop)} after round {stop['round']}: {stop['message']}")
+        lines.append(f"    numbers: {json.dumps(stop['values'], sort_keys=True)}")
+    if st["last_error"]:
+        err = st["last_error"]
+        lines.append(f"  last error ({err['at']}, segment {err.get('segment') or '-'}, task {err['task']}"
+                     + (f", round {err['round']}" if err.get("round") is not None else "") + f"): {err['error']}")
+    if st["best"]:
+        best = st["best"]
+        where = best["adapter"]["uri"] if best.get("adapter") else "the base model"
+        lines.append(f"  best so far: {best['metric']} {best['value']:.4g} after round {best['round']} ({where})")
+    if st["final_adapter"]:
+        lines.append(f"  last committed adapter: {st['final_adapter']['uri']}")
+    return "\n".join(lines)
+
+
+def request_stop(store: ArtifactStore, run_id: str, reason: str = "") -> dict:
+    """Stop the chain by hand: a stop record like a guard rail's (rule "manual"); the running segment ends before
+    its next round and its exit task submits nothing. A resume lifts it."""
+    validate_run_id(run_id, "run id")
+    if read_claim(store, run_id) is None and last_commit(store, run_id) is None:
+        raise _missing(store, run_id, "fine-tune")
+    done = trained_state(store, run_id).next_round
+    stop = {"rule": "manual", "round": done, "message": reason or "stopped by hand (dgrpo stop)", "values": {},
+            "at": now()}
+    store.put_json(seg.stop_key(run_id), stop)
+    return stop
+
+
+def unlock(store: ArtifactStore, run_id: str, holder: str) -> bool:
+    """Release a stale lease by its holder id (the one `dgrpo status` shows), never another one."""
+    validate_run_id(run_id, "run id")
+    return release_lease(store, run_id, holder)
+
+
+def submit_with_kfp(store: ArtifactStore) -> seg.Submitter:
+    """The cluster's continuation: the next segment as a new KFP run, through the v2beta1 REST API."""
+
+    def submit(chain_record: dict, state: seg.RoundState) -> str:
+        return kfp_rest.submit_next(store, chain_record, state.segment, segment_parameters(store, chain_record))
+    return submit
+
+
+def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_id: str,
+                      final_state: str) -> str:
+    """`segment.finish_segment` with the REST continuation; returns the fine-tune's report (markdown) for the KFP
+    UI: its status, then the evaluations."""
+    end = seg.finish_segment(store, run_id, config_sha256, kfp_run_id, final_state, submit_with_kfp(store))
+    text = format_status(status(store, run_id))
+    if end.next_kfp_run_id:
+        text += f"\n  next segment: KFP run {end.next_kfp_run_id}"
+    with contextlib.suppress(ValueError):  # no evaluation recorded yet
+        text += "\n\n" + report.format_report(report.build_report(store, run_id))
+    return text
+
+
+__all__ = ["chain_key", "claim_key", "finish_on_cluster", "format_status", "known_runs", "lease_key",
+           "request_stop", "segment_parameters", "start", "status", "submit_with_kfp", "unlock"]

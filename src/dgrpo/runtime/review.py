@@ -1,0 +1,62 @@
+"""After each evaluation: record the best adapter so far and apply the guard rails (`dgrpo.runtime.chain`).
+
+Apart from `dgrpo.runtime.segment` so that a segment's light tasks (open, plan, begin, finish) do not import the
+evaluate stage and its models: a task is a process (a pod on a cluster), and its imports are part of its cost.
+"""
+
+from dgrpo.config import GuardRails
+from dgrpo.runtime import chain, report
+from dgrpo.runtime.segment import RoundState, stop_key
+from dgrpo.stages.evaluate import run_evaluate
+from dgrpo.stages.shared.context import StageContext, StageResult
+from dgrpo.stages.shared.ownership import now, read_json, run_key
+from dgrpo.store import ArtifactRef, ArtifactStore
+
+
+def evaluate(ctx: StageContext, state: RoundState, after_update: bool, adapter: ArtifactRef | None = None,
+             optimizer_state: ArtifactRef | None = None) -> StageResult:
+    """Evaluate the policy after `state`'s round (or, before any training, the base model), then review."""
+    if after_update:
+        result = run_evaluate(ctx, evaluated_round(state, after_update), adapter, optimizer_state)
+    else:
+        result = run_evaluate(ctx, evaluated_round(state, after_update), state.adapter, state.optimizer_state)
+    review_evaluations(ctx)
+    return result
+
+
+def evaluated_round(state: RoundState, after_update: bool) -> int:
+    """The round number of the evaluation `evaluate` records: rounds completed when it runs."""
+    return state.round + 1 if after_update else state.round
+
+
+def evaluations(store: ArtifactStore, run_id: str) -> list[dict]:
+    return [{"round": e["round"], "metrics": e["metrics"]}
+            for e in (store.get_json(k) for k in store.list(run_key(run_id, "eval")))]
+
+
+def review_evaluations(ctx: StageContext) -> chain.Stop | None:
+    """Record the best adapter so far, and a stop record when a guard rail fires."""
+    rules, evals = ctx.config.pipeline.guard_rails, evaluations(ctx.store, ctx.run_id)
+    best = chain.best_evaluation(rules, evals)
+    if best is not None:
+        commit = read_json(ctx.store, run_key(ctx.run_id, f"commits/r{best['round'] - 1:06d}.json")) \
+            if best["round"] > 0 else None
+        ctx.store.put_json(run_key(ctx.run_id, "best.json"), {
+            "metric": rules.best_metric, "mode": rules.best_mode, "value": best["metrics"][rules.best_metric],
+            "round": best["round"], "adapter": commit["adapter"] if commit else None,
+            "optimizer_state": commit["optimizer_state"] if commit else None,
+            "ema": ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, "at": now()})
+    stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals))
+    if stop is not None:
+        ctx.store.put_json(stop_key(ctx.run_id), stop.to_dict() | {"at": now()})
+    return stop
+
+
+def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[dict]) -> dict[int, float]:
+    """Mean training reward of the rounds the hacking rule's window spans (only those events are read)."""
+    if rules.hacking_evaluations is None or len(evals) <= rules.hacking_evaluations:
+        return {}
+    first = evals[-(rules.hacking_evaluations + 1)]["round"]
+    keys = [k for k in ctx.store.list(run_key(ctx.run_id, "events")) if "-reward" in k.rsplit("/", 1)[-1]
+            and int(k.rsplit("/r", 1)[-1][:4]) >= first]
+    return report.round_means([ctx.store.get_json(k) for k in keys])

@@ -1,0 +1,75 @@
+"""The chain's decision function and guard rails: pure functions, every branch and its negative control."""
+
+import pytest
+
+from dgrpo.config import GuardRails
+from dgrpo.runtime.chain import best_evaluation, check_guard_rails, decide
+
+
+def _decide(**kw):
+    args = {"rounds_total": 10, "rounds_done": 4, "progress": 2, "succeeded": True, "failures_in_a_row": 0,
+            "max_retries": 2, "stop": None, "error": ""}
+    return decide(**(args | kw))
+
+
+def test_decide_continues_finishes_retries_and_fails():
+    assert _decide().action == "continue" and _decide().submits and _decide().state == "running"
+    assert "next segment starts at round 4" in _decide().reason
+    done = _decide(rounds_done=10)
+    assert (done.action, done.submits, done.state) == ("done", False, "done")
+    assert _decide(rounds_done=12, succeeded=False, failures_in_a_row=9).action == "done"  # nothing left to retry
+    retry = _decide(succeeded=False, progress=0, failures_in_a_row=2, error="OOMKilled")
+    assert retry.action == "retry" and retry.submits and "retry 2 of 2 from round 4" in retry.reason
+    assert "OOMKilled" in retry.reason
+    failed = _decide(succeeded=False, progress=0, failures_in_a_row=3, error="OOMKilled")
+    assert (failed.action, failed.submits, failed.state) == ("failed", False, "failed")
+    assert "3 segments in a row" in failed.reason and "OOMKilled" in failed.reason
+    assert _decide(succeeded=False, failures_in_a_row=1, max_retries=0).action == "failed"
+    # a "successful" segment that trained nothing would loop forever: it counts as a failure
+    assert _decide(progress=0, failures_in_a_row=1).action == "retry"
+    stop = {"rule": "collapse-floor", "message": "diversity 0.01 below 0.05"}
+    stopped = _decide(stop=stop)
+    assert (stopped.action, stopped.state) == ("stopped", "stopped") and "collapse-floor" in stopped.reason
+    assert _decide(stop=stop, rounds_done=10).action == "stopped"  # the stop is what a person must see
+
+
+def _evals(*rows):
+    return [{"round": r, "metrics": m} for r, m in rows]
+
+
+def test_collapse_rules_fire_on_the_floor_and_on_the_drop_from_the_base():
+    evals = _evals((0, {"diversity": 0.40}), (5, {"diversity": 0.30}), (10, {"diversity": 0.19}))
+    assert check_guard_rails(GuardRails(), evals, {}) is None  # every rule off by default
+    assert check_guard_rails(GuardRails(diversity_floor=0.1), evals, {}) is None
+    stop = check_guard_rails(GuardRails(diversity_floor=0.2), evals, {})
+    assert (stop.rule, stop.round) == ("collapse-floor", 10) and stop.values == {
+        "metric": "diversity", "value": 0.19, "floor": 0.2}
+    assert "0.19" in stop.message and "0.2" in stop.message
+    assert check_guard_rails(GuardRails(diversity_max_drop=0.6), evals, {}) is None  # fell 52.5%
+    stop = check_guard_rails(GuardRails(diversity_max_drop=0.5), evals, {})
+    assert stop.rule == "collapse-drop" and stop.values["base"] == 0.40 and stop.values["value"] == 0.19
+    assert "52.5%" in stop.message
+    with pytest.raises(ValueError, match=r"pipeline.guard_rails.diversity_metric.*no metric 'mode_entropy'"):
+        check_guard_rails(GuardRails(diversity_metric="mode_entropy", diversity_floor=1.0), evals, {})
+
+
+def test_hacking_fires_only_when_held_out_falls_while_training_reward_rises():
+    rules = GuardRails(hacking_evaluations=2)
+    evals = _evals((0, {"heldout_reward": 0.60}), (2, {"heldout_reward": 0.58}), (4, {"heldout_reward": 0.55}))
+    rising = {0: 0.50, 1: 0.52, 2: 0.60, 3: 0.70}
+    stop = check_guard_rails(rules, evals, rising)
+    assert stop.rule == "reward-hacking" and stop.values["heldout"] == [0.60, 0.58, 0.55]
+    assert stop.values["training_reward"] == [pytest.approx(0.51), pytest.approx(0.65)]
+    assert check_guard_rails(rules, evals, {0: 0.6, 1: 0.6, 2: 0.5, 3: 0.5}) is None  # training reward fell too
+    recovered = evals[:2] + _evals((4, {"heldout_reward": 0.59}))
+    assert check_guard_rails(rules, recovered, rising) is None  # held-out rose again at the last one
+    assert check_guard_rails(GuardRails(hacking_evaluations=3), evals, rising) is None  # needs 4 evaluations
+
+
+def test_best_evaluation_by_the_configured_metric_and_direction():
+    evals = _evals((0, {"reward": 0.5, "loss": 3.0}), (5, {"reward": 0.7, "loss": 1.0}), (10, {"reward": 0.7,
+                                                                                             "loss": 2.0}))
+    assert best_evaluation(GuardRails(), evals)["round"] == 5  # the earliest on a tie
+    assert best_evaluation(GuardRails(best_metric="loss", best_mode="min"), evals)["round"] == 5
+    assert best_evaluation(GuardRails(best_metric="loss"), evals)["round"] == 0
+    assert best_evaluation(GuardRails(), []) is None
