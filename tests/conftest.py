@@ -39,6 +39,16 @@ def ctx(store):
     return StageContext(small_config(), store, "test-run")
 
 
+@pytest.fixture
+def kfp_api():
+    """A strict fake of the KFP v2beta1 REST API on a local port (tests/kfp_fake.py), with its recorded requests."""
+    from kfp_fake import FakeKfp
+
+    fake = FakeKfp()
+    yield fake
+    fake.close()
+
+
 S3_BUCKET = "dgrpo-test"
 
 

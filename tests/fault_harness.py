@@ -90,7 +90,7 @@ def main(config_path: str, store_uri: str, run_id: str, rounds: str, point: str,
     else:
         raise SystemExit(f"unknown fault point {point!r}")
     ctx = StageContext(config, open_store(store_uri), run_id)
-    run_inprocess(ctx, resume_from=run_id if last_commit(ctx, run_id) else "")
+    run_inprocess(ctx, resume_from=run_id if last_commit(ctx.store, run_id) else "")
     print("finished" + ("" if kind == "none" else " without reaching the fault point"), flush=True)
 
 

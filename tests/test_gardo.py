@@ -157,10 +157,13 @@ def test_reference_reset_is_carried_between_rounds(store):
     assert first_kls[0] == 0.0 and first_kls[1] == 0.0  # round 0: the base model; round 1: the reset reference
 
     no_reset = StageContext(small_config(**{**overrides, "gardo.reference_reset": False}), store, "no-reset")
-    rollouts = run_rollout(no_reset, 1, adapter).outputs["rollouts"]
-    scores = run_cluster(no_reset, 1, rollouts, run_reward(no_reset, 1, rollouts).outputs["rewards"]
-                         ).outputs["scores"]
-    out = run_update(no_reset, 1, rollouts, scores, adapter, None)
+    adapter = state = None
+    for r in range(2):  # round 1 trains from round 0's commit of its own fine-tune
+        rollouts = run_rollout(no_reset, r, adapter).outputs["rollouts"]
+        scores = run_cluster(no_reset, r, rollouts, run_reward(no_reset, r, rollouts).outputs["rewards"]
+                             ).outputs["scores"]
+        out = run_update(no_reset, r, rollouts, scores, adapter, state)
+        adapter, state = out.outputs["adapter"], out.outputs["optimizer_state"]
     metrics_table = artifacts.read_table(store, out.outputs["metrics"],
                                          UPDATE_METRICS).to_pylist()
     assert metrics_table[0]["kl"] > 0 and "reference_resets" not in out.metrics

@@ -15,13 +15,6 @@ from dgrpo.store import LocalStore
 
 
 @pytest.fixture
-def kfp_api():
-    fake = FakeKfp()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
 def multi_user(tmp_path, monkeypatch):
     """Multi-user KFP: a bearer token is required; the continuation reads it where the PodDefault mounts it."""
     fake = FakeKfp(multi_user=True, token="sa-token-123", namespace="team-a")

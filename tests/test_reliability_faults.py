@@ -65,13 +65,11 @@ def reference(tmp_path_factory) -> str:
 
 
 def _resume_to_the_end(store, run_id: str = "ft") -> str:
-    """Resume after the last committed round for the rounds left; the final adapter's sha256."""
-    ctx = StageContext(_cfg(), store, run_id)
-    commit = last_commit(ctx, run_id)
-    done = 0 if commit is None else commit["round"] + 1
-    if done < ROUNDS:
-        run_inprocess(StageContext(_cfg(rounds=ROUNDS - done), store, run_id), resume_from=run_id if commit else "")
-    return last_commit(ctx, run_id)["adapter"]["sha256"]
+    """Resume after the last committed round until ROUNDS are done; the final adapter's sha256."""
+    commit = last_commit(store, run_id)
+    if commit is None or commit["round"] + 1 < ROUNDS:
+        run_inprocess(StageContext(_cfg(rounds=ROUNDS), store, run_id), resume_from=run_id if commit else "")
+    return last_commit(store, run_id)["adapter"]["sha256"]
 
 
 def _only_whole_objects(root: Path) -> None:
@@ -85,7 +83,7 @@ def _only_whole_objects(root: Path) -> None:
         json.loads(path.read_text())
 
 
-def _harness(config_file: Path, store_uri: str, point: str, rounds: int = 1, env: dict | None = None,
+def _harness(config_file: Path, store_uri: str, point: str, rounds: int = ROUNDS, env: dict | None = None,
              wait_s: float | None = 600) -> multiprocessing.Process | int | None:
     """`fault_harness.main` in a process forked from a forkserver that imported it once; its exit code (or the
     process itself with `wait_s` None)."""
@@ -116,7 +114,7 @@ def test_kill_9_at_every_stage_boundary_and_mid_write_then_resume(config_file, r
         _only_whole_objects(root)
         assert (root / "runs/ft/commits/r000001.json").exists() == (point == "after:update"), point
     store = LocalStore(root)
-    assert last_commit(StageContext(_cfg(), store, "ft"), "ft")["adapter"]["sha256"] == reference
+    assert last_commit(store, "ft")["adapter"]["sha256"] == reference
     assert verify_run(store, "ft").problems == []
     assert list(root.rglob("*.tmp"))  # the writes cut short left their temp files, and nothing read them
 
@@ -154,7 +152,7 @@ def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(conf
     shim.fdopen = disk.fdopen
     monkeypatch.setattr(local_store, "os", shim)
     code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--resume",
-                 "ft", "--set", "rounds=1", "--output", str(tmp_path / "out")])
+                 "ft", "--set", f"rounds={ROUNDS}", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert disk.struck and code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: writing {LocalStore(root).uri}/objects/") and "No space left on device" in err[0]
@@ -315,7 +313,7 @@ def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     _only_whole_objects(store)
     assert not (store / "runs/ft/commits/r000001.json").exists()
-    resumed = subprocess.run(base + ["--resume", "ft", "--set", "rounds=1"], capture_output=True, text=True,
+    resumed = subprocess.run(base + ["--resume", "ft"], capture_output=True, text=True,
                              timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert LocalStore(store).get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"] == reference

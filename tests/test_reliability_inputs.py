@@ -19,7 +19,6 @@ import pytest
 from conftest import small_config
 from dgrpo_pipelines.errors import main
 from reliability_helpers import snapshot, tiny_config
-from test_cluster_pipeline import kfp_api  # noqa: F401  (the fake KFP API server fixture)
 
 from dgrpo.contracts import REWARDS, SCORES
 from dgrpo.runtime.engine import run_inprocess
@@ -124,8 +123,8 @@ CASES = [
          "run nosuch: no evaluation recorded"),
     Case("verify-unknown-run", "id", ["verify", "nosuch", "--store", "{store}"], "run 'nosuch': no records"),
     Case("resume-with-another-lora", "id", RUN + ["--resume", "ft", "--set", "lora.rank=4"],
-         "resume_from 'ft': config field 'lora' differs"),
-    Case("fresh-run-under-a-used-id", "id", RUN + ["--run-id", "ft"], "run ft already has committed rounds up to 0"),
+         "--resume 'ft': the recipe differs from the fine-tune's in "),
+    Case("fresh-run-under-a-used-id", "id", RUN + ["--run-id", "ft"], "run ft already has committed rounds in file://"),
     # URIs
     Case("credentials-in-store-uri", "uri", RUN[:4] + [f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/p"] + RUN[5:],
          "'s3://***@bucket/p': credentials do not belong in the store URI"),
@@ -174,9 +173,9 @@ def test_the_catalogue_covers_every_class_of_input():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_one_clear_line_and_changes_nothing(case, committed_store, tmp_path, kfp_api,  # noqa: F811
+def test_bad_input_gets_one_clear_line_and_changes_nothing(case, committed_store, tmp_path, kfp_api,
                                                           monkeypatch, capsys):
-    host, requests = kfp_api
+    host, requests = kfp_api.url, kfp_api.requests
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.chdir(tmp_path)
     for key, value in case.env.items():

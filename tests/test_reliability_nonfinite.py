@@ -18,7 +18,7 @@ from dgrpo import artifacts, contracts
 from dgrpo.config import ConfigError
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES, ContractError
 from dgrpo.lineage import Provenance
-from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime.engine import ChainFailed, run_inprocess
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.update import run_update, train
 from dgrpo.stages.update.finite import NonFiniteError
@@ -64,7 +64,9 @@ def test_non_finite_values_inside_lists_and_maps_are_refused():
     scores = pa.table({"sample_id": ["a", "b"], "group_id": ["g", "g"], "prompt": ["p", "p"],
                        "quality": [0.1, 0.2], "bonus": [0.0, 0.0], "cluster_id": pa.array([0, 0], pa.int32()),
                        "final_reward": [0.1, 0.2],
-                       "embedding": pa.array([[1.0, 0.0], [0.0, float("inf")]], pa.list_(pa.float32()))})
+                       "embedding": pa.array([[1.0, 0.0], [0.0, float("inf")]], pa.list_(pa.float32())),
+                       "kept": pa.nulls(2, pa.bool_()), "shaping": pa.nulls(2, pa.float64()),
+                       "novelty": pa.nulls(2, pa.float64()), "kl_gate": pa.nulls(2, pa.bool_())})
     with pytest.raises(ContractError, match=r"column 'embedding' holds 0 NaN and 1 infinite .*sample_id 'b'"):
         contracts.validate(scores, SCORES, "scores")
     contracts.validate(scores.set_column(7, "embedding", pa.array([[1.0, 0.0], None], pa.list_(pa.float32()))),
@@ -94,9 +96,11 @@ def test_one_nan_reward_fails_the_round_before_anything_trains_on_it(tmp_path, m
     store = LocalStore(tmp_path / "store")
     options = {"nan_at": 5, "batch": 8}  # the round's 2 x 4 images; the evaluation scores 2 at a time
     ctx = StageContext(_cfg(**{"reward.name": "acme_rewards:flaky", "reward.options": options}), store, "nan")
+    with pytest.raises(ChainFailed, match="failed without committing a round") as failed:
+        run_inprocess(ctx)
     with pytest.raises(ContractError, match=r"reward output 'rewards' of round 0: column 'reward' holds 1 NaN and 0 "
                                             r"infinite values \(first at row 5, sample_id 'r0/p1/s1'\)"):
-        run_inprocess(ctx)
+        raise failed.value.__cause__
     assert store.list("runs/nan/commits") == []
     assert not any("update" in k or "reward" in k for k in store.list("runs/nan/events"))
 

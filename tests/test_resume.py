@@ -6,7 +6,6 @@ from conftest import small_config
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.stages.shared.commits import ResumeError, last_commit, trained_state
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.shared.ownership import OwnershipError
 from dgrpo.store import LocalStore
 
 
@@ -39,7 +38,7 @@ def test_resume_refuses_what_would_corrupt_a_fine_tune(tmp_path):
     store = LocalStore(tmp_path / "store")
     ctx = StageContext(_cfg(rounds=1), store, "ft")
     run_inprocess(ctx)
-    with pytest.raises(OwnershipError, match="run id 'ft' is taken"):
+    with pytest.raises(ResumeError, match=r"run ft already has committed rounds .*: resume it \(--resume ft\)"):
         run_inprocess(ctx)  # a fresh fine-tune under a run id that exists
     with pytest.raises(ResumeError, match="no fine-tune of that id"):
         run_inprocess(StageContext(_cfg(rounds=1), store, "branch"), "other")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import small_config
-from test_kfp_outputs import executor_outputs, metrics_of
 
 from dgrpo.contracts.stages import STAGE_NAMES
 from dgrpo.runtime.plan import training_plan
@@ -25,6 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ENVS = ROOT / "build" / "image-envs"
 REWARD_LOADERS = ("rollout", "reward", "evaluate")
 """Stages that load the configured reward: reward scores, evaluate scores too, rollout previews (expand-and-prune)."""
+
+
+def executor_outputs(pipeline_root: Path) -> dict[str, dict]:
+    """Each task's KFP executor output (artifact metadata, Metrics included) by task directory name."""
+    return {p.parent.name: json.loads(p.read_text()) for p in pipeline_root.rglob("executor_output.json")}
+
+
+def metrics_of(executor_output: dict) -> dict[str, float] | None:
+    metrics = executor_output.get("artifacts", {}).get("metrics")
+    return None if metrics is None else metrics["artifacts"][0]["metadata"]
 
 
 @pytest.fixture(scope="module")

@@ -76,9 +76,9 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
     commit (a guard-rail stop is lifted: the rules are checked again at the next evaluation); another
     `resume_from` branches a new fine-tune from that one's last commit."""
     validate_run_id(run_id, "run id")
-    config_ref = put_config(store, config)
     if resume_from == run_id:
         claim = _check_recipe(store, config, run_id, "--resume")
+        config_ref = put_config(store, config)  # after the checks: a refused run writes nothing
         if claim.get("legacy"):
             claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
                                       "base": None, "resumed_from": "", "adopted": True})
@@ -97,6 +97,7 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
         elif last_commit(store, run_id) is not None:
             raise ResumeError(f"run {run_id} already has committed rounds in {store.uri}: resume it "
                               f"(--resume {run_id}) or choose another run id")
+        config_ref = put_config(store, config)
         claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
                                   "base": base, "resumed_from": resume_from})
     record = {"run_id": run_id, "config_sha256": config_ref.sha256, "recipe_sha256": config.recipe_sha256(),

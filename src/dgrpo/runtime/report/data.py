@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dgrpo import artifacts, lineage
-from dgrpo.config import config_from_json
 from dgrpo.contracts import REWARDS
+from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 
@@ -96,8 +96,7 @@ def _recipe(store: ArtifactStore, chain: list[tuple[int, str, lineage.LineageRec
     rec = next((r for _, _, r in chain if r.kind == "config"), None)
     if rec is None:
         return None, None
-    text = store.get(ArtifactRef(kind="config", uri=rec.uri, sha256=rec.sha256, size=0)).decode()
-    return config_from_json(text).recipe_dict(), rec.sha256
+    return load_config(store, rec.sha256).recipe_dict(), rec.sha256
 
 
 def quality_key(metrics: dict[str, float]) -> str:
