@@ -73,7 +73,6 @@ bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python scripts/bench_rollout.py
 	$(BIN)/python scripts/bench_prune.py
 	$(BIN)/python scripts/bench_compile.py
-	$(BIN)/python scripts/bench_round_cost.py
 
 clean:  ## remove outputs/ and build/
 	rm -rf outputs build .pytest_cache

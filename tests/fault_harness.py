@@ -50,7 +50,7 @@ def kill_in_os_call(call: str, key_part: str) -> None:
     """Kill inside LocalStore's write when the file being written matches `key_part`."""
     import dgrpo.store.local as local
 
-    real_replace, real_fsync, real_fdopen = os.replace, os.fsync, os.fdopen
+    real_replace, real_fsync, real_fdopen, real_link = os.replace, os.fsync, os.fdopen, os.link
     current: dict[int, str] = {}
 
     def fdopen(fd, *args, **kwargs):
@@ -67,9 +67,14 @@ def kill_in_os_call(call: str, key_part: str) -> None:
             die()
         return real_replace(src, dst, *args, **kwargs)
 
+    def link(src, dst, *args, **kwargs):  # create-if-absent records (commits, claims) are linked into place
+        if call == "rename" and key_part in str(dst):
+            die()
+        return real_link(src, dst, *args, **kwargs)
+
     shim = types.ModuleType("os")
     shim.__dict__.update(os.__dict__)
-    shim.fdopen, shim.fsync, shim.replace = fdopen, fsync, replace
+    shim.fdopen, shim.fsync, shim.replace, shim.link = fdopen, fsync, replace, link
     local.os = shim
 
 

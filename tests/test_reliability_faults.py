@@ -151,11 +151,13 @@ def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(conf
     shim.__dict__.update(os.__dict__)
     shim.fdopen = disk.fdopen
     monkeypatch.setattr(local_store, "os", shim)
+    # no retries: the first failed segment ends the chain (with retries, the next segment rides it out, below)
     code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--resume",
-                 "ft", "--set", f"rounds={ROUNDS}", "--output", str(tmp_path / "out")])
+                 "ft", "--set", "pipeline.max_retries=0", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert disk.struck and code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"error: writing {LocalStore(root).uri}/objects/") and "No space left on device" in err[0]
+    assert err[0].startswith("error: fine-tune stopped: 1 segments in a row failed"), err[0]
+    assert f"writing {LocalStore(root).uri}/objects/" in err[0] and "No space left on device" in err[0], err[0]
     assert not list(root.rglob("*.tmp"))  # the half-written temp file was removed
     assert not (root / "runs/ft/commits/r000001.json").exists()
     _only_whole_objects(root)

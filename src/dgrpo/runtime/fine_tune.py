@@ -8,6 +8,8 @@ segments and the continuation read. `status` gathers what `dgrpo status` prints.
 import contextlib
 import difflib
 import json
+import os
+import socket
 
 from dgrpo.config import RunConfig
 from dgrpo.runtime import chain, kfp_rest, report
@@ -78,6 +80,8 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
     validate_run_id(run_id, "run id")
     if resume_from == run_id:
         claim = _check_recipe(store, config, run_id, "--resume")
+        if mode == "local":
+            release_if_driver_died(store, run_id)
         config_ref = put_config(store, config)  # after the checks: a refused run writes nothing
         if claim.get("legacy"):
             claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
@@ -104,7 +108,41 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
               "rounds": config.rounds, "rounds_per_run": config.pipeline.rounds_per_run, "mode": mode,
               "kfp": kfp, "updated_at": now()}
     store.put_json(chain_key(run_id), record)
+    if mode == "local":
+        store.put_json(driver_key(run_id), {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now()})
     return record
+
+
+def driver_key(run_id: str) -> str:
+    return run_key(run_id, "driver.json")
+
+
+def release_if_driver_died(store: ArtifactStore, run_id: str) -> bool:
+    """End the segment of a local driver that died (kill -9, a full disk, a lost store) without its exit step, and
+    release its lease, so `--resume` continues; True when it did.
+
+    On the machine that ran the driver, a driver process that no longer exists is dead for sure. Leases of cluster
+    segments, of a driver on another machine, or taken before that driver started, are left to `dgrpo unlock`."""
+    lease, driver = read_lease(store, run_id), read_json(store, driver_key(run_id))
+    if lease is None or driver is None or driver.get("host") != socket.gethostname() or _alive(driver.get("pid")):
+        return False
+    if lease.get("acquired_at", "") < driver.get("started_at", ""):
+        return False
+    segment = read_json(store, seg.segment_key(run_id, lease.get("segment", 0))) or {}
+    if segment.get("holder") == lease.get("holder") and segment.get("config_sha256"):
+        seg.finish_segment(store, run_id, segment["config_sha256"], segment.get("kfp_run_id", ""), "FAILED")
+    release_lease(store, run_id, lease["holder"])
+    return True
+
+
+def _alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):  # another user's process, or no pid recorded: assume alive
+        return True
+    return True
 
 
 def segment_parameters(store: ArtifactStore, chain_record: dict) -> dict[str, str]:
@@ -209,5 +247,6 @@ def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp
     return text
 
 
-__all__ = ["chain_key", "claim_key", "finish_on_cluster", "format_status", "known_runs", "lease_key",
-           "request_stop", "segment_parameters", "start", "status", "submit_with_kfp", "unlock"]
+__all__ = ["chain_key", "claim_key", "driver_key", "finish_on_cluster", "format_status", "known_runs", "lease_key",
+           "release_if_driver_died", "request_stop", "segment_parameters", "start", "status", "submit_with_kfp",
+           "unlock"]
