@@ -399,9 +399,10 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
               f"{cfg.rounds} rounds of {cfg.sampling.prompts_per_round} prompts x {cfg.sampling.group_size} images, "
               f"batch {cfg.train.batch_size}, lr {cfg.train.learning_rate:g}; evaluation every {cfg.eval.every} "
               f"rounds on {len(cfg.eval.prompts)} captions ({held_out} held out) x {cfg.eval.samples_per_prompt} "
-              f"samples, {cfg.eval.num_steps} ODE steps. {jobs} runs at a time, {threads} torch thread(s) each; "
-              f"wall time {wall:.0f}s" + (f" (runs trained here: {min(timings.values()):.0f}-"
-                                          f"{max(timings.values()):.0f}s each)" if timings else ""))
+              f"samples, {cfg.eval.num_steps} ODE steps. "
+              + (f"{len(timings)} runs trained in this call, {jobs} at a time, {threads} torch thread(s) each: wall "
+                 f"time {wall:.0f}s, {min(timings.values()):.0f}-{max(timings.values()):.0f}s per run"
+                 if timings else "Every run reused from the store (trained by an earlier call)."))
     _atomic_write(paths["markdown"], markdown(summary, target, goals, rows, names, header).encode())
     plot(rows, names, paths["plot"], target)
     if html:
