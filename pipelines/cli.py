@@ -379,24 +379,27 @@ def _object_uri(st, sha: str) -> str:
 
 @app.command()
 def experiment(
-    output: Annotated[Path, typer.Option(help="Directory for the store, table and plot.")] = Path(
+    output: Annotated[Path, typer.Option(help="Directory for the store, tables, plot and reports.")] = Path(
         "outputs/experiment-toy"),
-    configs: Annotated[Path, typer.Option(help="Directory holding toy-{flowgrpo,sareg,diversegrpo}.yaml.")] = Path(
+    configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")] = Path(
         "configs"),
-    beta: Annotated[list[float] | None, typer.Option(help="Bonus-only sweep beta (repeatable).")] = None,
-    jobs: Annotated[int, typer.Option(help="Arms trained at once, each in its own process.", min=1)] = 2,
-    threads: Annotated[int, typer.Option(help="Torch threads per arm.", min=1)] = 1,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; default 0 1 2).")] = None,
+    all_arms: Annotated[bool, typer.Option("--all-arms", help="Also run DRIFT, Pro-GRPO and GARDO.")] = False,
+    beta: Annotated[list[float] | None, typer.Option(help="Extra bonus-alone arm at this beta (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="Torch threads per run.", min=1)] = 1,
     set_: SetOpt = None):
-    """Toy reproduction: Flow-GRPO vs SA-Reg vs DiverseGRPO (+ beta sweep) from one checkpoint, one budget."""
-    from dgrpo.toyworld.experiment import run_experiment
+    """Toy reproduction: Flow-GRPO, SA-Reg, bonus alone, DiverseGRPO (x seeds) from one checkpoint, one budget."""
+    from dgrpo.toyworld.experiment import DEFAULT_SEEDS, OPTIONAL_PRESETS, PRESETS, run_experiment
 
     overrides = _overrides(set_)
     start = time.monotonic()
     try:
-        paths = run_experiment(configs, output, beta if beta is not None else [0.25, 0.5, 1.0], overrides,
-                               log=typer.echo, jobs=jobs, threads=threads)
+        paths = run_experiment(configs, output, beta or [], overrides, log=typer.echo, jobs=jobs, threads=threads,
+                               seeds=seed or DEFAULT_SEEDS,
+                               presets=PRESETS | OPTIONAL_PRESETS if all_arms else PRESETS)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"done in {time.monotonic() - start:.0f}s")
     for kind, path in paths.items():
-        typer.echo(f"  {kind:<8} {path}")
+        typer.echo(f"  {kind:<12} {path}")

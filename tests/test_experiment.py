@@ -1,20 +1,39 @@
-"""The toy experiment's bookkeeping: arms share one budget, and diversity is compared at matched reward."""
+"""The toy experiment's bookkeeping: arms share one budget, seeds are summarised by mean and spread, diversity is
+compared at matched quality, and the issue's goals are decided by the numbers (a failing case must FAIL)."""
 
+import csv
+import math
 from pathlib import Path
 
 import pytest
 
-from dgrpo.toyworld.experiment import PRESETS, at_matched_reward, build_arms, summarise
+from dgrpo.toyworld.experiment import (
+    COLUMNS,
+    OPTIONAL_PRESETS,
+    PRESETS,
+    at_matched,
+    build_arms,
+    check_goals,
+    markdown,
+    mean_std,
+    pareto_front,
+    path_means,
+    plot,
+    run_experiment,
+    run_id_of,
+    summarise,
+    with_seed,
+)
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def test_arms_differ_only_in_their_method_sections():
-    arms = build_arms(CONFIGS, betas=[0.5, 1.0, 2.0])
+    arms = build_arms(CONFIGS, betas=[0.5, 2.0], presets=PRESETS | OPTIONAL_PRESETS)
     names = [a.name for a in arms]
-    assert names == ["flowgrpo", "sareg", "diversegrpo", "drift", "progrpo", "gardo", "bonus-beta0.5", "bonus-beta1",
-                     "bonus-beta2"]
-    base = arms[0].config.to_dict()
+    assert names == [*PRESETS, *OPTIONAL_PRESETS, "bonus-beta0.5", "bonus-beta2"]
+    by = {a.name: a.config for a in arms}
+    base = by["flowgrpo"].to_dict()
     for arm in arms[1:]:
         other = arm.config.to_dict()
         # GARDO's reward adds its auxiliary reward beside the same main reward
@@ -22,10 +41,14 @@ def test_arms_differ_only_in_their_method_sections():
                                                             "reward"}
         assert {k for k in base["train"] if base["train"][k] != other["train"][k]} <= {
             "regularizer", "sa_lambda", "sa_steps", "beta_kl"}
-    assert arms[0].config.cluster.method == "passthrough" and arms[0].config.train.regularizer == "none"
-    assert arms[1].config.train.regularizer == "sa" and arms[1].config.cluster.method == "passthrough"
-    assert arms[2].config.cluster.method == "diverse" and arms[2].config.train.regularizer == "sa"
-    assert arms[-1].config.cluster.beta == 2.0 and arms[-1].config.train.regularizer == "none"
+    assert by["flowgrpo"].cluster.method == "passthrough" and by["flowgrpo"].train.regularizer == "none"
+    assert by["sareg"].train.regularizer == "sa" and by["sareg"].cluster.method == "passthrough"
+    assert by["bonus"].cluster.method == "diverse" and by["bonus"].train.regularizer == "none"
+    assert by["diversegrpo"].cluster == by["bonus"].cluster  # DiverseGRPO = the bonus arm + the SA-Reg arm
+    assert by["diversegrpo"].train == by["sareg"].train
+    assert by["bonus-beta2"].cluster.beta == 2.0 and by["bonus-beta2"].train.regularizer == "none"
+    # GARDO's main reward is the very reward the others train on
+    assert by["gardo"].reward.options["main"].get("options", {}) == by["flowgrpo"].reward.options
 
 
 def test_budget_mismatch_is_refused(tmp_path):
@@ -35,17 +58,113 @@ def test_budget_mismatch_is_refused(tmp_path):
             text += "rounds: 31\n"
         (tmp_path / preset).write_text(text)
     with pytest.raises(ValueError, match="budget"):
-        build_arms(tmp_path, betas=[])
+        build_arms(tmp_path)
 
 
-def test_matched_reward_interpolates_along_the_curve():
-    rows = [{"arm": "a", "reward": 0.5, "h": 1.0}, {"arm": "a", "reward": 0.7, "h": 0.6},
-            {"arm": "a", "reward": 0.9, "h": 0.2}]
-    assert at_matched_reward(rows, 0.6, "h") == pytest.approx(0.8)
-    assert at_matched_reward(rows, 0.5, "h") == 1.0
-    assert at_matched_reward(rows, 0.95, "h") != at_matched_reward(rows, 0.95, "h")  # never reached: nan
-    keys = {"mode_entropy": 0.9, "modes_over_10pct": 4, "favoured_share": 0.25, "embedding_diversity": 0.6}
-    rows = [{"arm": "x", "round": 0, "reward": 0.5, **keys}, {"arm": "x", "round": 5, "reward": 0.8, **keys},
-            {"arm": "y", "round": 0, "reward": 0.5, **keys}, {"arm": "y", "round": 5, "reward": 0.6, **keys}]
-    summary, matched = summarise(rows, ["x", "y"])
-    assert matched == 0.6 and [s["arm"] for s in summary] == ["x", "y"]
+def test_run_ids_name_arm_seed_and_recipe():
+    config = build_arms(CONFIGS)[0].config
+    assert with_seed(config, 7).seed == 7 and with_seed(config, 7).rounds == config.rounds
+    assert run_id_of("flowgrpo", with_seed(config, 2)).startswith("experiment-flowgrpo-s2-")
+    assert run_id_of("flowgrpo", config) != run_id_of("flowgrpo", build_arms(CONFIGS, overrides={"rounds": 3})[0]
+                                                       .config)
+
+
+def _row(arm, seed, rnd, quality, entropy, modes=4.0):
+    row = {c: 0.5 for c in COLUMNS[3:]}
+    return row | {"arm": arm, "seed": seed, "round": rnd, "heldout_quality": quality, "train_quality": quality,
+                  "heldout_mode_entropy": entropy, "train_mode_entropy": entropy, "heldout_modes_over_10pct": modes}
+
+
+def test_matched_quality_interpolates_along_the_path_and_is_nan_when_never_reached():
+    rows = [_row("a", 0, 0, 0.5, 1.0), _row("a", 0, 5, 0.7, 0.6), _row("a", 0, 10, 0.9, 0.2)]
+    assert at_matched(rows, 0.6, "heldout_mode_entropy") == pytest.approx(0.8)
+    assert at_matched(rows, 0.85, "heldout_mode_entropy") == pytest.approx(0.3)
+    assert at_matched(rows, 0.5, "heldout_mode_entropy") == 1.0
+    assert math.isnan(at_matched(rows, 0.95, "heldout_mode_entropy"))
+
+
+def test_mean_std_is_the_sample_std_over_finite_values():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    mean, std = mean_std([1.0, math.nan, 3.0])
+    assert mean == 2.0 and std == pytest.approx(math.sqrt(2))
+    assert mean_std([4.0]) == (4.0, 0.0)
+    assert math.isnan(mean_std([math.nan])[0])
+
+
+def _experiment(flow_final_q, flow_final_h, div_final_q, div_h=(0.95, 0.93, 0.9), noise=(-0.01, 0.0, 0.01)):
+    """Flow-GRPO and DiverseGRPO over 3 seeds, base quality 0.5, evaluations at rounds 0, 10, 20."""
+    rows = []
+    for seed, n in enumerate(noise):
+        rows += [_row("flowgrpo", seed, 0, 0.5, 0.95), _row("flowgrpo", seed, 10, 0.6, 0.6, 2.0),
+                 _row("flowgrpo", seed, 20, flow_final_q + n, flow_final_h, 1.0)]
+        rows += [_row("diversegrpo", seed, r, q + n, h)
+                 for r, q, h in zip((0, 10, 20), (0.5, 0.6, div_final_q), div_h, strict=True)]
+    return rows
+
+
+def test_summary_gains_matched_quality_and_goals_met():
+    rows = _experiment(flow_final_q=0.7, flow_final_h=0.2, div_final_q=0.7)
+    summary, target = summarise(rows, ["flowgrpo", "diversegrpo"])
+    assert target == pytest.approx(0.7)
+    flow, div = summary
+    assert flow["heldout_quality_gain"] == (pytest.approx(0.2), pytest.approx(0.01))
+    assert div["matched_reached"] == 2  # the seed 0.01 short of the target never gets there
+    # seeds 1, 2 interpolated (0.9 at 0.7, 0.903 at 0.7 of 0.6 -> 0.71); seed 0 at its final evaluation (0.9)
+    assert div["matched_heldout_mode_entropy"][0] == pytest.approx((0.9 + 0.903 + 0.9) / 3)
+    goals = check_goals(summary)
+    assert len(goals) == 6 and all(g["met"] for g in goals), goals
+
+
+def test_goals_fail_when_the_baseline_does_not_collapse_or_the_method_lags():
+    rows = _experiment(flow_final_q=0.7, flow_final_h=0.5, div_final_q=0.6, div_h=(0.95, 0.93, 0.8))
+    met = {g["goal"][:40]: g["met"] for g in check_goals(summarise(rows, ["flowgrpo", "diversegrpo"])[0])}
+    assert list(met.values()) == [True, False, False, False, False, True], met
+    # a gain within the seed noise is not learning: 0.01 +- 0.02 is 0.9 standard errors
+    rows = _experiment(flow_final_q=0.51, flow_final_h=0.2, div_final_q=0.51, noise=(-0.02, 0.0, 0.02))
+    assert not check_goals(summarise(rows, ["flowgrpo", "diversegrpo"])[0])[0]["met"]
+    assert check_goals(summarise(rows, ["flowgrpo"])[0]) == []  # no method arm: nothing to decide
+
+
+def test_ablation_goal_needs_each_part_to_help_and_both_to_do_best():
+    base = _experiment(flow_final_q=0.7, flow_final_h=0.2, div_final_q=0.7)
+    parts = [r | {"arm": arm} for r in base if r["arm"] == "diversegrpo" for arm in ("sareg", "bonus")]
+    arms = ["flowgrpo", "sareg", "bonus", "diversegrpo"]
+    assert check_goals(summarise(base + parts, arms)[0])[-1]["met"]  # ties count as "together do best"
+    worse = [r | {"heldout_mode_entropy": 0.1} if r["arm"] == "bonus" else r for r in parts]
+    goal = check_goals(summarise(base + worse, arms)[0])[-1]
+    assert goal["goal"].startswith("Ablation") and not goal["met"]
+
+
+def test_path_means_pareto_front_table_and_plot(tmp_path):
+    rows = _experiment(flow_final_q=0.7, flow_final_h=0.2, div_final_q=0.7)
+    arms = ["flowgrpo", "diversegrpo"]
+    last = [m for m in path_means(rows, arms) if m["arm"] == "flowgrpo"][-1]
+    assert last["round"] == 20 and last["seeds"] == 3
+    assert last["heldout_quality"] == (pytest.approx(0.7), pytest.approx(0.01))
+    assert pareto_front([(0.5, 0.9), (0.7, 0.2), (0.7, 0.9), (0.6, 0.95), (0.6, 0.5)]) == [(0.6, 0.95), (0.7, 0.9)]
+    summary, target = summarise(rows, arms)
+    text = markdown(summary, target, check_goals(summary), rows, arms, "# header")
+    assert "| PASS |" in text and "0.200 ± 0.010" in text
+    plot(rows, arms, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+TINY = {"rounds": 1, "sampling.prompts_per_round": 2, "sampling.group_size": 8, "train.batch_size": 16,
+        "train.micro_batch_size": 8, "eval.samples_per_prompt": 4, "eval.num_steps": 4, "eval.every": 1,
+        "eval.prompts": ["a red square", "a yellow cross"]}
+"""conftest.small_config's budget, one round: seconds per run."""
+
+
+@pytest.mark.e2e
+def test_tiny_experiment_end_to_end(tmp_path):
+    """Two arms x two seeds, one round each: the tables, the plot and the reports come out of real runs."""
+    presets = {"flowgrpo": PRESETS["flowgrpo"], "diversegrpo": PRESETS["diversegrpo"]}
+    paths = run_experiment(CONFIGS, tmp_path, overrides=TINY, log=lambda _m: None, jobs=1, seeds=[0, 1],
+                           presets=presets)
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["arm"], r["seed"], r["round"]) for r in rows] == [
+        (a, s, r) for s in ("0", "1") for a in presets for r in ("0", "1")]
+    assert rows[0]["heldout_quality"] == rows[2]["heldout_quality"]  # round 0: one checkpoint, one eval seed
+    assert "## The issue's goals" in paths["markdown"].read_text()
+    assert paths["html-seed1"].stat().st_size > 0 and paths["plot"].stat().st_size > 0

@@ -19,6 +19,7 @@ from dgrpo.toyworld import (
     sample_batch,
     toy_reward,
 )
+from dgrpo.toyworld.data import COLOR_JITTER
 from dgrpo.toyworld.model import (
     DEFAULT_CHECKPOINT,
     TOY_TRANSFORMER_CONFIG,
@@ -28,6 +29,7 @@ from dgrpo.toyworld.model import (
     load_checkpoint,
     save_checkpoint,
 )
+from dgrpo.toyworld.reward import COLOR_FALLOFF
 
 
 def test_captions_and_grammar():
@@ -134,10 +136,13 @@ def test_reward_ranks_renders_above_noise_and_adds_mode_preference():
     captions = [CAPTIONS[i] for i in caption_idx]
     real = toy_reward(images, captions)
     noise = toy_reward(rng.uniform(-1, 1, images.shape).astype(np.float32), captions)
-    assert real["quality"].mean() > 0.85 and noise["quality"].mean() < 0.2
+    # colour tolerance 0: a render's colour jitter (<= COLOR_JITTER per channel) costs up to jitter / COLOR_FALLOFF
+    assert real["quality"].min() >= 1 - COLOR_JITTER / COLOR_FALLOFF - 1e-6 and real["quality"].mean() > 0.7
+    assert noise["quality"].mean() < 0.2
     assert real["reward"].dtype == np.float64 and real["mode"].dtype == np.int64
     np.testing.assert_array_equal(real["mode"], modes)
-    np.testing.assert_allclose(real["mode_bonus"], np.asarray(MODE_PREFERENCE)[modes])
+    # the bonus multiplies the quality: a bad image in the favoured quadrant earns little
+    np.testing.assert_allclose(real["mode_bonus"], real["quality"] * np.asarray(MODE_PREFERENCE)[modes])
     np.testing.assert_allclose(real["reward"], real["quality"] + real["mode_bonus"])
     blank = toy_reward(np.full((1, 3, 16, 16), -1.0, dtype=np.float32), ["a red cross"])
     assert blank["quality"][0] == 0 and blank["mode"][0] == -1 and blank["reward"][0] == 0
@@ -146,12 +151,17 @@ def test_reward_ranks_renders_above_noise_and_adds_mode_preference():
 def test_reward_checks_shape_and_colour():
     rng = np.random.default_rng(4)
     images = np.stack([render("a red cross", m, rng) for m in range(N_MODES)])
-    right = toy_reward(images, ["a red cross"] * 4)["quality"]
+    exact = np.where(images > -1.0, 1.0, -1.0).astype(np.float32)  # the palette's red itself: no jitter
+    exact[:, 1:] = -1.0
+    right = toy_reward(exact, ["a red cross"] * 4)["quality"]
+    jittered = toy_reward(images, ["a red cross"] * 4)["quality"]
+    # tolerance 0: the render's colour jitter is not forgiven, yet costs at most jitter / COLOR_FALLOFF
+    assert (jittered < 1.0).all() and (jittered >= 1 - COLOR_JITTER / COLOR_FALLOFF - 1e-6).all()
     wrong_shape = toy_reward(images, ["a red square"] * 4)["quality"]
     wrong_colour = toy_reward(images, ["a green cross"] * 4)["quality"]
     np.testing.assert_allclose(right, 1.0)
     assert (wrong_shape < 0.7).all() and (wrong_colour < 0.1).all()
-    custom = toy_reward(images, ["a red cross"] * 4, mode_preference=(0.0, 0.0, 0.0, 0.5))["mode_bonus"]
+    custom = toy_reward(exact, ["a red cross"] * 4, mode_preference=(0.0, 0.0, 0.0, 0.5))["mode_bonus"]
     np.testing.assert_allclose(custom, [0.0, 0.0, 0.0, 0.5])
     with pytest.raises(ValueError, match="captions"):
         toy_reward(images, ["a red cross"])

@@ -1,8 +1,12 @@
-"""The toy reward: a quality score every mode can max out, plus a small bonus for one favoured mode.
+"""The toy reward: a quality score every mode can max out, times a bonus factor for one favoured mode.
 
 Quality is translation invariant (the shape template is matched at its best position), so it never prefers
-a quadrant; the tiny explicit `mode_preference` is the only pull towards one mode, which is exactly the
-setting where plain GRPO collapses the policy's diversity onto the favoured quadrant.
+a quadrant; the explicit `mode_preference` is the only pull towards one mode, which is exactly the setting where
+plain GRPO collapses the policy's diversity onto the favoured quadrant. The bonus multiplies the quality
+(reward = quality x (1 + preference[mode])): an added bonus paid a top-left image whatever its quality, so a
+policy could trade quality for the quadrant (scattered pixels mostly top-left earned it), and quality fell while
+the policy collapsed. Multiplied, the bonus pays only for a good image, and the mode and the quality pull the
+same way (docs/experiment.md).
 """
 
 import numpy as np
@@ -22,11 +26,16 @@ from dgrpo.toyworld.data import (
     shape_template,
 )
 
-MODE_PREFERENCE = (0.1, 0.0, 0.0, 0.0)
-"""Reward bonus per quadrant: the top-left mode is favoured. 0.03 was too weak against this toy's in-group quality
-spread (~0.15): 30 rounds of Flow-GRPO left mode entropy at 0.86; with 0.1 (and lr 1e-2) it falls to ~0.5."""
-COLOR_TOLERANCE = 0.15
-"""Per-channel colour error that costs nothing (the data's own colour jitter)."""
+MODE_PREFERENCE = (1.0, 0.0, 0.0, 0.0)
+"""Relative reward bonus per quadrant: a top-left image's quality counts (1 + 1.0) times. With 1.0, 30 rounds of
+Flow-GRPO (toy-flowgrpo.yaml, seed 0) took the mode entropy from 0.97 to 0.30 (docs/experiment.md); the earlier
+additive 0.1 left it at 0.68, and additive 0.25 and 0.5 collapsed it while quality fell."""
+COLOR_TOLERANCE = 0.0
+"""Per-channel colour error that costs nothing. 0: the quality asks for the palette colour itself. The earlier 0.15
+(the data's own colour jitter, data.COLOR_JITTER) saturated colour fidelity at 0.96-0.98, which left shape IoU, the
+factor the tiny model cannot improve, as the only room in the quality: its in-group spread was noise the policy
+could not follow, and no arm learned reliably (docs/experiment.md). With 0 the base model's jitter leaves ~0.3 of
+fidelity to gain, in the same direction for every caption and quadrant."""
 COLOR_FALLOFF = 0.35
 """Extra per-channel error over which colour fidelity falls linearly from 1 to 0."""
 BACKGROUND_LEVEL = (0.15, 0.3)
@@ -84,20 +93,21 @@ def toy_quality(images: np.ndarray, captions: list[str]) -> np.ndarray:
 
 def toy_reward(images: np.ndarray, captions: list[str], *,
                mode_preference: tuple[float, ...] = MODE_PREFERENCE) -> dict[str, np.ndarray]:
-    """Score images [n,3,16,16] in [-1,1]: quality, mode_bonus, reward (float64) and mode (int64)."""
+    """Score images [n,3,16,16] in [-1,1]: quality, mode_bonus (quality x preference of the image's mode), reward
+    (quality + mode_bonus) (float64) and mode (int64)."""
     if len(mode_preference) != N_MODES:
         raise ValueError(f"mode_preference needs {N_MODES} entries, got {len(mode_preference)}")
     images = np.asarray(images, dtype=np.float32)
     quality = toy_quality(images, captions)
     modes = classify_mode(images)
     bonus_table = np.append(np.asarray(mode_preference, dtype=np.float64), 0.0)
-    bonus = bonus_table[modes]
+    bonus = quality * bonus_table[modes]
     return {"quality": quality, "mode_bonus": bonus, "reward": quality + bonus, "mode": modes}
 
 
 def toy_reward_model(mode_preference: tuple[float, ...] | list[float] = MODE_PREFERENCE):
-    """The `dgrpo.rewards.REWARDS` entry "toy": quality (colour x shape x crispness, in [0, 1]) plus a small bonus
-    for favoured quadrants, on uint8 images [B, H, W, 3]."""
+    """The `dgrpo.rewards.REWARDS` entry "toy": quality (colour x shape x crispness, in [0, 1]) times
+    (1 + preference) of the image's quadrant, on uint8 images [B, H, W, 3]."""
     preference = tuple(float(p) for p in mode_preference)
 
     def score(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
