@@ -144,7 +144,8 @@ def p2(args, tmp: Path) -> tuple[Row, dict]:
 
 
 def p3(args) -> Row:
-    from dgrpo.stages.update.train import _optimizer_step, make_accelerator, make_optimizer
+    from dgrpo.stages.update.options import Reference
+    from dgrpo.stages.update.train import RoundExtras, _optimizer_step, make_accelerator, make_optimizer
 
     small = {"train.batch_size": 8, "train.micro_batch_size": 4, "train.num_processes": 1}
     sa = load_config(ROOT / "configs" / "sd35m-sareg.yaml", small)
@@ -163,8 +164,9 @@ def p3(args) -> Row:
     steps = list(range(sa.num_train_steps))
 
     def step(cfg):
+        extras = RoundExtras(reference=Reference(cfg, policy, None))  # the base model, as the presets regularise
         return lambda: _optimizer_step(acc, policy, opt, cfg, torch.arange(8), traj.latents, cond, traj.log_probs,
-                                       adv, traj.sigmas, steps)
+                                       adv, traj.sigmas, steps, extras)
 
     t_kl, t_sa = timed_pair(step(kl), step(sa), args.repeats)
     return Row("P3", "SA-Reg update step / KL update step", t_sa / t_kl, 0.75, None, [
