@@ -62,7 +62,7 @@ def test_one_run_id_claimed_by_many_at_once_has_one_owner(backend, tmp_path, req
         results = list(pool.map(start, range(6)))
     won = [r for r in results if isinstance(r, dict)]
     assert len(won) == 1 and all("run id 'race' is taken" in str(r) for r in results if r not in won)
-    assert sorted(k.rsplit("/", 1)[1] for k in store.list("runs/race")) == ["chain.json", "claim.json"]
+    assert sorted(k.rsplit("/", 1)[1] for k in store.list("runs/race")) == ["chain.json", "claim.json", "driver.json"]
 
 
 def test_two_segments_never_train_at_once_and_a_stale_lease_has_a_way_out(tmp_path):
