@@ -211,17 +211,21 @@ class S3Store(ArtifactStore):
                     "answer each attempt)")
         return StoreError(redact(f"{action} {self.uri}/{key}: {code}{hint}: {detail.get('Message') or exc}"))
 
-    def _holds(self, key: str, sha256: str, size: int) -> bool:
-        """Compare the size first (a HEAD), and read the bytes only when it matches."""
+    def _head(self, key: str) -> dict | None:
+        """The object's HEAD response, None when it does not exist."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
-                return False
+                return None
             raise self._fail("checking", key, exc) from exc
         except BotoCoreError as exc:
             raise self._fail("checking", key, exc) from exc
-        if head.get("ContentLength") != size:
+
+    def _holds(self, key: str, sha256: str, size: int) -> bool:
+        """Compare the size first (a HEAD), and read the bytes only when it matches."""
+        head = self._head(key)
+        if head is None or head.get("ContentLength") != size:
             return False
         return sha256_bytes(self._read(key)) == sha256
 
@@ -263,15 +267,7 @@ class S3Store(ArtifactStore):
         return buf.getvalue()
 
     def _exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING:
-                return False
-            raise self._fail("checking", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail("checking", key, exc) from exc
+        return self._head(key) is not None
 
     def _list(self, prefix: str) -> list[str]:
         base = self._key(prefix.strip("/")) + "/"
