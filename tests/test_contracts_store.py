@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -159,3 +161,33 @@ def test_safetensors_bytes_do_not_depend_on_metadata_order():
         with safe_open(f.name, "pt") as st:
             assert st.metadata() == {"a": "1", "b": "2", "c": "3"}
             assert torch.equal(st.get_tensor("w"), t["w"])
+
+
+THREADS_AFTER_READ = """
+import io, os, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from dgrpo.contracts import REWARDS
+from dgrpo.contracts.tables import from_parquet_bytes, to_parquet_bytes
+
+n = 4000
+table = pa.table({"sample_id": [f"s{i}" for i in range(n)], "group_id": ["g"] * n, "prompt": ["p"] * n,
+                  "reward": [0.5] * n, "components": pa.array([[("quality", 0.5)]] * n,
+                                                              REWARDS.schema.field("components").type)})
+data = to_parquet_bytes(table, REWARDS, "t")
+before = len(os.listdir("/proc/self/task"))
+from_parquet_bytes(data, REWARDS, "t") if sys.argv[1] == "contract" else pq.read_table(io.BytesIO(data))
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux /proc")
+def test_reading_a_table_starts_no_native_thread():
+    """Arrow's thread pools can abort a process at exit (apache/arrow#34314), so stages read on the calling
+    thread. The control (pq.read_table) shows that the count does see Arrow's pools."""
+    def started(how: str) -> int:
+        out = subprocess.run([sys.executable, "-c", THREADS_AFTER_READ, how], capture_output=True, text=True,
+                             timeout=120, check=True)
+        return int(out.stdout.strip())
+
+    assert started("contract") == 0
+    assert started("read_table") > 0

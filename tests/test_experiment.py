@@ -142,9 +142,14 @@ def test_path_means_pareto_front_table_and_plot(tmp_path):
     assert last["round"] == 20 and last["seeds"] == 3
     assert last["heldout_quality"] == (pytest.approx(0.7), pytest.approx(0.01))
     assert pareto_front([(0.5, 0.9), (0.7, 0.2), (0.7, 0.9), (0.6, 0.95), (0.6, 0.5)]) == [(0.6, 0.95), (0.7, 0.9)]
-    summary, target = summarise(rows, arms)
+    costs = {("flowgrpo", s): {"rollout_nfe_per_round": 960.0, "wall_s": 100.0 + s} for s in range(3)}
+    costs |= {("diversegrpo", s): {"rollout_nfe_per_round": 720.0, "wall_s": math.nan if s else 90.0}
+              for s in range(3)}
+    summary, target = summarise(rows, arms, costs=costs)
+    assert summary[0]["wall_s"] == (101.0, 1.0) and summary[1]["wall_s"] == (90.0, 0.0)  # nan: not recorded
     text = markdown(summary, target, check_goals(summary), rows, arms, "# header")
     assert "| PASS |" in text and "0.200 ± 0.010" in text
+    assert "| diversegrpo | 0.200 ± 0.000 | 0.900 ± 0.000 | 720.000 ± 0.000 | 90.000 ± 0.000 |" in text
     plot(rows, arms, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -168,3 +173,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert rows[0]["heldout_quality"] == rows[2]["heldout_quality"]  # round 0: one checkpoint, one eval seed
     assert "## The issue's goals" in paths["markdown"].read_text()
     assert paths["html-seed1"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
+    with open(paths["summary"]) as f:
+        summary = {r["arm"]: r for r in csv.DictReader(f)}
+    steps = build_arms(CONFIGS, overrides=TINY, presets=presets)[0].config.sampling.num_steps
+    for arm in presets:  # no pruning: every one of the 2 x 8 trajectories takes every step
+        assert float(summary[arm]["rollout_nfe_per_round_mean"]) == 2 * 8 * steps
+        assert float(summary[arm]["wall_s_mean"]) > 0
+    assert "## Cost" in paths["markdown"].read_text()

@@ -64,11 +64,13 @@ def _parquet(data: bytes, path: Path) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from dgrpo.contracts.tables import read_parquet
+
     try:
         schema = pq.read_schema(io.BytesIO(data))
         if "prompt" not in schema.names:
             raise PromptFileError(f"file '{path}': no column 'prompt' (columns: {', '.join(schema.names)})")
-        column = pq.read_table(io.BytesIO(data), columns=["prompt"]).column("prompt")
+        column = read_parquet(data, columns=["prompt"]).column("prompt")
     except pa.ArrowException as exc:
         raise PromptFileError(f"file '{path}': not a readable Parquet file: {exc}") from exc
     return [_prompt(value, f"file '{path}' row {row}") for row, value in enumerate(column.to_pylist())]

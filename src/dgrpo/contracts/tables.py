@@ -207,9 +207,16 @@ def to_parquet_bytes(table: pa.Table, contract: Contract, artifact: str) -> byte
     return sink.getvalue()
 
 
+def read_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """Parquet bytes to a table on the calling thread. `pq.read_table` starts Arrow's thread pools, and a pool still
+    alive at interpreter exit can abort the process ("terminate called without an active exception",
+    apache/arrow#34314): a stage or CLI process whose work succeeded would then exit 134."""
+    return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
+
+
 def from_parquet_bytes(data: bytes, contract: Contract, artifact: str) -> pa.Table:
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = read_parquet(data)
     except pa.ArrowInvalid as exc:
         raise ContractError(f"{artifact}: not a readable Parquet file: {exc}") from exc
     check_metadata(table.schema, contract, artifact)

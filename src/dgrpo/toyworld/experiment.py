@@ -55,6 +55,9 @@ FINAL = ("train_quality", "train_quality_gain", "heldout_quality", "heldout_qual
          "heldout_vendi", "train_vendi")
 MATCHED = ("heldout_mode_entropy", "train_mode_entropy", "heldout_modes_over_10pct", "train_modes_over_10pct",
            "heldout_embedding_diversity", "train_embedding_diversity", "heldout_vendi", "train_vendi")
+COST = ("rollout_nfe_per_round", "wall_s")
+"""Per run: the rollout's transformer evaluations per round (summed over shards; Pro-GRPO's pruning lowers it) and
+the seconds its training took in the experiment (every run of one call shares its jobs x threads)."""
 GOALS = {"learn_se": 3.0, "collapse_entropy": 0.3, "quality_share": 0.97, "entropy_at_match": 0.85,
          "entropy_ratio": 3.0, "modes_kept": 3.5}
 """The issue's thresholds for the shipped presets (means over seeds)."""
@@ -115,6 +118,23 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     return rows
 
 
+def wall_key(run_id: str) -> str:
+    return f"runs/{run_id}/experiment-wall.json"
+
+
+def cost_of(store: ArtifactStore, run_id: str) -> dict[str, float]:
+    """The run's `COST`: NFEs from its rollout events; wall time as the experiment recorded it (nan for a run
+    trained by a version that did not record it)."""
+    per_round: dict[int, float] = {}
+    for key in store.list(f"runs/{run_id}/events"):
+        event = store.get_json(key)
+        if event["stage"] == "rollout":
+            per_round[event["round"]] = per_round.get(event["round"], 0.0) + event["metrics"]["nfe"]
+    wall = store.get_json(wall_key(run_id))["seconds"] if store.exists(wall_key(run_id)) else math.nan
+    return {"rollout_nfe_per_round": float(np.mean(list(per_round.values()))) if per_round else math.nan,
+            "wall_s": float(wall)}
+
+
 def at_matched(rows: list[dict], target: float, key: str, quality_key: str = MATCH_KEY) -> float:
     """`key` where a run's quality path first reaches `target`, linearly interpolated between evaluations;
     nan when it never does."""
@@ -144,8 +164,10 @@ def per_run(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return {k: sorted(v, key=lambda r: r["round"]) for k, v in runs.items()}
 
 
-def summarise(rows: list[dict], arms: list[str], baseline: str = BASELINE) -> tuple[list[dict], float]:
-    """Per arm, over seeds: final measures and quality gains over round 0, and the diversity at matched quality.
+def summarise(rows: list[dict], arms: list[str], baseline: str = BASELINE,
+              costs: dict[tuple[str, int], dict[str, float]] | None = None) -> tuple[list[dict], float]:
+    """Per arm, over seeds: final measures and quality gains over round 0, the diversity at matched quality, and
+    with `costs` ((arm, seed) -> `cost_of`) the cost.
 
     Matched quality is the baseline's mean final `MATCH_KEY` quality. A run that never reaches it counts with its
     final evaluation (the nearest to the target it has); `matched_reached` says how many seeds did reach it.
@@ -166,6 +188,8 @@ def summarise(rows: list[dict], arms: list[str], baseline: str = BASELINE) -> tu
         for key in MATCHED:
             entry[f"matched_{key}"] = mean_std([at_matched(rs, target, key) if ok else rs[-1][key]
                                                 for rs, ok in zip(mine, reached, strict=True)])
+        if costs:
+            entry |= {key: mean_std([c[key] for (a, _), c in costs.items() if a == arm]) for key in COST}
         summary.append(entry)
     return summary, target
 
@@ -262,6 +286,11 @@ def markdown(summary: list[dict], target: float, goals: list[dict], rows: list[d
     if goals:
         lines += ["## The issue's goals", "", "| goal | result | numbers |", "|---|---|---|",
                   *[f"| {g['goal']} | {'PASS' if g['met'] else 'FAIL'} | {g['numbers']} |" for g in goals], ""]
+    if COST[0] in summary[0]:
+        lines += ["## Cost", "", "Rollout transformer evaluations (NFEs) per round, and the wall time of one run's "
+                  "training in this experiment (runs share the machine as the header says, so compare the arms "
+                  "with each other, not with other machines).", "",
+                  *_table(summary, ["arm", "heldout_quality_gain", "heldout_mode_entropy", *COST]), ""]
     lines += ["## Paths (mean ± std over seeds per evaluated round)", "", *_table(path_means(rows, arms), path_keys),
               ""]
     return "\n".join(lines)
@@ -370,17 +399,19 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
     timings: dict[str, float] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_run_arm, config.to_json(), str(output / "store"), run_id_of(name, config),
-                               threads): (name, seed) for name, seed, config in todo}
+                               threads): (name, seed, run_id_of(name, config)) for name, seed, config in todo}
         for future in as_completed(futures):
-            name, seed = futures[future]
+            name, seed, run_id = futures[future]
             timings[f"{name}-s{seed}"] = future.result()
+            store.put_json(wall_key(run_id), {"seconds": timings[f"{name}-s{seed}"], "jobs": jobs, "threads": threads})
             log(f"{name:<12} seed {seed}: trained in {timings[f'{name}-s{seed}']:.0f}s "
                 f"({len(timings)}/{len(todo)}, {time.monotonic() - start:.0f}s elapsed)")
-    rows = []
+    rows, costs = [], {}
     for name, seed, config in runs:
         rows += eval_rows(store, name, seed, run_id_of(name, config), config.eval_rounds())
+        costs[name, seed] = cost_of(store, run_id_of(name, config))
     names = [a.name for a in arms]
-    summary, target = summarise(rows, names)
+    summary, target = summarise(rows, names, costs=costs)
     goals = check_goals(summary)
     for s in summary:
         log(f"{s['arm']:<12} held-out quality gain {_fmt(s['heldout_quality_gain'])}, mode entropy "
