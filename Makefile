@@ -10,6 +10,9 @@ LINT_STAMP := $(LINT_VENV)/.installed-stamp
 K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
+# The suite's processes: its slow tests wait on one-thread subprocesses (kfp.local tasks), so two keep 2 cores busy.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: help install run run-inprocess test test-fast test-images lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
 
@@ -35,10 +38,10 @@ run-inprocess: $(STAMP)  ## the same training in one process, without kfp (faste
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
 test: $(STAMP) lint lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## the tests without the end-to-end pipeline runs
-	$(BIN)/pytest -q -m "not e2e and not images"
+	$(PYTEST) -m "not e2e and not images"
 
 test-images: $(STAMP)  ## build each stage image's environment as a venv (build/image-envs) and run the pipeline in them
 	$(BIN)/pytest -q -m images tests/test_stage_images.py

@@ -5,8 +5,9 @@ import uuid
 
 # One torch thread count for this process and every subprocess it starts (kfp.local tasks, torchrun workers):
 # CPU kernels may split a reduction differently for another thread count, and the equivalence tests compare
-# results across those processes bit for bit.
-TORCH_THREADS = 2
+# results across those processes bit for bit. One thread per pytest-xdist worker (`make test` runs two): two
+# workers of two threads each on 2 cores would oversubscribe them.
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(TORCH_THREADS)
 
 import pytest  # noqa: E402

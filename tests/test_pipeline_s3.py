@@ -17,9 +17,9 @@ LINEAGE_FIELDS = {"stage", "image", "config_sha256", "code_version", "inputs", "
 
 
 @pytest.mark.e2e
-def test_two_rounds_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
+def test_a_round_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
     monkeypatch.setenv("DGRPO_IMAGE", "registry.example/dgrpo-stage:test")  # what a stage image's env says
-    cfg = small_config()
+    cfg = small_config(rounds=1)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(json.dumps(cfg.to_dict()))
     uri = f"s3://{S3_BUCKET}/e2e"
@@ -35,7 +35,7 @@ def test_two_rounds_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
     assert store.exists("runs/s3e2e/report.md")
     final = ArtifactRef(**events[("update", cfg.rounds - 1)]["outputs"]["adapter"])
     assert final.uri.startswith(f"{uri}/objects/")
-    scores = ArtifactRef(**events[("cluster", 1)]["outputs"]["scores"])
+    scores = ArtifactRef(**events[("cluster", 0)]["outputs"]["scores"])
     assert artifacts.read_table(store, scores, contracts.SCORES).num_rows == 16
 
     # every stage output carries its lineage record as KFP artifact metadata (what the KFP UI shows)
