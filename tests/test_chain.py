@@ -27,6 +27,26 @@ def test_decide_continues_finishes_retries_and_fails():
     assert _decide(succeeded=False, failures_in_a_row=1, max_retries=0).action == "failed"
     # a "successful" segment that trained nothing would loop forever: it counts as a failure
     assert _decide(progress=0, failures_in_a_row=1).action == "retry"
+    # an error that a retry repeats (bad data, NaN) ends the chain at once; the same error, transient, is retried
+    permanent = _decide(succeeded=False, progress=0, failures_in_a_row=1, error="ContractError: NaN", permanent=True)
+    assert (permanent.action, permanent.submits) == ("failed", False) and "not retried" in permanent.reason
+    assert _decide(succeeded=False, progress=0, failures_in_a_row=1, error="ContractError: NaN").action == "retry"
+    assert _decide(rounds_done=10, succeeded=False, permanent=True).action == "done"
+
+
+def test_errors_a_retry_repeats_are_told_from_transient_ones():
+    from dgrpo.config import ConfigError
+    from dgrpo.contracts import ContractError
+    from dgrpo.runtime.segment import is_permanent
+    from dgrpo.stages.update.finite import NonFiniteError
+
+    assert is_permanent(ContractError("column 'reward' holds 1 NaN")) and is_permanent(NonFiniteError("loss"))
+    assert is_permanent(ConfigError("field 'rounds'"))
+    try:  # raised from one, as a stage wrapper does
+        raise RuntimeError("update round 3 failed") from NonFiniteError("loss")
+    except RuntimeError as wrapped:
+        assert is_permanent(wrapped)
+    assert not is_permanent(RuntimeError("OOMKilled")) and not is_permanent(OSError("connection reset"))
     stop = {"rule": "collapse-floor", "message": "diversity 0.01 below 0.05"}
     stopped = _decide(stop=stop)
     assert (stopped.action, stopped.state) == ("stopped", "stopped") and "collapse-floor" in stopped.reason

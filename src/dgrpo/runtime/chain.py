@@ -34,11 +34,12 @@ class Decision:
 
 
 def decide(*, rounds_total: int, rounds_done: int, progress: int, succeeded: bool, failures_in_a_row: int,
-           max_retries: int, stop: dict | None = None, error: str = "") -> Decision:
+           max_retries: int, stop: dict | None = None, error: str = "", permanent: bool = False) -> Decision:
     """What follows a segment that ended with `rounds_done` rounds committed (`progress` of them its own).
 
     `failures_in_a_row` counts this segment, if it failed, and the failed segments right before it that committed
-    nothing; a guard-rail `stop` ends the chain whatever else happened."""
+    nothing; a guard-rail `stop` ends the chain whatever else happened. A `permanent` error (bad data or config,
+    non-finite values: `segment.is_permanent`) is not retried, since the same inputs would fail the same way."""
     if stop is not None:
         return Decision("stopped", stop_label(stop) + f": {stop['message']}")
     if rounds_done >= rounds_total:
@@ -47,6 +48,9 @@ def decide(*, rounds_total: int, rounds_done: int, progress: int, succeeded: boo
         return Decision("continue", f"{rounds_done}/{rounds_total} rounds committed; the next segment starts at "
                                     f"round {rounds_done}")
     why = error or "the segment committed no round"
+    if permanent:
+        return Decision("failed", f"segment failed ({why}); not retried: a retry from round {rounds_done} repeats "
+                                  "this error")
     if failures_in_a_row <= max_retries:
         return Decision("retry", f"segment failed ({why}); retry {failures_in_a_row} of {max_retries} from round "
                                  f"{rounds_done}")

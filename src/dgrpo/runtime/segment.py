@@ -14,6 +14,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dgrpo.config import ConfigError
+from dgrpo.contracts import ContractError
+from dgrpo.registry import RegistryError
 from dgrpo.runtime import chain
 from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
 from dgrpo.stages.shared.context import StageContext
@@ -33,6 +36,19 @@ from dgrpo.store import ArtifactRef, ArtifactStore
 
 SUCCESS_STATES = ("SUCCEEDED", "COMPLETE", "CACHED")
 """Final states of a KFP run's tasks that count as success (kfp.local says SUCCEEDED, the cluster COMPLETE)."""
+
+
+def is_permanent(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is one that a retry from the same commit repeats: bad data
+    or config, a missing plug-in, non-finite values (the seeded stages reproduce them). A segment failing with one
+    is not retried (`chain.decide`)."""
+    from dgrpo.stages.update.finite import NonFiniteError  # torch: imported only once something failed
+
+    while exc is not None:
+        if isinstance(exc, ContractError | ConfigError | RegistryError | NonFiniteError):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class ChainStopped(RuntimeError):
@@ -94,7 +110,7 @@ def record_error(store: ArtifactStore, run_id: str, task: str, exc: BaseExceptio
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     store.put_json(run_key(run_id, f"errors/{stamp}-{uuid.uuid4().hex[:8]}.json"),
                    {"task": task, "segment": segment, "round": round_index, "error": f"{type(exc).__name__}: {exc}",
-                    "at": now()})
+                    "permanent": is_permanent(exc), "at": now()})
 
 
 def errors(store: ArtifactStore, run_id: str) -> list[dict]:
@@ -222,7 +238,7 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
                             failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
                             max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
-                            error=error)
+                            error=error, permanent=bool(failed and cause and cause.get("permanent")))
     record |= {"state": "failed" if failed else "succeeded", "finished_at": now(), "progress": progress,
                "error": error, "decision": {"action": decision.action, "reason": decision.reason}}
     store.put_json(segment_key(run_id, n), record)
