@@ -1,7 +1,9 @@
 """The store on a local or mounted file system: a directory with atomic temp-and-rename writes."""
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_file
@@ -21,42 +23,42 @@ class LocalStore(ArtifactStore):
             raise StoreError(f"key {key!r} escapes store {self.uri}")
         return path
 
-    def _write(self, key: str, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _staged(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
+        """`data` complete and synced in a temp file beside `key`'s path: (temp, path). The temp file is gone
+        afterwards whatever happens, so a full disk or a kill leaves no partial object; OS errors name the key."""
         path = self._path(key)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            yield tmp, path
+        except FileExistsError:
+            raise
         except OSError as exc:
             raise StoreError(f"writing {self.uri}/{key}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+    def _write(self, key: str, data: bytes) -> None:
+        with self._staged(key, data) as (tmp, path):
             os.replace(tmp, path)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)  # a full disk or a kill leaves no partial object, only this name gone
-            if isinstance(exc, OSError):
-                raise StoreError(f"writing {self.uri}/{key}: {exc.strerror or exc}") from exc
-            raise
 
     def _create(self, key: str, data: bytes) -> bool:
-        """A complete temp file hard-linked into place: link() fails if the name exists, so exactly one of any
+        """The complete temp file hard-linked into place: link() fails if the name exists, so exactly one of any
         number of racing processes wins, and readers never see a partial file (unlike O_EXCL)."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, path)
-            return True
+            with self._staged(key, data) as (tmp, path):
+                os.link(tmp, path)
         except FileExistsError:
             return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return True
 
     def _holds(self, key: str, sha256: str, size: int) -> bool:
         path = self._path(key)
