@@ -13,7 +13,6 @@ from dgrpo_pipelines.errors import OneLineErrors
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime.report import build_report, format_report, summary_lines, write_html
-from dgrpo.stages.shared.commits import ResumeError
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
@@ -62,11 +61,6 @@ def _run_id(value: str | None, option: str) -> str | None:
         raise typer.BadParameter(str(exc)) from exc
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
-
 @app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None,
         output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
@@ -82,10 +76,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
     from rich.console import Console
 
-    from dgrpo.runtime.engine import ChainFailed
     from dgrpo.runtime.fine_tune import status as fine_tune_status
     from dgrpo.stages.shared.commits import trained_state
-    from dgrpo.stages.shared.ownership import OwnershipError
 
     if engine not in ENGINES:  # before anything is loaded or stored
         raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
@@ -100,15 +92,12 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     start = time.monotonic()
     console = Console(file=sys.stdout)  # kfp.local's task logs are redirected away from it while the pipeline runs
     done = trained_state(ctx.store, run_id).next_round if resume else 0
-    try:
-        with FineTuneProgress(min(done, cfg.rounds), cfg.rounds, stages_per_round(cfg), console) as bar:
-            def progress(_done: int, _total: int, event: dict) -> None:
-                bar.set_rounds(event["fine_tune"]["rounds_done"], event["fine_tune"]["rounds_total"])
-                bar.on_event(event)
+    with FineTuneProgress(min(done, cfg.rounds), cfg.rounds, stages_per_round(cfg), console) as bar:
+        def progress(_done: int, _total: int, event: dict) -> None:
+            bar.set_rounds(event["fine_tune"]["rounds_done"], event["fine_tune"]["rounds_total"])
+            bar.on_event(event)
 
-            end = run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
-    except (ResumeError, OwnershipError, ChainFailed) as exc:
-        raise _fail(exc) from exc
+        end = run_pipeline(ctx, store_uri, work_dir, engine, progress, resume or "")
     st = fine_tune_status(ctx.store, run_id)
     why = st["reason"] or end.error or "nothing to train"
     typer.echo(f"done in {time.monotonic() - start:.0f}s: {st['state']}, {why} ({st['segments']} segments)")
@@ -133,10 +122,7 @@ def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
     from dgrpo.runtime.fine_tune import format_status
     from dgrpo.runtime.fine_tune import status as fine_tune_status
 
-    try:
-        st = fine_tune_status(open_store(store, "--store"), _run_id(run_id, "run id"))
-    except (ResumeError, StoreError) as exc:
-        raise _fail(exc) from exc
+    st = fine_tune_status(open_store(store, "--store"), _run_id(run_id, "run id"))
     typer.echo(json.dumps(st, indent=2) if as_json else format_status(st))
 
 
@@ -147,10 +133,7 @@ def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
     """Stop a fine-tune's chain: its running segment ends before its next round and submits no other."""
     from dgrpo.runtime.fine_tune import request_stop
 
-    try:
-        request_stop(open_store(store, "--store"), _run_id(run_id, "run id"), reason)
-    except (ResumeError, StoreError) as exc:
-        raise _fail(exc) from exc
+    request_stop(open_store(store, "--store"), _run_id(run_id, "run id"), reason)
     typer.echo(f"{run_id}: stop requested; `dgrpo run/submit --resume {run_id}` continues it later")
 
 
@@ -162,8 +145,8 @@ def unlock(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
     from dgrpo.runtime.fine_tune import unlock as release
 
     if not release(open_store(store, "--store"), _run_id(run_id, "run id"), holder):
-        raise _fail(RuntimeError(f"fine-tune {run_id}: lease {holder} is not held (already released, or another "
-                                 "segment holds the fine-tune now: see dgrpo status)"))
+        raise RuntimeError(f"fine-tune {run_id}: lease {holder} is not held (already released, or another segment "
+                           "holds the fine-tune now: see dgrpo status)")
     typer.echo(f"released lease {holder} of {run_id}; the next segment may start")
 
 
@@ -209,9 +192,6 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
     from dgrpo_pipelines.local import new_run_id
     from dgrpo_pipelines.remote import submit as submit_run
 
-    from dgrpo.runtime.kfp_rest import KfpApiError
-    from dgrpo.stages.shared.ownership import OwnershipError
-
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
     run_id = _run_id(run_id, "--run-id") or _run_id(resume, "--resume") or new_run_id(cfg)
@@ -219,8 +199,6 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
         kfp_run = submit_run(_client(host, namespace, token), cfg, store, run_id, resume or "", experiment)
     except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    except (ResumeError, OwnershipError, KfpApiError, StoreError) as exc:
-        raise _fail(exc) from exc
     typer.echo(f"submitted fine-tune {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds in segments of "
                f"{cfg.pipeline.rounds_per_run}, recipe {cfg.recipe_sha256()[:12]}); follow it with: dgrpo status "
                f"{run_id} --store {store}")
@@ -235,9 +213,6 @@ def schedule(host: HostOpt, store: StoreUriOpt,
     """Create a recurring KFP run (max concurrency 1) whose runs each train the next segment of one fine-tune."""
     from dgrpo_pipelines.remote import schedule as schedule_run
 
-    from dgrpo.runtime.kfp_rest import KfpApiError
-    from dgrpo.stages.shared.ownership import OwnershipError
-
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
     try:
@@ -245,8 +220,6 @@ def schedule(host: HostOpt, store: StoreUriOpt,
                            experiment)
     except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    except (ResumeError, OwnershipError, KfpApiError, StoreError) as exc:
-        raise _fail(exc) from exc
     typer.echo(f"scheduled {run_id}: recurring run {job}, cron '{cron}', {cfg.pipeline.rounds_per_run} rounds per "
                f"run until {cfg.rounds}")
 
