@@ -7,7 +7,6 @@ The Vendi score (docs/algorithms.md, "Measuring diversity") measures the diversi
 """
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 NORMALIZATIONS = ("none", "zscore", "minmax")
 WIDTH_HEURISTICS = ("knn", "median")
@@ -178,6 +177,8 @@ def spectral_clusters(
         return np.zeros(n, dtype=np.int64)
     embedding = vectors[:, :k]
     embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), _TINY)
+    from sklearn.cluster import KMeans  # here: the rollout stage imports this module (DRIFT) but never clusters
+
     labels = KMeans(n_clusters=k, random_state=seed % 2**32, n_init=10).fit_predict(embedding)
     return _canonical(labels)
 
