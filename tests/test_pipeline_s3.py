@@ -52,7 +52,7 @@ def test_a_round_through_kfp_local_on_s3(s3_server, tmp_path, monkeypatch):
     assert set(adapter_meta) >= LINEAGE_FIELDS
     assert adapter_meta["image"] == "registry.example/dgrpo-stage:test"
     assert adapter_meta["stage"] == "update" and adapter_meta["round"] == cfg.rounds - 1
-    assert adapter_meta["inputs"] == rec.inputs and set(rec.inputs) >= {"rollouts", "scores", "adapter"}
+    assert adapter_meta["inputs"] == rec.inputs and set(rec.inputs) >= {"rollouts", "scores", "base_model"}
     assert adapter_meta["seeds"] == rec.seeds and adapter_meta["config_sha256"] == cfg.recipe_sha256()
     assert adapter_meta["deployment_sha256"] == rec.deployment_sha256 is not None
     assert adapter_meta["dgrpo_uri"] == final.uri
