@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -183,11 +184,14 @@ print(len(os.listdir("/proc/self/task")) - before)
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux /proc")
 def test_reading_a_table_starts_no_native_thread():
     """Arrow's thread pools can abort a process at exit (apache/arrow#34314), so stages read on the calling
-    thread. The control (pq.read_table) shows that the count does see Arrow's pools."""
-    def started(how: str) -> int:
+    thread. The control (pq.read_table) shows that the count does see Arrow's pools; it may itself die of that
+    abort (SIGABRT) after printing its count, as it did in a CI run of this test."""
+    def started(how: str) -> tuple[int, int]:
         out = subprocess.run([sys.executable, "-c", THREADS_AFTER_READ, how], capture_output=True, text=True,
-                             timeout=120, check=True)
-        return int(out.stdout.strip())
+                             timeout=120)
+        assert out.stdout.strip(), out.stderr[-2000:]
+        return int(out.stdout.strip()), out.returncode
 
-    assert started("contract") == 0
-    assert started("read_table") > 0
+    assert started("contract") == (0, 0)
+    count, code = started("read_table")
+    assert count > 0 and code in (0, -signal.SIGABRT)
