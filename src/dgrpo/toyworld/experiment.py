@@ -31,6 +31,7 @@ import numpy as np
 
 from dgrpo.config import RunConfig, config_from_json, load_config
 from dgrpo.runtime.engine import run_inprocess
+from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactStore, LocalStore
 
@@ -126,8 +127,7 @@ def cost_of(store: ArtifactStore, run_id: str) -> dict[str, float]:
     """The run's `COST`: NFEs from its rollout events; wall time as the experiment recorded it (nan for a run
     trained by a version that did not record it)."""
     per_round: dict[int, float] = {}
-    for key in store.list(f"runs/{run_id}/events"):
-        event = store.get_json(key)
+    for event in load_events(store, run_id):
         if event["stage"] == "rollout":
             per_round[event["round"]] = per_round.get(event["round"], 0.0) + event["metrics"]["nfe"]
     wall = store.get_json(wall_key(run_id))["seconds"] if store.exists(wall_key(run_id)) else math.nan

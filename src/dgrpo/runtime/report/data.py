@@ -11,6 +11,7 @@ import numpy as np
 
 from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS
+from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -51,7 +52,7 @@ class RunData:
 
 def load_run(store: ArtifactStore, run_id: str) -> RunData:
     """Everything the report shows of `run_id`; a run with no evaluation is an error naming the run and store."""
-    events = [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
+    events = load_events(store, run_id)
     if not events:
         raise StoreError(f"run {run_id}: no records under runs/{run_id}/ in {store.uri}")
     evaluations = _evaluations(store, run_id, [e for e in events if e["stage"] == "evaluate"])
