@@ -10,8 +10,8 @@ Vendi score of the toy embeddings).
 The summary compares arms by mean and sample standard deviation over seeds: the final quality gain over the base
 model, the final diversity, and the diversity at matched quality, i.e. where a run's quality path on the training
 captions first reaches the quality Flow-GRPO ends at there (mean over seeds). Training captions, because that is
-the quality the reward optimises: on the toy's two held-out captions Flow-GRPO's quality falls as it collapses
-(docs/experiment.md), and a target below the base model would be "reached" by every run at round 0. Held-out
+the quality the reward optimises, and held-out quality can fall while a policy collapses (it did with a held-out
+colour, docs/experiment.md): a target below the base model would be "reached" by every run at round 0. Held-out
 quality and diversity are reported beside it. `check_goals` decides the issue's goals from those numbers; the goal
 on learning uses the standard error (std / sqrt(seeds)).
 """
