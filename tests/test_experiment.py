@@ -5,6 +5,7 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dgrpo.toyworld.experiment import (
@@ -22,7 +23,9 @@ from dgrpo.toyworld.experiment import (
     run_experiment,
     run_id_of,
     summarise,
+    variance_shares,
     with_seed,
+    with_signal,
 )
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -160,6 +163,33 @@ TINY = {"rounds": 1, "sampling.prompts_per_round": 2, "sampling.group_size": 8, 
 """conftest.small_config's budget, one round: seconds per run."""
 
 
+def test_variance_shares_split_the_in_group_spread_between_mode_and_quality():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["a", "b"], 8)
+    mode = np.tile([0, 0, 1, 1, 2, 2, 3, 3], 2)
+    quality = rng.uniform(0.3, 0.6, 16)
+    # the reward is the quality alone: none of its spread is the mode's beyond chance, all of it the quality's
+    between, q_share = variance_shares(quality + 5.0 * (groups == "b"), mode, quality, groups)
+    assert q_share == pytest.approx(1.0, abs=1e-12)
+    eta = sum(((quality[groups == g][mode[groups == g] == k] - quality[groups == g].mean()).mean() ** 2) * 2
+              for g in "ab" for k in range(4)) / sum(((quality[groups == g] - quality[groups == g].mean()) ** 2).sum()
+                                                     for g in "ab")
+    assert between == pytest.approx(eta, rel=1e-12)
+    # the reward is the mode alone: all of its spread is between modes; the quality explains only its chance part
+    between, q_share = variance_shares(3.0 * (mode == 0), mode, quality, groups)
+    assert between == pytest.approx(1.0, abs=1e-12) and q_share < 0.5
+    # no spread in a group: nothing to share
+    assert all(math.isnan(v) for v in variance_shares(np.ones(16), mode, quality, groups))
+
+
+def test_signal_is_averaged_over_the_rounds_before_each_evaluation():
+    rows = with_signal([{"round": 0}, {"round": 2}, {"round": 4}], {0: (0.8, 0.2), 1: (0.6, 0.4), 2: (0.2, 0.8),
+                                                                     3: (0.0, 1.0)})
+    assert math.isnan(rows[0]["rollout_mode_share"])  # the base model: nothing trained yet
+    shares = [(r["rollout_mode_share"], r["rollout_quality_share"]) for r in rows[1:]]
+    assert shares == [pytest.approx((0.7, 0.3)), pytest.approx((0.1, 0.9))]
+
+
 @pytest.mark.e2e
 def test_tiny_experiment_end_to_end(tmp_path):
     """Two arms x two seeds, one round each: the tables, the plot and the reports come out of real runs."""
@@ -171,6 +201,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert [(r["arm"], r["seed"], r["round"]) for r in rows] == [
         (a, s, r) for s in ("0", "1") for a in presets for r in ("0", "1")]
     assert rows[0]["heldout_quality"] == rows[2]["heldout_quality"]  # round 0: one checkpoint, one eval seed
+    for row in rows:  # what round 0's update learned from, read back from its reward and cluster artifacts
+        shares = [float(row[k]) for k in ("rollout_mode_share", "rollout_quality_share")]
+        assert all(math.isnan(v) for v in shares) if row["round"] == "0" else all(0 <= v <= 1 for v in shares)
     assert "## The issue's goals" in paths["markdown"].read_text()
     assert paths["html-seed1"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
     with open(paths["summary"]) as f:

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from dgrpo.config import RunConfig, config_from_json, load_config
+from dgrpo.contracts import REWARDS, SCORES
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.store import ArtifactStore, LocalStore
+from dgrpo.stages.shared.shards import read_merged
+from dgrpo.store import ArtifactRef, ArtifactStore, LocalStore
 
 PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "bonus": "toy-bonus.yaml",
            "diversegrpo": "toy-diversegrpo.yaml"}
@@ -47,13 +49,16 @@ FAVOURED_MODE = 0
 """The toy reward's favoured quadrant (top-left), whose share shows the collapse."""
 SPLITS = ("heldout", "train")
 METRICS = ("quality", "reward", "mode_entropy", "modes_over_10pct", "favoured_share", "embedding_diversity", "vendi")
-COLUMNS = ["arm", "seed", "round", *[f"{s}_{m}" for s in SPLITS for m in METRICS]]
+SIGNAL = ("rollout_mode_share", "rollout_quality_share")
+"""What the update learned from in the rounds before an evaluation: the shares of the final reward's in-group
+variance that the quadrant explains and that the mode-independent quality explains (`signal_shares`)."""
+COLUMNS = ["arm", "seed", "round", *[f"{s}_{m}" for s in SPLITS for m in METRICS], *SIGNAL]
 MATCH_KEY = "train_quality"
 """The quality that defines matched quality: mode-independent, on the training captions."""
 FINAL = ("train_quality", "train_quality_gain", "heldout_quality", "heldout_quality_gain", "heldout_reward",
          "heldout_mode_entropy", "train_mode_entropy", "heldout_modes_over_10pct", "train_modes_over_10pct",
          "heldout_favoured_share", "train_favoured_share", "heldout_embedding_diversity", "train_embedding_diversity",
-         "heldout_vendi", "train_vendi")
+         "heldout_vendi", "train_vendi", *SIGNAL)
 MATCHED = ("heldout_mode_entropy", "train_mode_entropy", "heldout_modes_over_10pct", "train_modes_over_10pct",
            "heldout_embedding_diversity", "train_embedding_diversity", "heldout_vendi", "train_vendi")
 COST = ("rollout_nfe_per_round", "wall_s")
@@ -116,6 +121,62 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
                           for p in prompts]
                 row[f"{split}_{m}"] = float(np.mean(values)) if values else math.nan
         rows.append(row)
+    return rows
+
+
+def signal_shares(store: ArtifactStore, run_id: str) -> dict[int, tuple[float, float]]:
+    """Per training round, pooled over its prompt groups: the share of the final reward's in-group variance
+    between the quadrants (eta squared) and the share the toy quality explains (squared correlation of the
+    group-centred values).
+
+    GRPO's advantage is that in-group spread, so these say what the update can learn from: a spread that is mostly
+    the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the colour).
+    """
+    by_round: dict[int, dict[str, list[ArtifactRef]]] = {}
+    for event in load_events(store, run_id):
+        if event["stage"] in ("reward", "cluster"):
+            out = event["outputs"]["rewards" if event["stage"] == "reward" else "scores"]
+            by_round.setdefault(event["round"], {}).setdefault(event["stage"], []).append(ArtifactRef(**out))
+    shares = {}
+    for rnd, refs in sorted(by_round.items()):
+        if set(refs) != {"reward", "cluster"}:
+            continue
+        components = {sid: dict(c) for sid, c in zip(*read_merged(store, refs["reward"], REWARDS).select(
+            ["sample_id", "components"]).to_pydict().values(), strict=True)}
+        scores = read_merged(store, refs["cluster"], SCORES).select(["sample_id", "group_id", "final_reward"])
+        ids = scores.column("sample_id").to_pylist()
+        if not all({"mode", "quality"} <= components[s].keys() for s in ids):
+            raise ValueError(f"run {run_id} round {rnd}: the rewards' components lack the toy reward's 'mode' and "
+                             "'quality'")
+        shares[rnd] = variance_shares(np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64),
+                                      np.array([components[s]["mode"] for s in ids]),
+                                      np.array([components[s]["quality"] for s in ids], dtype=np.float64),
+                                      np.asarray(scores.column("group_id").to_pylist()))
+    return shares
+
+
+def variance_shares(final: np.ndarray, mode: np.ndarray, quality: np.ndarray,
+                    groups: np.ndarray) -> tuple[float, float]:
+    """(between-mode share, quality's share) of the within-group variance of `final`, pooled over `groups`;
+    nan where `final` or `quality` does not vary within any group."""
+    f_c, q_c, between = np.zeros_like(final), np.zeros_like(quality), 0.0
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        f_c[idx], q_c[idx] = final[idx] - final[idx].mean(), quality[idx] - quality[idx].mean()
+        between += sum((mode[idx] == k).sum() * f_c[idx][mode[idx] == k].mean() ** 2 for k in np.unique(mode[idx]))
+    total, q_total = float(f_c @ f_c), float(q_c @ q_c)
+    if total <= 0 or q_total <= 0:
+        return math.nan, math.nan
+    return between / total, float(f_c @ q_c) ** 2 / (total * q_total)
+
+
+def with_signal(rows: list[dict], shares: dict[int, tuple[float, float]]) -> list[dict]:
+    """Each evaluation row with `SIGNAL` averaged over the training rounds since the previous evaluation."""
+    prev = -1
+    for row in rows:
+        window = [shares[r] for r in range(prev, row["round"]) if r in shares] if prev >= 0 else []
+        row |= dict(zip(SIGNAL, np.mean(window, axis=0).tolist() if window else (math.nan, math.nan), strict=True))
+        prev = row["round"]
     return rows
 
 
@@ -273,7 +334,7 @@ def markdown(summary: list[dict], target: float, goals: list[dict], rows: list[d
     matched_keys = ["arm", "matched_reached", *[f"matched_{k}" for k in MATCHED]]
     path_keys = ["arm", "round", "seeds", "train_quality", "heldout_quality", "heldout_mode_entropy",
                  "train_mode_entropy", "heldout_modes_over_10pct", "heldout_favoured_share", "heldout_vendi",
-                 "train_vendi"]
+                 "train_vendi", *SIGNAL]
     lines = [header, "", "Every cell: mean ± sample standard deviation over seeds (the goal on learning uses the "
              "standard error, std / sqrt(seeds)). Quality is the mode-independent `toy_quality`; gains are over "
              "the base model (round 0, the same for every run).", "",
@@ -408,7 +469,8 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
                 f"({len(timings)}/{len(todo)}, {time.monotonic() - start:.0f}s elapsed)")
     rows, costs = [], {}
     for name, seed, config in runs:
-        rows += eval_rows(store, name, seed, run_id_of(name, config), config.eval_rounds())
+        run_id = run_id_of(name, config)
+        rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds()), signal_shares(store, run_id))
         costs[name, seed] = cost_of(store, run_id_of(name, config))
     names = [a.name for a in arms]
     summary, target = summarise(rows, names, costs=costs)
