@@ -5,7 +5,8 @@ learning rate) and differs only in its method sections, taken from its preset; e
 the in-process engine, into one shared store. The evaluation records give, per evaluated round and separately for
 the held-out and the training captions: the mode-independent quality (`toy_quality`), the reward, the mode entropy,
 the modes holding >= 10%, the favoured quadrant's share, and the embedding diversity (mean pairwise distance and
-Vendi score of the toy embeddings).
+Vendi score of the toy embeddings). Each round's reward and score tables give what the update learned from: how
+much of the final reward's in-group spread is the quadrant and how much the quality (`signal_shares`).
 
 The summary compares arms by mean and sample standard deviation over seeds: the final quality gain over the base
 model, the final diversity, and the diversity at matched quality, i.e. where a run's quality path on the training
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from dgrpo.config import RunConfig, config_from_json, load_config
 from dgrpo.contracts import REWARDS, SCORES
@@ -51,7 +53,8 @@ SPLITS = ("heldout", "train")
 METRICS = ("quality", "reward", "mode_entropy", "modes_over_10pct", "favoured_share", "embedding_diversity", "vendi")
 SIGNAL = ("rollout_mode_share", "rollout_quality_share")
 """What the update learned from in the rounds before an evaluation: the shares of the final reward's in-group
-variance that the quadrant explains and that the mode-independent quality explains (`signal_shares`)."""
+variance that the quadrant explains and that the mode-independent quality explains (`signal_shares`), over the
+samples the update trains on (GARDO's novelty weighting of the advantage is not in the final reward, so not here)."""
 COLUMNS = ["arm", "seed", "round", *[f"{s}_{m}" for s in SPLITS for m in METRICS], *SIGNAL]
 MATCH_KEY = "train_quality"
 """The quality that defines matched quality: mode-independent, on the training captions."""
@@ -143,7 +146,8 @@ def signal_shares(store: ArtifactStore, run_id: str) -> dict[int, tuple[float, f
             continue
         components = {sid: dict(c) for sid, c in zip(*read_merged(store, refs["reward"], REWARDS).select(
             ["sample_id", "components"]).to_pydict().values(), strict=True)}
-        scores = read_merged(store, refs["cluster"], SCORES).select(["sample_id", "group_id", "final_reward"])
+        scores = read_merged(store, refs["cluster"], SCORES).select(["sample_id", "group_id", "final_reward", "kept"])
+        scores = scores.filter(pc.fill_null(scores.column("kept"), True))  # DRIFT's and Pro-GRPO's filters
         ids = scores.column("sample_id").to_pylist()
         if not all({"mode", "quality"} <= components[s].keys() for s in ids):
             raise ValueError(f"run {run_id} round {rnd}: the rewards' components lack the toy reward's 'mode' and "
