@@ -127,16 +127,16 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     return rows
 
 
-def signal_shares(store: ArtifactStore, run_id: str) -> dict[int, tuple[float, float]]:
-    """Per training round, pooled over its prompt groups: the share of the final reward's in-group variance
-    between the quadrants (eta squared) and the share the toy quality explains (squared correlation of the
-    group-centred values).
+def signal_shares(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[int, tuple[float, float]]:
+    """Per training round of the run's `events` (`load_events`), pooled over its prompt groups: the share of the
+    final reward's in-group variance between the quadrants (eta squared) and the share the toy quality explains
+    (squared correlation of the group-centred values).
 
     GRPO's advantage is that in-group spread, so these say what the update can learn from: a spread that is mostly
     the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the colour).
     """
     by_round: dict[int, dict[str, list[ArtifactRef]]] = {}
-    for event in load_events(store, run_id):
+    for event in events:
         if event["stage"] in ("reward", "cluster"):
             out = event["outputs"]["rewards" if event["stage"] == "reward" else "scores"]
             by_round.setdefault(event["round"], {}).setdefault(event["stage"], []).append(ArtifactRef(**out))
@@ -188,11 +188,11 @@ def wall_key(run_id: str) -> str:
     return f"runs/{run_id}/experiment-wall.json"
 
 
-def cost_of(store: ArtifactStore, run_id: str) -> dict[str, float]:
-    """The run's `COST`: NFEs from its rollout events; wall time as the experiment recorded it (nan for a run
-    trained by a version that did not record it)."""
+def cost_of(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[str, float]:
+    """The run's `COST`: NFEs from its rollout `events` (`load_events`); wall time as the experiment recorded it
+    (nan for a run trained by a version that did not record it)."""
     per_round: dict[int, float] = {}
-    for event in load_events(store, run_id):
+    for event in events:
         if event["stage"] == "rollout":
             per_round[event["round"]] = per_round.get(event["round"], 0.0) + event["metrics"]["nfe"]
     wall = store.get_json(wall_key(run_id))["seconds"] if store.exists(wall_key(run_id)) else math.nan
@@ -474,8 +474,10 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
     rows, costs = [], {}
     for name, seed, config in runs:
         run_id = run_id_of(name, config)
-        rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds()), signal_shares(store, run_id))
-        costs[name, seed] = cost_of(store, run_id_of(name, config))
+        events = load_events(store, run_id)
+        rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds()),
+                            signal_shares(store, run_id, events))
+        costs[name, seed] = cost_of(store, run_id, events)
     names = [a.name for a in arms]
     summary, target = summarise(rows, names, costs=costs)
     goals = check_goals(summary)
