@@ -43,7 +43,7 @@ PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "bonus": 
            "diversegrpo": "toy-diversegrpo.yaml"}
 """The arms `make experiment-toy` runs: the baseline, SA-Reg alone, the bonus alone, both (DiverseGRPO)."""
 OPTIONAL_PRESETS = {"drift": "toy-drift.yaml", "progrpo": "toy-progrpo.yaml", "gardo": "toy-gardo.yaml"}
-"""The public baselines, run with `--all-arms` (they add ~75% to the experiment's time)."""
+"""The public baselines, run with `--all-arms` (they add 75-90% to the experiment's time)."""
 BASELINE = "flowgrpo"
 METHOD = "diversegrpo"
 DEFAULT_SEEDS = (0, 1, 2)
