@@ -12,6 +12,7 @@ from dgrpo.toyworld.experiment import (
     COLUMNS,
     OPTIONAL_PRESETS,
     PRESETS,
+    SIGNAL,
     at_matched,
     build_arms,
     check_goals,
@@ -20,6 +21,7 @@ from dgrpo.toyworld.experiment import (
     pareto_front,
     path_means,
     plot,
+    quadrant_quality,
     run_experiment,
     run_id_of,
     summarise,
@@ -182,12 +184,22 @@ def test_variance_shares_split_the_in_group_spread_between_mode_and_quality():
     assert all(math.isnan(v) for v in variance_shares(np.ones(16), mode, quality, groups))
 
 
+def test_quadrant_quality_splits_the_favoured_quadrant_from_the_others():
+    mode = np.array([0, 0, 1, 2, 3, 4])  # 4: too little foreground, no quadrant
+    quality = np.array([0.5, 0.7, 0.1, 0.2, 0.3, 0.0])
+    assert quadrant_quality(mode, quality) == pytest.approx((0.6, 0.2), abs=1e-15)
+    favoured, others = quadrant_quality(np.array([0, 0, 4]), np.array([0.4, 0.6, 0.0]))  # collapsed: none elsewhere
+    assert favoured == pytest.approx(0.5, abs=1e-15) and math.isnan(others)
+
+
 def test_signal_is_averaged_over_the_rounds_before_each_evaluation():
-    rows = with_signal([{"round": 0}, {"round": 2}, {"round": 4}], {0: (0.8, 0.2), 1: (0.6, 0.4), 2: (0.2, 0.8),
-                                                                     3: (0.0, 1.0)})
+    nan = math.nan
+    rows = with_signal([{"round": 0}, {"round": 2}, {"round": 4}], {0: (0.8, 0.2, 0.4, 0.3), 1: (0.6, 0.4, 0.6, 0.5),
+                                                                     2: (0.2, 0.8, 0.5, nan), 3: (0.0, 1.0, 0.7, nan)})
     assert math.isnan(rows[0]["rollout_mode_share"])  # the base model: nothing trained yet
-    shares = [(r["rollout_mode_share"], r["rollout_quality_share"]) for r in rows[1:]]
-    assert shares == [pytest.approx((0.7, 0.3)), pytest.approx((0.1, 0.9))]
+    assert [tuple(r[k] for k in SIGNAL) for r in rows[1:3]] == [pytest.approx((0.7, 0.3, 0.5, 0.4)),
+                                                                 (pytest.approx(0.1), pytest.approx(0.9),
+                                                                  pytest.approx(0.6), pytest.approx(nan, nan_ok=True))]
 
 
 @pytest.mark.e2e
@@ -202,8 +214,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
         (a, s, r) for s in ("0", "1") for a in presets for r in ("0", "1")]
     assert rows[0]["heldout_quality"] == rows[2]["heldout_quality"]  # round 0: one checkpoint, one eval seed
     for row in rows:  # what round 0's update learned from, read back from its reward and cluster artifacts
-        shares = [float(row[k]) for k in ("rollout_mode_share", "rollout_quality_share")]
-        assert all(math.isnan(v) for v in shares) if row["round"] == "0" else all(0 <= v <= 1 for v in shares)
+        signal = [float(row[k]) for k in SIGNAL]
+        assert all(math.isnan(v) for v in signal) if row["round"] == "0" else all(0 <= v <= 1 for v in signal)
     assert "## The issue's goals" in paths["markdown"].read_text()
     assert paths["html-seed1"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
     with open(paths["summary"]) as f:

@@ -6,7 +6,8 @@ the in-process engine, into one shared store. The evaluation records give, per e
 the held-out and the training captions: the mode-independent quality (`toy_quality`), the reward, the mode entropy,
 the modes holding >= 10%, the favoured quadrant's share, and the embedding diversity (mean pairwise distance and
 Vendi score of the toy embeddings). Each round's reward and score tables give what the update learned from: how
-much of the final reward's in-group spread is the quadrant and how much the quality (`signal_shares`).
+much of the final reward's in-group spread is the quadrant and how much the quality, and in which quadrants the
+rollouts' quality rose (`rollout_signal`).
 
 The summary compares arms by mean and sample standard deviation over seeds: the final quality gain over the base
 model, the final diversity, and the diversity at matched quality, i.e. where a run's quality path on the training
@@ -38,6 +39,7 @@ from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.shards import read_merged
 from dgrpo.store import ArtifactRef, ArtifactStore, LocalStore
+from dgrpo.toyworld.data import N_MODES
 
 PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "bonus": "toy-bonus.yaml",
            "diversegrpo": "toy-diversegrpo.yaml"}
@@ -51,10 +53,11 @@ FAVOURED_MODE = 0
 """The toy reward's favoured quadrant (top-left), whose share shows the collapse."""
 SPLITS = ("heldout", "train")
 METRICS = ("quality", "reward", "mode_entropy", "modes_over_10pct", "favoured_share", "embedding_diversity", "vendi")
-SIGNAL = ("rollout_mode_share", "rollout_quality_share")
-"""What the update learned from in the rounds before an evaluation: the shares of the final reward's in-group
-variance that the quadrant explains and that the mode-independent quality explains (`signal_shares`), over the
-samples the update trains on (GARDO's novelty weighting of the advantage is not in the final reward, so not here)."""
+SIGNAL = ("rollout_mode_share", "rollout_quality_share", "rollout_quality_favoured", "rollout_quality_others")
+"""What the update learned from in the rounds before an evaluation, and where it improved (`rollout_signal`): the
+shares of the final reward's in-group variance that the quadrant explains and that the mode-independent quality
+explains, over the samples the update trains on (GARDO's novelty weighting of the advantage is not in the final
+reward, so not here); and the mean quality of all the rollouts in the favoured quadrant and in the other three."""
 COLUMNS = ["arm", "seed", "round", *[f"{s}_{m}" for s in SPLITS for m in METRICS], *SIGNAL]
 MATCH_KEY = "train_quality"
 """The quality that defines matched quality: mode-independent, on the training captions."""
@@ -127,13 +130,15 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     return rows
 
 
-def signal_shares(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[int, tuple[float, float]]:
-    """Per training round of the run's `events` (`load_events`), pooled over its prompt groups: the share of the
-    final reward's in-group variance between the quadrants (eta squared) and the share the toy quality explains
-    (squared correlation of the group-centred values).
+def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[int, tuple[float, ...]]:
+    """Per training round of the run's `events` (`load_events`), the `SIGNAL` values: pooled over its prompt
+    groups, the share of the final reward's in-group variance between the quadrants (eta squared) and the share the
+    toy quality explains (squared correlation of the group-centred values); then the rollouts' mean quality in the
+    favoured quadrant and in the others (`quadrant_quality`).
 
-    GRPO's advantage is that in-group spread, so these say what the update can learn from: a spread that is mostly
-    the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the colour).
+    GRPO's advantage is that in-group spread, so the shares say what the update can learn from: a spread that is
+    mostly the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the
+    colour). The qualities say whether what it learns in one quadrant carries over to the others.
     """
     by_round: dict[int, dict[str, list[ArtifactRef]]] = {}
     for event in events:
@@ -156,7 +161,16 @@ def signal_shares(store: ArtifactStore, run_id: str, events: list[dict]) -> dict
                                       np.array([components[s]["mode"] for s in ids]),
                                       np.array([components[s]["quality"] for s in ids], dtype=np.float64),
                                       np.asarray(scores.column("group_id").to_pylist()))
+        shares[rnd] += quadrant_quality(np.array([c["mode"] for c in components.values()]),
+                                        np.array([c["quality"] for c in components.values()], dtype=np.float64))
     return shares
+
+
+def quadrant_quality(mode: np.ndarray, quality: np.ndarray) -> tuple[float, float]:
+    """Mean quality of the images in the favoured quadrant and in the other quadrants (images with no mode, too
+    little foreground, count in neither); nan for a side with no image."""
+    favoured, others = mode == FAVOURED_MODE, (mode != FAVOURED_MODE) & (mode < N_MODES)
+    return tuple(float(quality[m].mean()) if m.any() else math.nan for m in (favoured, others))
 
 
 def variance_shares(final: np.ndarray, mode: np.ndarray, quality: np.ndarray,
@@ -174,12 +188,14 @@ def variance_shares(final: np.ndarray, mode: np.ndarray, quality: np.ndarray,
     return between / total, float(f_c @ q_c) ** 2 / (total * q_total)
 
 
-def with_signal(rows: list[dict], shares: dict[int, tuple[float, float]]) -> list[dict]:
-    """Each evaluation row with `SIGNAL` averaged over the training rounds since the previous evaluation."""
+def with_signal(rows: list[dict], signal: dict[int, tuple[float, ...]]) -> list[dict]:
+    """Each evaluation row with `SIGNAL` averaged over the training rounds since the previous evaluation (over the
+    rounds where a value exists: a collapsed policy leaves rounds with no image outside the favoured quadrant)."""
     prev = -1
     for row in rows:
-        window = [shares[r] for r in range(prev, row["round"]) if r in shares] if prev >= 0 else []
-        row |= dict(zip(SIGNAL, np.mean(window, axis=0).tolist() if window else (math.nan, math.nan), strict=True))
+        window = np.array([signal[r] for r in range(prev, row["round"]) if r in signal] if prev >= 0 else [],
+                          dtype=np.float64).reshape(-1, len(SIGNAL))
+        row |= {key: mean_std(window[:, i].tolist())[0] for i, key in enumerate(SIGNAL)}
         prev = row["round"]
     return rows
 
@@ -476,7 +492,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
         run_id = run_id_of(name, config)
         events = load_events(store, run_id)
         rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds()),
-                            signal_shares(store, run_id, events))
+                            rollout_signal(store, run_id, events))
         costs[name, seed] = cost_of(store, run_id, events)
     names = [a.name for a in arms]
     summary, target = summarise(rows, names, costs=costs)
