@@ -145,7 +145,7 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict]) -> dic
         if event["stage"] in ("reward", "cluster"):
             out = event["outputs"]["rewards" if event["stage"] == "reward" else "scores"]
             by_round.setdefault(event["round"], {}).setdefault(event["stage"], []).append(ArtifactRef(**out))
-    shares = {}
+    signal = {}
     for rnd, refs in sorted(by_round.items()):
         if set(refs) != {"reward", "cluster"}:
             continue
@@ -157,13 +157,13 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict]) -> dic
         if not all({"mode", "quality"} <= components[s].keys() for s in ids):
             raise ValueError(f"run {run_id} round {rnd}: the rewards' components lack the toy reward's 'mode' and "
                              "'quality'")
-        shares[rnd] = variance_shares(np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64),
+        signal[rnd] = variance_shares(np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64),
                                       np.array([components[s]["mode"] for s in ids]),
                                       np.array([components[s]["quality"] for s in ids], dtype=np.float64),
                                       np.asarray(scores.column("group_id").to_pylist()))
-        shares[rnd] += quadrant_quality(np.array([c["mode"] for c in components.values()]),
+        signal[rnd] += quadrant_quality(np.array([c["mode"] for c in components.values()]),
                                         np.array([c["quality"] for c in components.values()], dtype=np.float64))
-    return shares
+    return signal
 
 
 def quadrant_quality(mode: np.ndarray, quality: np.ndarray) -> tuple[float, float]:
