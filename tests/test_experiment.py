@@ -16,6 +16,7 @@ from dgrpo.toyworld.experiment import (
     at_matched,
     build_arms,
     check_goals,
+    favoured_mode,
     markdown,
     mean_std,
     pareto_front,
@@ -187,9 +188,22 @@ def test_variance_shares_split_the_in_group_spread_between_mode_and_quality():
 def test_quadrant_quality_splits_the_favoured_quadrant_from_the_others():
     mode = np.array([0, 0, 1, 2, 3, 4])  # 4: too little foreground, no quadrant
     quality = np.array([0.5, 0.7, 0.1, 0.2, 0.3, 0.0])
-    assert quadrant_quality(mode, quality) == pytest.approx((0.6, 0.2), abs=1e-15)
-    favoured, others = quadrant_quality(np.array([0, 0, 4]), np.array([0.4, 0.6, 0.0]))  # collapsed: none elsewhere
+    assert quadrant_quality(mode, quality, 0) == pytest.approx((0.6, 0.2), abs=1e-15)
+    assert quadrant_quality(mode, quality, 2) == pytest.approx((0.2, 0.4), abs=1e-15)
+    favoured, others = quadrant_quality(np.array([0, 0, 4]), np.array([0.4, 0.6, 0.0]), 0)  # collapsed
     assert favoured == pytest.approx(0.5, abs=1e-15) and math.isnan(others)
+
+
+def test_the_favoured_quadrant_is_the_one_the_runs_reward_prefers():
+    arm = build_arms(CONFIGS, presets={"flowgrpo": PRESETS["flowgrpo"]})[0]
+    assert favoured_mode(arm.config) == 0  # the shipped MODE_PREFERENCE: top-left
+    moved = build_arms(CONFIGS, overrides={"reward.options.mode_preference": [0, 0, 1.5, 0.5]},
+                       presets={"flowgrpo": PRESETS["flowgrpo"]})[0]
+    assert favoured_mode(moved.config) == 2
+    flat = build_arms(CONFIGS, overrides={"reward.options.mode_preference": [0, 0, 0, 0]},
+                      presets={"flowgrpo": PRESETS["flowgrpo"]})[0]
+    with pytest.raises(ValueError, match=r"reward\.options\.mode_preference"):
+        favoured_mode(flat.config)
 
 
 def test_signal_is_averaged_over_the_rounds_before_each_evaluation():

@@ -40,6 +40,7 @@ from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.shards import read_merged
 from dgrpo.store import ArtifactRef, ArtifactStore, LocalStore
 from dgrpo.toyworld.data import N_MODES
+from dgrpo.toyworld.reward import MODE_PREFERENCE
 
 PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "bonus": "toy-bonus.yaml",
            "diversegrpo": "toy-diversegrpo.yaml"}
@@ -49,8 +50,6 @@ OPTIONAL_PRESETS = {"drift": "toy-drift.yaml", "progrpo": "toy-progrpo.yaml", "g
 BASELINE = "flowgrpo"
 METHOD = "diversegrpo"
 DEFAULT_SEEDS = (0, 1, 2)
-FAVOURED_MODE = 0
-"""The toy reward's favoured quadrant (top-left), whose share shows the collapse."""
 SPLITS = ("heldout", "train")
 METRICS = ("quality", "reward", "mode_entropy", "modes_over_10pct", "favoured_share", "embedding_diversity", "vendi")
 SIGNAL = ("rollout_mode_share", "rollout_quality_share", "rollout_quality_favoured", "rollout_quality_others")
@@ -114,8 +113,21 @@ def run_id_of(arm: str, config: RunConfig) -> str:
     return f"experiment-{arm}-s{config.seed}-{config.sha256()[:10]}"
 
 
-def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: list[int]) -> list[dict]:
-    """One row per evaluated round: the evaluate stage's per-prompt measures, averaged per caption split."""
+def favoured_mode(config: RunConfig) -> int:
+    """The quadrant the run's toy reward favours most (`reward.options.mode_preference`, else `MODE_PREFERENCE`),
+    whose share shows the collapse."""
+    preference = np.asarray(config.reward.options.get("mode_preference", MODE_PREFERENCE), dtype=np.float64)
+    if preference.shape != (N_MODES,) or preference.max() <= 0:
+        raise ValueError(f"config field 'reward.options.mode_preference': the experiment compares the arms against "
+                         f"one favoured quadrant, so it needs {N_MODES} entries with a positive one; got "
+                         f"{preference.tolist()}")
+    return int(preference.argmax())
+
+
+def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: list[int],
+              favoured: int) -> list[dict]:
+    """One row per evaluated round: the evaluate stage's per-prompt measures, averaged per caption split
+    (`favoured_share`: the share of quadrant `favoured`)."""
     rows = []
     for r in rounds:
         record = store.get_json(f"runs/{run_id}/eval/r{r:04d}.json")
@@ -123,18 +135,19 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
         for split in SPLITS:
             prompts = [p for p in record["per_prompt"] if p["held_out"] == (split == "heldout")]
             for m in METRICS:
-                values = [p["mode_shares"][FAVOURED_MODE] if m == "favoured_share" else p.get(m, math.nan)
+                values = [p["mode_shares"][favoured] if m == "favoured_share" else p.get(m, math.nan)
                           for p in prompts]
                 row[f"{split}_{m}"] = float(np.mean(values)) if values else math.nan
         rows.append(row)
     return rows
 
 
-def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[int, tuple[float, ...]]:
+def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict],
+                   favoured: int) -> dict[int, tuple[float, ...]]:
     """Per training round of the run's `events` (`load_events`), the `SIGNAL` values: pooled over its prompt
     groups, the share of the final reward's in-group variance between the quadrants (eta squared) and the share the
     toy quality explains (squared correlation of the group-centred values); then the rollouts' mean quality in the
-    favoured quadrant and in the others (`quadrant_quality`).
+    `favoured` quadrant and in the others (`quadrant_quality`).
 
     GRPO's advantage is that in-group spread, so the shares say what the update can learn from: a spread that is
     mostly the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the
@@ -162,15 +175,16 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict]) -> dic
                                       np.array([components[s]["quality"] for s in ids], dtype=np.float64),
                                       np.asarray(scores.column("group_id").to_pylist()))
         signal[rnd] += quadrant_quality(np.array([c["mode"] for c in components.values()]),
-                                        np.array([c["quality"] for c in components.values()], dtype=np.float64))
+                                        np.array([c["quality"] for c in components.values()], dtype=np.float64),
+                                        favoured)
     return signal
 
 
-def quadrant_quality(mode: np.ndarray, quality: np.ndarray) -> tuple[float, float]:
-    """Mean quality of the images in the favoured quadrant and in the other quadrants (images with no mode, too
+def quadrant_quality(mode: np.ndarray, quality: np.ndarray, favoured: int) -> tuple[float, float]:
+    """Mean quality of the images in quadrant `favoured` and in the other quadrants (images with no mode, too
     little foreground, count in neither); nan for a side with no image."""
-    favoured, others = mode == FAVOURED_MODE, (mode != FAVOURED_MODE) & (mode < N_MODES)
-    return tuple(float(quality[m].mean()) if m.any() else math.nan for m in (favoured, others))
+    inside, others = mode == favoured, (mode != favoured) & (mode < N_MODES)
+    return tuple(float(quality[m].mean()) if m.any() else math.nan for m in (inside, others))
 
 
 def variance_shares(final: np.ndarray, mode: np.ndarray, quality: np.ndarray,
@@ -472,6 +486,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
     output.mkdir(parents=True, exist_ok=True)
     store = LocalStore(output / "store")
     arms = build_arms(config_dir, betas, overrides, presets)
+    favoured = {arm.name: favoured_mode(arm.config) for arm in arms}  # before training: a bad preference fails now
     start = time.monotonic()
     runs = [(arm.name, seed, with_seed(arm.config, seed)) for seed in seeds for arm in arms]
     todo = [r for r in runs if not _finished(store, run_id_of(r[0], r[2]), r[2])]
@@ -491,8 +506,8 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
     for name, seed, config in runs:
         run_id = run_id_of(name, config)
         events = load_events(store, run_id)
-        rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds()),
-                            rollout_signal(store, run_id, events))
+        rows += with_signal(eval_rows(store, name, seed, run_id, config.eval_rounds(), favoured[name]),
+                            rollout_signal(store, run_id, events, favoured[name]))
         costs[name, seed] = cost_of(store, run_id, events)
     names = [a.name for a in arms]
     summary, target = summarise(rows, names, costs=costs)
