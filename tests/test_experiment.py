@@ -2,6 +2,7 @@
 compared at matched quality, and the issue's goals are decided by the numbers (a failing case must FAIL)."""
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -46,12 +47,15 @@ def test_arms_differ_only_in_their_method_sections():
         assert {k for k in base if base[k] != other[k]} <= {"name", "cluster", "train", "drift", "progrpo", "gardo",
                                                             "reward"}
         assert {k for k in base["train"] if base["train"][k] != other["train"][k]} <= {
-            "regularizer", "sa_lambda", "sa_steps", "beta_kl"}
+            "regularizer", "sa_lambda", "sa_steps", "beta_kl", "detail_baseline"}
     assert by["flowgrpo"].cluster.method == "passthrough" and by["flowgrpo"].train.regularizer == "none"
     assert by["sareg"].train.regularizer == "sa" and by["sareg"].cluster.method == "passthrough"
     assert by["bonus"].cluster.method == "diverse" and by["bonus"].train.regularizer == "none"
-    assert by["diversegrpo"].cluster == by["bonus"].cluster  # DiverseGRPO = the bonus arm + the SA-Reg arm
-    assert by["diversegrpo"].train == by["sareg"].train
+    # DiverseGRPO = the bonus arm + the SA-Reg arm (+ the cluster baseline, which the paper's arm leaves out)
+    for name in ("diversegrpo", "diversegrpo-paper"):
+        assert by[name].cluster == by["bonus"].cluster
+    assert by["diversegrpo-paper"].train == by["sareg"].train
+    assert by["diversegrpo"].train == dataclasses.replace(by["sareg"].train, detail_baseline="cluster")
     assert by["bonus-beta2"].cluster.beta == 2.0 and by["bonus-beta2"].train.regularizer == "none"
     # GARDO's main reward is the very reward the others train on
     assert by["gardo"].reward.options["main"].get("options", {}) == by["flowgrpo"].reward.options

@@ -9,8 +9,8 @@ from conftest import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import ConfigError
-from dgrpo.contracts import ROLLOUTS
-from dgrpo.objectives import group_advantages
+from dgrpo.contracts import ROLLOUTS, SCORES
+from dgrpo.objectives import cluster_advantages, group_advantages
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.evaluate import run_evaluate
@@ -218,3 +218,50 @@ def test_more_processes_than_the_update_pod_has_gpus_is_an_error():
     with pytest.raises(ConfigError, match="'train.num_processes'.*2 GPUs"):
         small_config(**{"train.num_processes": 4, "train.micro_batch_size": 4, "kubernetes.stages.update.gpus": 2})
     small_config(**{"train.num_processes": 2, "kubernetes.stages.update.gpus": 2})
+
+
+def test_detail_steps_take_the_cluster_baseline(tmp_path, monkeypatch):
+    """train.detail_baseline "cluster" with sa_steps 1: the first trained step of every trajectory gets its
+    group-normalised advantage, every later step the one centred on its cluster; with "group" all steps get the
+    group's (the negative control: the two sets of values differ on this round)."""
+    store = LocalStore(tmp_path / "store")
+    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.sa_steps": 1, "train.regularizer": "sa",
+                 "sampling.num_steps": 4}
+    seen = []
+    loss = update_train.clipped_policy_loss
+
+    def watch(log_prob, old_log_prob, advantages, clip_range):
+        seen.append(advantages.clone())
+        return loss(log_prob, old_log_prob, advantages, clip_range)
+
+    monkeypatch.setattr(update_train, "clipped_policy_loss", watch)
+    passes = {}
+    for baseline in ("cluster", "group"):
+        ctx = StageContext(small_config(**overrides, **{"train.detail_baseline": baseline}), store, baseline)
+        rollouts, scores = _scored_round(ctx)
+        seen.clear()
+        run_update(ctx, 0, rollouts, scores)
+        steps = ctx.config.num_train_steps
+        passes[baseline] = [torch.cat(seen[p::steps]).sort().values for p in range(steps)]
+        table = artifacts.read_table(store, scores, SCORES)
+        rewards = table.column("final_reward").to_numpy()
+        groups = table.column("group_id").to_pylist()
+        by_group = group_advantages(rewards, groups, True, 5.0)
+        by_cluster = cluster_advantages(rewards, groups, table.column("cluster_id").to_numpy(), True, 5.0)
+    assert len(set(table.column("cluster_id").to_pylist())) == 2
+    expected_group = torch.tensor(np.sort(by_group), dtype=torch.float32)
+    expected_cluster = torch.tensor(np.sort(by_cluster), dtype=torch.float32)
+    assert not torch.allclose(expected_group, expected_cluster, atol=1e-3)
+    torch.testing.assert_close(passes["cluster"][0], expected_group)
+    for later in passes["cluster"][1:]:
+        torch.testing.assert_close(later, expected_cluster)
+    for any_step in passes["group"]:
+        torch.testing.assert_close(any_step, expected_group)
+
+
+def test_detail_baseline_needs_clusters():
+    with pytest.raises(ConfigError, match="'train.detail_baseline'.*cluster.method"):
+        small_config(**{"train.detail_baseline": "cluster"})
+    with pytest.raises(ConfigError, match="'train.detail_baseline'.*first train.sa_steps \\(4\\).*only 4"):
+        small_config(**{"train.detail_baseline": "cluster", "cluster.method": "diverse", "train.sa_steps": 4,
+                        "sampling.num_steps": 4})

@@ -32,6 +32,37 @@ def group_advantages(rewards: np.ndarray, group_ids: list[str], global_std: bool
     return np.clip(adv, -clip, clip)
 
 
+
+def cluster_advantages(rewards: np.ndarray, group_ids: list[str], cluster_ids: np.ndarray, global_std: bool,
+                       clip: float, kept: np.ndarray | None = None) -> np.ndarray:
+    """A_i = (R_i - mean(R over i's cluster in its group)) / (std of those residuals + 1e-4), clipped.
+
+    The baseline of the detail steps (train.detail_baseline "cluster"): once the structure is drawn, the image's
+    cluster is fixed, so its mean reward is a baseline those steps cannot change and what is left is the spread
+    within the structure. The std is of the residuals, over the batch (global) or the group, so the advantages
+    keep unit scale however much of the reward the clusters explain; an image alone in its cluster gets 0.
+    Dropped samples (`kept` False) get 0 and count in no mean or std.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    keep = np.ones(len(rewards), dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+    groups, clusters = np.asarray(group_ids), np.asarray(cluster_ids)
+    if not (keep.shape == clusters.shape == rewards.shape):
+        raise ValueError(f"rewards {rewards.shape}, cluster_ids {clusters.shape} and kept {keep.shape} need one "
+                         f"entry per sample")
+    residual = np.zeros_like(rewards)
+    for g in np.unique(groups):
+        for c in np.unique(clusters[groups == g]):
+            mask = (groups == g) & (clusters == c) & keep
+            if mask.any():
+                residual[mask] = rewards[mask] - rewards[mask].mean()
+    adv = np.zeros_like(rewards)
+    batch_std = residual[keep].std() if keep.any() else 0.0
+    for g in np.unique(groups):
+        mask = (groups == g) & keep
+        std = batch_std if global_std else residual[mask].std() if mask.any() else 0.0
+        adv[mask] = residual[mask] / (std + ADV_EPS)
+    return np.clip(adv, -clip, clip)
+
 @dataclass
 class LossTerms:
     loss: torch.Tensor

@@ -23,6 +23,7 @@ StepMethod = Literal["sde", "cps"]
 Normalization = Literal["none", "zscore", "minmax"]
 WidthHeuristic = Literal["knn", "median"]
 Regularizer = Literal["none", "kl", "sa", "both"]
+DetailBaseline = Literal["group", "cluster"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
@@ -193,6 +194,11 @@ class TrainConfig:
     step distributions, no std denominator. The paper gives no value."""
     sa_steps: Annotated[int, POSITIVE] = 3
     """SA-Reg acts on the first K trained steps only (~T_train / 3: the early steps decide the layout)."""
+    detail_baseline: DetailBaseline = "group"
+    """Baseline of the advantage on the trained steps after the first sa_steps (the detail steps): "group"
+    (Flow-GRPO: every step gets the image's group-normalised advantage) or "cluster" (the mean of the image's
+    cluster in its group, from the cluster stage: by then the structure is drawn, so what the clusters explain of
+    the reward is noise to these steps). Needs cluster.method "diverse"."""
     train_fraction: Annotated[float, Range(gt=0, le=1)] = 0.9
     """Share of the sampling steps that are trained, counted from the first step (rounded; the recipe's 0.99 of
     10 steps trains 9). Ignored with an SDE window, which trains the window's steps."""

@@ -73,6 +73,15 @@ class RunConfig:
         check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
+        if self.train.detail_baseline == "cluster":
+            check(self.cluster.method == "diverse", "train.detail_baseline",
+                  f"'cluster' needs the cluster stage's clusters (cluster.method 'diverse'), got cluster.method "
+                  f"{self.cluster.method!r}")
+            check(self.train.sa_steps < self.num_train_steps, "train.detail_baseline",
+                  f"'cluster' acts on the trained steps after the first train.sa_steps ({self.train.sa_steps}), but "
+                  f"there are only {self.num_train_steps}")
+            check(not self.gardo.novelty_advantage, "train.detail_baseline",
+                  "'cluster' cannot combine with gardo.novelty_advantage, which replaces the advantage")
         check_methods(self)
         return self
 

@@ -29,6 +29,7 @@ class RoundSignals:
     rewards: np.ndarray
     groups: list[str]
     kept: np.ndarray | None
+    cluster_ids: np.ndarray
     novelty: np.ndarray | None
     kl_gate: np.ndarray | None
 
@@ -56,6 +57,7 @@ def read_signals(cfg: RunConfig, sample_ids: list[str], groups: list[str], score
     return RoundSignals(
         rewards=np.asarray(scored.column("final_reward").to_numpy()[order], dtype=np.float64),
         groups=groups, kept=None if kept is None else kept.astype(bool),
+        cluster_ids=np.asarray(scored.column("cluster_id").to_numpy()[order]),
         novelty=_column(cfg.gardo.novelty_advantage, "gardo.novelty_advantage", scored, "novelty", order, source),
         kl_gate=_column(cfg.gardo.kl_gate, "gardo.kl_gate", scored, "kl_gate", order, source))
 

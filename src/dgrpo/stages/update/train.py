@@ -18,7 +18,13 @@ from dgrpo import artifacts
 from dgrpo.config import RunConfig
 from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
 from dgrpo.models import FlowPolicy
-from dgrpo.objectives import clipped_policy_loss, group_advantages, kl_to_reference, sa_regularizer
+from dgrpo.objectives import (
+    clipped_policy_loss,
+    cluster_advantages,
+    group_advantages,
+    kl_to_reference,
+    sa_regularizer,
+)
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.sampling import SDEStep, step_with_logprob
 from dgrpo.stages.shared.context import StageContext, StageResult
@@ -95,6 +101,8 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     rewards = signals.rewards
     adv_all = (options.novelty_advantages(cfg, signals) if cfg.gardo.novelty_advantage
                else group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept))
+    detail_all = adv_all if t.detail_baseline == "group" else cluster_advantages(
+        rewards, groups, signals.cluster_ids, t.global_std, t.adv_clip_max, signals.kept)
     kl_weight_all = options.kl_weights(signals)
 
     acc = make_accelerator(t.mixed_precision)
@@ -103,7 +111,7 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
     mine = list(range(rank, len(adv_all), world))
     all_traj, traj = traj, traj.take(mine)
-    adv = torch.tensor(adv_all[mine], dtype=torch.float32)
+    adv = torch.tensor(np.stack([adv_all, detail_all], axis=1)[mine], dtype=torch.float32)  # structure, detail
     extras = RoundExtras(options.PromptNoiseReplay.from_rollouts(traj), None if kl_weight_all is None
                          else torch.tensor(kl_weight_all[mine], dtype=torch.float32))
 
@@ -240,7 +248,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
             step = step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
                                      sigmas[1].item(), s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
-                step.log_prob, old_log_probs[idx, j].to(policy.device), adv[idx].to(policy.device), t.clip_range)
+                step.log_prob, old_log_probs[idx, j].to(policy.device),
+                adv[idx, int(position >= t.sa_steps)].to(policy.device), t.clip_range)
             kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step, extras.reference,
                                        None if extras.kl_weight is None else extras.kl_weight[idx])
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
