@@ -32,7 +32,6 @@ def group_advantages(rewards: np.ndarray, group_ids: list[str], global_std: bool
     return np.clip(adv, -clip, clip)
 
 
-
 def cluster_advantages(rewards: np.ndarray, group_ids: list[str], cluster_ids: np.ndarray, global_std: bool,
                        clip: float, kept: np.ndarray | None = None) -> np.ndarray:
     """A_i = (R_i - mean(R over i's cluster in its group)) / (std of those residuals + 1e-4), clipped.
@@ -62,6 +61,7 @@ def cluster_advantages(rewards: np.ndarray, group_ids: list[str], cluster_ids: n
         std = batch_std if global_std else residual[mask].std() if mask.any() else 0.0
         adv[mask] = residual[mask] / (std + ADV_EPS)
     return np.clip(adv, -clip, clip)
+
 
 @dataclass
 class LossTerms:

@@ -227,6 +227,9 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
                     extras: RoundExtras) -> dict[str, float]:
     """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
 
+    `adv` holds two advantages per trajectory: the first train.sa_steps trained steps take column 0 (the group's),
+    the later ones column 1 (the detail baseline's; the same values unless train.detail_baseline is "cluster").
+
     Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
     averaged over processes too.
     """
