@@ -68,7 +68,7 @@ compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain
 
-experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg, bonus alone, DiverseGRPO x 3 seeds on the toy world (EXPERIMENT_ARGS=--all-arms adds DRIFT, Pro-GRPO, GARDO)
+experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg, bonus alone, DiverseGRPO x 3 seeds on the toy world (EXPERIMENT_ARGS=--all-arms adds the paper's DiverseGRPO, DRIFT, Pro-GRPO, GARDO)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run

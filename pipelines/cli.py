@@ -357,7 +357,8 @@ def experiment(
     configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")] = Path(
         "configs"),
     seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; default 0 1 2).")] = None,
-    all_arms: Annotated[bool, typer.Option("--all-arms", help="Also run DRIFT, Pro-GRPO and GARDO.")] = False,
+    all_arms: Annotated[bool, typer.Option("--all-arms", help=(
+        "Also run the paper's DiverseGRPO (no cluster baseline), DRIFT, Pro-GRPO and GARDO."))] = False,
     beta: Annotated[list[float] | None, typer.Option(help="Extra bonus-alone arm at this beta (repeatable).")] = None,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 2,
     threads: Annotated[int, typer.Option(help="Torch threads per run.", min=1)] = 1,

@@ -185,6 +185,11 @@ def test_variance_shares_split_the_in_group_spread_between_mode_and_quality():
     # the reward is the mode alone: all of its spread is between modes; the quality explains only its chance part
     between, q_share = variance_shares(3.0 * (mode == 0), mode, quality, groups)
     assert between == pytest.approx(1.0, abs=1e-12) and q_share < 0.5
+    # centred within (group, mode) strata, as the detail steps' cluster baseline centres it: only the quality is left
+    reward = quality * (1 + 2.0 * (mode == 0))
+    assert variance_shares(reward, mode, quality, groups)[1] < 0.5
+    strata = np.array([f"{g}/{m}" for g, m in zip(groups, mode, strict=True)])
+    assert variance_shares(quality + 3.0 * (mode == 0), mode, quality, strata) == pytest.approx((0.0, 1.0), abs=1e-12)
     # no spread in a group: nothing to share
     assert all(math.isnan(v) for v in variance_shares(np.ones(16), mode, quality, groups))
 
@@ -212,12 +217,14 @@ def test_the_favoured_quadrant_is_the_one_the_runs_reward_prefers():
 
 def test_signal_is_averaged_over_the_rounds_before_each_evaluation():
     nan = math.nan
-    rows = with_signal([{"round": 0}, {"round": 2}, {"round": 4}], {0: (0.8, 0.2, 0.4, 0.3), 1: (0.6, 0.4, 0.6, 0.5),
-                                                                     2: (0.2, 0.8, 0.5, nan), 3: (0.0, 1.0, 0.7, nan)})
+    rows = with_signal([{"round": 0}, {"round": 2}, {"round": 4}], {
+        0: (0.8, 0.2, 0.5, 0.4, 0.3), 1: (0.6, 0.4, 0.7, 0.6, 0.5), 2: (0.2, 0.8, 0.9, 0.5, nan),
+        3: (0.0, 1.0, 1.0, 0.7, nan)})
     assert math.isnan(rows[0]["rollout_mode_share"])  # the base model: nothing trained yet
-    assert [tuple(r[k] for k in SIGNAL) for r in rows[1:]] == [pytest.approx((0.7, 0.3, 0.5, 0.4)),
+    assert [tuple(r[k] for k in SIGNAL) for r in rows[1:]] == [pytest.approx((0.7, 0.3, 0.6, 0.5, 0.4)),
                                                                  (pytest.approx(0.1), pytest.approx(0.9),
-                                                                  pytest.approx(0.6), pytest.approx(nan, nan_ok=True))]
+                                                                  pytest.approx(0.95), pytest.approx(0.6),
+                                                                  pytest.approx(nan, nan_ok=True))]
 
 
 @pytest.mark.e2e

@@ -54,11 +54,14 @@ METHOD = "diversegrpo"
 DEFAULT_SEEDS = (0, 1, 2)
 SPLITS = ("heldout", "train")
 METRICS = ("quality", "reward", "mode_entropy", "modes_over_10pct", "favoured_share", "embedding_diversity", "vendi")
-SIGNAL = ("rollout_mode_share", "rollout_quality_share", "rollout_quality_favoured", "rollout_quality_others")
+SIGNAL = ("rollout_mode_share", "rollout_quality_share", "rollout_cluster_quality_share", "rollout_quality_favoured",
+          "rollout_quality_others")
 """What the update learned from in the rounds before an evaluation, and where it improved (`rollout_signal`): the
 shares of the final reward's in-group variance that the quadrant explains and that the mode-independent quality
 explains, over the samples the update trains on (GARDO's novelty weighting of the advantage is not in the final
-reward, so not here); and the mean quality of all the rollouts in the favoured quadrant and in the other three."""
+reward, so not here); the quality's share of the variance within the groups' clusters (what the detail steps learn
+from under train.detail_baseline "cluster"; the in-group share where nothing was clustered); and the mean quality
+of all the rollouts in the favoured quadrant and in the other three."""
 COLUMNS = ["arm", "seed", "round", *[f"{s}_{m}" for s in SPLITS for m in METRICS], *SIGNAL]
 MATCH_KEY = "train_quality"
 """The quality that defines matched quality: mode-independent, on the training captions."""
@@ -148,8 +151,8 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict],
                    favoured: int) -> dict[int, tuple[float, ...]]:
     """Per training round of the run's `events` (`load_events`), the `SIGNAL` values: pooled over its prompt
     groups, the share of the final reward's in-group variance between the quadrants (eta squared) and the share the
-    toy quality explains (squared correlation of the group-centred values); then the rollouts' mean quality in the
-    `favoured` quadrant and in the others (`quadrant_quality`).
+    toy quality explains (squared correlation of the group-centred values), the latter again within the groups'
+    clusters; then the rollouts' mean quality in the `favoured` quadrant and in the others (`quadrant_quality`).
 
     GRPO's advantage is that in-group spread, so the shares say what the update can learn from: a spread that is
     mostly the quadrant pushes the mode mix (or, where SA-Reg holds it, is noise for the late steps that set the
@@ -166,16 +169,20 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict],
             continue
         components = {sid: dict(c) for sid, c in zip(*read_merged(store, refs["reward"], REWARDS).select(
             ["sample_id", "components"]).to_pydict().values(), strict=True)}
-        scores = read_merged(store, refs["cluster"], SCORES).select(["sample_id", "group_id", "final_reward", "kept"])
+        scores = read_merged(store, refs["cluster"], SCORES).select(["sample_id", "group_id", "cluster_id",
+                                                                     "final_reward", "kept"])
         scores = scores.filter(pc.fill_null(scores.column("kept"), True))  # DRIFT's and Pro-GRPO's filters
         ids = scores.column("sample_id").to_pylist()
         if not all({"mode", "quality"} <= components[s].keys() for s in ids):
             raise ValueError(f"run {run_id} round {rnd}: the rewards' components lack the toy reward's 'mode' and "
                              "'quality'")
-        signal[rnd] = variance_shares(np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64),
-                                      np.array([components[s]["mode"] for s in ids]),
-                                      np.array([components[s]["quality"] for s in ids], dtype=np.float64),
-                                      np.asarray(scores.column("group_id").to_pylist()))
+        final = np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64)
+        mode = np.array([components[s]["mode"] for s in ids])
+        quality = np.array([components[s]["quality"] for s in ids], dtype=np.float64)
+        groups = np.asarray(scores.column("group_id").to_pylist())
+        clusters = [f"{g}/{c}" for g, c in zip(groups, scores.column("cluster_id").to_pylist(), strict=True)]
+        signal[rnd] = variance_shares(final, mode, quality, groups)
+        signal[rnd] += variance_shares(final, mode, quality, np.asarray(clusters))[1:]
         signal[rnd] += quadrant_quality(np.array([c["mode"] for c in components.values()]),
                                         np.array([c["quality"] for c in components.values()], dtype=np.float64),
                                         favoured)
