@@ -250,7 +250,7 @@ def test_s3_that_never_answers_blocks_one_request_for_a_bounded_time(monkeypatch
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("DGRPO_S3_MAX_ATTEMPTS", "1000", "must be between 1 and 20"),
+    ("DGRPO_S3_MAX_ATTEMPTS", "1000", "must be between 1 and 100"),
     ("DGRPO_S3_READ_TIMEOUT_S", "0", "must be between 1 and 3600"),
     ("DGRPO_S3_REQUEST_DEADLINE_S", "soon", "expected an integer"),
     ("DGRPO_S3_MULTIPART_CHUNK_MB", "4", "must be between 5 and 5120"),

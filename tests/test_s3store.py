@@ -3,6 +3,7 @@
 import http.client
 import os
 import threading
+import time
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -104,24 +105,34 @@ def test_lineage_chain_read_back_from_s3(s3_store):
     assert missing.exit_code == 1 and "no lineage record" in missing.output
 
 
+_ERRORS = {
+    "slowdown": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+    "internal": (500, b"<Error><Code>InternalError</Code><Message>volume 1 not found</Message></Error>"),
+}
+
+
 class _FlakyProxy(BaseHTTPRequestHandler):
-    """Forwards to the S3 server, after answering the first requests with S3 throttling or a dropped connection."""
+    """Forwards to the S3 server, after answering the first requests with S3 throttling or a dropped connection,
+    and every request before `failing_until` (time.monotonic()) with a 500, as a restarting server does."""
 
     protocol_version = "HTTP/1.1"
     upstream: tuple[str, int]
     faults: list[str]
     seen: list[str]
+    failing_until: float = 0.0
 
     def _handle(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.seen.append(self.command)
         fault = self.faults.pop(0) if self.faults else None
+        if time.monotonic() < self.failing_until:
+            fault = "internal"
         if fault == "drop":
             self.close_connection = True
             return
-        if fault == "slowdown":
-            msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            self.send_response(503)
+        if fault in _ERRORS:
+            status, msg = _ERRORS[fault]
+            self.send_response(status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(msg)))
             self.end_headers()
@@ -170,6 +181,28 @@ def test_throttling_and_dropped_connections_are_retried(s3_store, s3_server):
         with pytest.raises(StoreError, match=r"listing .*: SlowDown: Please reduce your request rate"):
             impatient.list("objects")
         assert handler.faults == ["slowdown"]  # two tries, then the error
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_server_answering_500_for_seconds_is_ridden_out_with_the_default_settings(s3_store, s3_server):
+    """What a restarted SeaweedFS does until its volume server registers (seen in CI): 500 InternalError. botocore
+    backs off from 50 ms on a 500, so the old default of 8 tries slept 6.35 s at most (the sum of its backoff caps)
+    and a 7 s outage failed it unless its requests themselves took the other 0.65 s; 20 tries sleep less than 7 s
+    with a probability below 1e-12 (the last ten sleeps are uniform on [0, 20 s))."""
+    host, port = s3_server.endpoint.removeprefix("http://").split(":")
+    handler = type("Proxy", (_FlakyProxy,), {"upstream": (host, int(port)), "seen": [], "faults": []})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        settings = replace(S3Settings.from_env(), endpoint_url=f"http://127.0.0.1:{proxy.server_port}")
+        assert settings.max_attempts == S3Settings.max_attempts == 20
+        store = S3Store(s3_store.uri, settings)
+        handler.failing_until = time.monotonic() + 7.0
+        ref = store.put(b"after the restart", kind="blob")
+        assert time.monotonic() >= handler.failing_until and len(handler.seen) > 8
+        assert s3_store.get(ref) == b"after the restart"
     finally:
         proxy.shutdown()
         proxy.server_close()
