@@ -190,7 +190,8 @@ def test_a_server_answering_500_for_seconds_is_ridden_out_with_the_default_setti
     """What a restarted SeaweedFS does until its volume server registers (seen in CI): 500 InternalError. botocore
     backs off from 50 ms on a 500, so the old default of 8 tries slept 6.35 s at most (the sum of its backoff caps)
     and a 7 s outage failed it unless its requests themselves took the other 0.65 s; 20 tries sleep less than 7 s
-    with a probability below 1e-12 (the last ten sleeps are uniform on [0, 20 s))."""
+    with a probability below 4e-13 (the last eleven alone: one uniform on [0, 12.8 s), ten on [0, 20 s), so
+    7^11 / (11! x 12.8 x 20^10))."""
     host, port = s3_server.endpoint.removeprefix("http://").split(":")
     handler = type("Proxy", (_FlakyProxy,), {"upstream": (host, int(port)), "seen": [], "faults": []})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
