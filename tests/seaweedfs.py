@@ -82,8 +82,9 @@ class SeaweedS3:
         self.process.wait(timeout=30)
 
 
-def start(root: Path, timeout_s: float = 30.0, ports: dict[str, int] | None = None) -> SeaweedS3:
-    """Start `weed mini` on `root`; with the `ports` and `root` of a stopped server, restart it on its data."""
+def start(root: Path, timeout_s: float = 120.0, ports: dict[str, int] | None = None) -> SeaweedS3:
+    """Start `weed mini` on `root`; with the `ports` and `root` of a stopped server, restart it on its data.
+    It is ready in 1-2 s; the timeout is for a CI machine whose two cores run the whole suite beside it."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     credentials = root / "aws-credentials"
