@@ -20,7 +20,7 @@ from dgrpo.config import RunConfig
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.chain import Decision
-from dgrpo.runtime.engine import run_chain, segment_inprocess
+from dgrpo.runtime.engine import check_inprocess, run_chain, segment_inprocess
 from dgrpo.runtime.plan import training_plan
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
@@ -70,6 +70,8 @@ def run_pipeline(ctx: StageContext, store_uri: str, work_dir: Path, engine: str 
     segment ended. kfp.local task logs go to work_dir/kfp.log."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "inprocess":
+        check_inprocess(ctx.config)
     record = fine_tune.start(ctx.store, ctx.config, ctx.run_id, resume_from)  # claims the run id, or checks it
     watcher = EventWatcher(ctx, progress or (lambda *_: None))
     watcher.start()

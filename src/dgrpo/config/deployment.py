@@ -78,12 +78,23 @@ class PipelineConfig:
     stages: dict[str, CustomStage | None] = field(default_factory=dict)
     """External components replacing our stages, by stage name (null: ours); only table-in, table-out stages can be
     swapped (reward: reads 'rollouts', writes 'rewards'; cluster: reads 'rollouts' and 'rewards', writes 'scores')."""
+    execution: Literal["staged", "fused"] = "staged"
+    """How a segment's rounds run. staged: a KFP task per stage and round (per shard for rollout and reward), each
+    its own pod; the stages show one by one in the KFP UI and a team's container can replace one. fused: the
+    segment's rounds run inside one task (`train_segment`, one pod holding `kubernetes.fused`'s GPUs) that calls the
+    same stage functions in process, writing the same tables, adapters and lineage per round; models stay loaded
+    across rounds, so the pod start-up, imports and model loads are paid once a segment instead of once a task
+    (docs/kubernetes.md, "Staged or fused"). A container swap (`stages`) needs staged."""
 
     def validate(self, path: str) -> None:
         for name, custom in self.swaps().items():
             check(name in SWAPPABLE_STAGES, f"{path}.stages.{name}",
                   f"is not a swappable stage (swappable: {', '.join(SWAPPABLE_STAGES)})")
             custom.validate(f"{path}.stages.{name}")
+            check(self.execution == "staged", f"{path}.stages.{name}",
+                  f"is a container component, which runs as its own task: it needs {path}.execution: staged "
+                  f"(the config chooses {self.execution!r}); a Python plug-in (a dotted path in the stage's own "
+                  "section, e.g. reward.name) runs inside the fused task")
 
     def swaps(self) -> dict[str, CustomStage]:
         """The swapped stages and their components."""
@@ -201,6 +212,9 @@ class KubernetesConfig:
     """Settings of every stage unless the stage sets its own."""
     stages: dict[str, StageResources] = field(default_factory=dict)
     """Per-stage settings, by stage name (rollout, reward, cluster, update, evaluate)."""
+    fused: StageResources = field(default_factory=StageResources)
+    """The pod of the fused task (`pipeline.execution: fused`), which runs every stage of the segment: size it for
+    the update (GPUs = train.num_processes, its memory and shm); unset fields take `defaults`."""
     model_cache: ModelCacheConfig = field(default_factory=ModelCacheConfig)
     """The model-cache volume, mounted in every stage."""
     service_account: str = ""
@@ -211,6 +225,7 @@ class KubernetesConfig:
 
     def validate(self, path: str) -> None:
         self.defaults.validate(f"{path}.defaults")
+        self.fused.validate(f"{path}.fused")
         check(self.kfp_endpoint.startswith(("http://", "https://")), f"{path}.kfp_endpoint",
               f"must be an http(s):// URL, got {self.kfp_endpoint!r}")
         for name, resources in self.stages.items():

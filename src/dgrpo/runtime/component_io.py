@@ -56,6 +56,51 @@ def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = No
         raise
 
 
+def train_fused(store_uri: str, run_id: str, segment_artifact: FileArtifact, base_due: bool,
+                metrics: MetricsSink, summary: FileArtifact) -> None:
+    """The fused task's body: train the segment's rounds in this pod (`dgrpo.runtime.fused`), logging each step,
+    then publish every round's metrics and a Markdown table of them for the KFP UI (which shows a task's outputs
+    once it ends; the log and `dgrpo status` follow it live). A failure is recorded by the training itself."""
+    from dgrpo.runtime import fused
+
+    validate_run_id(run_id, "pipeline parameter 'run_id'")
+    if not store_uri:
+        raise ValueError("pipeline parameter 'store_uri' must not be empty")
+    store = open_store(store_uri, "pipeline parameter 'store_uri'")
+    state = read_state(segment_artifact)
+    rounds = f"{state.rounds[0]}-{state.rounds[-1]}" if state.rounds else "none"
+    print(f"fused segment {state.segment} of {run_id}: rounds {rounds}", flush=True)
+    if segment.context(store, state).config.train.num_processes > 1:
+        fused.launch(store, state, base_due)
+    else:
+        fused.train_segment(store, state, base_due, on_step=lambda stage, r, shard: print(
+            f"round {r}: {stage}" + ("" if shard is None else f" (shard {shard})"), flush=True))
+    write_text(summary, segment_markdown(store, run_id, state, metrics))
+
+
+def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metrics: MetricsSink) -> str:
+    """The segment's rounds as a Markdown table (one row per round, one column per stage metric), each value also
+    logged to `metrics` as `r<round>.<stage>.<metric>`; then the segment's evaluations."""
+    rows: dict[int, dict[str, float]] = {}
+    for key in store.list(run_key(run_id, "events")):
+        event = store.get_json(key)
+        if event["round"] in state.rounds and event["stage"] != "evaluate" and "shard" not in event:
+            for name, value in event["metrics"].items():
+                rows.setdefault(event["round"], {})[f"{event['stage']}.{name}"] = float(value)
+                metrics.log_metric(f"r{event['round']:04d}.{event['stage']}.{name}", float(value))
+    columns = sorted({c for row in rows.values() for c in row})
+    lines = [f"## Segment {state.segment}: rounds {', '.join(map(str, sorted(rows))) or 'none'}", "",
+             "| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {r} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in columns) + " |"
+              for r, row in sorted(rows.items())]
+    for completed in sorted({r + 1 for r in state.rounds} | ({0} if state.round == 0 else set())):
+        record = store.get_json(run_key(run_id, f"eval/r{completed:04d}.json")) \
+            if store.exists(run_key(run_id, f"eval/r{completed:04d}.json")) else None
+        if record is not None:
+            lines += ["", evaluation_markdown(record)]
+    return "\n".join(lines) + "\n"
+
+
 def read_state(artifact: FileArtifact) -> RoundState:
     return RoundState.from_json(Path(artifact.path).read_text(), source=f"state artifact {artifact.path}")
 

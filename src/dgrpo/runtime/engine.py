@@ -1,21 +1,20 @@
 """The in-process engine: a fine-tune's segments as plain sequences of stage calls in this process.
 
 Faster than kfp.local (no process per task) and used by the experiment. It runs the chain exactly as the KFP
-pipeline does, through the same segment steps (`dgrpo.runtime.segment`) and the same decision function
-(`dgrpo.runtime.chain.decide`), so its artifacts equal the pipeline's bit for bit (tested).
+pipeline does, through the same segment steps (`dgrpo.runtime.segment`), the fused task's training
+(`dgrpo.runtime.fused`) and the same decision function (`dgrpo.runtime.chain.decide`), so its artifacts equal
+the pipeline's bit for bit, staged or fused (tested).
 """
 
 import uuid
 from collections.abc import Callable
 
-from dgrpo.runtime import fine_tune, review
+from dgrpo.config import ConfigError, RunConfig
+from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
-from dgrpo.stages.cluster import run_cluster
-from dgrpo.stages.reward import run_reward
-from dgrpo.stages.rollout import run_rollout
+from dgrpo.runtime.fused import train_segment
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.update import run_update
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 
@@ -45,48 +44,38 @@ def run_chain(run_segment: SegmentRun) -> seg.SegmentEnd:
 
 def segment_inprocess(store: ArtifactStore, run_id: str, config_sha256: str) -> tuple[seg.SegmentEnd,
                                                                                       BaseException | None]:
-    """One segment in this process: the pipeline's tasks in order, then its exit step."""
+    """One segment in this process: open it, train it as the fused task does (`dgrpo.runtime.fused`), then its
+    exit step."""
     kfp_run_id = f"inprocess-{uuid.uuid4().hex[:12]}"
     failure: BaseException | None = None
-    now: dict = {"task": "open_segment", "segment": None, "round": None}  # where an error is recorded
     try:
         state, base_due = seg.open_segment(store, run_id, config_sha256, kfp_run_id)
-        now["segment"] = state.segment or None
-        ctx = seg.context(store, state)
-        if base_due:
-            now["task"] = "evaluate"
-            review.evaluate(ctx, state, after_update=False)
-        for r in state.rounds:
-            now |= {"task": "begin_round", "round": r}
-            rs = seg.begin_round(store, state, r)
-            _train_round(ctx, rs, now)
-            if rs.evaluate:
-                now["task"] = "evaluate"
-                done = trained_state(store, run_id)
-                review.evaluate(ctx, rs, after_update=True, adapter=done.adapter, optimizer_state=done.optimizer_state)
-    except Exception as exc:  # the segment fails; like a KFP task, the error is recorded for the exit step
+    except Exception as exc:  # like a failed open_segment task: recorded for the exit step
         failure = exc
-        seg.record_error(store, run_id, now["task"], exc, now["segment"], now["round"])
+        seg.record_error(store, run_id, "open_segment", exc)
+    else:
+        try:
+            train_segment(store, state, base_due)  # records its own failure
+        except Exception as exc:
+            failure = exc
     end = seg.finish_segment(store, run_id, config_sha256, kfp_run_id, "FAILED" if failure else "SUCCEEDED")
     return end, failure
 
 
-def _train_round(ctx: StageContext, state: seg.RoundState, now: dict) -> None:
-    """One round: rollout and reward per shard, cluster, update (which commits the round)."""
-    r, shards = state.round, ctx.config.pipeline.shards
-    now["task"] = "rollout"
-    rollouts = [run_rollout(ctx, r, state.adapter, i, shards).outputs["rollouts"] for i in range(shards)]
-    now["task"] = "reward"
-    rewards = [run_reward(ctx, r, ref).outputs["rewards"] for ref in rollouts]
-    now["task"] = "cluster"
-    scores = run_cluster(ctx, r, rollouts, rewards).outputs["scores"]
-    now["task"] = "update"
-    run_update(ctx, r, rollouts, scores, state.adapter, state.optimizer_state)
+def check_inprocess(config: RunConfig) -> None:
+    """A team's container component runs only as a KFP task: an in-process run of a config that swaps one in
+    would silently train with our stage instead."""
+    swaps = config.pipeline.swaps()
+    if swaps:
+        name = next(iter(swaps))
+        raise ConfigError(f"config field 'pipeline.stages.{name}': a container component runs only in the KFP "
+                          "pipeline (--engine kfp, pipeline.execution staged); the in-process engine cannot run it")
 
 
 def run_inprocess(ctx: StageContext, resume_from: str = "") -> dict[str, ArtifactRef]:
     """Start (or resume, or branch) the fine-tune `ctx.run_id` and run its segments until the chain ends; returns
     the last committed adapter and optimizer state."""
+    check_inprocess(ctx.config)
     record = fine_tune.start(ctx.store, ctx.config, ctx.run_id, resume_from)
     run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record["config_sha256"]))
     state = trained_state(ctx.store, ctx.run_id)
@@ -94,4 +83,4 @@ def run_inprocess(ctx: StageContext, resume_from: str = "") -> dict[str, Artifac
             if v is not None}
 
 
-__all__ = ["ChainFailed", "run_chain", "run_inprocess", "segment_inprocess"]
+__all__ = ["ChainFailed", "check_inprocess", "run_chain", "run_inprocess", "segment_inprocess"]

@@ -20,9 +20,15 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
     """
     inputs = UpdateInputs(round_index, rollouts, scores, adapter, optimizer_state)
     result = launch(ctx, inputs) if ctx.config.train.num_processes > 1 else train_round(ctx, inputs)
-    commit_round(ctx, round_index, result.outputs["adapter"], result.outputs["optimizer_state"], parent=adapter)
-    emit_event(ctx, "update", round_index, result)
+    return commit_update(ctx, inputs, result)
+
+
+def commit_update(ctx: StageContext, inputs: UpdateInputs, result: StageResult) -> StageResult:
+    """Commit the round the main process trained (its adapter and optimizer state) and record its event."""
+    commit_round(ctx, inputs.round_index, result.outputs["adapter"], result.outputs["optimizer_state"],
+                 parent=inputs.adapter)
+    emit_event(ctx, "update", inputs.round_index, result)
     return result
 
 
-__all__ = ["UpdateInputs", "group_conditioning", "run_update", "train_round"]
+__all__ = ["UpdateInputs", "commit_update", "group_conditioning", "run_update", "train_round"]

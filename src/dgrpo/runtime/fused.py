@@ -1,0 +1,173 @@
+"""A segment's training in one process group: the body of the fused KFP task and of the in-process engine.
+
+`train_segment` runs what the staged pipeline runs as tasks, in the same order and through the same functions:
+the base-model evaluation when due, then per round `begin_round`, the round's steps (`dgrpo.runtime.rounds`) and
+the evaluation when due. It writes the same objects and records as the staged pipeline, so the two are
+interchangeable at any commit (tested bit for bit).
+
+In a pod with several GPUs the segment runs in `train.num_processes` processes started by torchrun (`launch`),
+one per GPU: the sharded steps (rollout, reward) split their shards over the processes, the cluster step runs on
+the first process over the whole round's groups, the update trains data-parallel in every process (the first
+commits), and evaluations run on the first. Artifact references travel between processes over a gloo group;
+the artifacts themselves are in the store.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dgrpo.runtime import review
+from dgrpo.runtime import segment as seg
+from dgrpo.runtime.rounds import OnStep, StepCall, run_round
+from dgrpo.stages.shared.commits import trained_state
+from dgrpo.stages.shared.context import StageContext, StageResult
+from dgrpo.store import ArtifactStore, open_store
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes that run a segment together; one by default."""
+
+    rank: int = 0
+    world: int = 1
+    group: Any = None
+    """A torch.distributed (gloo) group for passing artifact references; None with one process."""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def broadcast(self, value: Any) -> Any:
+        """The first process's `value`, in every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def gather(self, mine: dict) -> dict:
+        """Every process's dict merged, in every process."""
+        if self.world == 1:
+            return mine
+        import torch.distributed as dist
+
+        parts: list[dict] = [{} for _ in range(self.world)]
+        dist.all_gather_object(parts, mine, group=self.group)
+        return {k: v for part in parts for k, v in part.items()}
+
+    def shard_indices(self, shards: int) -> list[int]:
+        return list(range(self.rank, shards, self.world))
+
+
+def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
+    """The unsharded steps across processes: cluster on the first process, the update in every one."""
+
+    def cluster(ctx: StageContext, state: seg.RoundState, **kwargs: Any) -> StageResult:
+        from dgrpo.runtime.rounds import STEP_CALLS
+
+        result = STEP_CALLS["cluster"](ctx, state, **kwargs) if processes.main else None
+        return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
+
+    def update(ctx: StageContext, state: seg.RoundState, *, shard: int, shards: int, rollouts: list, scores
+               ) -> StageResult:
+        from dgrpo.stages.update import UpdateInputs, commit_update, train_round
+
+        inputs = UpdateInputs(state.round, rollouts, scores, state.adapter, state.optimizer_state)
+        result = train_round(ctx, inputs)
+        if processes.main:
+            commit_update(ctx, inputs, result)
+        return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
+
+    return {"cluster": cluster, "update": update}
+
+
+def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *, on_step: OnStep | None = None,
+                  on_round: Callable[[int], None] | None = None, processes: Processes = Processes()) -> None:
+    """Train `state`'s segment: the base-model evaluation when due, then its rounds, each evaluated on schedule.
+
+    A failure is recorded in the store (stage, segment, round) as a staged task records it, then re-raised.
+    `on_step(stage, round, shard)` is called as each step starts, `on_round(round)` after each round."""
+    ctx = seg.context(store, state)
+    where: dict = {"task": "evaluate", "round": None}
+
+    def step(stage: str, round_index: int, shard: int | None) -> None:
+        where.update(task=stage, round=round_index)
+        if on_step:
+            on_step(stage, round_index, shard)
+
+    many = processes.world > 1
+    try:
+        if base_due:
+            step("evaluate", state.round, None)
+            where["round"] = None
+            if processes.main:
+                review.evaluate(ctx, state, after_update=False)
+            processes.barrier()
+        for r in state.rounds:
+            step("begin_round", r, None)
+            round_state = seg.begin_round(store, state, r)
+            run_round(ctx, round_state, on_step=step, calls=_distributed_calls(processes) if many else None,
+                      shard_indices=processes.shard_indices if many else None,
+                      gather=processes.gather if many else None)
+            if round_state.evaluate:
+                step("evaluate", r, None)
+                if processes.main:
+                    done = trained_state(store, state.run_id)
+                    review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
+                                    optimizer_state=done.optimizer_state)
+                processes.barrier()
+            if on_round:
+                on_round(r)
+    except Exception as exc:
+        seg.record_error(store, state.run_id, where["task"], exc, state.segment or None, where["round"])
+        raise
+
+
+def launch(store: ArtifactStore, state: seg.RoundState, base_due: bool) -> None:
+    """Train the segment in `train.num_processes` processes (torchrun, one per GPU of the pod), this process
+    waiting; a worker's failure is recorded by the worker and ends the others (torchrun)."""
+    processes = seg.context(store, state).config.train.num_processes
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", __name__, store.uri, state.to_json(), json.dumps(base_due)]
+    code = subprocess.run(command, check=False).returncode
+    if code != 0:
+        raise SegmentWorkersFailed(f"segment {state.segment} of fine-tune {state.run_id!r}: the {processes} fused "
+                                   f"processes failed (exit code {code}); the first error is recorded in the store "
+                                   "and their log is above")
+
+
+class SegmentWorkersFailed(RuntimeError):
+    """A fused segment's worker processes failed; the workers recorded the cause."""
+
+
+def worker_main(store_uri: str, state_json: str, base_due: str) -> None:
+    """One of the fused segment's processes under torchrun."""
+    import torch
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    PartialState()  # torchrun's process group, as the update's accelerate uses it (NCCL on GPUs, gloo on CPUs)
+    processes = Processes(dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo"))
+    state = seg.RoundState.from_json(state_json, source="fused segment state")
+    train_segment(open_store(store_uri), state, json.loads(base_due), processes=processes,
+                  on_step=lambda stage, r, shard: print(f"[rank {processes.rank}] round {r}: {stage}"
+                                                        + ("" if shard is None else f" shard {shard}"), flush=True))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    worker_main(*sys.argv[1:4])
