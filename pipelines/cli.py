@@ -25,15 +25,23 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 
 
 def _overrides(items: list[str] | None) -> dict:
-    """`--set key.path=value` options as dotted-key overrides, each value parsed as YAML."""
+    """`--set key.path=value` options as dotted-key overrides, each value parsed as YAML; a key set twice (or twice
+    inside one value) is refused, since only one of the two would count."""
     import yaml
+
+    from dgrpo.config.loader import parse_yaml
 
     pairs = {}
     for item in items or []:
         if "=" not in item:
             raise typer.BadParameter(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        pairs[key] = yaml.safe_load(value)
+        if key in pairs:
+            raise typer.BadParameter(f"--set {key!r} is given twice; give it once")
+        try:
+            pairs[key] = parse_yaml(value)
+        except yaml.YAMLError as exc:
+            raise typer.BadParameter(f"--set {key!r}: {' '.join(str(exc).split())}") from exc
     return pairs
 
 
@@ -154,12 +162,14 @@ def unlock(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
 def compile(config: ConfigOpt = None, set_: SetOpt = None,
             output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML path.")] = Path("pipeline.yaml")):
     """Write the KFP IR YAML of the segment pipeline for a cluster (its size does not depend on `rounds`)."""
+    from dgrpo_pipelines.kubernetes import image_lines
     from dgrpo_pipelines.training import compile_pipeline
 
     cfg = _config(config, set_, require_import=False)
     path = compile_pipeline(cfg, output)
     typer.echo(f"wrote {path} (segments of up to {cfg.pipeline.rounds_per_run} rounds, recipe "
-               f"{cfg.recipe_sha256()[:12]})")
+               f"{cfg.recipe_sha256()[:12]}); images:")
+    typer.echo("\n".join(image_lines(cfg.kubernetes)))
 
 
 HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
@@ -189,6 +199,7 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
                              ] = None,
            experiment: ExperimentOpt = "dgrpo", namespace: NamespaceOpt = "", token: TokenOpt = None):
     """Start a fine-tune on a KFP cluster: its first segment run, which submits the next until `rounds` are done."""
+    from dgrpo_pipelines.kubernetes import image_lines
     from dgrpo_pipelines.local import new_run_id
     from dgrpo_pipelines.remote import submit as submit_run
 
@@ -200,8 +211,9 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
     except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"submitted fine-tune {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds in segments of "
-               f"{cfg.pipeline.rounds_per_run}, recipe {cfg.recipe_sha256()[:12]}); follow it with: dgrpo status "
-               f"{run_id} --store {store}")
+               f"{cfg.pipeline.rounds_per_run}, recipe {cfg.recipe_sha256()[:12]}); images:")
+    typer.echo("\n".join(image_lines(cfg.kubernetes)))
+    typer.echo(f"follow it with: dgrpo status {run_id} --store {store}")
 
 
 @app.command()

@@ -77,6 +77,48 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "").validate()
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping states one key twice: YAML keeps the last silently, so an edit to the first copy would be ignored."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping, naming the dotted key and both lines.
+
+    Keys brought in by a merge (`<<: *anchor`) may be overridden, as YAML intends; keys stated twice may not."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias to a node already checked
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_keys(item, f"{path}[{i}]", seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+            here = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key in lines:
+                raise DuplicateKeyError(f"key '{here}' is given twice, on lines {lines[key]} and {line} (YAML would "
+                                        "keep the second silently); delete one")
+            if key is not None:
+                lines[key] = line
+            self._check_keys(value_node, here, seen)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text (a file, a --set value) as Python values; a key stated twice in a mapping is an error."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Mappings merge key by key; any other value (lists included) replaces the base's."""
     out = dict(base)
@@ -95,9 +137,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _seen:
         raise ConfigError(f"config file '{path}': 'base' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"config file '{path}': cannot read: {exc.strerror}") from exc
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"config file '{path}': {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}': invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -159,15 +203,38 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         section, _, leaf = key.partition(".")
         if section in PROMPT_SECTIONS and leaf in PROMPT_KEYS:
             layer.setdefault(section, {})[leaf] = overrides.pop(key)
+        elif key in PROMPT_SECTIONS and isinstance(overrides[key], dict):  # `sampling={prompts_file: ...}`
+            whole = overrides[key] = dict(overrides[key])
+            layer.setdefault(key, {}).update({k: whole.pop(k) for k in PROMPT_KEYS if k in whole})
     _read_prompt_files(data, layer, Path.cwd(), "overrides")
     overrides |= {f"{section}.{k}": v for section, values in layer.items() for k, v in values.items()}
+    _check_override_keys(overrides)
     for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth + 1])
+                raise ConfigError(f"config field '{key}': '{section}' holds a single value ({node!r}), not a "
+                                  "section with fields")
+        # a mapping merges into the section key by key, as in a `base:` file: `train={learning_rate: ...}` means
+        # `train.learning_rate=...`, not "reset every other field of train to its default"
+        node[leaf] = _merge(node[leaf], value) if isinstance(value, dict) and isinstance(node.get(leaf), dict) \
+            else value
     return config_from_dict(data)
+
+
+def _check_override_keys(overrides: dict[str, Any]) -> None:
+    """Refuse an empty key part, and a key under another override that sets a single value (`rounds=2` with
+    `rounds.x=1`): one of the two would be dropped silently."""
+    for key, value in overrides.items():
+        if not all(key.split(".")):
+            raise ConfigError(f"config override {key!r}: empty field name in the dotted path")
+        for other in overrides:
+            if other.startswith(f"{key}.") and not isinstance(value, dict):
+                raise ConfigError(f"config overrides '{key}' and '{other}' conflict: '{key}' is set to a single "
+                                  f"value ({value!r}), so it has no field '{other[len(key) + 1:]}'")
 
 
 def config_from_json(text: str) -> RunConfig:

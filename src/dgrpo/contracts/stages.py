@@ -18,6 +18,7 @@ from dgrpo.contracts.tables import (
     VERSION_KEY,
     Contract,
     ContractError,
+    check_unique_ids,
     describe,
     from_parquet_bytes,
 )
@@ -129,4 +130,6 @@ def check_table(data: bytes, target: str, source: str) -> tuple[Contract, pa.Tab
     if contract is None:
         raise ContractError(f"{source}: declares contract {declared or '<none>'!r}; stage {target} reads and writes "
                             f"{', '.join(c.name for c in allowed)}")
-    return contract, from_parquet_bytes(data, contract, source)
+    table = from_parquet_bytes(data, contract, source)
+    check_unique_ids(table, source)
+    return contract, table

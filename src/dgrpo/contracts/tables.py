@@ -50,6 +50,9 @@ _SAMPLE_KEYS = (
     ("prompt", pa.string(), False, "the caption"),
 )
 
+SAMPLE_KEY_COLUMNS: tuple[str, ...] = tuple(name for name, *_ in _SAMPLE_KEYS)
+"""Fixed by the rollouts for every sample: a later stage (ours or a team's) carries them over unchanged."""
+
 PRUNE_DECISION = pa.struct([pa.field("step", pa.int32()), pa.field("sample_index", pa.int32()),
                             pa.field("seed", pa.int64()), pa.field("preview_reward", pa.float64()),
                             pa.field("kept", pa.bool_())])
@@ -189,6 +192,47 @@ def _check_finite(table: pa.Table, name: str, nan_ok: bool, contract: Contract, 
                                 f"(first at {where}); contract {contract.name} v{contract.version} allows only "
                                 f"{allowed} there")
         offset += len(chunk)
+
+
+def check_unique_ids(table: pa.Table, artifact: str) -> None:
+    """Refuse a table that holds one sample twice: its reward or score would count twice, or pick one at random."""
+    if "sample_id" not in table.column_names:
+        return
+    ids = table.column("sample_id")
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    seen: dict[str, int] = {}
+    for row, sid in enumerate(ids.to_pylist()):
+        if sid in seen:
+            raise ContractError(f"{artifact}: column 'sample_id' repeats sample '{sid}' (rows {seen[sid]} and "
+                                f"{row}); each sample appears once")
+        seen[sid] = row
+
+
+def check_sample_keys(expected: pa.Table, actual: pa.Table, expected_name: str, actual_name: str) -> None:
+    """Refuse `actual` (a swapped stage's table) unless it holds exactly the samples of `expected` (what the stage
+    was given), once each, with the same value in every key column (SAMPLE_KEY_COLUMNS) that both carry.
+
+    A team's table that rewrites `group_id` would have the advantages normalised, and clusters formed, across the
+    wrong images: the round would still commit."""
+    check_unique_ids(actual, actual_name)
+    a, b = set(expected.column("sample_id").to_pylist()), set(actual.column("sample_id").to_pylist())
+    if a != b:
+        missing, extra = sorted(a - b)[:3], sorted(b - a)[:3]
+        raise ContractError(f"{actual_name} does not match {expected_name} sample for sample (column 'sample_id'): "
+                            f"missing {missing}, unexpected {extra}")
+    want = expected.take(pc.sort_indices(expected, [("sample_id", "ascending")]))
+    got = actual.take(pc.sort_indices(actual, [("sample_id", "ascending")]))
+    for column in SAMPLE_KEY_COLUMNS[1:]:
+        if column not in want.column_names or column not in got.column_names:
+            continue
+        differs = pc.fill_null(pc.not_equal(want.column(column), got.column(column)), True)
+        if pc.any(differs).as_py():
+            row = pc.index(differs, True).as_py()
+            raise ContractError(f"{actual_name}: column '{column}' of sample '{got.column('sample_id')[row]}' is "
+                                f"{got.column(column)[row].as_py()!r}, but {expected_name} have "
+                                f"{want.column(column)[row].as_py()!r}; a swapped stage keeps the key columns "
+                                f"{', '.join(SAMPLE_KEY_COLUMNS)} as it read them")
 
 
 def check_metadata(schema: pa.Schema, contract: Contract, artifact: str) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from dgrpo import artifacts, contracts, lineage
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
-from dgrpo.stages.shared.shards import as_list, check_same_samples, read_merged
+from dgrpo.stages.shared.shards import as_list, read_merged
 from dgrpo.store import ArtifactRef
 
 SUMMARY_COLUMN = {"rewards": "reward", "scores": "final_reward"}
@@ -48,8 +48,9 @@ def import_table(ctx: StageContext, round_index: int, stage: str, contract: str,
         raise contracts.ContractError(f"{source}: cannot read: {exc}") from exc
     table = contracts.from_parquet_bytes(data, spec, source)
     if "rollouts" in inputs:
-        samples = read_merged(ctx.store, inputs["rollouts"], contracts.ROLLOUTS).select(["sample_id"])
-        check_same_samples(samples, table, "its input rollouts", source)
+        samples = read_merged(ctx.store, inputs["rollouts"], contracts.ROLLOUTS)
+        contracts.check_sample_keys(samples.select(list(contracts.SAMPLE_KEY_COLUMNS)), table, "its input rollouts",
+                                    source)
     named: dict[str, ArtifactRef] = {}
     for name, refs in inputs.items():
         refs = as_list(refs)
