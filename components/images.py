@@ -1,7 +1,10 @@
-"""Container image of each stage, fixed when the components are defined (KFP bakes base_image in).
+"""Container image of each task, fixed when the components are defined (KFP bakes base_image in); the config's
+`kubernetes.images` replaces it at compile time (dgrpo_pipelines.kubernetes.configure).
 
-DGRPO_IMAGES_FILE names the JSON map stage -> image reference that `make images` writes (build/images.json,
-references pinned by digest after a push); without it, DGRPO_IMAGE_REGISTRY and DGRPO_IMAGE_TAG select them.
+Image keys are the stage names and `control`, the small CPU image of the bookkeeping tasks. DGRPO_IMAGES_FILE
+names the JSON map key -> image reference that `make images` writes (build/images.json, references pinned by digest
+after a push); without it, DGRPO_IMAGE_REGISTRY and DGRPO_IMAGE_TAG select them. The default registry,
+ghcr.io/dgrpo, is a placeholder: nothing is published there, and `dgrpo submit` refuses it.
 """
 
 import json
@@ -9,20 +12,29 @@ import os
 from pathlib import Path
 
 from dgrpo import __version__
-from dgrpo.contracts.stages import stage_spec
+from dgrpo.config.deployment import IMAGE_KEYS
+
+PLACEHOLDER_REGISTRY = "ghcr.io/dgrpo"
 
 
-def image_for(stage: str) -> str:
-    stage_spec(stage)  # an unknown stage is an error naming the known ones
+def image_for(key: str) -> str:
+    """The reference a component is defined with for image `key` (a stage name or `control`)."""
+    if key not in IMAGE_KEYS:
+        raise ValueError(f"unknown stage {key!r} (image keys: {', '.join(IMAGE_KEYS)})")
     refs_file = os.environ.get("DGRPO_IMAGES_FILE")
     if refs_file:
         try:
             refs = json.loads(Path(refs_file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"DGRPO_IMAGES_FILE {refs_file}: cannot read the image references ({exc})") from exc
-        if not isinstance(refs, dict) or not isinstance(refs.get(stage), str) or not refs[stage]:
-            raise ValueError(f"DGRPO_IMAGES_FILE {refs_file}: no image reference for stage '{stage}'")
-        return refs[stage]
-    registry = os.environ.get("DGRPO_IMAGE_REGISTRY", "ghcr.io/dgrpo")
+        if not isinstance(refs, dict) or not isinstance(refs.get(key), str) or not refs[key]:
+            raise ValueError(f"DGRPO_IMAGES_FILE {refs_file}: no image reference for stage '{key}'")
+        return refs[key]
+    registry = os.environ.get("DGRPO_IMAGE_REGISTRY", PLACEHOLDER_REGISTRY)
     tag = os.environ.get("DGRPO_IMAGE_TAG", __version__)
-    return f"{registry}/dgrpo-{stage}:{tag}"
+    return f"{registry}/dgrpo-{key}:{tag}"
+
+
+def is_placeholder(ref: str) -> bool:
+    """True for a reference under the placeholder registry, which no cluster can pull."""
+    return ref.startswith(PLACEHOLDER_REGISTRY + "/")

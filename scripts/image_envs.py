@@ -88,6 +88,11 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=ROOT / "build" / "image-envs")
     args = parser.parse_args()
     print(f"base: {build_base(args.root)}", flush=True)
+    control = args.root / "control"  # the control image has the base's packages only (torch as a CPU build)
+    if not control.is_symlink():
+        shutil.rmtree(control, ignore_errors=True)
+        control.symlink_to("base")
+    print(f"control: {control / 'bin' / 'python'} (the base environment)", flush=True)
     for stage in args.stages:
         print(f"{stage}: {build_stage(args.root, stage)}", flush=True)
     return 0

@@ -2,11 +2,13 @@
 
     python scripts/images.py [--registry REG] [--output build/images.json] [--no-push]
 
-The base image is built from the repository root, then one image per stage on top of it, all tagged with the git
-revision (`<rev>`, or `<rev>-dirty` with uncommitted changes). After pushing, the references are pinned by digest.
-The output file maps each stage to its reference; `DGRPO_IMAGES_FILE=build/images.json dgrpo compile ...` (what
-`make compile` does when the file exists) puts them into the pipeline. Without a reachable Docker engine the
-script says so and exits 0 without writing anything, so `make images` is safe to run anywhere.
+The base image is built from the repository root, then one image per stage on top of it and the small CPU image of
+the bookkeeping tasks (`control`), all tagged with the git revision (`<rev>`, or `<rev>-dirty` with uncommitted
+changes). After pushing, the references are pinned by digest. The output file maps each image key to its reference,
+and the script prints the same map as the `kubernetes.images` section of a config, which `dgrpo compile` and
+`dgrpo submit` both use (`DGRPO_IMAGES_FILE=build/images.json` still works for `make compile`). Without a reachable
+Docker engine, or when a build fails, the script exits non-zero and writes nothing: `make images` fails when it
+built nothing.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dgrpo.config.deployment import IMAGE_KEYS
 from dgrpo.contracts.stages import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,17 +60,26 @@ def build_all(registry: str, tag: str, push: bool) -> dict[str, str]:
     if push:
         docker("push", base)
     refs = {}
-    for stage in STAGE_NAMES:
-        ref = f"{registry}/dgrpo-{stage}:{tag}"
-        docker("build", "--tag", ref, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"STAGE={stage}",
-               "--build-arg", f"DGRPO_IMAGE={ref}", str(ROOT / "images" / "stage"))
+    for key in IMAGE_KEYS:
+        ref = f"{registry}/dgrpo-{key}:{tag}"
+        if key in STAGE_NAMES:
+            docker("build", "--tag", ref, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"STAGE={key}",
+                   "--build-arg", f"DGRPO_IMAGE={ref}", str(ROOT / "images" / "stage"))
+        else:
+            docker("build", "--file", str(ROOT / "images" / key / "Dockerfile"), "--tag", ref, "--build-arg",
+                   f"DGRPO_CODE_VERSION={__version__}+g{tag}", "--build-arg", f"DGRPO_IMAGE={ref}", str(ROOT))
         if push:
             docker("push", ref)
             digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref) or "[]")
-            pinned = next((d for d in digests if d.startswith(f"{registry}/dgrpo-{stage}@")), None)
+            pinned = next((d for d in digests if d.startswith(f"{registry}/dgrpo-{key}@")), None)
             ref = f"{ref}@{pinned.split('@', 1)[1]}" if pinned else ref
-        refs[stage] = ref
+        refs[key] = ref
     return refs
+
+
+def config_snippet(refs: dict[str, str]) -> str:
+    """The references as the `kubernetes.images` section of a dgrpo config."""
+    return "kubernetes:\n  images:\n" + "".join(f"    {key}: {ref}\n" for key, ref in refs.items())
 
 
 def main() -> int:
@@ -81,16 +93,24 @@ def main() -> int:
 
     reason = docker_available()
     if reason:
-        print(f"make images: skipped, no Docker engine here ({reason}); nothing built, {args.output} not written.")
-        return 0
-    refs = build_all(args.registry.rstrip("/"), git_revision(), push=not args.no_push)
+        print(f"make images: no Docker engine here ({reason}); nothing built, {args.output} not written",
+              file=sys.stderr)
+        return 1
+    try:
+        refs = build_all(args.registry.rstrip("/"), git_revision(), push=not args.no_push)
+    except subprocess.CalledProcessError as exc:
+        print(f"make images: `{' '.join(exc.cmd)}` failed (exit {exc.returncode}); {args.output} not written",
+              file=sys.stderr)
+        return 1
+    if set(refs) != set(IMAGE_KEYS):
+        print(f"make images: built {sorted(refs)}, not every image {list(IMAGE_KEYS)}", file=sys.stderr)
+        return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".tmp")
     tmp.write_text(json.dumps(refs, indent=2, sort_keys=True) + "\n")
     tmp.replace(args.output)
-    print(f"wrote {args.output}:")
-    for stage, ref in refs.items():
-        print(f"  {stage:<9} {ref}")
+    print(f"wrote {args.output}; put these references into your config (dgrpo compile and submit use them):")
+    print(config_snippet(refs), end="")
     return 0
 
 
