@@ -3,13 +3,15 @@
 `submit` stores the config and the compiled segment pipeline in the artifact store, claims (or checks) the
 fine-tune and creates its first segment run; every segment's exit task then submits the next until the chain
 ends. `schedule` creates a recurring run instead (max concurrency 1, no catch-up): each scheduled run is one
-segment, and once the fine-tune is complete the runs end at once.
+segment, and once the fine-tune is complete the runs end at once. A resume, and every scheduled run, first breaks
+a lease whose holder's KFP run has finished (its exit task never ran), so a low-frequency schedule is a watchdog.
 """
 
 import tempfile
 from pathlib import Path
 
 import yaml
+from dgrpo_pipelines.kubernetes import check_cluster_images
 from dgrpo_pipelines.training import compile_pipeline
 
 from dgrpo.config import RunConfig
@@ -31,12 +33,14 @@ def compiled(config: RunConfig) -> tuple[dict, dict | None]:
 
 def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str,
            experiment: str, mode: str) -> tuple[dict, dict, dict | None]:
+    check_cluster_images(config.kubernetes)  # before anything is stored or submitted
     spec, platform = compiled(config)
     experiment_id = client.experiment_id(experiment)
     kfp = {"endpoint": config.kubernetes.kfp_endpoint, "experiment_id": experiment_id, "namespace": client.namespace,
-           "service_account": config.kubernetes.service_account,
+           "service_account": config.kubernetes.service_account, "pipeline_root": config.kubernetes.pipeline_root,
            "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
-    record = fine_tune.start(store, config, run_id, resume_from, mode=mode, kfp=kfp)
+    record = fine_tune.start(store, config, run_id, resume_from, mode=mode, kfp=kfp,
+                             holder_state=lambda kfp_run: str(client.get_run(kfp_run).get("state", "")))
     return record, spec, platform
 
 
@@ -49,6 +53,7 @@ def submit(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id
         display_name=f"{run_id} segment" + (f" (resumes {resume_from})" if resume_from else ""),
         experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
         parameters=fine_tune.segment_parameters(store, record), service_account=config.kubernetes.service_account,
+        pipeline_root=config.kubernetes.pipeline_root,
         description=f"dgrpo fine-tune {run_id}: {config.rounds} rounds, {config.pipeline.rounds_per_run} per run")
     return client.create_run(body)
 
@@ -65,6 +70,7 @@ def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_
         display_name=f"{run_id} chain", experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
         parameters=fine_tune.segment_parameters(store, record), cron=cron,
         service_account=config.kubernetes.service_account, enabled=enabled,
+        pipeline_root=config.kubernetes.pipeline_root,
         description=f"continues dgrpo fine-tune {run_id}, {config.pipeline.rounds_per_run} rounds per run, until "
                     f"{config.rounds} rounds")
     return client.create_recurring_run(body)

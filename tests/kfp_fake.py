@@ -6,13 +6,24 @@ DiscardUnknown false. int64 fields must be JSON strings (protojson's canonical f
 (robfig/cron reads a 5-field cron as seconds-first), `mode` is a Mode name, `pipeline_spec` and a pipeline version
 are a oneof, run parameters are capped at 10,000 bytes. In multi-user mode an experiment id and a bearer token are
 required, as there.
+
+And as unkind as the real one where dgrpo must cope (KFP 2.17's apiserver, read at its source): no token is 401, a
+token without the RBAC is 403, an auth proxy (`login_page`) answers with a redirect to an HTML login page; in
+multi-user mode listing experiments without a namespace is 400; a list `filter` is URL-decoded once more after the
+query string (list_request_util.go), so a '+' turns into a space and a stray '%' is a 400; `fail(...)` injects
+5xx, 429, timeouts and answers lost after the request was carried out; `final_status` says what the exit task's
+`PipelineTaskFinalStatus.state` is at a run's end: RUNNING, not COMPLETE, after a successful run whose exit
+handler holds a `dsl.If` (metadata/client.go recounts a DAG only from a container launcher), and after a
+killed pod.
 """
 
 import json
+import re
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote_plus, urlparse
 
 TIMESTAMP = "timestamp"
 SCHEMA: dict[str, dict] = {
@@ -83,15 +94,32 @@ def check_pipeline_spec(spec: dict) -> tuple[dict, dict | None]:
     return ir, platform
 
 
+def go_query_unescape(text: str) -> str:
+    """Go's url.QueryUnescape: '+' is a space, a '%' not followed by two hex digits is an error."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise Rejected(f"Invalid input error: failed to decode the filter: invalid URL escape in {text[:80]!r}")
+    return unquote_plus(text)
+
+
+def has_condition(ir: dict) -> bool:
+    """Whether any DAG of the IR holds a task with a trigger condition (a dsl.If branch)."""
+    dags = [ir.get("root", {})] + list(ir.get("components", {}).values())
+    return any("condition" in t.get("triggerPolicy", {}) for d in dags for t in d.get("dag", {}).get("tasks",
+                                                                                                     {}).values())
+
+
 class FakeKfp:
     """The server, its recorded requests and its state."""
 
-    def __init__(self, multi_user: bool = False, token: str = "", namespace: str = ""):
-        self.multi_user, self.token, self.namespace = multi_user, token, namespace
+    def __init__(self, multi_user: bool = False, token: str = "", namespace: str = "", login_page: bool = False):
+        self.multi_user, self.token, self.namespace, self.login_page = multi_user, token, namespace, login_page
         self.requests: list[tuple[str, str, dict | None, dict]] = []
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.recurring: dict[str, dict] = {}
+        self.faults: list[tuple[str, str, object]] = []
+        self.slow_s = 2.0
+        self.allowed_tokens: set[str] = set()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -103,19 +131,52 @@ class FakeKfp:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _html(self, status: int, location: str = "") -> None:
+                data = b"<!DOCTYPE html><html><head><title>Dex</title></head><body>Log in to Your Account</body></html>"
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _handle(self, method: str) -> None:
                 url = urlparse(self.path)
+                if url.path.startswith("/dex/"):
+                    self._html(200)
+                    return
                 body = None
                 if method == "POST":
-                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
                 fake.requests.append((method, url.path, body, dict(self.headers)))
+                fault = fake.take_fault(method, url.path)
+                if fault == "reset":  # the connection drops before the request reaches the server
+                    self.close_connection = True
+                    return
+                if isinstance(fault, int):
+                    self._reply(fault, {"error": f"injected HTTP {fault}", "code": 14})
+                    return
+                auth = self.headers.get("Authorization")
+                if fake.login_page and auth is None:  # the auth proxy in front of the API sends browsers to Dex
+                    self._html(302, "/dex/auth?client_id=kubeflow-oidc-authservice")
+                    return
                 try:
-                    if fake.multi_user and self.headers.get("Authorization") != f"Bearer {fake.token}":
+                    if fake.multi_user and auth is None:
                         self._reply(401, {"error": "Unauthenticated: no valid bearer token", "code": 16})
+                        return
+                    if fake.multi_user and auth != f"Bearer {fake.token}" and auth[7:] not in fake.allowed_tokens:
+                        self._reply(403, {"error": "PermissionDenied: User 'system:serviceaccount:x:y' is not "
+                                                   "authorized with reason: (request: {Verb: create})", "code": 7})
                         return
                     status, answer = fake.route(method, url.path, parse_qs(url.query), body)
                 except Rejected as exc:
                     status, answer = 400, {"error": str(exc), "code": 3}
+                if fault == "drop":  # carried out, but the answer is lost
+                    self.close_connection = True
+                    return
+                if fault == "timeout":  # carried out, answered after the client gave up
+                    time.sleep(fake.slow_s)
                 self._reply(status, answer)
 
             def do_GET(self):  # noqa: N802 - http.server's naming
@@ -138,13 +199,42 @@ class FakeKfp:
     def posted(self, path: str) -> list[dict]:
         return [body for method, p, body, _ in self.requests if method == "POST" and p == path]
 
+    def fail(self, method: str, path: str, *faults: object) -> None:
+        """The next requests `method path` each meet one fault, in order: an HTTP status (503, 429, 500),
+        "reset" (connection lost before the server saw it), "drop" (carried out, answer lost), "timeout" (carried
+        out, answered after `slow_s`)."""
+        self.faults += [(method, path, f) for f in faults]
+
+    def take_fault(self, method: str, path: str) -> object:
+        for i, (m, p, fault) in enumerate(self.faults):
+            if m == method and p == path:
+                del self.faults[i]
+                return fault
+        return None
+
+    def final_status(self, run_id: str, outcome: str) -> str:
+        """End run `run_id` (its API state) and say what its exit task's PipelineTaskFinalStatus.state is, as KFP
+        2.17 computes it: the exit-handler DAG's MLMD state. `outcome`: "succeeded" (COMPLETE only if no dsl.If
+        branch can be the DAG's last child: a skipped branch is created CANCELED by its driver and nothing recounts
+        the DAG, so it stays RUNNING), "killed" (a pod OOM-killed or preempted publishes nothing: RUNNING), "failed"
+        (FAILED), "terminated" (CANCELED)."""
+        run = self.runs[run_id]
+        run["state"] = {"succeeded": "SUCCEEDED", "killed": "FAILED", "failed": "FAILED",
+                        "terminated": "CANCELED"}[outcome]
+        spec = run["pipeline_spec"]
+        ir = spec.get("pipeline_spec", spec)
+        if outcome == "succeeded":
+            return "RUNNING" if has_condition(ir) else "COMPLETE"
+        return {"killed": "RUNNING", "failed": "FAILED", "terminated": "CANCELED"}[outcome]
+
     def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
         api = "/apis/v2beta1"
         if method == "GET" and path == f"{api}/experiments":
-            flt = json.loads(query.get("filter", ["{}"])[0]) if "filter" in query else {}
-            names = [p.get("string_value", p.get("stringValue")) for p in flt.get("predicates", [])
-                     if p.get("key") == "display_name"]
+            names = self._names(query)
             ns = query.get("namespace", [""])[0]
+            if self.multi_user and not ns:
+                raise Rejected("Invalid input error: In multi-user mode, ListExperiment requires filtering by "
+                               "namespace")
             found = [e for e in self.experiments.values() if (not names or e["display_name"] in names)
                      and (not self.multi_user or e.get("namespace") == ns)]
             return 200, {"experiments": found, "total_size": len(found)} if found else {}
@@ -166,10 +256,37 @@ class FakeKfp:
             job = body | {"recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
             self.recurring[job["recurring_run_id"]] = job
             return 200, job
+        if method == "GET" and path == f"{api}/runs":
+            names, exp = self._names(query), query.get("experiment_id", [""])[0]
+            if self.multi_user and not exp and not query.get("namespace", [""])[0]:
+                raise Rejected("Invalid input error: In multi-user mode, ListRuns requires an experiment or a "
+                               "namespace")
+            found = [r for r in self.runs.values() if (not names or r["display_name"] in names)
+                     and (not exp or r.get("experiment_id") == exp)]
+            return 200, {"runs": found[::-1], "total_size": len(found)} if found else {}
+        if method == "POST" and path.startswith(f"{api}/runs/") and path.endswith(":terminate"):
+            run = self.runs.get(path.rsplit("/", 1)[1].removesuffix(":terminate"))
+            if run is None:
+                return 404, {"error": "run not found", "code": 5}
+            if run["state"] not in ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"):
+                run["state"] = "CANCELED"
+            return 200, {}
         if method == "GET" and path.startswith(f"{api}/runs/"):
             run = self.runs.get(path.rsplit("/", 1)[1])
             return (200, run) if run else (404, {"error": "run not found", "code": 5})
         return 404, {"error": f"no route {method} {path}", "code": 5}
+
+    @staticmethod
+    def _names(query: dict) -> list[str]:
+        """The display names a list filter asks for, decoded twice as the server does."""
+        if "filter" not in query:
+            return []
+        try:
+            flt = json.loads(go_query_unescape(query["filter"][0]))
+        except json.JSONDecodeError as exc:
+            raise Rejected(f"Invalid input error: the filter is not JSON ({exc})") from exc
+        return [p.get("string_value", p.get("stringValue")) for p in flt.get("predicates", [])
+                if p.get("key") == "display_name"]
 
     def _check_common(self, kind: str, body: dict) -> None:
         if "pipeline_spec" not in body:

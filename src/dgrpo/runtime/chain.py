@@ -58,8 +58,12 @@ def decide(*, rounds_total: int, rounds_done: int, progress: int, succeeded: boo
                               f"(pipeline.max_retries {max_retries}); last error: {why}")
 
 
+OPERATOR_STOPS = {"manual": "stopped by hand", "terminated": "terminated by an operator"}
+"""Stop rules that are a person's, not a guard rail's: `dgrpo stop`, and a KFP run terminated (UI or --now)."""
+
+
 def stop_label(stop: dict) -> str:
-    return "stopped by hand" if stop["rule"] == "manual" else f"guard rail {stop['rule']}"
+    return OPERATOR_STOPS.get(stop["rule"], f"guard rail {stop['rule']}")
 
 
 @dataclass(frozen=True)

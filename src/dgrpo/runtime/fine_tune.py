@@ -10,14 +10,17 @@ import difflib
 import json
 import os
 import socket
+import time
 
 from dgrpo.config import RunConfig
 from dgrpo.runtime import chain, kfp_rest, report
 from dgrpo.runtime import segment as seg
 from dgrpo.stages.shared.commits import ResumeError, last_commit, ref_dict, trained_state
 from dgrpo.stages.shared.ownership import (
+    break_lease,
     claim_key,
     claim_run,
+    lease_breaks,
     lease_key,
     now,
     read_claim,
@@ -71,17 +74,21 @@ def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: 
 
 
 def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str = "", mode: str = "local",
-          kfp: dict | None = None) -> dict:
+          kfp: dict | None = None, holder_state: kfp_rest.RunStateLookup | None = None) -> dict:
     """Store the config, claim or check the fine-tune, write its chain record; returns the chain record.
 
     Without `resume_from` the run id must be new; `resume_from == run_id` continues that fine-tune after its last
     commit (a guard-rail stop is lifted: the rules are checked again at the next evaluation); another
-    `resume_from` branches a new fine-tune from that one's last commit."""
+    `resume_from` branches a new fine-tune from that one's last commit. A resume first breaks a lease whose holder
+    is over: a local driver that died, or (with `holder_state`, the KFP API's view) a finished KFP run."""
     validate_run_id(run_id, "run id")
     if resume_from == run_id:
         claim = _check_recipe(store, config, run_id, "--resume")
         if mode == "local":
             release_if_driver_died(store, run_id)
+        elif holder_state is not None:
+            seg.break_finished_holder(store, run_id, by=f"dgrpo {'schedule' if mode == 'schedule' else 'submit'} "
+                                      f"--resume {run_id}", lookup=holder_state)
         config_ref = put_config(store, config)  # after the checks: a refused run writes nothing
         if claim.get("legacy"):
             claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
@@ -131,7 +138,8 @@ def release_if_driver_died(store: ArtifactStore, run_id: str) -> bool:
     segment = read_json(store, seg.segment_key(run_id, lease.get("segment", 0))) or {}
     if segment.get("holder") == lease.get("holder") and segment.get("config_sha256"):
         seg.finish_segment(store, run_id, segment["config_sha256"], segment.get("kfp_run_id", ""), "FAILED")
-    release_lease(store, run_id, lease["holder"])
+    break_lease(store, run_id, lease["holder"], by=f"dgrpo run --resume {run_id} on {socket.gethostname()}",
+                reason=f"its local driver (pid {driver.get('pid')}) is no longer running")
     return True
 
 
@@ -151,8 +159,23 @@ def segment_parameters(store: ArtifactStore, chain_record: dict) -> dict[str, st
             "recipe_sha256": chain_record["recipe_sha256"]}
 
 
-def status(store: ArtifactStore, run_id: str) -> dict:
-    """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter, across segments."""
+def _holder_check(chain_record: dict, lease: dict | None, lookup: kfp_rest.RunStateLookup | None
+                  ) -> tuple[str, str]:
+    """The KFP state of the lease holder's run ("" when not asked) and why it could not be asked ("")."""
+    if lease is None or not lease.get("kfp_run_id"):
+        return "", ""
+    try:
+        lookup = lookup or kfp_rest.run_state_lookup(chain_record, attempts=1)
+        return (lookup(lease["kfp_run_id"]) if lookup else ""), ""
+    except (kfp_rest.KfpApiError, ValueError) as exc:
+        return "", str(exc)
+
+
+def status(store: ArtifactStore, run_id: str, lookup: kfp_rest.RunStateLookup | None = None) -> dict:
+    """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter, across segments.
+
+    A lease whose holder's KFP run has finished (`lookup`; by default the chain's KFP API, $KF_PIPELINES_ENDPOINT
+    first) makes the state "stalled": the next resume or scheduled run breaks it."""
     validate_run_id(run_id, "run id")
     claim = read_claim(store, run_id)
     if claim is None and last_commit(store, run_id) is None:
@@ -161,9 +184,15 @@ def status(store: ArtifactStore, run_id: str) -> dict:
     segments = [store.get_json(k) for k in store.list(run_key(run_id, "segments"))]
     lease = read_lease(store, run_id)
     recorded = read_json(store, run_key(run_id, "status.json")) or {}
-    state = "running" if lease else recorded.get("state", "not started")
+    state, reason = "running" if lease else recorded.get("state", "not started"), recorded.get("reason", "")
+    holder_state, holder_unknown = _holder_check(chain_record, lease, lookup)
+    if holder_state in kfp_rest.FINISHED_STATES:
+        state, reason = "stalled", (f"lease held by finished run {lease['kfp_run_id']} ({holder_state}); `dgrpo "
+                                    f"submit --resume {run_id}` or the next scheduled run breaks it and goes on")
     errs = seg.errors(store, run_id)
-    return {"run_id": run_id, "store": store.uri, "state": state, "reason": recorded.get("reason", ""),
+    breaks = lease_breaks(store, run_id)
+    return {"run_id": run_id, "store": store.uri, "state": state, "reason": reason, "holder_state": holder_state,
+            "holder_unknown": holder_unknown, "last_lease_break": breaks[-1] if breaks else None,
             "rounds_done": trained_state(store, run_id).next_round, "rounds_total": chain_record.get("rounds"),
             "rounds_per_run": chain_record.get("rounds_per_run"), "mode": chain_record.get("mode"),
             "recipe_sha256": (claim or {}).get("recipe_sha256"), "claimed_at": (claim or {}).get("claimed_at"),
@@ -175,7 +204,8 @@ def status(store: ArtifactStore, run_id: str) -> dict:
 
 def format_status(st: dict) -> str:
     total = st["rounds_total"] if st["rounds_total"] is not None else "?"
-    lines = [f"fine-tune {st['run_id']} ({st['store']}): {st['state']}" + (f" - {st['reason']}" if st["reason"]
+    sep = ": " if st["state"] == "stalled" else " - "
+    lines = [f"fine-tune {st['run_id']} ({st['store']}): {st['state']}" + (f"{sep}{st['reason']}" if st["reason"]
                                                                            else ""),
              f"  rounds done: {st['rounds_done']}/{total}   segments: {st['segments']} of up to "
              f"{st['rounds_per_run'] or '?'} rounds   recipe {str(st['recipe_sha256'])[:12]}"]
@@ -187,9 +217,17 @@ def format_status(st: dict) -> str:
                      f"started {cur['started_at']}" + (f", finished {cur['finished_at']}" if cur.get("finished_at")
                                                        else ""))
     if st["lease"]:
-        lines.append(f"  lease: {st['lease']['holder']} (segment {st['lease'].get('segment')}, taken "
-                     f"{st['lease']['acquired_at']}); if its run is dead: dgrpo unlock {st['run_id']} --holder "
-                     f"{st['lease']['holder']} --store {st['store']}")
+        lines.append(f"  lease: {st['lease']['holder']} (segment {st['lease'].get('segment')}, KFP run "
+                     f"{st['lease'].get('kfp_run_id') or '-'}" + (f" {st['holder_state']}" if st["holder_state"]
+                                                                  else "")
+                     + f", taken {st['lease']['acquired_at']}); if its run is dead: dgrpo unlock {st['run_id']} "
+                       f"--holder {st['lease']['holder']} --store {st['store']}")
+        if st["holder_unknown"]:
+            lines.append(f"    its KFP run could not be checked: {st['holder_unknown']}")
+    if st["last_lease_break"]:
+        brk = st["last_lease_break"]
+        lines.append(f"  last lease break ({brk['at']}): {brk['by']} broke lease {brk['lease'].get('holder')}: "
+                     f"{brk['reason']}")
     if st["stop"]:
         stop = st["stop"]
         lines.append(f"  {chain.stop_label(stop)} after round {stop['round']}: {stop['message']}")
@@ -218,6 +256,27 @@ def request_stop(store: ArtifactStore, run_id: str, reason: str = "") -> dict:
             "at": now()}
     store.put_json(seg.stop_key(run_id), stop)
     return stop
+
+
+def terminate_current(store: ArtifactStore, run_id: str, client: kfp_rest.KfpClient, wait_s: float = 60.0
+                      ) -> tuple[str, dict | None]:
+    """`dgrpo stop --now`, after the stop record: terminate the KFP run of the segment holding the lease, wait up
+    to `wait_s` for it to finish, then break its lease if its exit task did not run (Argo skips an exit hook whose
+    pods stay pending past a terminated run's deadline). Returns the terminated run ("" when no segment held the
+    lease) and the lease break (None when the exit task released it, or the run had not finished yet)."""
+    lease = read_lease(store, run_id)
+    if lease is None or not lease.get("kfp_run_id"):
+        return "", None
+    kfp_run = lease["kfp_run_id"]
+    client.terminate_run(kfp_run)
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = str(client.get_run(kfp_run).get("state", ""))
+        if state in kfp_rest.FINISHED_STATES or time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    broken = seg.break_finished_holder(store, run_id, by=f"dgrpo stop --now {run_id}", lookup=lambda _: state)
+    return kfp_run, broken
 
 
 def unlock(store: ArtifactStore, run_id: str, holder: str) -> bool:
@@ -249,4 +308,4 @@ def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp
 
 __all__ = ["chain_key", "claim_key", "driver_key", "finish_on_cluster", "format_status", "known_runs", "lease_key",
            "release_if_driver_died", "request_stop", "segment_parameters", "start", "status", "submit_with_kfp",
-           "unlock"]
+           "terminate_current", "unlock"]

@@ -11,9 +11,11 @@ mounts it; its path is $KF_PIPELINES_SA_TOKEN_PATH); a standalone KFP needs none
 
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,14 @@ def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_body(*, display_name: str, experiment_id: str, spec: dict, platform: dict | None,
-             parameters: dict[str, Any], service_account: str = "", description: str = "") -> dict:
-    """A v2beta1 Run. It has no namespace field: the namespace is the experiment's."""
+             parameters: dict[str, Any], service_account: str = "", description: str = "",
+             pipeline_root: str = "") -> dict:
+    """A v2beta1 Run. It has no namespace field: the namespace is the experiment's. A `pipeline_root` is this run's
+    own (runtime_config), so the namespace's kfp-launcher ConfigMap stays as it is."""
     body = {"display_name": display_name, "pipeline_spec": pipeline_spec_field(spec, platform),
             "runtime_config": {"parameters": check_parameters(parameters)}}
+    if pipeline_root:
+        body["runtime_config"]["pipeline_root"] = pipeline_root
     if experiment_id:
         body["experiment_id"] = experiment_id
     if service_account:
@@ -71,11 +77,12 @@ def check_cron(cron: str) -> str:
 
 def recurring_run_body(*, display_name: str, experiment_id: str, spec: dict, platform: dict | None,
                        parameters: dict[str, Any], cron: str, service_account: str = "", description: str = "",
-                       enabled: bool = True, max_concurrency: int = 1) -> dict:
+                       enabled: bool = True, max_concurrency: int = 1, pipeline_root: str = "") -> dict:
     """A v2beta1 RecurringRun: cron trigger, at most `max_concurrency` runs at once, no catch-up."""
     if not 1 <= max_concurrency <= 10:
         raise ValueError(f"max_concurrency {max_concurrency}: the KFP API takes 1 to 10")
     body = run_body(display_name=display_name, experiment_id=experiment_id, spec=spec, platform=platform,
+                    pipeline_root=pipeline_root,
                     parameters=parameters, service_account=service_account, description=description)
     return body | {"trigger": {"cron_schedule": {"cron": check_cron(cron)}},
                    "max_concurrency": str(max_concurrency),  # int64: a JSON string in protojson
@@ -106,58 +113,179 @@ def find_token(token: str | None = None) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-class KfpClient:
-    """The few v2beta1 calls dgrpo makes: find or create an experiment, create runs and recurring runs."""
+FINISHED_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
+"""v2beta1 RuntimeState values of a run that will run no task any more (its exit task included)."""
+TERMINATED_STATES = ("CANCELING", "CANCELED")
+"""A run an operator terminated (the UI's Terminate, `dgrpo stop --now`)."""
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+TOKEN_HELP = ("get a token: on a standalone KFP, `kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80` and "
+              "--host http://localhost:8080 (no token); on multi-user Kubeflow, `kubectl -n <namespace> create token "
+              "<service-account> --audience pipelines.kubeflow.org`, passed as --token or $KF_PIPELINES_TOKEN")
 
-    def __init__(self, endpoint: str, token: str | None = None, namespace: str = "", timeout_s: float = 30.0):
+
+class KfpAuthError(KfpApiError):
+    """401/403, or a login page instead of the API: the one line says how to get a token."""
+
+
+class KfpUnavailable(KfpApiError):
+    """A failure a later try may not repeat: no connection, a timeout, 5xx or 429."""
+
+
+def _detail(text: str) -> str:
+    """The server's message from an error body: its JSON `error`/`message`, never a whole HTML page."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "an HTML page" if "<html" in text[:500].lower() else " ".join(text.split())[:300]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)[:300]
+    return str(body)[:300]
+
+
+class KfpClient:
+    """The few v2beta1 calls dgrpo makes: experiments, runs (create, find, get, terminate), recurring runs.
+
+    Reads are retried on connection errors, timeouts, 5xx and 429 with exponential backoff (`attempts` tries,
+    `backoff_s` doubling); creating a run is retried too, made idempotent by its display name (`create_run_once`)."""
+
+    def __init__(self, endpoint: str, token: str | None = None, namespace: str = "", timeout_s: float = 30.0,
+                 attempts: int = 6, backoff_s: float = 2.0):
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"KFP endpoint {endpoint!r}: expected an http(s):// URL")
         self.endpoint, self.namespace, self.timeout_s = endpoint.rstrip("/"), namespace, timeout_s
+        self.attempts, self.backoff_s = max(1, attempts), backoff_s
         self.token = find_token(token)
 
     def request(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
+        """One try. KfpAuthError for 401/403 or a login page, KfpUnavailable for what a retry may cure."""
         url = f"{self.endpoint}{API}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        where = f"{method} {self.endpoint}{API}{path}"
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                text = resp.read().decode()
+                text, kind = resp.read().decode(errors="replace"), resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise KfpApiError(f"{method} {API}{path}: HTTP {exc.code}: {detail}") from exc
+            detail = _detail(exc.read().decode(errors="replace"))
+            if exc.code in (401, 403):
+                why = "not authenticated" if exc.code == 401 else "not allowed"
+                raise KfpAuthError(f"{where}: HTTP {exc.code}, {why} ({detail}); {TOKEN_HELP}") from None
+            error = KfpUnavailable if exc.code in TRANSIENT_STATUSES else KfpApiError
+            raise error(f"{where}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise KfpApiError(f"{method} {self.endpoint}{API}{path}: {exc}") from exc
-        return json.loads(text) if text.strip() else {}
+            raise KfpUnavailable(f"{where}: {getattr(exc, 'reason', exc)}") from exc
+        if "html" in kind or text.lstrip()[:1] == "<":  # an auth proxy (Dex, oauth2-proxy) sent its login page
+            raise KfpAuthError(f"{where}: answered with a login page, not the KFP API; {TOKEN_HELP}")
+        try:
+            return json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            raise KfpApiError(f"{where}: not a JSON answer ({_detail(text)})") from exc
+
+    def retrying(self, call, what: str):
+        """`call()` until it does not raise KfpUnavailable, at most `attempts` times with doubling waits."""
+        for attempt in range(self.attempts):
+            try:
+                return call()
+            except KfpUnavailable as exc:
+                if attempt + 1 == self.attempts:
+                    raise KfpUnavailable(f"{what}: gave up after {self.attempts} tries; last: {exc}") from exc
+                time.sleep(min(self.backoff_s * 2 ** attempt, 60.0))
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, query: dict | None = None) -> dict:
+        return self.retrying(lambda: self.request("GET", path, query=query), f"GET {path}")
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name` (in the client's namespace), created when absent."""
-        flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": name}]})
-        query = {"filter": flt} | ({"namespace": self.namespace} if self.namespace else {})
-        found = self.request("GET", "/experiments", query=query).get("experiments") or []
+        query = {"filter": filter_param(display_name=name)} | ({"namespace": self.namespace} if self.namespace
+                                                               else {})
+        try:
+            found = self.get("/experiments", query).get("experiments") or []
+        except KfpAuthError:
+            raise
+        except KfpApiError as exc:
+            if "HTTP 400" in str(exc) and not self.namespace:
+                raise KfpApiError(f"{exc}; a multi-user Kubeflow lists experiments per profile: give --namespace "
+                                  "<your profile namespace>") from None
+            raise
         if found:
             return found[0]["experiment_id"]
         body = {"display_name": name} | ({"namespace": self.namespace} if self.namespace else {})
-        return self.request("POST", "/experiments", body)["experiment_id"]
+        return self.retrying(lambda: self.request("POST", "/experiments", body), "POST /experiments")["experiment_id"]
 
     def create_run(self, body: dict) -> str:
-        return self.request("POST", "/runs", body)["run_id"]
+        return self.create_run_once(body)
+
+    def find_run(self, experiment_id: str, display_name: str) -> dict | None:
+        """The newest run named `display_name` in the experiment, or None."""
+        query = {"experiment_id": experiment_id, "filter": filter_param(display_name=display_name),
+                 "sort_by": "created_at desc", "page_size": "10"}
+        if self.namespace:
+            query["namespace"] = self.namespace
+        runs = self.get("/runs", query).get("runs") or []
+        return runs[0] if runs else None
+
+    def create_run_once(self, body: dict, look_first: bool = False) -> str:
+        """POST the run; before a repeated try (and before the first with `look_first`: a retried task that may
+        have posted it already) look for it by its display name in its experiment, since a lost answer may have
+        created it: a retry never starts a second run."""
+        for attempt in range(self.attempts):
+            try:
+                if (attempt or look_first) and body.get("experiment_id"):
+                    found = self.find_run(body["experiment_id"], body["display_name"])
+                    if found is not None:
+                        return found["run_id"]
+                return self.request("POST", "/runs", body)["run_id"]
+            except KfpUnavailable as exc:
+                if attempt + 1 == self.attempts:
+                    raise KfpUnavailable(f"creating run {body.get('display_name')!r}: gave up after "
+                                         f"{self.attempts} tries; last: {exc}") from exc
+                time.sleep(min(self.backoff_s * 2 ** attempt, 60.0))
+        raise AssertionError("unreachable")
 
     def get_run(self, run_id: str) -> dict:
-        return self.request("GET", f"/runs/{urllib.parse.quote(run_id)}")
+        return self.get(f"/runs/{urllib.parse.quote(run_id)}")
+
+    def terminate_run(self, run_id: str) -> None:
+        path = f"/runs/{urllib.parse.quote(run_id)}:terminate"
+        self.retrying(lambda: self.request("POST", path, {}), f"POST {path}")
 
     def create_recurring_run(self, body: dict) -> str:
         return self.request("POST", "/recurringruns", body)["recurring_run_id"]
 
 
+def filter_param(*, display_name: str) -> str:
+    """A v2beta1 `filter` on the display name, percent-encoded once more than the query string does: the API
+    server URL-decodes the filter a second time after its gateway did (a '+' or '%' would otherwise change)."""
+    flt = {"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": display_name}]}
+    return urllib.parse.quote(json.dumps(flt, separators=(",", ":")), safe="")
+
+
+RunStateLookup = Callable[[str], str]
+"""The v2beta1 state of a KFP run by its id (SUCCEEDED, FAILED, RUNNING, ...)."""
+
+
+def run_state_lookup(chain_record: dict, attempts: int = 3) -> RunStateLookup | None:
+    """How to ask a cluster chain's KFP API for a run's state ($KF_PIPELINES_ENDPOINT overrides the in-cluster
+    endpoint the chain record holds, for a laptop); None for a chain that is not on KFP."""
+    kfp = chain_record.get("kfp") or {}
+    if not kfp.get("endpoint"):
+        return None
+    client = KfpClient(os.environ.get("KF_PIPELINES_ENDPOINT") or kfp["endpoint"], namespace=kfp.get("namespace", ""),
+                       attempts=attempts, timeout_s=10.0)
+    return lambda run_id: str(client.get_run(run_id).get("state", ""))
+
+
 def submit_next(store: ArtifactStore, chain_record: dict, segment: int, parameters: dict[str, str]) -> str:
-    """The continuation: submit the chain's next segment as a new run of the stored pipeline."""
+    """The continuation: submit the chain's next segment as a new run of the stored pipeline, named
+    deterministically ("<run id> segment <n>") so that a retried submission finds the run it already made."""
     kfp = chain_record["kfp"]
     spec, platform = get_pipeline(store, kfp["pipeline_sha256"])
     body = run_body(display_name=f"{chain_record['run_id']} segment {segment}", experiment_id=kfp["experiment_id"],
                     spec=spec, platform=platform, parameters=parameters,
-                    service_account=kfp.get("service_account", ""),
+                    service_account=kfp.get("service_account", ""), pipeline_root=kfp.get("pipeline_root", ""),
                     description=f"dgrpo fine-tune {chain_record['run_id']}, continued by segment {segment - 1}")
-    return KfpClient(kfp["endpoint"], namespace=kfp.get("namespace", "")).create_run(body)
+    return KfpClient(kfp["endpoint"], namespace=kfp.get("namespace", "")).create_run_once(body, look_first=True)

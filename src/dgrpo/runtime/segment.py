@@ -5,28 +5,34 @@ plans up to `pipeline.rounds_per_run` rounds from the last commit; `begin_round`
 still the fine-tune's next uncommitted round and the lease is still held (kfp.local runs later loop iterations
 after a failed one; Argo does not, and both then behave the same); `finish_segment`, the KFP run's exit task,
 records the outcome, decides with `dgrpo.runtime.chain.decide`, gives the lease back and submits the next segment
-when there is one. Evaluations and their review (best adapter, guard rails) are in `dgrpo.runtime.review`.
+when there is one. The outcome is read from the store (rounds committed, errors recorded), never from KFP's final
+state; a lease whose holder's KFP run finished without its exit task is broken by the next segment
+(`break_finished_holder`). Evaluations and their review (best adapter, guard rails) are in `dgrpo.runtime.review`.
 """
 
+import contextlib
 import datetime
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dgrpo.config import ConfigError
+from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
 from dgrpo.registry import RegistryError
-from dgrpo.runtime import chain
+from dgrpo.runtime import chain, kfp_rest
 from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.ownership import (
     OwnershipError,
     acquire_lease,
+    break_lease,
     check_lease,
     now,
     read_claim,
     read_json,
+    read_lease,
     release_lease,
     run_key,
     validate_run_id,
@@ -34,8 +40,12 @@ from dgrpo.stages.shared.ownership import (
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore
 
-SUCCESS_STATES = ("SUCCEEDED", "COMPLETE", "CACHED")
-"""Final states of a KFP run's tasks that count as success (kfp.local says SUCCEEDED, the cluster COMPLETE)."""
+ENDED_WELL_HINT = ("SUCCEEDED", "COMPLETE", "CACHED")
+"""Final states that suggest success; only a hint. On a cluster the exit task's `PipelineTaskFinalStatus.state` is
+the exit-handler DAG's MLMD state, which becomes COMPLETE only when a launcher recounts the DAG's children: after
+the round loop's skipped `dsl.If` branch nothing does, so a successful segment ends RUNNING, as does one whose pod
+was OOM-killed (backend/src/v2/metadata/client.go, KFP 2.17)."""
+log = logging.getLogger(__name__)
 
 
 def is_permanent(exc: BaseException | None) -> bool:
@@ -137,7 +147,7 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
     if claim.get("recipe_sha256") != config.recipe_sha256():
         raise OwnershipError(f"fine-tune {run_id!r} trains recipe {claim.get('recipe_sha256', '?')[:12]}, this run's "
                              f"config has recipe {config.recipe_sha256()[:12]}: resume it with its own recipe")
-    held = read_json(store, run_key(run_id, "lease.json"))
+    held = read_lease(store, run_id)
     if kfp_run_id and held and held.get("kfp_run_id") == kfp_run_id:  # a retry of this task: its own segment
         record = read_json(store, segment_key(run_id, held["segment"]))
         if record is not None:
@@ -145,11 +155,21 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
             return (RoundState(run_id, config_sha256, record["segment"], held["holder"], record["start_round"],
                                start.adapter, start.optimizer_state, tuple(record["rounds"])),
                     record["start_round"] == 0 and not store.exists(eval_key(run_id, 0)))
+    unchecked = ""
+    if held is not None:
+        try:
+            break_finished_holder(store, run_id, by=f"segment of KFP run {kfp_run_id or '-'}")
+        except kfp_rest.KfpApiError as exc:  # the holder cannot be checked: its lease stands
+            unchecked = f" (its KFP run could not be checked: {exc})"
     start = trained_state(store, run_id)
     if start.next_round >= config.rounds or store.exists(stop_key(run_id)):
         return RoundState(run_id, config_sha256, 0, "", start.next_round, start.adapter, start.optimizer_state), False
     n = len(store.list(run_key(run_id, "segments"))) + 1
-    lease = acquire_lease(store, run_id, {"segment": n, "kfp_run_id": kfp_run_id, "start_round": start.next_round})
+    try:
+        lease = acquire_lease(store, run_id, {"segment": n, "kfp_run_id": kfp_run_id,
+                                              "start_round": start.next_round})
+    except OwnershipError as exc:
+        raise OwnershipError(f"{exc}{unchecked}") from None
     start = trained_state(store, run_id)  # read again under the lease: a segment may have finished meanwhile
     rounds = tuple(range(start.next_round, min(start.next_round + config.pipeline.rounds_per_run, config.rounds)))
     record = {"segment": n, "kfp_run_id": kfp_run_id, "holder": lease["holder"], "start_round": start.next_round,
@@ -219,32 +239,54 @@ class SegmentEnd:
     status: dict = field(default_factory=dict)
 
 
+def outstanding_errors(errs: list[dict], rounds_done: int) -> list[dict]:
+    """The errors of a segment that its later work did not get past: any evaluation's (its result is missing), any
+    without a round, and a round's stage whose round is still uncommitted. A stage that failed and then succeeded
+    on a retry of its task (set_retry) left an error behind a committed round: it does not count."""
+    return [e for e in errs if e.get("task") == "evaluate" or e.get("round") is None or e["round"] >= rounds_done]
+
+
+def record_termination(store: ArtifactStore, run_id: str, kfp_run_id: str, kfp_state: str, rounds_done: int) -> None:
+    """A run an operator terminated is a stop, not a failure to retry: a stop record (unless one exists, e.g. the
+    one `dgrpo stop --now` wrote first), lifted by a resume like any other."""
+    store.create_json(stop_key(run_id), {
+        "rule": "terminated", "round": rounds_done, "values": {"kfp_run_id": kfp_run_id, "kfp_state": kfp_state},
+        "message": f"KFP run {kfp_run_id or '-'} was terminated ({kfp_state})", "at": now()})
+
+
 def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_id: str, final_state: str,
                    submit: Submitter | None = None) -> SegmentEnd:
-    """The exit task: record how the segment ended, decide what follows, release the lease, submit the next."""
+    """The exit task: record how the segment ended, decide what follows, release the lease, submit the next.
+
+    The segment succeeded when its planned rounds are committed and none of its tasks left an error it did not get
+    past (`outstanding_errors`); `final_state`, KFP's, is logged and kept as a hint only (ENDED_WELL_HINT), except
+    that a terminated run (CANCELING/CANCELED) is recorded as stopped. A retried exit task keeps the outcome its
+    first try recorded and only submits what that try did not."""
     validate_run_id(run_id, "pipeline parameter 'run_id'")
     config = load_config(store, config_sha256)
     record = own_segment(store, run_id, kfp_run_id)
     done = trained_state(store, run_id).next_round
+    log.info("fine-tune %s: KFP run %s ended %s (a hint: the outcome is read from the store)", run_id,
+             kfp_run_id or "-", final_state)
+    if final_state in kfp_rest.TERMINATED_STATES:
+        record_termination(store, run_id, kfp_run_id, final_state, done)
     if record is None:
         errs = [e for e in errors(store, run_id) if e.get("segment") is None]
-        return SegmentEnd(None, errs[-1]["error"] if errs and final_state not in SUCCESS_STATES else "")
+        return SegmentEnd(None, errs[-1]["error"] if errs and final_state not in ENDED_WELL_HINT else "")
     n = record["segment"]
-    progress = done - record["start_round"]
-    failed = final_state not in SUCCESS_STATES or (progress == 0 and done < config.rounds)  # or it would loop
-    cause = root_error([e for e in errors(store, run_id) if e.get("segment") == n])
-    error = cause["error"] if cause else (f"the run ended {final_state} having committed {progress} rounds"
-                                          if failed else "")
-    decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
-                            failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
-                            max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
-                            error=error, permanent=bool(failed and cause and cause.get("permanent")))
-    record |= {"state": "failed" if failed else "succeeded", "finished_at": now(), "progress": progress,
-               "error": error, "decision": {"action": decision.action, "reason": decision.reason}}
-    store.put_json(segment_key(run_id, n), record)
-    status = {"state": decision.state, "action": decision.action, "reason": decision.reason, "segment": n,
-              "rounds_done": done, "rounds_total": config.rounds, "at": now()}
-    store.put_json(run_key(run_id, "status.json"), status)
+    if record.get("finished_at"):  # a retry of this exit task
+        decision = chain.Decision(record["decision"]["action"], record["decision"]["reason"])
+        status = read_json(store, run_key(run_id, "status.json")) or {}
+        error = record.get("error", "")
+    else:
+        decision, error = _decide(store, run_id, config, record, done, final_state)
+        record |= {"state": "failed" if error else "succeeded", "finished_at": now(), "progress": done -
+                   record["start_round"], "error": error, "kfp_final_state": final_state,
+                   "decision": {"action": decision.action, "reason": decision.reason}}
+        store.put_json(segment_key(run_id, n), record)
+        status = {"state": decision.state, "action": decision.action, "reason": decision.reason, "segment": n,
+                  "rounds_done": done, "rounds_total": config.rounds, "at": now()}
+        store.put_json(run_key(run_id, "status.json"), status)
     release_lease(store, run_id, record["holder"])
     end = SegmentEnd(decision, error, n, status=status)
     chain_record = read_json(store, run_key(run_id, "chain.json")) or {}
@@ -261,3 +303,47 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
     return end
 
 
+def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: dict, done: int, final_state: str
+            ) -> tuple[chain.Decision, str]:
+    """The decision after segment `record` and its error ("" when it succeeded), from the store."""
+    n = record["segment"]
+    progress = done - record["start_round"]
+    planned_end = (record["rounds"][-1] + 1) if record["rounds"] else record["start_round"]
+    causes = outstanding_errors([e for e in errors(store, run_id) if e.get("segment") == n], done)
+    failed = done < planned_end or bool(causes) or (progress == 0 and done < config.rounds)  # or it would loop
+    cause = root_error(causes) if causes else None
+    error = cause["error"] if cause else (f"committed {progress} of its {len(record['rounds'])} planned rounds "
+                                          f"(KFP's final state: {final_state})" if failed else "")
+    decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
+                            failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
+                            max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
+                            error=error, permanent=bool(failed and cause and cause.get("permanent")))
+    return decision, error
+
+
+def break_finished_holder(store: ArtifactStore, run_id: str, by: str,
+                          lookup: kfp_rest.RunStateLookup | None = None) -> dict | None:
+    """Break the lease of a segment whose KFP run finished without its exit task giving the lease back (a run
+    terminated in the UI, an exit pod that never started, its retries spent): record that segment's end as its
+    exit task would have, without submitting (the caller goes on), and who broke the lease and why. Returns the
+    break record; None when no lease is held, its holder's run is not known to be over, or the chain is not on
+    KFP. KfpApiError when the KFP API cannot say."""
+    lease = read_lease(store, run_id)
+    if lease is None or not lease.get("kfp_run_id"):
+        return None
+    lookup = lookup or kfp_rest.run_state_lookup(read_json(store, run_key(run_id, "chain.json")) or {})
+    if lookup is None:
+        return None
+    kfp_state = lookup(lease["kfp_run_id"])
+    if kfp_state not in kfp_rest.FINISHED_STATES:
+        return None
+    broken = break_lease(store, run_id, lease["holder"], by=by,
+                         reason=f"its KFP run {lease['kfp_run_id']} is {kfp_state} and its exit task did not "
+                                "release the lease")
+    if broken is None:  # released meanwhile
+        return None
+    record = read_json(store, segment_key(run_id, lease.get("segment", 0))) or {}
+    if record.get("holder") == lease["holder"] and not record.get("finished_at"):
+        with contextlib.suppress(FileNotFoundError):  # a config no longer in the store: the break stands alone
+            finish_segment(store, run_id, record["config_sha256"], lease["kfp_run_id"], kfp_state)
+    return broken | {"kfp_state": kfp_state}

@@ -5,8 +5,10 @@ appears in KFP run parameters, so it has a character set that cannot leave its n
 once, at its start, by creating `runs/<id>/claim.json` with an atomic create-if-absent
 (`ArtifactStore.create_json`): of two starts with one run id, exactly one wins. Each segment (one KFP run) then
 takes `runs/<id>/lease.json` the same way and gives it back when it ends, so two segments of one fine-tune never
-train at once. A lease left by a segment that died without its exit task stays until an operator releases it by
-its holder id (`dgrpo unlock`), after which the dead holder, if it wakes, is refused at its next round or commit.
+train at once. A lease left by a segment that died without its exit task is broken when its holder is known to be
+over (its KFP run finished, or the local driver process is gone: `dgrpo.runtime`), with a record of who broke it
+and why under `runs/<id>/lease-breaks/`; otherwise an operator releases it by its holder id (`dgrpo unlock`). A
+dead holder that wakes is refused at its next round or commit.
 """
 
 import datetime
@@ -104,3 +106,20 @@ def release_lease(store: ArtifactStore, run_id: str, holder: str) -> bool:
         return False
     store.delete(lease_key(run_id))
     return True
+
+
+def break_lease(store: ArtifactStore, run_id: str, holder: str, *, by: str, reason: str) -> dict | None:
+    """Release `holder`'s lease on behalf of someone else, keeping a record of who broke it and why; the record,
+    or None when `holder` no longer holds the lease."""
+    lease = read_lease(store, run_id)
+    if lease is None or lease.get("holder") != holder:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    record = {"lease": lease, "by": by, "reason": reason, "at": now()}
+    store.put_json(run_key(run_id, f"lease-breaks/{stamp}-{holder[:8]}.json"), record)
+    release_lease(store, run_id, holder)
+    return record
+
+
+def lease_breaks(store: ArtifactStore, run_id: str) -> list[dict]:
+    return [store.get_json(k) for k in store.list(run_key(run_id, "lease-breaks"))]
