@@ -137,12 +137,37 @@ def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
 @app.command()
 def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
          store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
-         reason: Annotated[str, typer.Option(help="Why, for dgrpo status.")] = ""):
-    """Stop a fine-tune's chain: its running segment ends before its next round and submits no other."""
-    from dgrpo.runtime.fine_tune import request_stop
+         reason: Annotated[str, typer.Option(help="Why, for dgrpo status.")] = "",
+         now: Annotated[bool, typer.Option("--now", help="Also terminate the running segment's KFP run (its round "
+                                                         "in progress is lost) instead of letting it finish its "
+                                                         "round.")] = False,
+         host: Annotated[str | None, typer.Option(help="KFP API endpoint for --now (default: the chain's).",
+                                                  envvar="KF_PIPELINES_ENDPOINT")] = None,
+         namespace: Annotated[str, typer.Option(help="Profile namespace (multi-user Kubeflow).")] = "",
+         token: Annotated[str | None, typer.Option(help="Bearer token for --now (default: $KF_PIPELINES_TOKEN).",
+                                                   envvar="KF_PIPELINES_TOKEN")] = None):
+    """Stop a fine-tune's chain: its running segment ends before its next round and submits no other; with --now
+    its KFP run is terminated at once."""
+    from dgrpo.runtime.fine_tune import chain_key, request_stop, terminate_current
+    from dgrpo.stages.shared.ownership import read_json
 
-    request_stop(open_store(store, "--store"), _run_id(run_id, "run id"), reason)
+    st = open_store(store, "--store")
+    request_stop(st, _run_id(run_id, "run id"), reason)
     typer.echo(f"{run_id}: stop requested; `dgrpo run/submit --resume {run_id}` continues it later")
+    if not now:
+        return
+    kfp = (read_json(st, chain_key(run_id)) or {}).get("kfp") or {}
+    if not (host or kfp.get("endpoint")):
+        raise typer.BadParameter(f"fine-tune {run_id} was not submitted to KFP: nothing to terminate (the stop "
+                                 "record ends a local run before its next round)", param_hint="--now")
+    client = _client(host or kfp["endpoint"], namespace or kfp.get("namespace", ""), token)
+    kfp_run, broken = terminate_current(st, run_id, client)
+    if not kfp_run:
+        typer.echo(f"{run_id}: no segment holds the fine-tune now; nothing to terminate")
+        return
+    typer.echo(f"{run_id}: terminated KFP run {kfp_run}" + (
+        "; its exit task did not run, so its lease was broken and the segment recorded as stopped" if broken
+        else "; its exit task records the stop (or the next resume breaks its lease once the run has ended)"))
 
 
 @app.command()

@@ -44,10 +44,21 @@ def configure(task: dsl.PipelineTask, settings: StageResources, k8s: KubernetesC
         task.set_env_variable(name, value)
     if settings.retries:
         task.set_retry(num_retries=settings.retries)
+    if settings.timeout_s:
+        kubernetes.set_timeout(task, settings.timeout_s)
     task.set_caching_options(settings.caching)
     return task
 
 
+LIGHT_TASK_RETRIES = 3
+"""Retries of every bookkeeping task at least, the exit task among them: it alone releases the lease and submits
+the next segment, and each of these tasks is safe to repeat (open_segment finds its own lease, finish_segment keeps
+its first outcome and finds a run it already submitted)."""
+
+
 def light(k8s: KubernetesConfig) -> StageResources:
-    """Settings of the bookkeeping tasks (segment steps, Parquet adapters): the defaults, without GPUs."""
-    return dataclasses.replace(k8s.resolve_defaults(), gpus=0, gpu_product=None, shm_size=None)
+    """Settings of the bookkeeping tasks (segment steps, Parquet adapters, the exit task): the defaults, without
+    GPUs, with at least LIGHT_TASK_RETRIES retries."""
+    defaults = k8s.resolve_defaults()
+    return dataclasses.replace(defaults, gpus=0, gpu_product=None, shm_size=None,
+                               retries=max(defaults.retries or 0, LIGHT_TASK_RETRIES))

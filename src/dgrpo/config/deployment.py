@@ -175,6 +175,9 @@ class StageResources:
     """Plain environment variables."""
     retries: Annotated[int, NON_NEGATIVE] | None = None
     """Retries of a failed pod (preemption, node loss); built-in 0."""
+    timeout_s: Annotated[int, NON_NEGATIVE] | None = None
+    """Seconds a started pod may run (its activeDeadlineSeconds): a hung pod then fails the task, so the exit task
+    runs; unset or 0: no limit. It does not bound a pod pending for GPUs (the kubelet counts from the pod's start)."""
     caching: bool | None = None
     """KFP result caching; built-in off for the stochastic stages (rollout, update), on for the others."""
 
