@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from dgrpo import lineage
 from dgrpo.runtime import segment
+from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
 from dgrpo.runtime.segment import RoundState
 from dgrpo.stages.shared.context import StageContext, StageResult
@@ -43,6 +43,7 @@ def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = No
     store = open_store(store_uri, "pipeline parameter 'store_uri'")
     round_state = None
     try:
+        check_gpus()  # a task given GPUs refuses to fall back to the CPU (DGRPO_EXPECT_GPUS)
         round_state = None if state is None else read_state(state)
         ctx = None if round_state is None else segment.context(store, round_state)
         yield ctx, round_state, store
@@ -125,25 +126,23 @@ def write_text(artifact: FileArtifact, text: str) -> None:
 
 def publish(ctx: StageContext, result: StageResult, outputs: dict[str, FileArtifact],
             metrics: MetricsSink | None = None) -> None:
-    """Write each output's reference to its file and its lineage into the artifact's metadata."""
+    """Write each output's reference to its file and its uri and sha256 into the artifact's KFP metadata."""
     for name, artifact in outputs.items():
         ref = result.outputs[name]
         path = Path(artifact.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(ref.to_json())
-        artifact.metadata.update(lineage_metadata(lineage.read_record(ctx.store, ref.sha256)))
+        artifact.metadata.update(artifact_metadata(ref))
     if metrics is not None:
         for key, value in result.metrics.items():
             metrics.log_metric(key, float(value))
 
 
-def lineage_metadata(rec: lineage.LineageRecord) -> dict[str, Any]:
-    """The lineage record as KFP artifact metadata, shown in the KFP UI beside the artifact."""
-    return {"dgrpo_uri": rec.uri, "sha256": rec.sha256, "kind": rec.kind, "stage": rec.stage, "run_id": rec.run_id,
-            "round": rec.round, "image": rec.image, "config_sha256": rec.config_sha256,
-            "deployment_sha256": rec.deployment_sha256,
-            "code_version": rec.code_version, "inputs": rec.inputs, "input_kinds": rec.input_kinds,
-            "seeds": rec.seeds, "created_at": rec.created_at}
+def artifact_metadata(ref: ArtifactRef) -> dict[str, Any]:
+    """What KFP shows beside an output artifact: its store uri and sha256, nothing more. Argo keeps a copy of every
+    input artifact's metadata in each consumer's pod-spec patch, three times a task (docs/kubernetes.md "Workflow
+    size"); the lineage record stays in the store (`dgrpo lineage <uri or artifact file>`)."""
+    return {"dgrpo_uri": ref.uri, "sha256": ref.sha256}
 
 
 def write_grid_html(ctx: StageContext, grid: ArtifactRef, path: str) -> None:
