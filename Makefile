@@ -10,6 +10,8 @@ LINT_STAMP := $(LINT_VENV)/.installed-stamp
 K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
+# Applied by hand, not by kustomize: the Secret templates and the one-off model-cache fill Job.
+MANIFEST_EXTRAS := manifests/s3-credentials.secret.yaml manifests/hf-token.secret.yaml manifests/model-cache-fill.job.yaml
 # The suite's processes: its slow tests wait on one-thread subprocesses (kfp.local tasks), so two keep 2 cores busy.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
@@ -56,10 +58,10 @@ lint-images: $(STAMP) $(LINT_STAMP)  ## hadolint and checkov on every Dockerfile
 
 lint-manifests: $(STAMP) $(LINT_STAMP)  ## render manifests/, validate against the Kubernetes schemas, checkov
 	$(BIN)/python scripts/render_manifests.py manifests build/manifests.yaml
-	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) build/manifests.yaml manifests/s3-credentials.secret.yaml
-	$(CHECKOV) --framework kubernetes -f build/manifests.yaml -f manifests/s3-credentials.secret.yaml
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) build/manifests.yaml $(MANIFEST_EXTRAS)
+	$(CHECKOV) --framework kubernetes -f build/manifests.yaml $(addprefix -f ,$(MANIFEST_EXTRAS))
 
-images: $(STAMP)  ## build and push the base and stage images (needs a Docker engine), write $(IMAGES_FILE)
+images: $(STAMP)  ## build and push the base, stage and control images (fails without a Docker engine), write $(IMAGES_FILE)
 	$(BIN)/python scripts/images.py --output $(IMAGES_FILE)
 
 compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of `make images` when built)

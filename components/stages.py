@@ -15,7 +15,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-@dsl.component(base_image=image_for("update"), install_kfp_package=False)
+@dsl.component(base_image=image_for("control"), install_kfp_package=False)
 def open_segment(store_uri: str, run_id: str, config_sha256: str, kfp_run_id: str, segment: Output[Artifact]
                  ) -> bool:
     """Take the fine-tune's lease and plan this run's rounds; True when the base model is to be evaluated."""
@@ -28,7 +28,7 @@ def open_segment(store_uri: str, run_id: str, config_sha256: str, kfp_run_id: st
     return base_due
 
 
-@dsl.component(base_image=image_for("update"), install_kfp_package=False)
+@dsl.component(base_image=image_for("control"), install_kfp_package=False)
 def plan_segment(store_uri: str, run_id: str, segment: Input[Artifact]) -> List[int]:  # noqa: UP006
     """The segment's rounds, the items of its round loop (empty when the fine-tune is complete or stopped)."""
     from dgrpo.runtime import component_io as cio
@@ -37,7 +37,7 @@ def plan_segment(store_uri: str, run_id: str, segment: Input[Artifact]) -> List[
         return list(state.rounds)
 
 
-@dsl.component(base_image=image_for("update"), install_kfp_package=False)
+@dsl.component(base_image=image_for("control"), install_kfp_package=False)
 def begin_round(store_uri: str, run_id: str, round_index: int, segment: Input[Artifact], state: Output[Artifact]
                 ) -> bool:
     """Check the round is the fine-tune's next and the lease still held; write its state. True: evaluate after."""
@@ -120,7 +120,7 @@ def evaluate(store_uri: str, run_id: str, recipe_sha256: str, after_update: bool
         cio.write_evaluation_markdown(ctx, evaluated_round(st, after_update), summary)
 
 
-@dsl.component(base_image=image_for("update"), install_kfp_package=False)
+@dsl.component(base_image=image_for("control"), install_kfp_package=False)
 def finish_segment(store_uri: str, run_id: str, config_sha256: str, kfp_run_id: str,
                    status: dsl.PipelineTaskFinalStatus, report: Output[HTML]):
     """The exit task: record the outcome, decide what follows, release the lease, submit the next segment, and

@@ -9,6 +9,9 @@ import uuid
 # workers of two threads each on 2 cores would oversubscribe them.
 TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(TORCH_THREADS)
+# The suite's image references: not the ghcr.io/dgrpo placeholders, which `dgrpo submit` refuses; the fake KFP
+# server pulls nothing (tests that check the placeholders set their own registry).
+os.environ.setdefault("DGRPO_IMAGE_REGISTRY", "registry.test.invalid/dgrpo")
 
 import pytest  # noqa: E402
 import seaweedfs  # noqa: E402

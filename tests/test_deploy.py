@@ -13,6 +13,7 @@ import pytest
 import yaml
 from dgrpo_components.images import image_for
 
+from dgrpo.config.deployment import IMAGE_KEYS
 from dgrpo.contracts.stages import STAGE_NAMES
 from dgrpo.store.s3 import S3Settings
 
@@ -52,7 +53,7 @@ def test_every_stage_of_the_table_has_a_component_and_an_image():
 
 
 def test_compiled_pipeline_uses_the_image_references_file(tmp_path):
-    refs = {s: f"registry.example/dgrpo-{s}:rev42" for s in STAGE_NAMES}
+    refs = {s: f"registry.example/dgrpo-{s}:rev42" for s in IMAGE_KEYS}
     (tmp_path / "images.json").write_text(json.dumps(refs))
     env = {**os.environ, "DGRPO_IMAGES_FILE": str(tmp_path / "images.json")}
     out = tmp_path / "pipeline.yaml"
@@ -103,7 +104,7 @@ def test_manifests_render_and_validate_against_the_kubernetes_schemas():
     for doc in [*docs, secret]:
         kubernetes_validate.validate(doc, "1.32.0", strict=True)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert kinds == {("ConfigMap", "kfp-launcher"), ("ConfigMap", "dgrpo-s3"),
+    assert kinds == {("ConfigMap", "dgrpo-s3"),
                      ("PersistentVolumeClaim", "dgrpo-model-cache"), ("ServiceAccount", "dgrpo-pipeline-runner"),
                      ("Role", "dgrpo-pipeline-runner"), ("RoleBinding", "dgrpo-pipeline-runner"),
                      ("Role", "dgrpo-continuation"), ("RoleBinding", "dgrpo-continuation")}
@@ -139,12 +140,6 @@ def test_the_pod_default_for_the_kfp_api_token_is_valid():
 def test_manifests_agree_with_each_other_and_with_the_store(monkeypatch):
     docs = {(d["kind"], d["metadata"]["name"]): d for d in _rendered()}
     secret = yaml.safe_load((ROOT / "manifests" / "s3-credentials.secret.yaml").read_text())
-    launcher = docs[("ConfigMap", "kfp-launcher")]["data"]
-    assert launcher["defaultPipelineRoot"].startswith("s3://")
-    s3 = yaml.safe_load(launcher["providers"])["s3"]["default"]
-    ref = s3["credentials"]["secretRef"]
-    assert ref["secretName"] == secret["metadata"]["name"]
-    assert {ref["accessKeyKey"], ref["secretKeyKey"]} == set(secret["stringData"])
     role = docs[("Role", "dgrpo-pipeline-runner")]
     readable = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
     assert {"kfp-launcher", "dgrpo-s3", secret["metadata"]["name"], "dgrpo-model-cache"} <= readable

@@ -5,6 +5,7 @@ Per-stage tables are keyed by the stage names of `dgrpo.contracts.stages`, the o
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -197,11 +198,19 @@ class ModelCacheConfig:
     mount_path: str = "/models"
     """Where the claim is mounted; HF_HOME and TORCH_HOME point inside it."""
     offline: bool = False
-    """Set HF_HUB_OFFLINE=1: read the cache only, fail instead of downloading (for a pre-filled cache)."""
+    """Set HF_HUB_OFFLINE=1: read the cache only, fail instead of downloading. Fill the claim once with the
+    manifests/model-cache-fill.job.yaml Job (gated models need a token), then set true: pods never download."""
 
     def validate(self, path: str) -> None:
         check(self.mount_path.startswith("/"), f"{path}.mount_path", f"must be absolute, got {self.mount_path!r}")
 
+
+IMAGE_KEYS = (*STAGE_NAMES, "control")
+"""Images a segment runs: one per stage, and `control` for the bookkeeping tasks (open/plan/begin/finish)."""
+IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+"
+                             r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
+"""registry[:port]/path/name[:tag][@sha256:digest]: a reference a kubelet can pull, with its registry."""
+DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 BUILTIN_RESOURCES = {"gpus": 0, "gpu_resource": "nvidia.com/gpu", "retries": 0, "node_selector": {},
                      "tolerations": [], "secrets": [], "config_maps": [], "env": {}}
@@ -225,9 +234,39 @@ class KubernetesConfig:
     default runner. The chain's continuation task needs the RBAC of manifests/continuation-rbac.yaml."""
     kfp_endpoint: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     """KFP API address the continuation task reaches from inside the cluster to submit the next segment."""
+    images: dict[str, str] = field(default_factory=dict)
+    """Image reference per image key: a stage name, or `control` (the bookkeeping tasks' small CPU image); pin by
+    digest (`name:tag@sha256:...`, what `make images` prints). Unset keys keep the reference the components were
+    defined with ($DGRPO_IMAGES_FILE, else the ghcr.io/dgrpo placeholders, which `dgrpo submit` refuses)."""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    """Secrets (type kubernetes.io/dockerconfigjson) every pod pulls its image with, for a private registry."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels on every task pod, e.g. cost centre labels, or kueue.x-k8s.io/queue-name for a Kueue LocalQueue."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations on every task pod."""
+    priority_class: str = ""
+    """A Kueue WorkloadPriorityClass, set as the pod label kueue.x-k8s.io/priority-class: KFP 2.17's platform
+    spec cannot set a pod's priorityClassName, so this orders admission in a Kueue queue, not kube-scheduler
+    preemption. Empty: none."""
+    pipeline_root: str = ""
+    """Where KFP keeps this run's own artifact files (the small reference files the stages exchange), sent as the
+    run's runtime_config.pipeline_root, e.g. s3://dgrpo-pipelines/pipeline-root; empty: the namespace's
+    kfp-launcher defaultPipelineRoot. The namespace's kfp-launcher ConfigMap is never replaced."""
 
     def validate(self, path: str) -> None:
         self.defaults.validate(f"{path}.defaults")
+        for key in self.images:
+            check(key in IMAGE_KEYS, f"{path}.images.{key}", f"is not an image key (keys: {', '.join(IMAGE_KEYS)})")
+            check(IMAGE_REFERENCE.fullmatch(self.images[key]) is not None, f"{path}.images.{key}",
+                  f"is not an image reference (registry/name:tag or registry/name@sha256:<64 hex>), "
+                  f"got {self.images[key]!r}")
+        for i, name in enumerate(self.image_pull_secrets):
+            check(DNS_NAME.fullmatch(name) is not None, f"{path}.image_pull_secrets[{i}]",
+                  f"must be a Secret name, got {name!r}")
+        check(not self.priority_class or DNS_NAME.fullmatch(self.priority_class) is not None,
+              f"{path}.priority_class", f"must be a WorkloadPriorityClass name, got {self.priority_class!r}")
+        check(not self.pipeline_root or self.pipeline_root.startswith(("s3://", "gs://", "minio://")),
+              f"{path}.pipeline_root", f"must be an s3://, gs:// or minio:// URI, got {self.pipeline_root!r}")
         self.fused.validate(f"{path}.fused")
         check(self.kfp_endpoint.startswith(("http://", "https://")), f"{path}.kfp_endpoint",
               f"must be an http(s):// URL, got {self.kfp_endpoint!r}")
