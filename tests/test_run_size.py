@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dgrpo_pipelines.kubernetes import light
 from dgrpo_pipelines.training import compile_pipeline
 
 from dgrpo.config import load_config
@@ -88,13 +89,14 @@ def _largest_fitting(config) -> int:
 
 
 def test_the_compiled_staged_segment_executes_the_tasks_the_plan_counts(tmp_path):
-    config = load_config(ROOT / "configs" / SD35, STAGED | {"pipeline.rounds_per_run": 4})
-    _, spec, _ = _compile(tmp_path, SD35, **STAGED, **{"pipeline.rounds_per_run": 4})
+    fits = _largest_fitting(load_config(ROOT / "configs" / SD35, STAGED))
+    config = load_config(ROOT / "configs" / SD35, STAGED | {"pipeline.rounds_per_run": fits})
+    _, spec, _ = _compile(tmp_path, SD35, **STAGED, **{"pipeline.rounds_per_run": fits})
     counts = {start: _executed(spec, config, start) for start in range(config.rounds)}
     assert all(counts[s] == segment_tasks(config, s) for s in counts)  # the graph and the plan agree
     assert tasks_per_round(config) == 2 * 8 + 3  # begin_round, 8 x (rollout, reward), cluster, update
-    assert counts[0] == 3 + 1 + 4 * 19  # open, plan, finish; base evaluation; 4 rounds of 19 tasks
-    assert max(counts.values()) == counts[56] == max_tasks_per_run(config) == 3 + 4 * 19 + 1  # + round 60's
+    assert counts[0] == 3 + 1 + fits * 19  # open, plan, finish; base evaluation; the rounds' 19 tasks each
+    assert max(counts.values()) == counts[60 - fits] == max_tasks_per_run(config) == 3 + fits * 19 + 1  # + round 60's
 
 
 def test_a_staged_sd35m_segment_of_20_rounds_is_refused_naming_the_rounds_that_fit(tmp_path):
@@ -123,10 +125,11 @@ def test_the_estimate_is_linear_in_rounds_and_grows_with_shards_as_the_model_say
     sizes = [model.workflow_bytes(r, 1) for r in range(0, 25)]
     assert all(abs(b - a - per_round) <= 1 for a, b in zip(sizes, sizes[1:], strict=False))  # ceil: 1 byte
     assert 60_000 < per_round < 150_000  # an SD3.5 round at 8 shards: about 90 KB compressed
-    # nodes a round: its loop item (3), begin_round (3), the shard loop (3), 3 a shard item and 3 a task inside,
-    # cluster and update (3 each), the evaluation's condition (2; the evaluation adds its task's 3)
+    # nodes a round: its loop item (3), begin_round (3 and a Retry node: bookkeeping tasks retry), the shard loop
+    # (3), 3 a shard item and 3 a task inside, cluster and update (3 each), the evaluation's condition (2; the
+    # evaluation adds its task's 3)
     rounds = {s: _model(s)[1] for s in (1, 2, 4, 8)}
-    assert {s: m.round_nodes for s, m in rounds.items()} == {s: 3 + 3 + 3 + s * (3 + 3 * 2) + 3 + 3 + 2
+    assert {s: m.round_nodes for s, m in rounds.items()} == {s: 3 + 4 + 3 + s * (3 + 3 * 2) + 3 + 3 + 2
                                                              for s in rounds}
     assert all(m.evaluation_nodes == 3 for m in rounds.values())
     raw = [rounds[s].round_raw for s in (1, 2, 4, 8)]
@@ -167,6 +170,15 @@ def test_a_swapped_stage_adds_an_export_per_table_read_and_an_import_per_table_w
                               ({"reward": custom, "cluster": custom}, 1 + 3 * 4 + 4 + 1)):
         swapped = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, stages=stages))
         assert tasks_per_round(swapped) == per_round, stages
+
+
+def test_the_model_gives_each_task_the_pod_settings_the_pipeline_gives_it():
+    """Those that change a task's nodes (retries: a Retry node) or add bytes to every copy of its patch."""
+    config = load_config(ROOT / "configs" / SD35)
+    for ours, pipeline in ((workflow_size.task_settings(config, None), light(config.kubernetes)),
+                           (workflow_size.task_settings(config, "rollout"), config.kubernetes.resolve("rollout"))):
+        for field in ("retries", "gpus", "secrets", "config_maps", "env", "node_selector", "tolerations", "shm_size"):
+            assert getattr(ours, field) == getattr(pipeline, field), field
 
 
 def _json_len(value) -> int:

@@ -159,11 +159,17 @@ def compression_ratio(config: RunConfig, segment: Segment, rounds: int) -> float
     return sample.compressed_bytes() / sample.raw_bytes()
 
 
+LIGHT_TASK_RETRIES = 3
+"""pipelines/kubernetes.py's: the bookkeeping tasks retry at least this often (a Retry node each)."""
+
+
 def task_settings(config: RunConfig, stage: str | None) -> StageResources:
     """The pod settings a task of `stage` gets (pipelines/kubernetes.py `light` for None)."""
     k8s = config.kubernetes
     if stage is None:
-        return dataclasses.replace(k8s.resolve_defaults(), gpus=0, gpu_product=None, shm_size=None)
+        defaults = k8s.resolve_defaults()
+        return dataclasses.replace(defaults, gpus=0, gpu_product=None, shm_size=None,
+                                   retries=max(defaults.retries or 0, LIGHT_TASK_RETRIES))
     if stage == "fused":
         base = k8s.resolve_defaults()
         return dataclasses.replace(base, **{f.name: getattr(k8s.fused, f.name) for f in dataclasses.fields(k8s.fused)
