@@ -182,3 +182,240 @@ def test_a_refused_continuation_stops_the_chain_visibly(kfp_api, tmp_path, monke
     st = fine_tune.status(store, "ft")
     assert st["state"] == "failed" and "submitting the next segment failed" in st["reason"]
     assert st["lease"] is None
+
+
+# --- the chain against the real server's behaviour (issue 24, findings 1, 2, 3, 7, 8) ---------------------------
+
+
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """The client's backoff sleeps, recorded instead of slept."""
+    import time
+    from types import SimpleNamespace
+
+    waits: list[float] = []
+    monkeypatch.setattr(kfp_rest, "time", SimpleNamespace(sleep=waits.append, monotonic=time.monotonic),
+                        raising=False)
+    return waits
+
+
+def _first_run(store, fake: FakeKfp, record: dict) -> str:
+    """Segment 1's KFP run, created as the continuation creates runs."""
+    return kfp_rest.submit_next(store, record, 1, fine_tune.segment_parameters(store, record))
+
+
+def _commit(store, state, rounds) -> None:
+    from dgrpo.stages.shared.commits import commit_round, trained_state
+
+    ctx = seg.context(store, state)
+    for r in rounds:
+        parent = trained_state(store, state.run_id).adapter
+        commit_round(ctx, r, _ref(f"a{r}"), _ref(f"o{r}"), parent)
+
+
+def _ref(tag: str):
+    from dgrpo.store import ArtifactRef
+
+    digest = (tag.encode().hex() * 64)[:64]
+    return ArtifactRef(kind="lora_adapter", uri=f"file:///x/{digest}", sha256=digest, size=1)
+
+
+def test_a_successful_segment_is_read_from_the_store_not_from_kfps_final_state(kfp_api, tmp_path):
+    """Finding 1: the exit task of a successful cluster segment sees RUNNING (a skipped dsl.If branch was the exit
+    handler's last child); the planned rounds are committed, so the chain goes on, even with max_retries 0."""
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 0})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    seg.record_error(store, "ft", "rollout", OSError("connection reset"), state.segment, 0)  # then a retry passed
+    _commit(store, state, [0, 1])
+    final = kfp_api.final_status(first, "succeeded")
+    assert final == "RUNNING"  # what KFP 2.17 hands the exit task of this pipeline
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, final)
+    s1 = store.get_json("runs/ft/segments/s0001.json")
+    assert (s1["state"], s1["decision"]["action"]) == ("succeeded", "continue")
+    assert s1["kfp_final_state"] == "RUNNING"  # kept, as a hint
+    second = s1["next_kfp_run_id"]
+    assert kfp_api.runs[second]["display_name"] == "ft segment 2"
+    assert fine_tune.status(store, "ft")["state"] == "running"
+
+    # an OOM-killed pod also leaves RUNNING: one of two planned rounds committed, so the segment failed
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], second)
+    _commit(store, state, [2])
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, kfp_api.final_status(second, "killed"))
+    s2 = store.get_json("runs/ft/segments/s0002.json")
+    assert s2["state"] == "failed" and "committed 1 of its 2 planned rounds (KFP's final state: RUNNING)" in s2[
+        "error"]
+    assert s2["decision"]["action"] == "failed" and len(kfp_api.runs) == 2  # max_retries 0: nothing submitted
+
+
+def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_api, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 3})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    seg.open_segment(store, "ft", record["config_sha256"], first)
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first,
+                                kfp_api.final_status(first, "terminated"))
+    st = fine_tune.status(store, "ft")
+    assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated" and len(kfp_api.runs) == 1
+    assert f"terminated by an operator after round 0: KFP run {first} was terminated (CANCELED)" in \
+        fine_tune.format_status(st)
+
+
+def test_a_lease_held_by_a_finished_run_is_broken_by_the_next_segment(kfp_api, tmp_path):
+    """Finding 2: a segment whose exit task never ran (terminated run, exit pod pending past the deadline) leaves
+    its lease; status says so, and the next scheduled run breaks it with a record and goes on."""
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    _commit(store, state, [0])
+    kfp_api.runs[first]["state"] = "RUNNING"
+    with pytest.raises(seg.OwnershipError, match="being trained by segment 1"):  # a live holder keeps its lease
+        seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+    kfp_api.runs[first]["state"] = "FAILED"  # its update pod was OOM-killed, and the exit pod never started
+    st = fine_tune.status(store, "ft")
+    assert st["state"] == "stalled"
+    assert f"stalled: lease held by finished run {first} (FAILED)" in fine_tune.format_status(st)
+
+    second, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-2")
+    assert (second.segment, second.rounds) == (2, (1, 2))
+    s1 = store.get_json("runs/ft/segments/s0001.json")
+    assert (s1["state"], s1["progress"], s1.get("kfp_final_state")) == ("failed", 1, "FAILED")
+    (broken,) = [store.get_json(k) for k in store.list("runs/ft/lease-breaks")]
+    assert broken["lease"]["holder"] == state.holder and broken["by"] == "segment of KFP run scheduled-2"
+    assert f"its KFP run {first} is FAILED" in broken["reason"]
+    assert "last lease break" in fine_tune.format_status(fine_tune.status(store, "ft"))
+
+
+def test_a_lease_of_a_terminated_run_is_broken_and_the_chain_stops(kfp_api, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    seg.open_segment(store, "ft", record["config_sha256"], first)
+    kfp_api.runs[first]["state"] = "CANCELED"  # terminated in the UI; the exit hook's pods never left Pending
+    later, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+    assert later.rounds == () and not store.exists("runs/ft/lease.json")
+    st = fine_tune.status(store, "ft")
+    assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated"
+
+
+def test_the_continuation_is_retried_with_backoff_and_never_duplicated(kfp_api, tmp_path, no_waiting):
+    """Finding 3: 503, 429, a reset connection and a lost answer (the run was created) are ridden out with one run
+    created; a retried exit task finds the run its first try created."""
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=6, **{"pipeline.rounds_per_run": 2})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    _commit(store, state, [0, 1])
+    kfp_api.fail("POST", "/apis/v2beta1/runs", 503, 429, "reset", "drop")
+    kfp_api.fail("GET", "/apis/v2beta1/runs", 502)
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, "RUNNING")
+    named = [r for r in kfp_api.runs.values() if r["display_name"] == "ft segment 2"]
+    assert len(named) == 1 and store.get_json("runs/ft/segments/s0001.json")["next_kfp_run_id"] == \
+        named[0]["run_id"]
+    # doubling waits between POSTs (2, 4, 8, 16 s), and one of the lookup's own GET retries (2 s) after the 502
+    assert no_waiting == [2.0, 2.0, 4.0, 8.0, 16.0]
+
+    second = named[0]["run_id"]
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], second)
+    _commit(store, state, [2, 3])
+    kfp_api.fail("POST", "/apis/v2beta1/runs", *[503] * 6)  # the API is down for the whole first try
+    with pytest.raises(kfp_rest.KfpUnavailable, match="gave up after 6 tries"):
+        fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")
+    assert fine_tune.status(store, "ft")["state"] == "failed" and len(kfp_api.runs) == 2
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")  # Argo retries the task
+    named = [r for r in kfp_api.runs.values() if r["display_name"] == "ft segment 3"]
+    assert len(named) == 1 and store.get_json("runs/ft/segments/s0002.json")["next_kfp_run_id"] == \
+        named[0]["run_id"]
+    s2 = store.get_json("runs/ft/segments/s0002.json")
+    assert (s2["state"], s2["decision"]["action"]) == ("succeeded", "continue")  # the first try's outcome, kept
+    assert fine_tune.status(store, "ft")["state"] == "running"
+    # an exit task that posted the run and died before recording it: its retry finds the run by its name
+    again = kfp_rest.submit_next(store, record, 3, fine_tune.segment_parameters(store, record))
+    assert again == named[0]["run_id"] and len(kfp_api.runs) == 3
+
+
+def test_a_timed_out_post_that_created_the_run_is_found_not_repeated(kfp_api, no_waiting):
+    client = kfp_rest.KfpClient(kfp_api.url, timeout_s=0.3)
+    kfp_api.slow_s = 1.0
+    exp = client.experiment_id("dgrpo")
+    body = kfp_rest.run_body(display_name="ft segment 7", experiment_id=exp, spec=_ir(), platform=None,
+                             parameters={"run_id": "ft"})
+    kfp_api.fail("POST", "/apis/v2beta1/runs", "timeout")
+    run_id = client.create_run_once(body)
+    assert list(kfp_api.runs) == [run_id]
+    closed = kfp_rest.KfpClient(_closed_port_url(), attempts=2, timeout_s=1)
+    with pytest.raises(kfp_rest.KfpUnavailable, match="gave up after 2 tries"):
+        closed.get_run("x")
+
+
+def _ir() -> dict:
+    return {"pipelineInfo": {"name": "p"}, "root": {}, "deploymentSpec": {}, "components": {}, "schemaVersion": "2.1.0",
+            "sdkVersion": "kfp-2.17.0"}
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_filters_survive_the_servers_second_url_decoding(kfp_api):
+    client = kfp_rest.KfpClient(kfp_api.url)
+    first = client.experiment_id("nightly+sd35 50%")
+    assert client.experiment_id("nightly+sd35 50%") == first and len(kfp_api.experiments) == 1
+
+
+def test_auth_failures_are_one_line_that_says_how_to_get_a_token(tmp_path, monkeypatch, no_waiting):
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "absent"))
+    fake = FakeKfp(multi_user=True, token="good", namespace="team-a")
+    proxy = FakeKfp(login_page=True)
+    try:
+        with pytest.raises(kfp_rest.KfpAuthError, match="HTTP 401, not authenticated") as e401:
+            kfp_rest.KfpClient(fake.url, namespace="team-a").experiment_id("dgrpo")
+        with pytest.raises(kfp_rest.KfpAuthError, match="HTTP 403, not allowed") as e403:
+            kfp_rest.KfpClient(fake.url, token="stale", namespace="team-a").experiment_id("dgrpo")
+        with pytest.raises(kfp_rest.KfpApiError, match="give --namespace"):
+            kfp_rest.KfpClient(fake.url, token="good").experiment_id("dgrpo")
+        with pytest.raises(kfp_rest.KfpAuthError, match="login page") as dex:
+            kfp_rest.KfpClient(proxy.url).experiment_id("dgrpo")
+        for err in (e401, e403, dex):
+            text = str(err.value)
+            assert "<html" not in text.lower() and "Log in" not in text and "\n" not in text
+            assert "port-forward svc/ml-pipeline-ui 8080:80" in text and "--audience pipelines.kubeflow.org" in text
+        out = CliRunner().invoke(app, ["submit", "--host", proxy.url, "--store", (tmp_path / "s").as_uri(),
+                                       "--run-id", "ft", "--set", "rounds=1"])
+        assert out.exit_code == 1 and "kubectl create token" not in out.output.split("error:")[0]
+        assert "create token <service-account> --audience" in out.output and "<html" not in out.output.lower()
+    finally:
+        fake.close()
+        proxy.close()
+
+
+def test_stop_now_terminates_the_segments_run_and_breaks_its_lease(kfp_api, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    seg.open_segment(store, "ft", record["config_sha256"], first)
+    kfp_api.runs[first]["state"] = "RUNNING"
+    out = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--now", "--host", kfp_api.url,
+                                   "--reason", "wrong reward"])
+    assert out.exit_code == 0, out.output
+    assert f"terminated KFP run {first}" in out.output and "lease was broken" in out.output
+    assert [p for m, p, _, _ in kfp_api.requests if m == "POST" and p.endswith(":terminate")] == [
+        f"/apis/v2beta1/runs/{first}:terminate"]
+    st = fine_tune.status(store, "ft")
+    assert st["state"] == "stopped" and st["lease"] is None and st["stop"]["message"] == "wrong reward"
+    assert store.get_json("runs/ft/segments/s0001.json")["decision"]["action"] == "stopped"
+    again = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--now", "--host", kfp_api.url])
+    assert again.exit_code == 0 and "nothing to terminate" in again.output

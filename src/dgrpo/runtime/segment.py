@@ -274,18 +274,18 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
         errs = [e for e in errors(store, run_id) if e.get("segment") is None]
         return SegmentEnd(None, errs[-1]["error"] if errs and final_state not in ENDED_WELL_HINT else "")
     n = record["segment"]
-    if record.get("finished_at"):  # a retry of this exit task
+    if record.get("finished_at"):  # a retry of this exit task: its first try's outcome stands
         decision = chain.Decision(record["decision"]["action"], record["decision"]["reason"])
-        status = read_json(store, run_key(run_id, "status.json")) or {}
-        error = record.get("error", "")
+        error, done = record.get("error", ""), record["start_round"] + record["progress"]
     else:
         decision, error = _decide(store, run_id, config, record, done, final_state)
         record |= {"state": "failed" if error else "succeeded", "finished_at": now(), "progress": done -
                    record["start_round"], "error": error, "kfp_final_state": final_state,
                    "decision": {"action": decision.action, "reason": decision.reason}}
         store.put_json(segment_key(run_id, n), record)
-        status = {"state": decision.state, "action": decision.action, "reason": decision.reason, "segment": n,
-                  "rounds_done": done, "rounds_total": config.rounds, "at": now()}
+    status = {"state": decision.state, "action": decision.action, "reason": decision.reason, "segment": n,
+              "rounds_done": done, "rounds_total": config.rounds, "at": now()}
+    if not record.get("next_kfp_run_id"):  # else the next segment's status may be newer
         store.put_json(run_key(run_id, "status.json"), status)
     release_lease(store, run_id, record["holder"])
     end = SegmentEnd(decision, error, n, status=status)
