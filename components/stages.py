@@ -120,6 +120,17 @@ def evaluate(store_uri: str, run_id: str, recipe_sha256: str, after_update: bool
         cio.write_evaluation_markdown(ctx, evaluated_round(st, after_update), summary)
 
 
+@dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
+def train_segment(store_uri: str, run_id: str, recipe_sha256: str, base_due: bool, segment: Input[Artifact],
+                  metrics: Output[Metrics], summary: Output[Markdown]):
+    """The fused segment (pipeline.execution fused): every round of the segment in this pod, through the same stage
+    functions as the staged tasks, with the same records in the store; per-round metrics and a Markdown table of
+    them for the KFP UI. The evaluate image holds every stage's packages."""
+    from dgrpo.runtime import component_io as cio
+
+    cio.train_fused(store_uri, run_id, segment, base_due, metrics, summary)
+
+
 @dsl.component(base_image=image_for("control"), install_kfp_package=False)
 def finish_segment(store_uri: str, run_id: str, config_sha256: str, kfp_run_id: str,
                    status: dsl.PipelineTaskFinalStatus, report: Output[HTML]):

@@ -21,7 +21,8 @@ import sys
 import types
 from pathlib import Path
 
-import dgrpo.runtime.engine as engine
+import dgrpo.runtime.fused as fused
+import dgrpo.runtime.rounds as rounds
 import dgrpo.stages.update as update
 from dgrpo.config import config_from_json
 from dgrpo.runtime.engine import run_inprocess
@@ -35,15 +36,20 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_after(module, name: str) -> None:
-    real = getattr(module, name)
+def kill_after(stage: str) -> None:
+    """Kill once `stage` has returned: a round step (`dgrpo.runtime.rounds.STEP_CALLS`) or an evaluation."""
+    module, name = (fused.review, "evaluate") if stage == "evaluate" else (None, stage)
+    real = getattr(module, name) if module else rounds.STEP_CALLS[stage]
 
     def wrapped(*args, **kwargs):
         result = real(*args, **kwargs)
         die()
         return result
 
-    setattr(module, name, wrapped)
+    if module:
+        setattr(module, name, wrapped)
+    else:
+        rounds.STEP_CALLS[stage] = wrapped
 
 
 def kill_in_os_call(call: str, key_part: str) -> None:
@@ -87,7 +93,7 @@ def main(config_path: str, store_uri: str, run_id: str, rounds: str, point: str,
     if kind == "none":
         pass
     elif kind == "after":
-        kill_after(engine, f"run_{arg}")
+        kill_after(arg)
     elif kind == "before-commit":
         update.commit_round = lambda *a, **k: die()
     elif kind in ("rename", "fsync"):

@@ -295,17 +295,20 @@ def test_the_s3_server_down_longer_than_the_deadline_fails_in_one_line_and_resum
 
 
 @pytest.mark.e2e
-def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path):
-    """kill -9 of `dgrpo run --engine kfp` and all its task processes once round 0 is committed; `--resume` through
-    kfp.local again finishes with the bytes of an uninterrupted run."""
+@pytest.mark.parametrize(("execution", "killed_once"), [("staged", "commits/r000000.json"),
+                                                         ("fused", "events/r0001-rollout.json")])
+def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path, execution, killed_once):
+    """kill -9 of `dgrpo run --engine kfp` and all its task processes (staged: once round 0 is committed; fused: in
+    the middle of round 1, its rollout written and its update not); `--resume` through kfp.local again finishes with
+    the bytes of an uninterrupted run."""
     store = tmp_path / "store"
     base = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "kfp", "--config", str(config_file),
-            "--store", str(store), "--output", str(tmp_path / "out")]
+            "--store", str(store), "--output", str(tmp_path / "out"), "--set", f"pipeline.execution={execution}"]
     proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 900
-        while not (store / "runs/ft/commits/r000000.json").exists():
+        while not (store / "runs/ft" / killed_once).exists():
             assert proc.poll() is None, proc.communicate()[0][-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.5)

@@ -279,6 +279,10 @@ class KubernetesConfig:
         """`defaults` over the built-in, for tasks that are not a stage; caching off."""
         return dataclasses.replace(self._resolve(StageResources(), caching=False), caching=False)
 
+    def resolve_fused(self) -> StageResources:
+        """The fused task's settings: `fused` over the defaults and the built-in; caching off (it trains)."""
+        return dataclasses.replace(self._resolve(self.fused, caching=False), caching=False)
+
     def resolve(self, stage: str) -> StageResources:
         """The effective settings of `stage`: its own, else the defaults, else the built-in."""
         return self._resolve(self.stages.get(stage, StageResources()), caching=not stage_spec(stage).stochastic)

@@ -89,11 +89,11 @@ def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metri
             for name, value in event["metrics"].items():
                 rows.setdefault(event["round"], {})[f"{event['stage']}.{name}"] = float(value)
                 metrics.log_metric(f"r{event['round']:04d}.{event['stage']}.{name}", float(value))
-    columns = sorted({c for row in rows.values() for c in row})
-    lines = [f"## Segment {state.segment}: rounds {', '.join(map(str, sorted(rows))) or 'none'}", "",
-             "| round | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    lines += [f"| {r} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in columns) + " |"
-              for r, row in sorted(rows.items())]
+    names, done = sorted({c for row in rows.values() for c in row}), sorted(rows)
+    lines = [f"## Segment {state.segment}: rounds {', '.join(map(str, done)) or 'none'}", "",
+             "| metric | " + " | ".join(f"round {r}" for r in done) + " |", "|---|" + "---|" * len(done)]
+    lines += [f"| {name} | " + " | ".join(f"{rows[r][name]:.4g}" if name in rows[r] else "-" for r in done) + " |"
+              for name in names]
     for completed in sorted({r + 1 for r in state.rounds} | ({0} if state.round == 0 else set())):
         record = store.get_json(run_key(run_id, f"eval/r{completed:04d}.json")) \
             if store.exists(run_key(run_id, f"eval/r{completed:04d}.json")) else None
