@@ -130,7 +130,7 @@ def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
     from dgrpo.runtime.fine_tune import format_status
     from dgrpo.runtime.fine_tune import status as fine_tune_status
 
-    st = fine_tune_status(open_store(store, "--store"), _run_id(run_id, "run id"))
+    st = fine_tune_status(open_store(store, "--store", create=False), _run_id(run_id, "run id"))
     typer.echo(json.dumps(st, indent=2) if as_json else format_status(st))
 
 
@@ -266,19 +266,19 @@ def _resolve(artifact: str, store: str | None):
     path = Path(artifact)
     if path.is_file() and path.stat().st_size < 4096 and path.read_bytes()[:1] == b"{":
         ref = ArtifactRef.from_json(path.read_text(), source=str(path))
-        return open_store(store or ref.uri.split("/objects/")[0], "--store"), ref.sha256
+        return open_store(store or ref.uri.split("/objects/")[0], "--store", create=False), ref.sha256
     if path.is_file() and "/objects/" not in artifact:
         raise typer.BadParameter(f"{artifact}: neither a Parquet table nor a KFP artifact file holding a dgrpo "
                                  "artifact reference")
     if "/objects/" in artifact:
         root, name = artifact.rsplit("/objects/", 1)
-        return open_store(store or root, "--store"), Path(name).name.split(".")[0]
+        return open_store(store or root, "--store", create=False), Path(name).name.split(".")[0]
     if store is None:
         raise typer.BadParameter("give --store when the artifact is a bare sha256")
     if not re.fullmatch(r"[0-9a-fA-F]{8,64}", artifact):
         raise typer.BadParameter(f"{artifact!r}: expected a sha256 (64 hexadecimal digits, or the first 8 or more), "
                                  "an object path or a KFP artifact file")
-    st = open_store(store, "--store")
+    st = open_store(store, "--store", create=False)
     sha = artifact.lower()
     if len(sha) < 64:  # the 12-digit prefix `dgrpo lineage` and the report print
         found = sorted({Path(k).stem for k in st.list("lineage") if Path(k).name.startswith(sha)})
@@ -316,7 +316,7 @@ def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to 
     """Check every object of a run against its lineage: present, whole (sha256), and the commits a chain."""
     from dgrpo.runtime.verify import verify_run
 
-    result = verify_run(open_store(store, "--store"), _run_id(run_id, "run id"))
+    result = verify_run(open_store(store, "--store", create=False), _run_id(run_id, "run id"))
     for problem in result.problems:
         typer.echo(f"problem: {problem}")
     if result.problems:
@@ -331,7 +331,7 @@ def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several ov
            output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: "
                                                        "RUN[+RUN...].html here).")] = None):
     """Rebuild and print a run's markdown report, or write the HTML report of one or more runs."""
-    st = open_store(store, "--store")
+    st = open_store(store, "--store", create=False)
     if html:
         path = write_html(st, run_ids, output or Path("+".join(run_ids) + ".html"))
         typer.echo(f"wrote {path}")

@@ -23,6 +23,7 @@ try:  # typer >= 0.20 runs on its own copy of click; its exceptions are not clic
 except ImportError:  # pragma: no cover - an older typer on click itself
     from click import exceptions as click_errors
 
+from dgrpo.environment import check_environment
 from dgrpo.store import redact
 
 _TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
@@ -85,6 +86,7 @@ class OneLineErrors(TyperGroup):
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
+            check_environment()  # before any request: a misspelled DGRPO_* variable would be ignored
             return super().invoke(ctx)
         except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
             raise  # usage errors and exits: click's (or `main`'s) to show

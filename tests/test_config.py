@@ -234,3 +234,88 @@ def test_a_config_recorded_before_the_restructure_still_loads():
     assert all(new[section][k] == v for section, fields in added.items() for k, v in fields.items())
     assert cfg.kubernetes.resolve("update").gpus == old["kubernetes"]["stages"]["update"]["gpus"]
     assert cfg.pipeline.swaps() == {}
+
+
+# --- nothing set is silently ignored (issue 28) ---------------------------------------------------------------------
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """YAML keeps the second copy silently: an edit to the first would be ignored (the run trained the second)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 0.001\n  clip_range: 0.01\n  learning_rate: 0.5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml': key 'train.learning_rate' is given twice, on lines 2 and 4"):
+        load_config(path)
+    path.write_text("rounds: 3\nrounds: 4\n")
+    with pytest.raises(ConfigError, match=r"key 'rounds' is given twice, on lines 1 and 2"):
+        load_config(path)
+
+
+def test_a_merge_key_may_be_overridden_as_yaml_intends(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kubernetes:\n  stages:\n    rollout: &gpu {gpus: 1, shm_size: 8Gi}\n"
+                    "    update:\n      <<: *gpu\n      gpus: 2\n")
+    cfg = load_config(path)
+    assert (cfg.kubernetes.stages["update"].gpus, cfg.kubernetes.stages["update"].shm_size) == (2, "8Gi")
+
+
+def test_setting_a_section_to_a_mapping_merges_into_it():
+    """`--set train={learning_rate: ...}` on the SD3.5 preset once reset batch size, processes, fp16 and EMA."""
+    preset = "configs/sd35m-flowgrpo.yaml"
+    whole = load_config(preset, {"train": {"learning_rate": 1e-5}})
+    dotted = load_config(preset, {"train.learning_rate": 1e-5})
+    untouched = load_config(preset)
+    assert whole.to_dict() == dotted.to_dict() and whole.recipe_sha256() == dotted.recipe_sha256()
+    assert whole.train.learning_rate == 1e-5 != untouched.train.learning_rate
+    assert {k: v for k, v in whole.to_dict()["train"].items() if k != "learning_rate"} == {
+        k: v for k, v in untouched.to_dict()["train"].items() if k != "learning_rate"}
+
+
+@pytest.mark.parametrize("overrides", [{"rounds": 2, "rounds.x": 1}, {"rounds.x": 1, "rounds": 2}])
+def test_an_override_under_a_single_value_is_a_config_error(overrides):
+    with pytest.raises(ConfigError, match=r"config overrides 'rounds' and 'rounds.x' conflict: 'rounds' is set to a "
+                                          r"single value \(2\), so it has no field 'x'"):
+        load_config(None, overrides)
+    with pytest.raises(ConfigError, match=r"config field 'rounds.x': 'rounds' holds a single value \(10\)"):
+        load_config("configs/toy.yaml", {"rounds.x": 1})
+
+
+_HEX64 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    # names the old check missed (issue 28: the password reached the compiled YAML ten times)
+    ({"kubernetes.defaults.env": {"PGPASSWORD": "hunter2"}}, r"'kubernetes.defaults.env.PGPASSWORD': its name says"),
+    ({"kubernetes.stages.update.env": {"WANDB_KEY": "0123456789abcdef0123456789abcdef01234567"}},
+     r"'kubernetes.stages.update.env.WANDB_KEY': its name says"),
+    ({"kubernetes.defaults.env": {"OPENAI_KEY": "notarealkey0123456789"}}, r"env.OPENAI_KEY': its name says"),
+    ({"reward.options": {"db": {"mysql_pwd": "s3cr3t-passw0rd-here"}}}, r"'reward.options.db.mysql_pwd': its name"),
+    # values, whatever the name and wherever in the config
+    ({"kubernetes.defaults.env": {"LOGIN": "sk-proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9b"}}, r"an OpenAI or Anthropic"),
+    ({"reward.options": {"account": "ghp_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3kL5"}},
+     r"options.account': looks like a GitHub"),
+    ({"cluster.embedder_options": {"hub": "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3k"}}, r"a Hugging Face token"),
+    ({"kubernetes.stages.rollout.node_selector": {"pool": "AKIAIOSFODNN7EXAMPLE"}}, r"an AWS access key id"),
+    ({"model.pretrained": "postgres://app:hunter2@db.internal:5432/weights"}, r"'model.pretrained': looks like a "
+                                                                              r"password in a URI"),
+    ({"kubernetes.defaults.env": {"NOTIFY": "xoxb-1234567890-abcdefghijk"}}, r"a Slack token"),
+    ({"kubernetes.defaults.env": {"AWS_X": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"}}, r"a high-entropy token"),
+    ({"name": "run-Zq3xT9vLp2WmR7nK4sYb8cJd"}, r"'name': looks like a high-entropy token"),
+])
+def test_secrets_are_found_by_value_and_by_name_anywhere(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_digests_revisions_and_model_names_are_not_taken_for_secrets():
+    """The config legitimately holds sha256 digests, image digests, git revisions and mixed-case model ids."""
+    cfg = load_config(None, {
+        "pipeline.stages.reward": {"image": f"registry.example:5000/team/reward@sha256:{_HEX64}",
+                                   "command": ["python", "-m", "reward", "--revision",
+                                               "fb4c9277c81cc6d6a16c3635a8d759901da5956b"]},
+        "model.pretrained": "stabilityai/stable-diffusion-3.5-medium",
+        "cluster.embedder_options": {"model": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "digest": f"sha256:{_HEX64}",
+                                     "class": "CLIPTextModelWithProjection", "prompt_key": "caption"},
+        "kubernetes.defaults.env": {"HF_HUB_REVISION": _HEX64, "MODEL_URL": "https://hub.example:443/m@main",
+                                    "TOKENIZERS_PARALLELISM": "false",
+                                    "RUN_UUID": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+                                    "CHECKPOINT": "/data/Models/SD35/checkpoint1200/unet"}})
+    assert cfg.pipeline.stages["reward"].image.endswith(_HEX64)

@@ -29,6 +29,8 @@ from dgrpo.store import ArtifactRef, LocalStore
 PLUGINS = Path(__file__).parent / "plugins"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
 HF_TOKEN = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3k"
+WANDB = "0123456789abcdef0123456789abcdef01234567"
+OPENAI = "sk-proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9b"
 
 
 @dataclass
@@ -93,12 +95,30 @@ CASES = [
     Case("zero-rounds", "config", RUN + ["--set", "rounds=0"], "config field 'rounds': must be > 0, got 0"),
     Case("words-for-numbers", "config", RUN + ["--set", "sampling.group_size=eight"],
          "config field 'sampling.group_size': expected int, got str 'eight'"),
+    Case("override-under-a-single-value", "config", RUN + ["--set", "rounds=2", "--set", "rounds.x=1"],
+         "config overrides 'rounds' and 'rounds.x' conflict: 'rounds' is set to a single value (2)"),
+    Case("password-under-a-db-name", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                                "kubernetes.defaults.env={PGPASSWORD: hunter2}"],
+         "config field 'kubernetes.defaults.env.PGPASSWORD': its name says it holds a secret"),
+    Case("wandb-key-in-stage-env", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                              "kubernetes.stages.update.env={WANDB_KEY: " + WANDB + "}"],
+         "config field 'kubernetes.stages.update.env.WANDB_KEY': its name says it holds a secret"),
+    Case("openai-key-under-any-name", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                                 "reward.options={endpoint_cfg: " + OPENAI + "}"],
+         "config field 'reward.options.endpoint_cfg': looks like an OpenAI or Anthropic API key"),
+    Case("raw-secret-key-in-env", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                             "kubernetes.defaults.env={S3_LOGIN: '" + SECRET + "'}"],
+         "config field 'kubernetes.defaults.env.S3_LOGIN': looks like a high-entropy token"),
     # command-line arguments
     Case("set-without-value", "cli", RUN + ["--set", "rounds"], "--set 'rounds': expected key.path=value"),
     Case("unknown-engine", "cli", RUN[:2] + ["kfpp"] + RUN[3:], "'kfpp': expected one of kfp, inprocess"),
     Case("unknown-option", "cli", RUN + ["--rounds", "3"], "No such option: --rounds"),
     Case("zero-jobs", "cli", ["experiment", "--jobs", "0", "--output", "{dir}/exp"],
          "Invalid value for '--jobs': Input should be greater than or equal to 1"),
+    Case("set-given-twice", "cli", RUN + ["--set", "train.learning_rate=0.001", "--set", "train.learning_rate=0.5"],
+         "--set 'train.learning_rate' is given twice"),
+    Case("key-twice-in-a-set-value", "cli", RUN + ["--set", "train={learning_rate: 0.001, learning_rate: 0.5}"],
+         "--set 'train': key 'learning_rate' is given twice"),
     Case("five-field-cron", "cli", ["schedule", "--host", "{host}", "--store", "s3://bucket/p", "--run-id", "ft",
                                     "--cron", "0 2 * * *"], "--cron '0 2 * * *': KFP cron has 6 fields"),
     # files
@@ -106,6 +126,9 @@ CASES = [
          "nope.yaml': cannot read: No such file or directory"),
     Case("broken-yaml", "file", RUN + ["--config", "{dir}/broken.yaml"], "broken.yaml': invalid YAML",
          files={"broken.yaml": b"rounds: [1\n"}),
+    Case("key-twice-in-a-config-file", "file", RUN + ["--config", "{dir}/twice.yaml"],
+         "twice.yaml': key 'train.learning_rate' is given twice, on lines 2 and 4",
+         files={"twice.yaml": b"train:\n  learning_rate: 0.001\n  clip_range: 0.01\n  learning_rate: 0.5\n"}),
     Case("empty-prompts-file", "file", RUN + ["--set", "sampling.prompts_file={dir}/prompts.txt"],
          "config field 'sampling.prompts_file' (in overrides)", files={"prompts.txt": b"\n"}),
     Case("not-parquet", "file", ["contract", "check", "reward", "{dir}/notes.txt"],
@@ -125,6 +148,14 @@ CASES = [
     Case("resume-with-another-lora", "id", RUN + ["--resume", "ft", "--set", "lora.rank=4"],
          "--resume 'ft': the recipe differs from the fine-tune's in "),
     Case("fresh-run-under-a-used-id", "id", RUN + ["--run-id", "ft"], "run ft already has committed rounds in file://"),
+    Case("status-of-a-mistyped-store", "id", ["status", "ft", "--store", "{dir}/stroe"],
+         "stroe: does not exist; check the path"),
+    Case("report-of-a-mistyped-store", "id", ["report", "ft", "--store", "file://{dir}/stroe"],
+         "stroe: does not exist; check the path"),
+    Case("verify-a-mistyped-store", "id", ["verify", "ft", "--store", "{dir}/stroe"],
+         "stroe: does not exist; check the path"),
+    Case("lineage-in-a-mistyped-store", "id", ["lineage", "0123456789ab", "--store", "{dir}/stroe"],
+         "stroe: does not exist; check the path"),
     # URIs
     Case("credentials-in-store-uri", "uri", RUN[:4] + [f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/p"] + RUN[5:],
          "'s3://***@bucket/p': credentials do not belong in the store URI"),
@@ -142,6 +173,9 @@ CASES = [
     Case("scores-for-a-reward-stage", "artifact", ["contract", "check", "reward", "{dir}/s.parquet"],
          "declares contract 'scores'; stage reward reads and writes rollouts, rewards",
          files={"s.parquet": _parquet(pa.table({"sample_id": ["a"]}), SCORES)}),
+    Case("one-sample-twice", "artifact", ["contract", "check", "reward", "{dir}/r.parquet"],
+         "column 'sample_id' repeats sample 'r0/p0/s0' (rows 0 and 1)", files={"r.parquet": _parquet(
+             _rewards((0.5, 0.5)).set_column(0, "sample_id", pa.array(["r0/p0/s0"] * 2)), REWARDS)}),
     Case("reward-as-text", "artifact", ["contract", "check", "rewards", "{dir}/r.parquet"],
          "column 'reward' has type string", files={"r.parquet": _parquet(
              _rewards((0.5, 0.5)).set_column(3, "reward", pa.array(["high", "low"])), REWARDS)}),
@@ -154,6 +188,11 @@ CASES = [
     Case("credentials-in-endpoint", "env", ["report", "ft", "--store", "s3://bucket/p"],
          "DGRPO_S3_ENDPOINT_URL='http://***@seaweedfs:8333': credentials do not belong",
          env={"DGRPO_S3_ENDPOINT_URL": f"http://admin:{SECRET}@seaweedfs:8333"}),
+    Case("s3-endpoint-without-url", "env", ["report", "ft", "--store", "s3://bucket/p"],
+         "environment variable DGRPO_S3_ENDPOINT: not a variable dgrpo reads (did you mean DGRPO_S3_ENDPOINT_URL?)",
+         env={"DGRPO_S3_ENDPOINT": "http://127.0.0.1:9"}),
+    Case("misspelled-variable-before-a-run", "env", RUN, "environment variable DGRPO_S3_MAX_ATTEMPT: not a "
+         "variable dgrpo reads (did you mean DGRPO_S3_MAX_ATTEMPTS?)", env={"DGRPO_S3_MAX_ATTEMPT": "3"}),
     Case("kfp-endpoint-unset", "env", ["submit", "--store", "s3://bucket/p"], "Missing option '--host'",
          env={"KF_PIPELINES_ENDPOINT": ""}),
 ]
@@ -193,7 +232,8 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(case, committed_store
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1, err
     assert lines[0].startswith("error: ") and case.error in lines[0], lines[0]
-    assert SECRET not in out + err and HF_TOKEN not in out + err and "Traceback" not in out + err
+    assert all(secret not in out + err for secret in (SECRET, HF_TOKEN, WANDB, OPENAI, "hunter2"))
+    assert "Traceback" not in out + err
     assert snapshot(committed_store, tmp_path) == before
     assert [r for r in requests if r[0] == "POST"] == []  # nothing reached the KFP API's run records
 
@@ -240,6 +280,7 @@ def test_natural_store_uris_and_numbers_work_end_to_end(tmp_path, capsys):
     assert main(["compile", "-o", str(tmp_path / "p.yaml"), "--set", "rounds=1", "--set",
                  "train.learning_rate=1e-4"]) == 0
     assert (tmp_path / "p.yaml").is_file()
+    (tmp_path / "fresh").mkdir()
     assert main(["report", "ft", "--store", f"file://{tmp_path}/fresh"]) == 1  # a valid URI, an empty store
     assert "run ft: no evaluation recorded" in capsys.readouterr().err
 
@@ -258,3 +299,112 @@ def test_the_compiler_itself_refuses_an_unknown_plugin(tmp_path):
     with pytest.raises(ConfigError, match="config field 'model.kind': unknown policy 'sd4'"):
         compile_pipeline(tiny_config(**{"model.kind": "sd4"}), tmp_path / "p.yaml")
     assert not (tmp_path / "p.yaml").exists()
+
+
+def _rewards_for(store: LocalStore, event: dict) -> pa.Table:
+    """A reward table answering exactly the stored round's rollouts, key columns copied from them."""
+    from dgrpo import artifacts
+    from dgrpo.contracts import ROLLOUTS
+
+    rollouts = artifacts.read_table(store, ArtifactRef(**event["outputs"]["rollouts"]), ROLLOUTS)
+    n = rollouts.num_rows
+    return pa.table({name: rollouts.column(name) for name in ("sample_id", "group_id", "prompt")} | {
+        "reward": pa.array([0.5] * n, pa.float64()),
+        "components": pa.array([[("q", 0.5)]] * n, REWARDS.schema.field("components").type)})
+
+
+@pytest.mark.parametrize(("column", "error"), [
+    ("group_id", r"column 'group_id' of sample 'r0/p0/s\d+' is 'r0/p1', but its input rollouts have 'r0/p0'"),
+    ("prompt", r"column 'prompt' of sample 'r0/p0/s\d+' is 'a blue cross', but its input rollouts have"),
+])
+def test_a_swapped_stage_rewriting_a_key_column_is_refused(committed_store, tmp_path, column, error):
+    """A team's reward that moves a sample to another group (or prompt): the cluster stage would cluster two prompts
+    as one group and the round commit. Refused at import, naming the column and a sample; the same table with the
+    rollouts' keys imports."""
+    store = LocalStore(shutil.copytree(committed_store, tmp_path / "store"))
+    ctx = StageContext(tiny_config(rounds=1), store, "ft")
+    event = store.get_json("runs/ft/events/r0000-rollout.json")
+    honest = _rewards_for(store, event)
+    groups = honest.column("group_id").to_pylist()
+    assert groups[0] == "r0/p0" and "r0/p1" in groups  # the changed value is another real group
+    changed = {"group_id": "r0/p1", "prompt": "a blue cross"}[column]
+    values = honest.column(column).to_pylist()
+    values[1] = changed
+    swapped = honest.set_column(honest.column_names.index(column), column, pa.array(values))
+    path = tmp_path / "rewards.parquet"
+    path.write_bytes(_parquet(swapped, REWARDS))
+    inputs = {"rollouts": ArtifactRef(**event["outputs"]["rollouts"])}
+    before = snapshot(tmp_path / "store")
+    with pytest.raises(ValueError, match=error):
+        import_table(ctx, 0, "reward", "rewards", str(path), inputs, "team/reward:1")
+    assert snapshot(tmp_path / "store") == before
+    path.write_bytes(_parquet(honest, REWARDS))
+    assert import_table(ctx, 0, "reward", "rewards", str(path), inputs, "team/reward:1").outputs["rewards"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_store_objects_follow_the_umask_and_stay_atomic(tmp_path, umask):
+    """A shared or NFS store is read by another UID (the images run as 10001): objects get the umask's mode, not
+    mkstemp's 0600; a write is still a temp file renamed into place (no temp file left behind)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        store = LocalStore(tmp_path / "store")
+        ref = store.put(b"weights", "lora_adapter", ".safetensors")
+        store.put_json("runs/ft/claim.json", {"holder": "a"})
+        assert store.create_json("runs/ft/lease.json", {"holder": "a"})
+    finally:
+        os.umask(old)
+    for path in (store.local_path(ref), store.root / "runs/ft/claim.json", store.root / "runs/ft/lease.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert not [p for p in store.root.rglob("*.tmp")]
+
+
+def test_a_read_only_command_leaves_a_mistyped_store_uncreated(tmp_path):
+    from dgrpo.store import StoreError, open_store
+
+    with pytest.raises(StoreError, match=r"store .*stroe: does not exist; check the path"):
+        open_store(str(tmp_path / "stroe"), "--store", create=False)
+    assert not (tmp_path / "stroe").exists()
+    assert open_store(str(tmp_path / "new"), "--store").root.is_dir()  # a run still creates its store
+
+
+def test_cosine_distances_slightly_negative_from_rounding_cluster(tmp_path):
+    """A team's own embedder: 1 - cos in float32 of near-duplicate images is slightly negative (about -5e-7 here);
+    within NEGATIVE_TOLERANCE it counts as 0, anything clearly negative is still refused."""
+    import numpy as np
+
+    from dgrpo.diversity import NEGATIVE_TOLERANCE, nearest_neighbour_width, spectral_clusters
+
+    rng = np.random.default_rng(0)
+    modes = rng.standard_normal((4, 1792)).astype(np.float32)
+    x = np.repeat(modes, 8, axis=0) + 1e-4 * rng.standard_normal((32, 1792)).astype(np.float32)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = 1 - u @ u.T
+    assert -NEGATIVE_TOLERANCE < d.min() < 0  # the input the old check refused
+    labels = spectral_clusters(d)
+    assert sorted(np.bincount(labels)) == [8, 8, 8, 8]
+    assert all(len(set(labels[i * 8:(i + 1) * 8])) == 1 for i in range(4))
+    assert nearest_neighbour_width(d) > 0
+    bad = np.array(d, dtype=np.float64)
+    bad[0, 1] = bad[1, 0] = -0.01
+    with pytest.raises(ValueError, match=r"distances must be non-negative: \[0, 1\] is -0.01"):
+        spectral_clusters(bad)
+
+
+def test_every_dgrpo_variable_the_code_names_is_known():
+    """The known list is what the check refuses against: a variable the code reads but the list lacks would stop
+    every command (and every pod) that has it set."""
+    import re
+
+    from dgrpo.environment import KNOWN_VARIABLES
+
+    root = Path(__file__).parents[1]
+    files = [p for d in ("src", "components", "pipelines", "scripts", "images") for p in (root / d).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".yaml", ".sh", ""} and p.name != "environment.py"]
+    named = {m for p in files for m in re.findall(r"DGRPO_[A-Z0-9_]+", p.read_text(errors="replace"))
+             if not m.endswith("_")}  # DGRPO_S3_{name}: a prefix completed in code
+    assert "DGRPO_S3_ENDPOINT_URL" in named and "DGRPO_CODE_VERSION" in named
+    assert sorted(named - set(KNOWN_VARIABLES)) == []

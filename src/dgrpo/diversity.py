@@ -27,18 +27,29 @@ def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     return x / norms[:, None]
 
 
+NEGATIVE_TOLERANCE = 4096 * float(np.finfo(np.float32).eps)
+"""How far below zero a distance may be and still count as zero (about 4.9e-4). A team's `1 - cos` of unit
+embeddings is negative by rounding for near-duplicates: a float32 dot product of n terms of unit vectors is off by
+at most about n x eps/2 (Higham's gamma_n bound, sum |u_i v_i| <= 1), so 4096 x eps covers float32 embeddings of up
+to 8192 dimensions (DreamSim: 1792, CLIP: 768-1280) in the worst case; a value further below zero is not rounding
+and is refused. (Half-precision embeddings round more: compute the distances in float32.)"""
+
+
 def _check_distances(distances: np.ndarray) -> np.ndarray:
-    """A distance matrix must be square, finite, non-negative and symmetric; anything else is a caller bug."""
+    """A distance matrix must be square, finite, non-negative up to rounding (NEGATIVE_TOLERANCE, clipped to 0) and
+    symmetric; anything else is a caller bug."""
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] == 0:
         raise ValueError(f"distances must be a non-empty square matrix, got shape {d.shape}")
     if not np.all(np.isfinite(d)):
         raise ValueError("distances must be finite")
-    if np.any(d < 0):
-        raise ValueError("distances must be non-negative")
+    if np.any(d < -NEGATIVE_TOLERANCE):
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        raise ValueError(f"distances must be non-negative: [{i}, {j}] is {d[i, j]:.3g}, below the rounding "
+                         f"tolerance -{NEGATIVE_TOLERANCE:.2g}")
     if not np.allclose(d, d.T, rtol=1e-7, atol=1e-9):
         raise ValueError("distances must be symmetric")
-    return (d + d.T) / 2
+    return np.maximum((d + d.T) / 2, 0.0)
 
 
 def cosine_distances(embeddings: np.ndarray) -> np.ndarray:

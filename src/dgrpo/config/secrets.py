@@ -120,13 +120,20 @@ def _walk(value: Any, path: str, names_matter: bool) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}"
-            if names_matter and isinstance(key, str) and item not in (None, "") and secret_name(key, item):
-                raise ConfigError(f"config field '{here}': its name says it holds a secret, and a config is "
-                                  f"stored with every run and sent to the KFP API; {SECRET_ADVICE}")
+            named = names_matter and isinstance(key, str) and item not in (None, "")
+            if named and secret_name(key):  # HF_TOKEN, PGPASSWORD: whatever the value
+                raise ConfigError(_named(here))
             _walk(item, here, names_matter=isinstance(item, dict) and names_matter)
+            if named and secret_name(key, item):  # WANDB_KEY: a key-like value under a KEY name
+                raise ConfigError(_named(here))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _walk(item, f"{path}[{i}]", names_matter=False)
     elif isinstance(value, str) and (what := secret_value(value)) is not None:
         raise ConfigError(f"config field '{path}': looks like {what}, and a config is stored with every run and "
                           f"sent to the KFP API; {SECRET_ADVICE}")
+
+
+def _named(path: str) -> str:
+    return (f"config field '{path}': its name says it holds a secret, and a config is stored with every run and sent "
+            f"to the KFP API; {SECRET_ADVICE}")

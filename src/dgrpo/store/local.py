@@ -9,11 +9,34 @@ from pathlib import Path
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_file
 
 
+def file_mode() -> int:
+    """The mode a new file gets from this process's umask (0o644 under the usual 022).
+
+    `tempfile.mkstemp`, which the atomic writes use, creates files 0600 whatever the umask: nobody chose that for
+    the store (git log -S mkstemp), and it makes a shared or NFS store unreadable to another UID, such as the
+    stage images' user 10001. Linux reports the umask in /proc/self/status; elsewhere it is read by setting it and
+    putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class LocalStore(ArtifactStore):
     """A directory on a local or mounted file system."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, create: bool = True):
+        """`create` False (a read-only command: status, report, lineage, verify): a missing directory is an error
+        naming the path, not a new empty store that hides a mistyped --store."""
         self.root = Path(root).expanduser().resolve()
+        if not create and not self.root.is_dir():
+            what = "is not a directory" if self.root.exists() else "does not exist"
+            raise StoreError(f"store {self.root}: {what}; check the path (a read-only command creates no store)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = self.root.as_uri()
 
@@ -33,6 +56,7 @@ class LocalStore(ArtifactStore):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             tmp = Path(name)
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 would shut out every other user of a shared store
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

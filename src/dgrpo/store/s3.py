@@ -31,6 +31,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from dgrpo.environment import check_environment
 from dgrpo.store.base import ArtifactStore, StoreError, sha256_bytes
 from dgrpo.store.uris import check_store_uri, has_userinfo, redact
 
@@ -107,6 +108,7 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> "S3Settings":
+        check_environment()  # a misspelled endpoint variable would otherwise fall back to AWS without a word
         endpoint = os.environ.get("DGRPO_S3_ENDPOINT_URL") or None
         custom = bool(endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
         settings = cls(

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from dgrpo import artifacts, contracts, lineage
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import as_list, read_merged
-from dgrpo.store import ArtifactRef
+from dgrpo.store import ArtifactRef, file_mode
 
 SUMMARY_COLUMN = {"rewards": "reward", "scores": "final_reward"}
 
@@ -27,6 +27,7 @@ def export_table(ctx: StageContext, refs: ArtifactRef | list[ArtifactRef], contr
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())  # the team's container may run as another user
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
