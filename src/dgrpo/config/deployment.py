@@ -65,8 +65,9 @@ class PipelineConfig:
 
     rounds_per_run: Annotated[int, POSITIVE] = 20
     """Rounds one KFP run (a segment) trains at most; each finished segment submits the next until `rounds` are
-    committed. A segment executes about (2 x shards + 3) tasks per round, and Argo keeps every executed task in
-    its Workflow object (docs/kubernetes.md, "Workflow size"): the compiler refuses more than 400 tasks a run."""
+    committed. Staged, a round is 2 x shards + 3 tasks that Argo keeps in the segment's Workflow (about 100 KB
+    a round at 8 shards, docs/kubernetes.md "Workflow size"): the compiler refuses a segment estimated over half of
+    Argo's 1 MiB and names the rounds that fit. Fused, a segment is 3 tasks whatever its rounds."""
     max_retries: Annotated[int, NON_NEGATIVE] = 2
     """Failed segments retried in a row, from the last committed round, before the chain stops as failed; a
     segment that committed rounds before failing starts the count again."""
