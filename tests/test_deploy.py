@@ -165,3 +165,25 @@ def test_builtin_renderer_matches_kustomize():
         return d["kind"], d["metadata"]["name"]
 
     assert sorted(yaml.safe_load_all(text), key=key) == sorted(_rendered(), key=key)
+
+
+def test_the_exit_task_is_retried_and_stage_pods_have_deadlines(tmp_path):
+    """The exit task alone releases the lease and submits the next segment: it is retried in every preset; a
+    stage's `timeout_s` becomes its pod's activeDeadlineSeconds, so a hung pod fails its task and the exit hook runs."""
+    from dgrpo_pipelines.kubernetes import LIGHT_TASK_RETRIES, light
+    from dgrpo_pipelines.training import compile_pipeline
+
+    from dgrpo.config import load_config
+
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    assert presets
+    cfg = load_config(None, {"rounds": 2, "kubernetes.stages.update.timeout_s": 7200})
+    ir, platform = yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())
+    (finish,) = [t for t in ir["root"]["dag"]["tasks"].values()
+                 if t["componentRef"]["name"] == "comp-finish-segment"]
+    assert finish["retryPolicy"]["maxRetryCount"] == LIGHT_TASK_RETRIES >= 3
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-update"]["activeDeadlineSeconds"] == "7200"
+    assert "activeDeadlineSeconds" not in executors.get("exec-rollout", {})
+    for preset in presets:  # no preset can take the exit task's retries away
+        assert light(load_config(preset).kubernetes).retries >= LIGHT_TASK_RETRIES, preset.name
