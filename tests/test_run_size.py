@@ -132,6 +132,7 @@ def test_the_estimate_is_linear_in_rounds_and_grows_with_shards_as_the_model_say
     assert {s: m.round_nodes for s, m in rounds.items()} == {s: 3 + 4 + 3 + s * (3 + 3 * 2) + 3 + 3 + 2
                                                              for s in rounds}
     assert all(m.evaluation_nodes == 3 for m in rounds.values())
+    assert model.nodes(20, 1) == 23 + 20 * 90 + 3  # the Workflow's, the rounds', an evaluation's: ~1,800 nodes
     raw = [rounds[s].round_raw for s in (1, 2, 4, 8)]
     assert raw == sorted(raw) and len(set(raw)) == 4
     # a shard adds its item and its 2 tasks, and one more input artifact to cluster (2) and update (1): linear in

@@ -117,6 +117,7 @@ class SizeModel:
     """base64(gzip) bytes per byte of node JSON, measured on this segment's synthetic status."""
 
     def nodes(self, rounds: int, evaluations: int) -> int:
+        """Argo nodes of a segment of `rounds` rounds and `evaluations` evaluations."""
         return self.fixed_nodes + rounds * self.round_nodes + evaluations * self.evaluation_nodes
 
     def compressed_nodes_bytes(self, rounds: int, evaluations: int) -> int:
@@ -321,7 +322,7 @@ class _Status:
         self.nodes[node_id] = node
         return node_id
 
-    def _patch(self, task: Task, settings: StageResources, component: str, container: str, path: str) -> str:
+    def _patch(self, task: Task, settings: StageResources, component: str, container: str) -> str:
         """The driver's pod-spec patch for `task` (driver.go initPodSpecPatch and k8s.go extendPodSpecPatch)."""
         run = self._uuid()
         kfp_root = f"s3://mlpipeline/v2/artifacts/{self.config.name}/{run}/{task.name}/{self._uuid()}"
@@ -406,7 +407,7 @@ class _Status:
         """Driver pod, executor DAG node and launcher pod (and a Retry node with retries)."""
         settings = task_settings(self.config, task.stage)
         component, container, spec = spec_json(self.config, task)
-        patch = self._patch(task, settings, component, container, path)
+        patch = self._patch(task, settings, component, container)
         name = f"{path}.{task.name}"
         self._node(f"{name}-driver", f"{task.name}-driver", "Pod", "system-container-driver",
                    inputs={"component": component, "task": spec,
@@ -473,14 +474,14 @@ class _Status:
             self.container(handler, task)
         if not segment.round:
             return
-        if segment.evaluation is not None:
-            base = self.dag(handler, "condition-2", 1, skipped=True)
-            del base  # the base model is evaluated once a fine-tune: the first segment pays one more evaluation
+        if segment.evaluation is not None:  # the base model's condition; its evaluation counts as one
+            self.dag(handler, "condition-2", 1, skipped=True)
         body_tasks = len(segment.round) + 2
         for r, item in enumerate(self.loop(handler, "for-loop-3", rounds, body_tasks)):
-            shard_loop = []
+            shard_loop = []  # a loop over shards for each span of consecutive sharded tasks
             for task in segment.round:
                 if not task.per_shard:
+                    shard_loop = []
                     self.container(item, task, iteration=r)
                     continue
                 if not shard_loop:
