@@ -51,6 +51,10 @@ def test_errors_a_retry_repeats_are_told_from_transient_ones():
     stopped = _decide(stop=stop)
     assert (stopped.action, stopped.state) == ("stopped", "stopped") and "collapse-floor" in stopped.reason
     assert _decide(stop=stop, rounds_done=10).action == "stopped"  # the stop is what a person must see
+    terminated = _decide(stop={"rule": "terminated", "message": "KFP run r1 was terminated (CANCELED)"},
+                         succeeded=False, progress=0, failures_in_a_row=1)
+    assert (terminated.action, terminated.submits) == ("stopped", False)  # an operator's stop, never a retry
+    assert terminated.reason.startswith("terminated by an operator: KFP run r1")
 
 
 def _evals(*rows):

@@ -255,3 +255,22 @@ def seg_ref(store, sha):
     from dgrpo.stages.shared.run_config import object_ref
 
     return object_ref(store, "config", sha)
+
+
+def test_a_dead_local_drivers_lease_is_broken_on_resume_with_a_record(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    cfg = _cfg(rounds=4, **{"pipeline.rounds_per_run": 2})
+    record = fine_tune.start(store, cfg, "ft")
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], "local-1")
+    assert not fine_tune.release_if_driver_died(store, "ft")  # this process, the driver, is alive
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    driver = store.get_json("runs/ft/driver.json")
+    store.put_json("runs/ft/driver.json", driver | {"pid": int(dead)})  # killed -9 mid-segment
+    fine_tune.start(store, cfg, "ft", resume_from="ft")
+    assert not store.exists("runs/ft/lease.json")
+    (broken,) = [store.get_json(k) for k in store.list("runs/ft/lease-breaks")]
+    assert broken["lease"]["holder"] == state.holder and broken["by"].startswith("dgrpo run --resume ft on ")
+    assert f"pid {dead}" in broken["reason"]
+    assert store.get_json("runs/ft/segments/s0001.json")["state"] == "failed"
+    assert seg.open_segment(store, "ft", record["config_sha256"], "local-2")[0].segment == 2

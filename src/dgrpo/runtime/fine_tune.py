@@ -135,11 +135,12 @@ def release_if_driver_died(store: ArtifactStore, run_id: str) -> bool:
         return False
     if lease.get("acquired_at", "") < driver.get("started_at", ""):
         return False
+    if break_lease(store, run_id, lease["holder"], by=f"dgrpo run --resume {run_id} on {socket.gethostname()}",
+                   reason=f"its local driver (pid {driver.get('pid')}) is no longer running") is None:
+        return False  # released meanwhile
     segment = read_json(store, seg.segment_key(run_id, lease.get("segment", 0))) or {}
     if segment.get("holder") == lease.get("holder") and segment.get("config_sha256"):
         seg.finish_segment(store, run_id, segment["config_sha256"], segment.get("kfp_run_id", ""), "FAILED")
-    break_lease(store, run_id, lease["holder"], by=f"dgrpo run --resume {run_id} on {socket.gethostname()}",
-                reason=f"its local driver (pid {driver.get('pid')}) is no longer running")
     return True
 
 
