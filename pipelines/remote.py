@@ -32,13 +32,15 @@ def compiled(config: RunConfig) -> tuple[dict, dict | None]:
 
 
 def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str,
-           experiment: str, mode: str) -> tuple[dict, dict, dict | None]:
+           experiment: str, mode: str, watchdog_cron: str = "") -> tuple[dict, dict, dict | None]:
     check_cluster_images(config.kubernetes)  # before anything is stored or submitted
     spec, platform = compiled(config)
     experiment_id = client.experiment_id(experiment)
     kfp = {"endpoint": config.kubernetes.kfp_endpoint, "experiment_id": experiment_id, "namespace": client.namespace,
            "service_account": config.kubernetes.service_account, "pipeline_root": config.kubernetes.pipeline_root,
            "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
+    if watchdog_cron or earlier.get("watchdog_cron"):  # a watchdog schedule outlives resubmissions
+        kfp["watchdog_cron"] = watchdog_cron or earlier["watchdog_cron"]
     record = fine_tune.start(store, config, run_id, resume_from, mode=mode, kfp=kfp,
                              holder_state=lambda kfp_run: str(client.get_run(kfp_run).get("state", "")))
     return record, spec, platform
@@ -60,12 +62,17 @@ def submit(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id
 
 def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id: str, cron: str,
              experiment: str = "dgrpo", enabled: bool = True) -> str:
-    """Create a recurring run whose runs each train the next segment of fine-tune `run_id`; returns its id."""
+    """Create a recurring run whose runs each train the next segment of fine-tune `run_id`; returns its id.
+
+    On a fine-tune already submitted (a chain of runs that submit each other) the schedule is its watchdog: the
+    chain keeps submitting itself, and each scheduled run breaks a lease whose holder's run finished and trains
+    on, or ends at once while a segment is training."""
     kfp_rest.check_cron(cron)
     store = _store(store_uri)
     claimed = fine_tune.read_claim(store, run_id) is not None
+    submitted = (fine_tune.read_json(store, fine_tune.chain_key(run_id)) or {}).get("mode") == "kfp"
     record, spec, platform = _chain(client, store, config, run_id, run_id if claimed else "", experiment,
-                                    "schedule")
+                                    "kfp" if submitted else "schedule", watchdog_cron=cron if submitted else "")
     body = kfp_rest.recurring_run_body(
         display_name=f"{run_id} chain", experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
         parameters=fine_tune.segment_parameters(store, record), cron=cron,

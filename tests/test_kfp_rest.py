@@ -419,3 +419,31 @@ def test_stop_now_terminates_the_segments_run_and_breaks_its_lease(kfp_api, tmp_
     assert store.get_json("runs/ft/segments/s0001.json")["decision"]["action"] == "stopped"
     again = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--now", "--host", kfp_api.url])
     assert again.exit_code == 0 and "nothing to terminate" in again.output
+
+
+def test_a_schedule_on_a_submitted_chain_is_its_watchdog(kfp_api, tmp_path):
+    """`dgrpo schedule` on a submitted fine-tune keeps the chain submitting itself; each scheduled run ends at once
+    while a live segment trains (no error recorded), and breaks the lease of a finished one and trains on."""
+    from dgrpo_pipelines.remote import schedule
+
+    from dgrpo.contracts.stages import STAGE_NAMES
+
+    store = LocalStore(tmp_path / "store")
+    images = {k: f"registry.example/dgrpo-{k}:1" for k in (*STAGE_NAMES, "control")}
+    cfg = small_config(rounds=6, **{"pipeline.rounds_per_run": 2, "kubernetes.images": images,
+                                    "kubernetes.kfp_endpoint": kfp_api.url})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    schedule(kfp_rest.KfpClient(kfp_api.url), cfg, store.uri, "ft", "0 0 */6 * * *")
+    chain_record = store.get_json("runs/ft/chain.json")
+    assert chain_record["mode"] == "kfp" and chain_record["kfp"]["watchdog_cron"] == "0 0 */6 * * *"
+    assert store.exists("runs/ft/lease.json")  # the live segment keeps its lease
+
+    kfp_api.runs[first]["state"] = "RUNNING"
+    idle, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+    assert idle.rounds == () and not seg.errors(store, "ft")
+    _commit(store, state, [0])
+    kfp_api.runs[first]["state"] = "FAILED"  # the update of round 1 was OOM-killed; its exit pod never ran
+    watched, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-2")
+    assert (watched.segment, watched.rounds) == (2, (1, 2)) and store.list("runs/ft/lease-breaks")

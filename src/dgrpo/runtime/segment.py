@@ -137,7 +137,9 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
                  ) -> tuple[RoundState, bool]:
     """Take the lease and plan the segment: up to rounds_per_run rounds from the last commit. Also says whether
     the base model is still to be evaluated. A fine-tune that is complete or stopped gets an empty segment and
-    takes no lease (a recurring run then ends at once)."""
+    takes no lease (a recurring run then ends at once). A lease whose holder's KFP run has finished is broken
+    first; one held by a live run refuses this segment, except in a scheduled chain (or one with a watchdog
+    schedule), whose run then ends with an empty segment: the segment in progress is all well."""
     validate_run_id(run_id, "pipeline parameter 'run_id'")
     config = load_config(store, config_sha256)
     claim = read_claim(store, run_id)
@@ -169,6 +171,10 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
         lease = acquire_lease(store, run_id, {"segment": n, "kfp_run_id": kfp_run_id,
                                               "start_round": start.next_round})
     except OwnershipError as exc:
+        if not unchecked and _scheduled(store, run_id):
+            log.info("fine-tune %s: %s; this scheduled run has nothing to do", run_id, exc)
+            return RoundState(run_id, config_sha256, 0, "", start.next_round, start.adapter,
+                              start.optimizer_state), False
         raise OwnershipError(f"{exc}{unchecked}") from None
     start = trained_state(store, run_id)  # read again under the lease: a segment may have finished meanwhile
     rounds = tuple(range(start.next_round, min(start.next_round + config.pipeline.rounds_per_run, config.rounds)))
@@ -180,6 +186,12 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
     base_due = start.next_round == 0 and 0 in config.eval_rounds() and not store.exists(eval_key(run_id, 0))
     return RoundState(run_id, config_sha256, n, lease["holder"], start.next_round, start.adapter,
                       start.optimizer_state, rounds), base_due
+
+
+def _scheduled(store: ArtifactStore, run_id: str) -> bool:
+    """Whether recurring runs drive or watch the chain (`dgrpo schedule`)."""
+    record = read_json(store, run_key(run_id, "chain.json")) or {}
+    return record.get("mode") == "schedule" or bool((record.get("kfp") or {}).get("watchdog_cron"))
 
 
 def begin_round(store: ArtifactStore, segment: RoundState, round_index: int) -> RoundState:
