@@ -36,6 +36,7 @@ def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, 
     check_cluster_images(config.kubernetes)  # before anything is stored or submitted
     spec, platform = compiled(config)
     experiment_id = client.experiment_id(experiment)
+    earlier = (fine_tune.read_json(store, fine_tune.chain_key(run_id)) or {}).get("kfp") or {}
     kfp = {"endpoint": config.kubernetes.kfp_endpoint, "experiment_id": experiment_id, "namespace": client.namespace,
            "service_account": config.kubernetes.service_account, "pipeline_root": config.kubernetes.pipeline_root,
            "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
