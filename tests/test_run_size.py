@@ -18,6 +18,7 @@ from dgrpo.config import load_config
 from dgrpo.config.deployment import CustomStage
 from dgrpo.runtime import component_io, fine_tune, workflow_size
 from dgrpo.runtime.plan import (
+    FUSED_TASKS,
     evaluation_task,
     max_tasks_per_run,
     segment_shape,
@@ -150,16 +151,19 @@ def test_the_compression_ratio_measured_on_two_rounds_bounds_longer_segments_clo
     assert 0.05 < model.ratio < 0.3  # base64(gzip) of node JSON: JSON compresses, hashes and uuids do not
 
 
-def test_a_fused_segment_is_a_constant_handful_of_tasks_whatever_its_rounds():
+def test_a_fused_segment_is_a_constant_handful_of_tasks_whatever_its_rounds(tmp_path):
     sizes, tasks = set(), set()
     for rounds_per_run in (1, 20, 200):
-        config = load_config(ROOT / "configs" / SD35, {"pipeline.execution": "fused",
-                                                       "pipeline.rounds_per_run": rounds_per_run})
+        fused = {"pipeline.execution": "fused", "pipeline.rounds_per_run": rounds_per_run}
+        config = load_config(ROOT / "configs" / SD35, fused)
         model = workflow_size.size_model(config, segment_shape(config))
         assert model.round_nodes == model.evaluation_nodes == 0 and tasks_per_round(config) == 0
         sizes.add(workflow_bytes(config, model))
         tasks.add(max_tasks_per_run(config))
-    assert tasks == {3} and len(sizes) == 1
+        _, spec, _ = _compile(tmp_path, SD35, **fused)
+        leaves = _leaf_tasks(spec, spec["root"]["dag"]["tasks"])
+        assert len(leaves) == max_tasks_per_run(config) and not any(loops for loops, _ in leaves)
+    assert tasks == {len(FUSED_TASKS)} == {3} and len(sizes) == 1
     assert sizes.pop() <= workflow_size.WORKFLOW_BUDGET_BYTES // 3
 
 
@@ -186,16 +190,18 @@ def _json_len(value) -> int:
     return len(json.dumps(value, separators=(",", ":"), sort_keys=True))
 
 
-@pytest.mark.parametrize("preset", ["toy.yaml", *REAL])
-def test_the_model_holds_at_least_the_compiled_ir_of_every_task(preset, tmp_path):
+@pytest.mark.parametrize(("preset", "execution"), [("toy.yaml", "staged"), (SD35, "fused"),
+                                                   *((p, "staged") for p in REAL)])
+def test_the_model_holds_at_least_the_compiled_ir_of_every_task(preset, execution, tmp_path):
     """What the model copies from the component definitions (component spec, container with its source, task spec)
     is at least what the compiled IR holds, task by task; so is the Workflow spec allowance."""
-    overrides = STAGED | {"pipeline.rounds_per_run": 1}
+    overrides = {"pipeline.execution": execution, "pipeline.rounds_per_run": 1}
     config = load_config(ROOT / "configs" / preset, overrides)
     size, spec, _ = _compile(tmp_path, preset, **overrides)
     assert 8_500 + 1.8 * _json_len(spec) <= workflow_size.SPEC_BYTES
     shape = segment_shape(config)
-    tasks = {t.name: t for t in (*shape.fixed, *shape.round)} | {"evaluate": evaluation_task(config)}
+    tasks = {t.name: t for t in (*shape.fixed, *shape.round)}
+    tasks |= {"evaluate": evaluation_task(config)} if shape.evaluation else {}
     seen = set()
 
     def walk(dag_tasks: dict) -> None:

@@ -172,9 +172,7 @@ def task_settings(config: RunConfig, stage: str | None) -> StageResources:
         return dataclasses.replace(defaults, gpus=0, gpu_product=None, shm_size=None,
                                    retries=max(defaults.retries or 0, LIGHT_TASK_RETRIES))
     if stage == "fused":
-        base = k8s.resolve_defaults()
-        return dataclasses.replace(base, **{f.name: getattr(k8s.fused, f.name) for f in dataclasses.fields(k8s.fused)
-                                            if getattr(k8s.fused, f.name) is not None})
+        return k8s.resolve_fused()
     return k8s.resolve(stage)
 
 
