@@ -15,6 +15,9 @@ from dgrpo import __version__
 from dgrpo.config.deployment import IMAGE_KEYS
 
 PLACEHOLDER_REGISTRY = "ghcr.io/dgrpo"
+_DEFINED: dict[str, str] = {}
+"""Every reference image_for gave, and its key: how configure() tells a stage's or the control image's task from
+a team's own image, whatever the environment at compile time."""
 
 
 def image_for(key: str) -> str:
@@ -29,10 +32,17 @@ def image_for(key: str) -> str:
             raise ValueError(f"DGRPO_IMAGES_FILE {refs_file}: cannot read the image references ({exc})") from exc
         if not isinstance(refs, dict) or not isinstance(refs.get(key), str) or not refs[key]:
             raise ValueError(f"DGRPO_IMAGES_FILE {refs_file}: no image reference for stage '{key}'")
-        return refs[key]
-    registry = os.environ.get("DGRPO_IMAGE_REGISTRY", PLACEHOLDER_REGISTRY)
-    tag = os.environ.get("DGRPO_IMAGE_TAG", __version__)
-    return f"{registry}/dgrpo-{key}:{tag}"
+        ref = refs[key]
+    else:
+        registry = os.environ.get("DGRPO_IMAGE_REGISTRY", PLACEHOLDER_REGISTRY)
+        ref = f"{registry}/dgrpo-{key}:{os.environ.get('DGRPO_IMAGE_TAG', __version__)}"
+    _DEFINED.setdefault(ref, key)
+    return ref
+
+
+def key_of(ref: str) -> str | None:
+    """The image key a component defined with `ref` belongs to (None: not one of ours)."""
+    return _DEFINED.get(ref)
 
 
 def is_placeholder(ref: str) -> bool:

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from dgrpo_components.images import image_for, is_placeholder
+from dgrpo_components.images import image_for, is_placeholder, key_of
 from kfp import dsl, kubernetes
 
 from dgrpo.config import KubernetesConfig, StageResources
@@ -38,8 +38,7 @@ def check_cluster_images(k8s: KubernetesConfig) -> None:
 def _image_key(task: dsl.PipelineTask) -> str | None:
     """The image key whose reference the task's component was defined with (None: a team's own image)."""
     spec = task.component_spec.implementation.container
-    defined = None if spec is None else spec.image
-    return next((key for key in IMAGE_KEYS if image_for(key) == defined), None)
+    return None if spec is None else key_of(spec.image)
 
 
 def configure(task: dsl.PipelineTask, settings: StageResources, k8s: KubernetesConfig) -> dsl.PipelineTask:
