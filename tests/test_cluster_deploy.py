@@ -194,7 +194,8 @@ def test_manifests_leave_kfp_launcher_alone_and_the_run_sets_its_pipeline_root()
 
 
 def test_the_cache_fill_job_fills_what_the_presets_read_as_uid_10001_with_the_token_secret():
-    job = yaml.safe_load((ROOT / "manifests" / "model-cache-fill.job.yaml").read_text())
+    job, policy = yaml.safe_load_all((ROOT / "manifests" / "model-cache-fill.job.yaml").read_text())
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     secret = yaml.safe_load((ROOT / "manifests" / "hf-token.secret.yaml").read_text())
     pvc = yaml.safe_load((ROOT / "manifests" / "model-cache-pvc.yaml").read_text())
     pod = job["spec"]["template"]["spec"]
