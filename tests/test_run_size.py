@@ -201,7 +201,7 @@ def test_the_model_holds_at_least_the_compiled_ir_of_every_task(preset, executio
     assert 8_500 + 1.8 * _json_len(spec) <= workflow_size.SPEC_BYTES
     shape = segment_shape(config)
     tasks = {t.name: t for t in (*shape.fixed, *shape.round)}
-    tasks |= {"evaluate": evaluation_task(config)} if shape.evaluation else {}
+    tasks |= {"evaluate": evaluation_task()} if shape.evaluation else {}
     seen = set()
 
     def walk(dag_tasks: dict) -> None:

@@ -73,7 +73,7 @@ def round_tasks(config: RunConfig) -> list[Task]:
     return tasks
 
 
-def evaluation_task(config: RunConfig) -> Task:
+def evaluation_task() -> Task:
     """The evaluation task: it reads the round's state and the update's adapter and optimizer state."""
     spec = stage_spec("evaluate")
     return Task("evaluate", "evaluate", published_inputs=2, plain_inputs=1, outputs=len(spec.writes) + 2,
@@ -86,7 +86,7 @@ def segment_shape(config: RunConfig) -> Segment:
     if config.pipeline.execution == "fused":
         return Segment(tuple(Task(name, "fused" if name == "train_segment" else None, plain_inputs=1, parameters=4)
                              for name in FUSED_TASKS), (), None)
-    return Segment(tuple(light), tuple(round_tasks(config)), evaluation_task(config))
+    return Segment(tuple(light), tuple(round_tasks(config)), evaluation_task())
 
 
 def tasks_per_round(config: RunConfig) -> int:
