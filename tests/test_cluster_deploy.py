@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from dgrpo.config.deployment import IMAGE_KEYS
 from dgrpo.config.fields import ConfigError
 from dgrpo.contracts.stages import STAGE_NAMES
 from dgrpo.runtime import component_io, gpu_check, kfp_rest, model_cache
+from dgrpo.runtime.segment import RoundState
 from dgrpo.store import LocalStore
 
 ROOT = Path(__file__).parents[1]
@@ -177,6 +179,12 @@ def test_a_gpu_task_without_cuda_refuses_to_run_and_says_why(tmp_path, monkeypat
         pass
     (key,) = store.list("runs/ft/errors")
     assert "given 1 GPU(s)" in json.dumps(store.get_json(key))
+    # the fused task (pipeline.execution fused) checks before it trains, and records the error as well
+    state = tmp_path / "segment"
+    state.write_text(RoundState("ft", "0" * 64, 1, "h", 0, rounds=(0, 1)).to_json())
+    with pytest.raises(RuntimeError, match="given 1 GPU"):
+        component_io.train_fused(store.uri, "ft", SimpleNamespace(path=str(state), metadata={}), False, None, None)
+    assert len(store.list("runs/ft/errors")) == 2
 
 
 def test_manifests_leave_kfp_launcher_alone_and_the_run_sets_its_pipeline_root():

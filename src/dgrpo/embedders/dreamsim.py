@@ -13,8 +13,9 @@ ViT-B/16, fine-tuned jointly with LoRA):
 
 The first four are the unzipped DreamSim release archive (dreamsim_ensemble_checkpoint.zip); DreamSim points
 torch.hub's directory at cache_dir for its DINO backbones, so the last two are what `torch.hub.load(
-'facebookresearch/dino:main', 'dino_vitb16')` leaves in a hub directory. To pre-fill an image, run once with
-network: `TORCH_HOME=... python -c "import dreamsim; dreamsim.dreamsim(cache_dir='CACHE')"`, then ship CACHE.
+'facebookresearch/dino:main', 'dino_vitb16')` leaves in a hub directory. Fill CACHE once with network:
+`python -m dgrpo.runtime.model_cache fill --dreamsim CACHE:ensemble` (on a cluster, the model-cache fill Job does,
+into the claim; docs/models.md).
 Single-backbone types need `<type>_pretrain.pth[.tar]` and `<type>_single_lora/` instead (see DREAMSIM_FILES).
 """
 

@@ -69,6 +69,11 @@ def train_fused(store_uri: str, run_id: str, segment_artifact: FileArtifact, bas
         raise ValueError("pipeline parameter 'store_uri' must not be empty")
     store = open_store(store_uri, "pipeline parameter 'store_uri'")
     state = read_state(segment_artifact)
+    try:
+        check_gpus()  # the fused pod holds the update's GPUs: it must not train on the CPU (DGRPO_EXPECT_GPUS)
+    except RuntimeError as exc:
+        segment.record_error(store, run_id, "train_segment", exc, state.segment, None)
+        raise
     rounds = f"{state.rounds[0]}-{state.rounds[-1]}" if state.rounds else "none"
     print(f"fused segment {state.segment} of {run_id}: rounds {rounds}", flush=True)
     if segment.context(store, state).config.train.num_processes > 1:
