@@ -294,10 +294,24 @@ def submit_with_kfp(store: ArtifactStore) -> seg.Submitter:
     return submit
 
 
+def _terminated(store: ArtifactStore, run_id: str, kfp_run_id: str) -> str:
+    """KFP run `kfp_run_id`'s API state if an operator terminated it (CANCELING, CANCELED), else ""."""
+    lookup = kfp_rest.run_state_lookup(read_json(store, chain_key(run_id)) or {}, attempts=2)
+    if lookup is None or not kfp_run_id:
+        return ""
+    try:
+        state = lookup(kfp_run_id)
+    except kfp_rest.KfpApiError:  # only a hint: the store decides the rest
+        return ""
+    return state if state in kfp_rest.TERMINATED_STATES else ""
+
+
 def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_id: str,
                       final_state: str) -> str:
     """`segment.finish_segment` with the REST continuation; returns the fine-tune's report (markdown) for the KFP
-    UI: its status, then the evaluations."""
+    UI: its status, then the evaluations. A run an operator terminated is told by its own API state (CANCELING),
+    which the exit handler's final status does not reliably carry."""
+    final_state = _terminated(store, run_id, kfp_run_id) or final_state
     end = seg.finish_segment(store, run_id, config_sha256, kfp_run_id, final_state, submit_with_kfp(store))
     text = format_status(status(store, run_id))
     if end.next_kfp_run_id:
