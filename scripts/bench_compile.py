@@ -3,7 +3,7 @@ sees it: a fresh `dgrpo compile` process, imports included (wall and CPU seconds
 time also counts waiting for a core), next to the bare compile inside one process.
 
 Also prints each segment IR's size and, for the sizes the docs' Workflow model uses, the tasks a segment executes.
-    python scripts/bench_compile.py [--presets configs/sd35m-pickscore.yaml ...]
+    python scripts/bench_compile.py [--presets configs/sd35m-pickscore.yaml ...] [--smoke: the toy preset only]
 """
 
 import argparse
@@ -27,7 +27,11 @@ def _children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", type=Path, default=sorted((ROOT / "configs").glob("*.yaml")))
+    parser.add_argument("--smoke", action="store_true",
+                        help="the toy preset only: the same code paths in seconds (tests/test_bench_smoke.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.presets = [ROOT / "configs" / "toy.yaml"]
     from dgrpo_pipelines.training import compile_pipeline
 
     from dgrpo.config import load_config

@@ -95,7 +95,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-sd3", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and one repeat: the same code paths in seconds (tests/test_bench_smoke.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.g_max, args.prune_steps, args.prune_sizes, args.steps = 6, [1, 2], [4, 2], 3
+        args.prompts, args.repeats = args.prompts[:1], 1
     torch.set_num_threads(args.threads)
     bench("toy policy, toy reward", load_policy(ModelConfig()), load_reward("toy"), args)
     if not args.skip_sd3:

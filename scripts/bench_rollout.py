@@ -4,7 +4,8 @@
    diffusers StableDiffusion3Pipeline call, same model, steps, batch, CFG and seeds; both encode the prompts
    and stop at the latents.
 2. The toy policy: SDE with log-probs versus our deterministic ODE sampler.
-`--width` scales the tiny SD3 model (use e.g. --width 8 --layers 8 --size 64 on a GPU).
+`--width` scales the tiny SD3 model (use e.g. --width 8 --layers 8 --size 64 on a GPU); `--smoke` runs both at
+tiny sizes in seconds.
 """
 
 import argparse
@@ -99,12 +100,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sequence-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-toy", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and one repeat: the same code paths in seconds (tests/test_bench_smoke.py)")
+
+
+SMOKE = {"batch": 4, "sd3_batch": 2, "steps": 3, "repeats": 1, "size": 8, "max_sequence_length": 16}
+"""What --smoke sets (a smoke run checks that the bench runs, not what it measures)."""
+
+
+def apply_smoke(args: argparse.Namespace, smoke: dict) -> argparse.Namespace:
+    """`args` with the `smoke` sizes where --smoke is given."""
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    return args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_arguments(parser)
-    args = parser.parse_args()
+    args = apply_smoke(parser.parse_args(), SMOKE)
     torch.set_num_threads(args.threads)
     bench_sd3(args)
     if not args.skip_toy:
