@@ -67,9 +67,11 @@ class RunConfig:
         check(n % self.train.num_processes == 0, "train.num_processes",
               f"must divide the {n} trajectories of a round (sampling.prompts_per_round x group_size), got "
               f"{self.train.num_processes}")
-        gpus = self.kubernetes.resolve("update").gpus
+        fused = self.pipeline.execution == "fused"
+        gpus = (self.kubernetes.resolve_fused() if fused else self.kubernetes.resolve("update")).gpus
         check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
-              f"is {self.train.num_processes} but the update pod gets {gpus} GPUs (kubernetes): one process per GPU")
+              f"is {self.train.num_processes} but the {'fused' if fused else 'update'} pod gets {gpus} GPUs "
+              f"(kubernetes.{'fused' if fused else 'stages.update'}): one process per GPU")
         check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")

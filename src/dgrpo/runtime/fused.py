@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dgrpo.models import resident_models
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.rounds import OnStep, StepCall, run_round
@@ -109,27 +110,28 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
 
     many = processes.world > 1
     try:
-        if base_due:
-            step("evaluate", state.round, None)
-            where["round"] = None
-            if processes.main:
-                review.evaluate(ctx, state, after_update=False)
-            processes.barrier()
-        for r in state.rounds:
-            step("begin_round", r, None)
-            round_state = seg.begin_round(store, state, r)
-            run_round(ctx, round_state, on_step=step, calls=_distributed_calls(processes) if many else None,
-                      shard_indices=processes.shard_indices if many else None,
-                      gather=processes.gather if many else None)
-            if round_state.evaluate:
-                step("evaluate", r, None)
+        with resident_models():  # the base weights load once a segment, not once a stage and round
+            if base_due:
+                step("evaluate", state.round, None)
+                where["round"] = None
                 if processes.main:
-                    done = trained_state(store, state.run_id)
-                    review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
-                                    optimizer_state=done.optimizer_state)
+                    review.evaluate(ctx, state, after_update=False)
                 processes.barrier()
-            if on_round:
-                on_round(r)
+            for r in state.rounds:
+                step("begin_round", r, None)
+                round_state = seg.begin_round(store, state, r)
+                run_round(ctx, round_state, on_step=step, calls=_distributed_calls(processes) if many else None,
+                          shard_indices=processes.shard_indices if many else None,
+                          gather=processes.gather if many else None)
+                if round_state.evaluate:
+                    step("evaluate", r, None)
+                    if processes.main:
+                        done = trained_state(store, state.run_id)
+                        review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
+                                        optimizer_state=done.optimizer_state)
+                    processes.barrier()
+                if on_round:
+                    on_round(r)
     except Exception as exc:
         seg.record_error(store, state.run_id, where["task"], exc, state.segment or None, where["round"])
         raise
@@ -160,7 +162,7 @@ def worker_main(store_uri: str, state_json: str, base_due: str) -> None:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    PartialState()  # torchrun's process group, as the update's accelerate uses it (NCCL on GPUs, gloo on CPUs)
+    PartialState(cpu=not torch.cuda.is_available())  # torchrun's group as the update's accelerate sees it
     processes = Processes(dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo"))
     state = seg.RoundState.from_json(state_json, source="fused segment state")
     train_segment(open_store(store_uri), state, json.loads(base_due), processes=processes,
