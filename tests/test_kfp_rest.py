@@ -70,7 +70,7 @@ def _cluster_settings():
 def test_submit_stores_the_config_and_sends_only_ids(kfp_api, tmp_path):
     store_uri = (tmp_path / "store").as_uri()
     args = ["submit", "--host", kfp_api.url, "--store", store_uri, "--run-id", "ft-1", "--experiment", "nightly",
-            "--set", "rounds=30", "--set", "pipeline.shards=2"]
+            "--set", "rounds=30", "--set", "pipeline.shards=2", "--set", "pipeline.rounds_per_run=5"]
     args += [a for k, v in _cluster_settings().items() for a in ("--set", f"{k}={json.dumps(v)}")]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
@@ -110,7 +110,7 @@ def exp_id(fake: FakeKfp) -> str:
 def test_schedule_creates_one_recurring_run_per_fine_tune(kfp_api, tmp_path):
     store_uri = (tmp_path / "store").as_uri()
     args = ["schedule", "--host", kfp_api.url, "--store", store_uri, "--run-id", "ft-nightly", "--cron",
-            "0 0 2 * * *", "--set", "rounds=100"]
+            "0 0 2 * * *", "--set", "rounds=100", "--set", "pipeline.rounds_per_run=5"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     (job,) = kfp_api.posted("/apis/v2beta1/recurringruns")
