@@ -12,6 +12,7 @@ import numpy as np
 from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS
 from dgrpo.runtime.report.summary import load_events
+from dgrpo.runtime.report.throughput import Throughput, run_throughput
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -48,6 +49,8 @@ class RunData:
     recipe: dict | None
     """The recipe part of the run's config (`RunConfig.recipe_dict`), from the config artifact in the lineage."""
     config_sha256: str | None
+    throughput: Throughput | None = None
+    """Images per second and seconds per round, from the records' times (`report.throughput`)."""
 
 
 def load_run(store: ArtifactStore, run_id: str) -> RunData:
@@ -63,7 +66,8 @@ def load_run(store: ArtifactStore, run_id: str) -> RunData:
     final = ArtifactRef(**updates[-1]["outputs"]["adapter"]) if updates else None
     chain = lineage.chain(store, final.sha256) if final else []
     recipe, config_sha = _recipe(store, chain)
-    return RunData(run_id, evaluations, training, final, chain, recipe, config_sha)
+    return RunData(run_id, evaluations, training, final, chain, recipe, config_sha,
+                   run_throughput(store, run_id, events))
 
 
 def _evaluations(store: ArtifactStore, run_id: str, events: list[dict]) -> list[Evaluation]:

@@ -92,7 +92,27 @@ def _summary_table(runs: list[RunData]) -> str:
     reward = next((ev.reward for run in runs for ev in run.evaluations if ev.reward), None)
     note = (f'<p class="note">Evaluation reward: {_e(reward["name"])}: {_e(reward["why"])}.</p>' if reward else "")
     return (f"<h2>Summary</h2><p class='note'>First and last evaluation, means over the evaluation prompts.</p>"
-            f"<table><tr><th>run</th><th>after round</th>{head}</tr>{''.join(rows)}</table>{note}")
+            f"<table><tr><th>run</th><th>after round</th>{head}</tr>{''.join(rows)}</table>{note}"
+            f"{_throughput(runs)}")
+
+
+def _throughput(runs: list[RunData]) -> str:
+    """Each run's images/s and s/round from its records' times (dgrpo.runtime.report.throughput)."""
+    rows = []
+    for run in runs:
+        t = run.throughput
+        if t is None:
+            rows.append(f"<tr><td>{_e(run.run_id)}</td><td colspan='4'>not measured: no two rounds of one segment "
+                        "recorded with their times</td></tr>")
+            continue
+        startup = "-" if t.seconds_per_round_with_startup is None else f"{t.seconds_per_round_with_startup:.3g}"
+        rows.append(f"<tr><td>{_e(run.run_id)}</td><td class='num'>{t.images_per_s:.3g}</td>"
+                    f"<td class='num'>{t.seconds_per_round:.3g}</td><td class='num'>{t.rounds_measured}</td>"
+                    f"<td class='num'>{startup}</td></tr>")
+    note = ("Wall clock, all of the run's GPUs together: between the ends of consecutive rounds of one segment; "
+            "the last column adds each segment's start-up (pods, imports, model loads) to its rounds.")
+    return (f"<p class='note'>Throughput. {note}</p><table><tr><th>run</th><th>images/s</th><th>s/round</th>"
+            f"<th>rounds measured</th><th>s/round with start-up</th></tr>{''.join(rows)}</table>")
 
 
 def _plots(runs: list[RunData]) -> str:

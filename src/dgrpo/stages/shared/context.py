@@ -1,5 +1,6 @@
 """What every stage shares: the run context, provenance and the run's event records."""
 
+import datetime
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,7 +60,8 @@ def emit_event(ctx: StageContext, stage: str, round_index: int, result: StageRes
                shard: int | None = None) -> None:
     """Record a finished stage (or stage shard) under runs/<run_id>/events/, for progress and the run report."""
     event = {"stage": stage, "round": round_index, "metrics": result.metrics,
-             "outputs": {k: json.loads(v.to_json()) for k, v in result.outputs.items()}}
+             "outputs": {k: json.loads(v.to_json()) for k, v in result.outputs.items()},
+             "finished_at": datetime.datetime.now(datetime.UTC).isoformat()}  # the report's s/round
     suffix = "" if shard is None else f"-s{shard:03d}"
     if shard is not None:
         event["shard"] = shard
