@@ -204,13 +204,18 @@ def _first_run(store, fake: FakeKfp, record: dict) -> str:
     return kfp_rest.submit_next(store, record, 1, fine_tune.segment_parameters(store, record))
 
 
-def _commit(store, state, rounds) -> None:
+def _commit(store, state, rounds, evaluate: bool = True) -> None:
+    """Commit `rounds` as the update stage does, and write the evaluation records due after them (and the base
+    model's) as the evaluate stage does, unless `evaluate` is False (its pod was killed)."""
     from dgrpo.stages.shared.commits import commit_round, trained_state
 
     ctx = seg.context(store, state)
+    due = set(ctx.config.eval_rounds())
     for r in rounds:
         parent = trained_state(store, state.run_id).adapter
         commit_round(ctx, r, _ref(f"a{r}"), _ref(f"o{r}"), parent)
+        for completed in ({0, r + 1} if r == 0 else {r + 1}) & due if evaluate else ():
+            store.put_json(f"runs/{state.run_id}/eval/r{completed:04d}.json", {"round": completed, "metrics": {}})
 
 
 def _ref(tag: str):
@@ -249,6 +254,22 @@ def test_a_successful_segment_is_read_from_the_store_not_from_kfps_final_state(k
     assert s2["state"] == "failed" and "committed 1 of its 2 planned rounds (KFP's final state: RUNNING)" in s2[
         "error"]
     assert s2["decision"]["action"] == "failed" and len(kfp_api.runs) == 2  # max_retries 0: nothing submitted
+
+
+def test_a_segment_whose_evaluation_pod_was_killed_failed(kfp_api, tmp_path):
+    """All planned rounds committed, but the evaluation due after the last one is missing (an OOM-killed pod
+    records no error): the segment failed, and is retried from the next round."""
+    store = LocalStore(tmp_path / "store")
+    cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 1})
+    record = _started(store, kfp_api, cfg)
+    first = _first_run(store, kfp_api, record)
+    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    _commit(store, state, [0, 1], evaluate=False)
+    store.put_json("runs/ft/eval/r0000.json", {"round": 0, "metrics": {}})  # the base model's evaluation ran
+    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, kfp_api.final_status(first, "killed"))
+    s1 = store.get_json("runs/ft/segments/s0001.json")
+    assert s1["state"] == "failed" and "no evaluation record eval/r0002" in s1["error"]
+    assert s1["decision"]["action"] == "retry" and len(kfp_api.runs) == 2
 
 
 def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_api, tmp_path):

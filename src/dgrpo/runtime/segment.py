@@ -322,15 +322,33 @@ def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: dict, 
     progress = done - record["start_round"]
     planned_end = (record["rounds"][-1] + 1) if record["rounds"] else record["start_round"]
     causes = outstanding_errors([e for e in errors(store, run_id) if e.get("segment") == n], done)
-    failed = done < planned_end or bool(causes) or (progress == 0 and done < config.rounds)  # or it would loop
+    missing = missing_evaluations(store, run_id, config, record, done)
+    failed = done < planned_end or bool(causes) or bool(missing) or (progress == 0 and done < config.rounds)
     cause = root_error(causes) if causes else None
-    error = cause["error"] if cause else (f"committed {progress} of its {len(record['rounds'])} planned rounds "
-                                          f"(KFP's final state: {final_state})" if failed else "")
+    if not failed:
+        error = ""
+    elif cause:
+        error = cause["error"]
+    elif missing and done >= planned_end and progress > 0:
+        error = (f"no evaluation record eval/r{missing[0]:04d} (a killed pod records no error; KFP's final state: "
+                 f"{final_state})")
+    else:  # too few rounds; a "success" that trained nothing would loop
+        error = (f"committed {progress} of its {len(record['rounds'])} planned rounds (KFP's final state: "
+                 f"{final_state})")
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
                             failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
                             max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
                             error=error, permanent=bool(failed and cause and cause.get("permanent")))
     return decision, error
+
+
+def missing_evaluations(store: ArtifactStore, run_id: str, config: RunConfig, record: dict, done: int) -> list[int]:
+    """Evaluations the segment was to write for its committed rounds (by completed-round count) that are absent:
+    an evaluation pod killed (OOM, preemption) records no error."""
+    due = [r + 1 for r in record["rounds"] if r < done and r + 1 in config.eval_rounds()]
+    if record["start_round"] == 0 and 0 in config.eval_rounds():
+        due.insert(0, 0)
+    return [c for c in due if not store.exists(eval_key(run_id, c))]
 
 
 def break_finished_holder(store: ArtifactStore, run_id: str, by: str,
