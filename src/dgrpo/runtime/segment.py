@@ -270,10 +270,11 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
                    submit: Submitter | None = None) -> SegmentEnd:
     """The exit task: record how the segment ended, decide what follows, release the lease, submit the next.
 
-    The segment succeeded when its planned rounds are committed and none of its tasks left an error it did not get
-    past (`outstanding_errors`); `final_state`, KFP's, is logged and kept as a hint only (ENDED_WELL_HINT), except
-    that a terminated run (CANCELING/CANCELED) is recorded as stopped. A retried exit task keeps the outcome its
-    first try recorded and only submits what that try did not."""
+    The segment succeeded when its planned rounds are committed, their due evaluations recorded
+    (`missing_evaluations`) and none of its tasks left an error it did not get past (`outstanding_errors`).
+    `final_state`, KFP's, is logged and kept as a hint only (ENDED_WELL_HINT), except that a terminated run
+    (CANCELING/CANCELED) is recorded as stopped. A retried exit task keeps the outcome its first try recorded and
+    only submits what that try did not."""
     validate_run_id(run_id, "pipeline parameter 'run_id'")
     config = load_config(store, config_sha256)
     record = own_segment(store, run_id, kfp_run_id)
