@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation of that peak")
     parser.add_argument("--pod-start-s", type=float, default=4.0,
                         help="assumed seconds to schedule and start a pod on a warm node (P4)")
+    parser.add_argument("--model-load-gbps", type=float, default=2.0,
+                        help="assumed GB/s a pod loads its models at from the cluster's model cache (P4)")
     parser.add_argument("--only", nargs="*", default=["P1", "P2", "P3", "P4"])
     args = apply_smoke(parser.parse_args(), SMOKE | {"repeats_heavy": 1, "group": 2})
     torch.set_num_threads(args.threads)
