@@ -1,14 +1,15 @@
 """P4 of `make bench` (scripts/bench_round.py): what a round pays besides its GPU work, staged against fused, and
 the throughput a platform team compares (images per GPU-second, seconds per round).
 
-Measured on this machine: the toy through kfp.local staged and fused against the same run in process (so the
+Measured on this machine: the toy through kfp.local staged and fused against the same fine-tune in process (the
 difference is start-up, imports, model loads and kfp.local's own work), fused at two rounds_per_run (its start-up
-is paid once a segment, so its overhead per round falls as 1 / rounds_per_run), and a tiny SD3 run in process.
-Projected to an SD3.5-M round (the sd35m-pickscore preset: 1,152 images, 8 GPUs) from the per-task costs measured
-here (process start + imports, this disk's model-load and the store's throughput) and assumed ones (pod start,
-GPU peak and MFU), in GPU-seconds: a staged task holds its GPUs while it starts and loads, a fused segment holds
-the pod's GPUs while it starts once, and every round's rollouts (about 3 GB with their latents) go through the
-store in both.
+is paid once a segment, so its overhead per round falls as 1 / rounds_per_run), a tiny SD3 fine-tune in process,
+each task's process start + imports, and the store's throughput. Projected to an SD3.5-M round (the
+sd35m-pickscore preset: 1,152 images, 8 GPUs) in GPU-seconds from those and from what is assumed (pod start, the
+model cache's bandwidth, GPU peak and MFU; bench_round.py's options): a staged task holds its GPUs while it starts
+and loads its models every round, a fused segment holds the pod's GPUs while it starts once, and every round's
+rollouts (about 3.5 GB with their trajectories) go through the store in both; how that traffic is paid is shown
+three ways (IO_MODES).
 """
 
 import os
