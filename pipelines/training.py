@@ -127,6 +127,7 @@ def build_pipeline(config: RunConfig):
         kubernetes.add_pod_label(finish, "access-ml-pipeline", "true")  # the KFP API token (PodDefault)
         with dsl.ExitHandler(finish, name="segment"):
             opened = light_task(open_segment(**ids, config_sha256=config_sha256, kfp_run_id=job), "open segment")
+            kubernetes.add_pod_label(opened, "access-ml-pipeline", "true")  # looks a lease holder's run up
             segment = opened.outputs["segment"]
             if config.pipeline.execution == "fused":
                 fused = train_segment(**common, base_due=opened.outputs["Output"], segment=segment)

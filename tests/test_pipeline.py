@@ -39,6 +39,8 @@ def test_compiled_segment_runs_one_round_per_iteration_in_order(tmp_path):
     assert root["finish-segment"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     finish = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finish-segment"]
     assert finish["podMetadata"]["labels"] == {"access-ml-pipeline": "true"}  # the KFP API token (PodDefault)
+    opener = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-open-segment"]
+    assert opener["podMetadata"]["labels"] == {"access-ml-pipeline": "true"}  # looks a lease holder's run up
     segment = _dag(spec, root["exit-handler-1"])
     kinds = {_kind(n): n for n in segment}
     assert set(kinds) == {"open-segment", "plan-segment", "condition", "for-loop"}
@@ -64,8 +66,8 @@ def test_compiled_segment_runs_one_round_per_iteration_in_order(tmp_path):
     evaluate = next(iter(_dag(spec, by_kind["condition"]).values()))
     assert evaluate["inputs"]["artifacts"]["adapter"]["componentInputArtifact"].endswith("update-new_adapter")
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert {i.split("/")[-1].split(":")[0] for i in images} == {f"dgrpo-{s}" for s in
-                                                                ("rollout", "reward", "cluster", "update", "evaluate")}
+    assert {i.split("/")[-1].split(":")[0] for i in images} == {f"dgrpo-{s}" for s in (
+        "rollout", "reward", "cluster", "update", "evaluate", "control")}  # control: the bookkeeping tasks
 
 
 def _check_evaluation_outputs(pipeline_root: Path, store: LocalStore, events: dict) -> None:
@@ -91,7 +93,7 @@ def _events(store, run_id):
 def test_three_rounds_in_two_kfp_segments_equal_the_in_process_engine(tmp_path):
     """The chain through kfp.local: 3 rounds at rounds_per_run 2 are 2 KFP runs (a full segment, then a partial
     one started by the first one's decision); the final adapter is the in-process engine's, bit for bit, trained in
-    one segment."""
+    one segment; and the fused pipeline (2 segments of one training task each) writes the same objects."""
     knobs = {"eval.every": 10, "eval.num_steps": 2, "eval.samples_per_prompt": 2}
     cfg = small_config(rounds=3, **knobs, **{"pipeline.rounds_per_run": 2})
     store = LocalStore(tmp_path / "store")
@@ -143,7 +145,28 @@ def test_three_rounds_in_two_kfp_segments_equal_the_in_process_engine(tmp_path):
     _check_evaluation_outputs(tmp_path / "work" / "pipeline_root", store, events)
 
     one = small_config(rounds=3, **knobs, **{"pipeline.rounds_per_run": 3})
-    inproc = run_inprocess(StageContext(one, LocalStore(tmp_path / "store2"), "chain"))
+    inproc_store = LocalStore(tmp_path / "store2")
+    inproc = run_inprocess(StageContext(one, inproc_store, "chain"))
     assert inproc["adapter"].sha256 == final.sha256
     assert inproc["optimizer_state"].sha256 == store.get_json("runs/chain/commits/r000002.json")[
         "optimizer_state"]["sha256"]
+
+    # fused through kfp.local, 2 segments again: every object (tables, adapters, optimizer states, grids) the same
+    fused_cfg = small_config(rounds=3, **knobs, **{"pipeline.rounds_per_run": 2, "pipeline.execution": "fused"})
+    fused_store = LocalStore(tmp_path / "fused")
+    end = run_pipeline(StageContext(fused_cfg, fused_store, "chain"), str(fused_store.root), tmp_path / "fused-work")
+    assert end.decision.action == "done" and end.segment == 2
+    assert _objects(fused_store) == _objects(store) == _objects(inproc_store)
+    assert len(_objects(store)) >= 4 * cfg.rounds + 2 * len(cfg.eval_rounds())
+    assert set(_events(fused_store, "chain")) == set(events)
+    assert [s["rounds"] for s in map(fused_store.get_json, fused_store.list("runs/chain/segments"))] == [[0, 1], [2]]
+
+
+def _objects(store: LocalStore) -> set[str]:
+    """The sha256s of a store's content-addressed objects but the run's config and deployment settings (which
+    name the execution and rounds_per_run)."""
+    shas = {key.rsplit("/", 1)[-1].split(".")[0] for key in store.list("objects")}
+    records = {sha: lineage.read_record(store, sha) for sha in shas if store.exists(f"lineage/{sha}.json")}
+    settings = {sha for sha, rec in records.items() if rec.kind == "config"}
+    settings |= {rec.deployment_sha256 for rec in records.values()}
+    return shas - settings
