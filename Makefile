@@ -16,7 +16,7 @@ MANIFEST_EXTRAS := manifests/s3-credentials.secret.yaml manifests/hf-token.secre
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-.PHONY: help install run run-inprocess test test-fast test-images lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
+.PHONY: help install run run-fused run-inprocess test test-fast test-images lint lint-images lint-manifests images compile pretrain bench experiment-toy clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
@@ -35,6 +35,9 @@ $(LINT_STAMP): requirements-lint.txt
 
 run: $(STAMP)  ## train the toy world for 10 rounds through the Kubeflow pipeline (kfp.local), as 2 segments
 	$(BIN)/dgrpo run --config $(CONFIG) $(RUN_ARGS)
+
+run-fused: $(STAMP)  ## the same training with each segment's rounds in one kfp.local task (pipeline.execution fused)
+	$(BIN)/dgrpo run --config $(CONFIG) --set pipeline.execution=fused $(RUN_ARGS)
 
 run-inprocess: $(STAMP)  ## the same training in one process, without kfp (faster)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
