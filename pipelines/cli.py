@@ -20,6 +20,9 @@ app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text
 contract_app = typer.Typer(help="The versioned data contracts between stages.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
 
+DEFAULT_STORE = "outputs/store"
+StoreOpt = Annotated[str, typer.Option("--store", help="Store URI (a directory or s3://bucket/prefix).",
+                                       envvar="DGRPO_STORE")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the toy world).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.path=YAML value.")]
 
@@ -338,6 +341,26 @@ def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several ov
         return
     for run_id in run_ids:
         typer.echo(format_report(build_report(st, _run_id(run_id, "run id"))))
+
+
+@app.command()
+def export(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
+           output: Annotated[Path, typer.Option("--output", "-o", help="New (or empty) folder to write.")],
+           store: StoreOpt = DEFAULT_STORE,
+           best: Annotated[bool, typer.Option("--best", help="The best evaluation's adapter (runs/RUN/best.json).")
+                           ] = False,
+           round_: Annotated[int | None, typer.Option("--round", help="The adapter after N rounds (evaluations' "
+                                                                     "numbering; default: the last committed).")
+                             ] = None):
+    """Write an adapter as a diffusers LoRA folder (`pipe.load_lora_weights(DIR)`) with a Hub model card."""
+    from dgrpo.runtime.export import export as export_adapter
+
+    if best and round_ is not None:
+        raise typer.BadParameter("give --best or --round, not both", param_hint="--best")
+    path, chosen = export_adapter(open_store(store, "--store", create=False), _run_id(run_id, "run id"), output,
+                                  round_=round_, best=best)
+    typer.echo(f"wrote {path}: the adapter after round {chosen.round} ({chosen.why}), "
+               f"{chosen.adapter.sha256[:12]}; load it with pipe.load_lora_weights({str(path)!r})")
 
 
 @contract_app.command("show")
