@@ -109,7 +109,7 @@ def test_scores_contract_v2_is_strict(store):
     ({"cluster.quality_normalization": "rank"}, "cluster.quality_normalization"),
     ({"cluster.width_heuristic": "silverman"}, "cluster.width_heuristic"),
     ({"cluster.kernel_width": 0.0}, "cluster.kernel_width"),
-    ({"cluster.k": 9}, "cluster.k"),  # more clusters than the group's 8 images
+    ({"cluster.method": "diverse", "cluster.k": 9}, "cluster.k"),  # more clusters than the group's 8 images
     ({"cluster.beta": -1.0}, "cluster.beta"),
 ])
 def test_cluster_config_is_validated(overrides, field):

@@ -223,10 +223,13 @@ def test_a_config_recorded_before_the_restructure_still_loads():
     cfg = config_from_json(text)
     old = json.loads(text)
     new = cfg.to_dict()
-    added = {"train": {"detail_baseline": "group"}}  # fields added since, at the defaults that keep the old meaning
+    added = {"train": {"detail_baseline": "group"},  # fields added since, at the values that keep the old meaning
+             "cluster": {"k_selection": "eigengap"}}
+    recast = {"cluster": {"k": None, "kernel_width": None}}  # k None meant the eigengap, kernel_width None the
+                                                             # width heuristic: now k_selection and width_heuristic
 
     def recorded(section: str, values: dict) -> dict:
-        return {k: v for k, v in values.items() if k not in added.get(section, {})}
+        return {k: recast.get(section, {}).get(k, v) for k, v in values.items() if k not in added.get(section, {})}
 
     compared = [k for k in old if k not in ("pipeline", "kubernetes")]
     assert {k: recorded(k, new[k]) if isinstance(new[k], dict) else new[k] for k in compared} == {
@@ -319,3 +322,17 @@ def test_digests_revisions_and_model_names_are_not_taken_for_secrets():
                                     "RUN_UUID": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
                                     "CHECKPOINT": "/data/Models/SD35/checkpoint1200/unet"}})
     assert cfg.pipeline.stages["reward"].image.endswith(_HEX64)
+
+
+def test_dgrpo_variables_given_to_the_pods_are_checked_at_load():
+    """What the pods would refuse when they open the store is refused at load, naming the field."""
+    with pytest.raises(ConfigError, match=r"'kubernetes.stages.update.env.DGRPO_S3_MAX_ATTEMPT': DGRPO_S3_MAX_ATTEMPT "
+                                          r"is not a variable dgrpo reads \(did you mean DGRPO_S3_MAX_ATTEMPTS\?\)"):
+        load_config(None, {"kubernetes.stages.update.env": {"DGRPO_S3_MAX_ATTEMPT": "5"}})
+    with pytest.raises(ConfigError, match=r"'kubernetes.fused.config_maps\[0\].env.endpoint': DGRPO_S3_ENDPOINT is"):
+        load_config(None, {"kubernetes.fused.config_maps": [{"config_map": "s3", "env": {
+            "endpoint": "DGRPO_S3_ENDPOINT"}}]})
+    cfg = load_config(None, {"kubernetes.defaults.env": {"DGRPO_S3_MAX_ATTEMPTS": "5", "OTHER_TOOL_X": "1"},
+                             "kubernetes.defaults.config_maps": [{"config_map": "dgrpo-s3", "env": {
+                                 "endpoint": "DGRPO_S3_ENDPOINT_URL"}}]})
+    assert cfg.kubernetes.defaults.env["DGRPO_S3_MAX_ATTEMPTS"] == "5"

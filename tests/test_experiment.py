@@ -51,14 +51,35 @@ def test_arms_differ_only_in_their_method_sections():
     assert by["flowgrpo"].cluster.method == "passthrough" and by["flowgrpo"].train.regularizer == "none"
     assert by["sareg"].train.regularizer == "sa" and by["sareg"].cluster.method == "passthrough"
     assert by["bonus"].cluster.method == "diverse" and by["bonus"].train.regularizer == "none"
-    # DiverseGRPO = the bonus arm + the SA-Reg arm (+ the cluster baseline, which the paper's arm leaves out)
-    for name in ("diversegrpo", "diversegrpo-paper"):
-        assert by[name].cluster == by["bonus"].cluster
+    # DiverseGRPO = the bonus arm + the SA-Reg arm (+ the cluster baseline); the paper's arm has none of this
+    # project's additions (test_the_paper_arm_differs_from_the_shipped_one_in_the_named_additions)
+    assert by["diversegrpo"].cluster == by["bonus"].cluster
     assert by["diversegrpo-paper"].train == by["sareg"].train
     assert by["diversegrpo"].train == dataclasses.replace(by["sareg"].train, detail_baseline="cluster")
     assert by["bonus-beta2"].cluster.beta == 2.0 and by["bonus-beta2"].train.regularizer == "none"
     # GARDO's main reward is the very reward the others train on
     assert by["gardo"].reward.options["main"].get("options", {}) == by["flowgrpo"].reward.options
+
+
+def test_the_paper_arm_differs_from_the_shipped_one_in_the_named_additions():
+    from dgrpo.toyworld.experiment import config_differences, difference_lines
+
+    arms = build_arms(CONFIGS, presets={k: (PRESETS | OPTIONAL_PRESETS)[k] for k in
+                                        ("flowgrpo", "diversegrpo", "diversegrpo-paper")})
+    by = {a.name: a.config for a in arms}
+    diff = config_differences(by["diversegrpo-paper"], by["diversegrpo"])
+    assert set(diff) == {"cluster.beta", "cluster.normalization", "cluster.quality_normalization",
+                         "cluster.quality_gate", "cluster.k_selection", "cluster.width_heuristic",
+                         "train.detail_baseline"}
+    assert diff["cluster.k_selection"] == ("eigengap", "fixed") and diff["cluster.quality_gate"] == (True, False)
+    assert config_differences(by["flowgrpo"], by["flowgrpo"]) == {}
+    lines = difference_lines(arms)
+    paper = next(x for x in lines if x.startswith("| diversegrpo-paper |"))
+    assert paper.startswith("| diversegrpo-paper | diversegrpo | ") and "`cluster.k_selection`: 'eigengap' -> " \
+        "'fixed'" in paper
+    shipped = next(x for x in lines if x.startswith("| diversegrpo |"))
+    assert "| flowgrpo |" in shipped and "`cluster.method`: 'passthrough' -> 'diverse'" in shipped
+    assert not any(x.startswith("| flowgrpo |") for x in lines)
 
 
 def test_budget_mismatch_is_refused(tmp_path):

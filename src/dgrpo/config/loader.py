@@ -16,7 +16,7 @@ import yaml
 
 from dgrpo.config.fields import ConfigError
 from dgrpo.config.prompt_files import PromptFileError, read_prompts
-from dgrpo.config.recipe import EvalConfig, SamplingConfig
+from dgrpo.config.recipe import ClusterConfig, EvalConfig, SamplingConfig
 from dgrpo.config.run import RunConfig
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -238,4 +238,7 @@ def _check_override_keys(overrides: dict[str, Any]) -> None:
 
 
 def config_from_json(text: str) -> RunConfig:
-    return config_from_dict(json.loads(text))
+    data = json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("cluster"), dict):  # recorded before cluster.k_selection
+        data["cluster"] = ClusterConfig.upgrade_recorded(data["cluster"])
+    return config_from_dict(data)

@@ -21,7 +21,7 @@ the last two are held out."""
 Dtype = Literal["float32", "bfloat16", "float16"]
 StepMethod = Literal["sde", "cps"]
 Normalization = Literal["none", "zscore", "minmax"]
-WidthHeuristic = Literal["knn", "median"]
+WidthHeuristic = Literal["fixed", "knn", "median"]
 Regularizer = Literal["none", "kl", "sa", "both"]
 DetailBaseline = Literal["group", "cluster"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
@@ -140,26 +140,45 @@ class ClusterConfig:
     """Keyword arguments of the embedder, e.g. for dreamsim: cache_dir, dreamsim_type, device, batch_size."""
     beta: Annotated[float, NON_NEGATIVE] = 3.0
     """Weight of the creativity bonus (the paper sweeps 1, 3, 5; 3 is its sweet spot)."""
-    normalization: Normalization = "zscore"
-    """Normalisation of E = sqrt(N / n_k) within the group: none, zscore or minmax. Raw E (1 to 4.9 for N = 24)
-    swamps a quality spread of ~0.01; the paper's choice is not public."""
+    normalization: Normalization = "none"
+    """Normalisation of E = sqrt(N / n_k) within the group: none (the paper's R = Q + beta sqrt(N / n_k)), or this
+    project's zscore or minmax. Raw E (1 to 4.9 for N = 24) swamps a quality spread of ~0.01."""
     quality_normalization: Literal["none", "zscore"] = "none"
     """"zscore" replaces Q by its z-score within the group before adding the bonus, so beta is the bonus' weight
     relative to the quality signal whatever the reward's scale (beta = 0 is then Flow-GRPO); "none" adds to Q."""
     quality_gate: bool = False
-    """Pay the bonus only to images at or above their group's mean quality, so rarity alone cannot pay."""
-    k: Annotated[int, POSITIVE] | None = None
-    """Clusters per group; None chooses k by the eigengap, capped at k_max (the paper gives no k)."""
+    """This project's addition (the paper pays every image): pay the bonus only to images at or above their group's
+    mean quality, so rarity alone cannot pay."""
+    k_selection: Literal["fixed", "eigengap"] = "fixed"
+    """"fixed": k clusters in every group (the paper: k is a hyper-parameter, no adaptive scheme); "eigengap" (this
+    project's addition): the largest gap of the normalised affinity's spectrum chooses k per group, up to k_max."""
+    k: Annotated[int, Range(ge=2)] = 4
+    """Clusters per group with k_selection "fixed". The paper gives no value; 4 is this project's (the toy's four
+    layouts); at most sampling.group_size."""
     k_max: Annotated[int, POSITIVE] = 8
-    """Largest k the eigengap may choose."""
-    kernel_width: Annotated[float, POSITIVE] | None = None
-    """Fixed Gaussian kernel width s on DreamSim distances; None uses `width_heuristic` per group."""
-    width_heuristic: WidthHeuristic = "knn"
-    """Automatic width: "knn" (median over images of the geometric mean of their n_neighbors nearest distances;
-    finds modes) or "median" (median of all pairwise distances, the textbook default that makes separated modes
-    look connected when most pairs are cross-mode)."""
+    """Largest k the eigengap may choose (k_selection "eigengap")."""
+    width_heuristic: WidthHeuristic = "fixed"
+    """Gaussian kernel width s: "fixed" uses kernel_width (the paper: s is a hyper-parameter); this project's
+    automatic widths, per group: "knn" (median over images of the geometric mean of their n_neighbors nearest
+    distances; finds modes) or "median" (median of all pairwise distances, the textbook default that makes separated
+    modes look connected when most pairs are cross-mode)."""
+    kernel_width: Annotated[float, POSITIVE] = 0.25
+    """s on the embedder's cosine distances with width_heuristic "fixed" (ignored otherwise). The paper gives no
+    value; 0.25 is this project's: about twice the in-group DreamSim diversity the paper reports (0.10-0.16)."""
     n_neighbors: Annotated[int, POSITIVE] = 7
     """Neighbours of the "knn" width heuristic."""
+
+    @staticmethod
+    def upgrade_recorded(section: dict[str, Any]) -> dict[str, Any]:
+        """A cluster section recorded before k_selection existed (a run's config.json), with its meaning kept: k None
+        meant the eigengap, kernel_width None the width heuristic, a number a fixed width."""
+        if "k_selection" in section or "k" not in section:
+            return section
+        out = {key: v for key, v in section.items() if not (key in ("k", "kernel_width") and v is None)}
+        out["k_selection"] = "eigengap" if section["k"] is None else "fixed"
+        if section.get("kernel_width") is not None:
+            out["width_heuristic"] = "fixed"
+        return out
 
     def validate(self, path: str) -> None:
         check(self.method == "passthrough" or self.embedder is not None, f"{path}.embedder",

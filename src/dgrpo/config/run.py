@@ -61,7 +61,8 @@ class RunConfig:
         check(self.pipeline.shards <= self.sampling.prompts_per_round, "pipeline.shards",
               f"must be <= sampling.prompts_per_round ({self.sampling.prompts_per_round}): a shard holds whole "
               f"prompt groups, got {self.pipeline.shards}")
-        check(self.cluster.k is None or self.cluster.k <= self.sampling.group_size, "cluster.k",
+        check(self.cluster.method != "diverse" or self.cluster.k_selection != "fixed"
+              or self.cluster.k <= self.sampling.group_size, "cluster.k",
               f"must be <= sampling.group_size ({self.sampling.group_size}), got {self.cluster.k}")
         n = self.sampling.prompts_per_round * self.sampling.group_size
         check(n % self.train.num_processes == 0, "train.num_processes",

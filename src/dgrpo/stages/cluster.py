@@ -38,11 +38,16 @@ from dgrpo.store import ArtifactRef
 
 
 def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, seed: int) -> dict[str, np.ndarray]:
-    """Cluster one prompt group and pay its rare clusters: cluster_id, bonus, final_reward and kernel width."""
+    """Cluster one prompt group and pay its rare clusters: cluster_id, bonus, final_reward and kernel width.
+
+    With the paper's options (k_selection "fixed", width_heuristic "fixed", normalization "none", no quality gate)
+    this is exactly R = Q + beta sqrt(N / n_k); each other value is one of this project's additions
+    (docs/algorithms.md, "What this project adds to DiverseGRPO")."""
     d = cosine_distances(embeddings)
-    width = c.kernel_width if c.kernel_width is not None else auto_kernel_width(d, c.width_heuristic,
-                                                                                c.n_neighbors)
-    labels = spectral_clusters(d, k=c.k, k_max=c.k_max, kernel_width=width, seed=seed)
+    width = c.kernel_width if c.width_heuristic == "fixed" else auto_kernel_width(d, c.width_heuristic,
+                                                                                  c.n_neighbors)
+    k = c.k if c.k_selection == "fixed" else None
+    labels = spectral_clusters(d, k=k, k_max=c.k_max, kernel_width=width, seed=seed)
     bonus, final = diverse_rewards(quality, labels, c.beta, c.normalization, c.quality_gate, c.quality_normalization)
     return {"cluster_id": labels, "bonus": bonus, "final_reward": final, "kernel_width": np.array(width)}
 

@@ -47,8 +47,8 @@ PRESETS = {"flowgrpo": "toy-flowgrpo.yaml", "sareg": "toy-sareg.yaml", "bonus": 
 """The arms `make experiment-toy` runs: the baseline, SA-Reg alone, the bonus alone, both (DiverseGRPO)."""
 OPTIONAL_PRESETS = {"diversegrpo-paper": "toy-diversegrpo-paper.yaml", "drift": "toy-drift.yaml",
                     "progrpo": "toy-progrpo.yaml", "gardo": "toy-gardo.yaml"}
-"""Run with `--all-arms` (they add about 100% to the experiment's time): DiverseGRPO without this project's cluster
-baseline, as the paper has it, and the public baselines."""
+"""Run with `--all-arms` (they add about 100% to the experiment's time): DiverseGRPO as the paper has it, without any
+of this project's additions (`difference_lines` lists the fields), and the public baselines."""
 BASELINE = "flowgrpo"
 METHOD = "diversegrpo"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -105,6 +105,40 @@ def build_arms(config_dir: Path, betas: list[float] | None = None, overrides: di
     if len(budget) != 1:
         raise ValueError(f"the presets in {config_dir} differ in budget or seeds; the comparison needs one: {budget}")
     return arms
+
+
+def _leaves(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def config_differences(config: RunConfig, reference: RunConfig) -> dict[str, tuple[object, object]]:
+    """The named fields (dotted paths, `name` left out) in which `config` differs from `reference`:
+    {field: (reference's value, config's value)}, sorted by field."""
+    mine, theirs = _leaves(config.to_dict()), _leaves(reference.to_dict())
+    return {k: (theirs.get(k), mine.get(k)) for k in sorted(mine.keys() | theirs.keys())
+            if k != "name" and mine.get(k) != theirs.get(k)}
+
+
+ARM_REFERENCES = {"diversegrpo-paper": METHOD}
+"""Arms compared with another arm than the baseline in the differences section: the paper's DiverseGRPO with the
+shipped one, so the table says which of this project's additions separate them."""
+
+
+def difference_lines(arms: list[Arm], baseline: str = BASELINE) -> list[str]:
+    """Markdown: per arm, the named fields in which it differs from the baseline (or its ARM_REFERENCES arm)."""
+    by = {a.name: a.config for a in arms}
+    lines = ["## How the arms differ", "", "| arm | against | differing fields (against's value -> arm's) |",
+             "|---|---|---|"]
+    for arm in arms:
+        ref = ARM_REFERENCES.get(arm.name, baseline)
+        if arm.name == baseline or ref not in by:
+            continue
+        diff = config_differences(arm.config, by[ref])
+        lines.append(f"| {arm.name} | {ref} | "
+                     + ("; ".join(f"`{k}`: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "none") + " |")
+    return [*lines, ""]
 
 
 def with_seed(config: RunConfig, seed: int) -> RunConfig:
@@ -542,6 +576,10 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
               + (f"{len(timings)} runs trained in this call, {jobs} at a time, {threads} torch thread(s) each: wall "
                  f"time {wall:.0f}s, {min(timings.values()):.0f}-{max(timings.values()):.0f}s per run"
                  if timings else "Every run reused from the store (trained by an earlier call)."))
+    differences = difference_lines(arms)
+    for line in differences[4:-1]:
+        log(line)
+    header += "\n\n" + "\n".join(differences)
     _atomic_write(paths["markdown"], markdown(summary, target, goals, rows, names, header).encode())
     plot(rows, names, paths["plot"], target)
     if html:
