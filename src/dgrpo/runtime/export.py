@@ -187,12 +187,12 @@ def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: di
     """README.md of the export: front matter, usage, the evaluation, the recipe and the lineage."""
     pipeline = DIFFUSERS_KINDS[config.model.kind]
     label = round_label(chosen.round)
-    out = [_front_matter(config), f"# {run_id}: LoRA adapter after {label} of {config.rounds}", "",
-           f"A `{config.name}` fine-tune ({config.model.kind}, cluster method {config.cluster.method}, LoRA rank {config.lora.rank}, alpha "
-           f"{config.lora.alpha}) trained by dgrpo; this is the adapter after {label} ({chosen.why}), object "
-           f"`{chosen.adapter.sha256}` of `{store_uri}`.", "", "## Use", "", "```python",
-           "import torch", f"from diffusers import {pipeline}", "",
-           f"pipe = {pipeline}.from_pretrained({config.model.pretrained!r}, torch_dtype=torch.{config.model.dtype})",
+    summary = (f"A `{config.name}` fine-tune ({config.model.kind}, cluster method {config.cluster.method}, LoRA "
+               f"rank {config.lora.rank}, alpha {config.lora.alpha}) trained by dgrpo; this is the adapter after "
+               f"{label} ({chosen.why}), object `{chosen.adapter.sha256}` of `{store_uri}`.")
+    load = f"{pipeline}.from_pretrained({config.model.pretrained!r}, torch_dtype=torch.{config.model.dtype})"
+    out = [_front_matter(config), f"# {run_id}: LoRA adapter after {label} of {config.rounds}", "", summary, "",
+           "## Use", "", "```python", "import torch", f"from diffusers import {pipeline}", "", f"pipe = {load}",
            "pipe.load_lora_weights(\"path/to/this/folder\")", "```", ""]
     out += _evaluation_section(chosen, evaluation, base_eval, grid)
     fields = non_default_fields(config)
