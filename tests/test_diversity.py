@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from dgrpo.config import ClusterConfig
 from dgrpo.diversity import (
     affinity,
     auto_kernel_width,
@@ -17,6 +18,8 @@ from dgrpo.diversity import (
     spectral_clusters,
     vendi_score,
 )
+from dgrpo.objectives import group_advantages
+from dgrpo.stages.cluster import score_group
 
 
 def blobs(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -284,3 +287,60 @@ def test_quality_normalization_makes_beta_zero_plain_zscored_quality():
         labels, "zscore"))
     with pytest.raises(ValueError, match="quality_normalization"):
         diverse_rewards(quality, labels, beta=1.0, quality_normalization="rank")
+
+
+# --- the eigengap at its cap, and beta = 0 as Flow-GRPO ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k_max", [2, 3, 4])
+def test_eigengap_can_choose_k_max_itself(k_max):
+    """The widest gap right after the k_max-th eigenvalue: the search over 1..k_max must reach it."""
+    values = np.concatenate([np.linspace(1.0, 0.97, k_max), [0.2, 0.15, 0.1]])
+    assert eigengap_k(values, k_max=k_max) == k_max
+    assert eigengap_k(values[:k_max + 1], k_max=8) == k_max  # N - 1 caps the search at the last gap, also reached
+    x, truth = blobs([6] * k_max, seed=5)
+    labels = spectral_clusters(cosine_distances(x), k_max=k_max)
+    assert labels.max() + 1 == k_max and adjusted_rand_score(truth, labels) == 1.0
+
+
+def _flow_grpo_advantages(rewards: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Flow-GRPO's: (R - group mean) / (batch std + 1e-4), written out independently of dgrpo.objectives."""
+    g = np.asarray(groups)
+    means = np.array([rewards[g == k].mean() for k in g])
+    return np.clip((rewards - means) / (rewards.std() + 1e-4), -5.0, 5.0)
+
+
+def _four_groups() -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Four groups of 6 with PickScore-like spreads 0.002 to 0.04, and embeddings with planted modes."""
+    rng = np.random.default_rng(11)
+    quality = np.concatenate([0.22 + spread * rng.normal(size=6) for spread in (0.002, 0.01, 0.02, 0.04)])
+    x, _ = blobs([2, 2, 1, 1], seed=6)
+    return quality, [f"g{i // 6}" for i in range(24)], x
+
+
+@pytest.mark.parametrize("shipped_options", [False, True])
+def test_beta_zero_is_flow_grpo_exactly(shipped_options):
+    """beta = 0 under the paper's defaults, and under every bonus option this project adds (bonus z-scoring, the
+    quality gate, the eigengap, kNN widths): the final reward is the quality bit for bit, so the advantages are
+    Flow-GRPO's."""
+    quality, groups, x = _four_groups()
+    options = dict(normalization="zscore", quality_gate=True, k_selection="eigengap", width_heuristic="knn",
+                   ) if shipped_options else {}
+    c = ClusterConfig(method="diverse", beta=0.0, k=2, **options)
+    final = np.concatenate([score_group(quality[i:i + 6], x, c, seed=0)["final_reward"] for i in range(0, 24, 6)])
+    assert np.array_equal(final, quality)
+    flow_grpo = _flow_grpo_advantages(quality, groups)
+    np.testing.assert_allclose(group_advantages(final, groups, True, 5.0), flow_grpo, rtol=1e-12, atol=0)
+
+
+def test_quality_zscore_is_not_flow_grpo_at_beta_zero():
+    """quality_normalization "zscore" (a project addition) gives the nearly collapsed group unit spread: its mean
+    |advantage| grows far beyond Flow-GRPO's, which is why it is not the default."""
+    quality, groups, _ = _four_groups()
+    labels = np.zeros(6, dtype=int)
+    final = np.concatenate([diverse_rewards(quality[i:i + 6], labels, 0.0, quality_normalization="zscore")[1]
+                            for i in range(0, 24, 6)])
+    collapsed = slice(0, 6)
+    ratio = (np.abs(group_advantages(final, groups, True, 5.0)[collapsed]).mean()
+             / np.abs(_flow_grpo_advantages(quality, groups)[collapsed]).mean())
+    assert ratio > 5

@@ -122,7 +122,7 @@ def test_gated_kl_applies_to_gated_samples_only():
         v = policy.velocity(x, sig[0].expand(2), cond, s.guidance_scale)
         step = step_with_logprob(s.method, v, x, sig[0].item(), sig[1].item(), sig[1].item(), s.noise_level,
                                  prev_sample=x_next)
-        return float(regularizer_terms(policy, cfg, 0, 0, x, x_next, sig, cond, step, kl_weight=weight)[0].detach())
+        return float(regularizer_terms(policy, cfg, 0, x, x_next, sig, cond, step, kl_weight=weight)[0].detach())
 
     each = [kl(torch.tensor([1.0, 0.0])), kl(torch.tensor([0.0, 1.0]))]
     assert min(each) > 0 and kl(torch.zeros(2)) == 0.0

@@ -1,5 +1,7 @@
 """SA-Reg and KL in the update: where they act, what they cost, and where their gradients go."""
 
+import math
+
 import pytest
 import torch
 from conftest import small_config
@@ -7,8 +9,8 @@ from conftest import small_config
 from dgrpo.config import ConfigError
 from dgrpo.models import load_policy
 from dgrpo.models.trajectories import sample_sde
-from dgrpo.objectives import clipped_policy_loss, sa_regularizer
-from dgrpo.sampling import step_with_logprob
+from dgrpo.objectives import clipped_policy_loss, sa_regularizer, step_kl
+from dgrpo.sampling import flow_sigmas, sde_step_with_logprob, step_with_logprob
 from dgrpo.stages.update.train import regularizer_terms
 
 
@@ -40,7 +42,7 @@ def _terms(cfg, policy, cond, traj, j):
     v = policy.velocity(x, traj.sigmas[j].expand(len(x)), cond, s.guidance_scale)
     step = step_with_logprob(s.method, v, x, traj.sigmas[j].item(), traj.sigmas[j + 1].item(),
                              traj.sigmas[1].item(), s.noise_level, prev_sample=x_next)
-    return regularizer_terms(policy, cfg, j, j, x, x_next, traj.sigmas, cond, step)
+    return regularizer_terms(policy, cfg, j, x, x_next, traj.sigmas, cond, step)
 
 
 def _perturb(policy, amount):
@@ -111,3 +113,65 @@ def test_gradients_flow_only_through_the_policy(setup):
 def test_regularizer_config_is_validated(overrides, field):
     with pytest.raises(ConfigError, match=rf"'{field}'"):
         small_config(**overrides)
+
+
+def _upstream_kl(x, v, v_ref, sigma, sigma_next, sigma_max, noise_level):
+    """yifan123/flow_grpo's KL, written out from its formulas: sde_step_with_logprob's prev_sample_mean and std_dev_t
+    (no sqrt(-dt) since July 2025), then train_sd3.py's ((mean - mean_ref)^2).mean() / (2 std_dev_t^2)."""
+    dt = sigma_next - sigma
+    std_dev_t = math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma))) * noise_level
+
+    def mean(velocity):
+        return (x * (1 + std_dev_t**2 / (2 * sigma) * dt)
+                + velocity * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt)
+    return ((mean(v) - mean(v_ref)) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+
+
+def test_kl_is_upstreams_on_the_sd35_schedule():
+    """SD3.5's schedule (shift 3, 10 steps, noise level 0.7), its 9 trained steps: kl_form "flow_grpo" is upstream's
+    value; the exact Gaussian KL ("gaussian", the old form) is 1 / |dt| larger, 25.1x on the first step to 3.7x on
+    the ninth, so a recipe's beta would weigh it that much harder."""
+    sigmas = flow_sigmas(10, shift=3.0)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    v_ref = v + 0.05 * torch.randn(2, 4, 8, 8, generator=g)
+    ratios = []
+    for j in range(9):
+        s, s_next, s_max = sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item()
+        step = sde_step_with_logprob(v, x, s, s_next, s_max, 0.7, generator=g)
+        ref = sde_step_with_logprob(v_ref, x, s, s_next, s_max, 0.7, prev_sample=step.prev_sample)
+        upstream = _upstream_kl(x.double(), v.double(), v_ref.double(), s, s_next, s_max, 0.7).float()
+        torch.testing.assert_close(step_kl(step, ref.prev_sample_mean, "flow_grpo"), upstream, rtol=1e-4, atol=0)
+        ratios.append(float((step_kl(step, ref.prev_sample_mean, "gaussian") / upstream).mean()))
+    assert ratios == pytest.approx([25.1, 21.4, 18.0, 14.9, 12.0, 9.5, 7.3, 5.4, 3.7], abs=0.06)
+
+
+@pytest.mark.parametrize("j", [0, 2])
+def test_the_update_uses_the_configured_kl_form(setup, j):
+    """regularizer_terms's KL: kl_form "gaussian" is 1 / |dt_j| times the default "flow_grpo" on the same step."""
+    cfg, policy, cond, traj = setup
+    _perturb(policy, 0.01)
+    gaussian = small_config(**{"train.regularizer": "kl", "train.beta_kl": 0.04, "train.kl_form": "gaussian"})
+    flow_grpo = small_config(**{"train.regularizer": "kl", "train.beta_kl": 0.04})
+    assert flow_grpo.train.kl_form == "flow_grpo"
+    exact, upstream = (float(_terms(c, policy, cond, traj, j)[0].detach()) for c in (gaussian, flow_grpo))
+    assert upstream > 0
+    dt = float(traj.sigmas[j] - traj.sigmas[j + 1])
+    assert exact / upstream == pytest.approx(1 / dt, rel=1e-4)
+
+
+def test_sa_reg_acts_on_the_trajectorys_first_steps_under_an_sde_window(setup):
+    """With an SDE window the structure steps are still the trajectory's first sa_steps: step 1 of a window
+    starting there is regularised, step 3 is not."""
+    _, policy, cond, traj = setup
+    _perturb(policy, 0.01)
+    windowed = small_config(**{"train.regularizer": "sa", "train.sa_steps": 2, "sampling.sde_window_size": 2,
+                               "sampling.sde_window_range": [1, 5]})
+    assert float(_terms(windowed, policy, cond, traj, 1)[1].detach()) > 0
+    assert float(_terms(windowed, policy, cond, traj, 3)[1].detach()) == 0.0
+
+
+def test_sa_reg_with_a_window_that_never_reaches_its_steps_is_refused():
+    with pytest.raises(ConfigError, match="'sampling.sde_window_range'.*train.sa_steps"):
+        small_config(**{"train.regularizer": "sa", "train.sa_steps": 2, "sampling.sde_window_size": 2,
+                        "sampling.sde_window_range": [2, 6]})

@@ -18,6 +18,7 @@ from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
+from dgrpo.stages.shared.rounds import trained_steps
 from dgrpo.stages.shared.training_state import EMA_STEP
 from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.stages.update import train as update_train
@@ -260,3 +261,28 @@ def test_detail_baseline_needs_clusters():
     with pytest.raises(ConfigError, match="'train.detail_baseline'.*first train.sa_steps \\(4\\).*only 4"):
         small_config(**{"train.detail_baseline": "cluster", "cluster.method": "diverse", "train.sa_steps": 4,
                         "sampling.num_steps": 4})
+
+
+def test_detail_column_follows_the_trajectory_step_under_an_sde_window(tmp_path, monkeypatch):
+    """An SDE window starting after step 0 with sa_steps 2: the column is chosen by the denoising step (step 1 is a
+    structure step, steps 2 and 3 are detail steps), as SA-Reg is, not by the position within the window."""
+    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.sa_steps": 2, "train.regularizer": "sa",
+                 "train.detail_baseline": "cluster", "sampling.num_steps": 4, "sampling.sde_window_size": 2,
+                 "sampling.sde_window_range": [1, 4]}
+    seen = []
+    loss = update_train.clipped_policy_loss
+    monkeypatch.setattr(update_train, "clipped_policy_loss", lambda lp, old, advantages, clip: (
+        seen.append(advantages.clone()), loss(lp, old, advantages, clip))[1])
+    ctx = StageContext(small_config(**overrides), LocalStore(tmp_path / "store"), "window")
+    steps = trained_steps(ctx.config, 0)
+    assert steps == [1, 2]  # the seeded window: a structure step at position 0, a detail step at position 1
+    rollouts, scores = _scored_round(ctx)
+    run_update(ctx, 0, rollouts, scores)
+    table = artifacts.read_table(ctx.store, scores, SCORES)
+    rewards, groups = table.column("final_reward").to_numpy(), table.column("group_id").to_pylist()
+    by_group = torch.tensor(np.sort(group_advantages(rewards, groups, True, 5.0)), dtype=torch.float32)
+    by_cluster = torch.tensor(np.sort(cluster_advantages(rewards, groups, table.column("cluster_id").to_numpy(),
+                                                         True, 5.0)), dtype=torch.float32)
+    assert not torch.allclose(by_group, by_cluster, atol=1e-3)
+    for p, j in enumerate(steps):
+        torch.testing.assert_close(torch.cat(seen[p::len(steps)]).sort().values, by_group if j < 2 else by_cluster)

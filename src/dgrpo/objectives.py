@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dgrpo.sampling import SDEStep
+
 ADV_EPS = 1e-4
 
 
@@ -85,11 +87,30 @@ def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adva
     return loss, approx_kl, clip_fraction
 
 
+KL_FORMS = ("flow_grpo", "gaussian")
+
+
 def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL of two Gaussians with equal std: mean((mu - mu_ref)^2) / (2 std^2)."""
+    """Per-sample mean((mu - mu_ref)^2) / (2 std^2): with std the step's noise std, the KL of two Gaussians with
+    equal std (per element)."""
     sq = ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, mean.ndim)))
     std = std.reshape(-1) if std.ndim else std
     return sq / (2 * std**2)
+
+
+def step_kl(step: SDEStep, ref_mean: torch.Tensor, form: str) -> torch.Tensor:
+    """Per-sample KL of a policy step to the reference's step mean, in train.kl_form's form.
+
+    "flow_grpo" divides by 2 std_t^2, the SDE's std per unit time, as upstream's train_sd3.py does since July 2025,
+    so a recipe's beta weighs the same term it weighs there. "gaussian" divides by the step's noise variance
+    std_t^2 |dt|, the exact KL of the two Gaussian steps: 1 / |dt| times larger (25x on SD3.5's first step, 3.7x
+    on its ninth). For a CPS step, which has no dt to factor out, both divide by its noise std.
+    """
+    if form == "flow_grpo":
+        return kl_to_reference(step.prev_sample_mean, ref_mean, step.std_t)
+    if form == "gaussian":
+        return kl_to_reference(step.prev_sample_mean, ref_mean, step.std_dev_t)
+    raise ValueError(f"train.kl_form must be one of {KL_FORMS}, got {form!r}")
 
 
 def sa_regularizer(mean: torch.Tensor, ref_mean: torch.Tensor) -> torch.Tensor:

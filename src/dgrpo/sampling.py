@@ -16,6 +16,11 @@ class SDEStep(NamedTuple):
     log_prob: torch.Tensor
     prev_sample_mean: torch.Tensor
     std_dev_t: torch.Tensor
+    """The step's noise std: x' = mean + std_dev_t eps."""
+    std_t: torch.Tensor
+    """The SDE's diffusion std per unit time, a sqrt(sigma / (1 - sigma)) (std_dev_t = std_t sqrt(-dt)): what
+    upstream's `sde_step_with_logprob` returns as `std_dev_t` since July 2025 and its KL divides by. A CPS step has
+    no dt to factor out, so there it is the noise std."""
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -73,7 +78,9 @@ def sde_step_with_logprob(
 
     `noise` (standard normal, shaped like `sample`) replaces the draw from `generator` when given.
 
-    `std_dev_t` in the result is the noise std s = std_t sqrt(-dt), as a scalar or [B, 1, ...] tensor.
+    `std_dev_t` in the result is the noise std s = std_t sqrt(-dt), as a scalar or [B, 1, ...] tensor; `std_t` is
+    the std per unit time. The mean is Flow-GRPO's: the reverse-time SDE dx = (v + std_t^2 / (2 sigma) (x + (1 -
+    sigma) v)) dt + std_t dw, whose marginals are the flow's x_sigma = (1 - sigma) x0 + sigma eps at every noise level.
     `sigma_1` is the schedule's second sigma, used in place of sigma where sigma == 1 to keep std finite.
     The log-prob is the mean over all non-batch elements, which is why PPO clip ranges are tiny.
     """
@@ -91,7 +98,7 @@ def sde_step_with_logprob(
         prev_sample = mean + noise_std * eps
     prev = prev_sample.detach().float()
     log_prob = -((prev - mean) ** 2) / (2 * noise_std**2) - torch.log(noise_std) - math.log(math.sqrt(2 * math.pi))
-    return SDEStep(prev, _mean_over_elements(log_prob), mean, noise_std)
+    return SDEStep(prev, _mean_over_elements(log_prob), mean, noise_std, std_t)
 
 
 def cps_step_with_logprob(
@@ -118,7 +125,7 @@ def cps_step_with_logprob(
         prev_sample = mean + std * eps
     prev = prev_sample.detach().float()
     log_prob = _mean_over_elements(-((prev - mean) ** 2))
-    return SDEStep(prev, log_prob, mean, std)
+    return SDEStep(prev, log_prob, mean, std, std)
 
 
 def euler_step(model_output: torch.Tensor, sample: torch.Tensor, sigma: float | torch.Tensor,

@@ -144,8 +144,10 @@ class ClusterConfig:
     """Normalisation of E = sqrt(N / n_k) within the group: none (the paper's R = Q + beta sqrt(N / n_k)), or this
     project's zscore or minmax. Raw E (1 to 4.9 for N = 24) swamps a quality spread of ~0.01."""
     quality_normalization: Literal["none", "zscore"] = "none"
-    """"zscore" replaces Q by its z-score within the group before adding the bonus, so beta is the bonus' weight
-    relative to the quality signal whatever the reward's scale (beta = 0 is then Flow-GRPO); "none" adds to Q."""
+    """"none" (the paper's, and Flow-GRPO's at beta 0): R = Q + bonus. "zscore", this project's addition, replaces Q
+    by its z-score within the group first, so beta weighs the bonus against a unit quality spread whatever the
+    reward's scale; it gives every group unit variance, so even at beta 0 it is not Flow-GRPO (a nearly collapsed
+    group gets advantages as large as a spread one)."""
     quality_gate: bool = False
     """This project's addition (the paper pays every image): pay the bonus only to images at or above their group's
     mean quality, so rarity alone cannot pay."""
@@ -207,14 +209,21 @@ class TrainConfig:
     """Pull towards the base model (adapter disabled): none, kl (Flow-GRPO), sa (DiverseGRPO's structure-aware
     regularisation) or both. The reference forward pass runs only on the steps a chosen regulariser needs."""
     beta_kl: Annotated[float, NON_NEGATIVE] = 0.0
-    """KL weight (regularizer kl or both): mean((mu - mu_ref)^2) / (2 std^2) on every trained step."""
+    """KL weight (regularizer kl or both) on every trained step, of the KL in kl_form's form."""
+    kl_form: Literal["flow_grpo", "gaussian"] = "flow_grpo"
+    """"flow_grpo": mean((mu - mu_ref)^2) / (2 std_t^2), std_t = noise_level sqrt(sigma / (1 - sigma)) the SDE's std
+    per unit time, as upstream's train_sd3.py computes it, so the recipes' beta values mean what they mean there.
+    "gaussian": divided by the step's noise variance std_t^2 |dt| instead, the exact KL of the two Gaussian steps
+    (1 / |dt| larger: 25x to 3.7x over SD3.5's trained steps)."""
     sa_lambda: Annotated[float, NON_NEGATIVE] = 1.0
     """SA-Reg weight lambda_reg (regularizer sa or both): mean((mu - mu_ref)^2), the squared W2 distance of the
     step distributions, no std denominator. The paper gives no value."""
     sa_steps: Annotated[int, POSITIVE] = 3
-    """SA-Reg acts on the first K trained steps only (~T_train / 3: the early steps decide the layout)."""
+    """K: the trajectory's first K denoising steps (0..K-1) are the structure steps, where SA-Reg acts (~T_train / 3:
+    the early steps decide the layout). With an SDE window it acts on the window's steps among them, none when the
+    window starts at step K or later."""
     detail_baseline: DetailBaseline = "group"
-    """Baseline of the advantage on the trained steps after the first sa_steps (the detail steps): "group"
+    """Baseline of the advantage on the trained steps from denoising step sa_steps on (the detail steps): "group"
     (Flow-GRPO: every step gets the image's group-normalised advantage) or "cluster" (the mean of the image's
     cluster in its group, from the cluster stage: by then the structure is drawn, so what the clusters explain of
     the reward is noise to these steps). Needs cluster.method "diverse"."""

@@ -76,6 +76,11 @@ class RunConfig:
         check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
+        window_start = (self.sampling.sde_window_range or [0])[0]
+        check(self.train.regularizer not in ("sa", "both") or not self.sampling.sde_window_size
+              or window_start < self.train.sa_steps, "sampling.sde_window_range",
+              f"starts at step {window_start}, but SA-Reg acts on the trajectory's first train.sa_steps "
+              f"({self.train.sa_steps}) steps only: no window would train one")
         if self.train.detail_baseline == "cluster":
             check(self.cluster.method == "diverse", "train.detail_baseline",
                   f"'cluster' needs the cluster stage's clusters (cluster.method 'diverse'), got cluster.method "

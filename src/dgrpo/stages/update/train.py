@@ -22,8 +22,8 @@ from dgrpo.objectives import (
     clipped_policy_loss,
     cluster_advantages,
     group_advantages,
-    kl_to_reference,
     sa_regularizer,
+    step_kl,
 )
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.sampling import SDEStep, step_with_logprob
@@ -227,8 +227,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
                     extras: RoundExtras) -> dict[str, float]:
     """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
 
-    `adv` holds two advantages per trajectory: the first train.sa_steps trained steps take column 0 (the group's),
-    the later ones column 1 (the detail baseline's; the same values unless train.detail_baseline is "cluster").
+    `adv` holds two advantages per trajectory: the structure steps (`structure_step`) take column 0 (the group's),
+    the others column 1 (the detail baseline's; the same values unless train.detail_baseline is "cluster").
 
     Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
     averaged over processes too.
@@ -238,8 +238,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
     totals = torch.zeros(len(LOGGED), device=acc.device)
     moments = torch.zeros(3, dtype=torch.float64, device=acc.device)
     scale = 1.0 / (len(steps) * len(micro))
-    passes = [(idx, position, j) for idx in micro for position, j in enumerate(steps)]
-    for n, (idx, position, j) in enumerate(passes):
+    passes = [(idx, j) for idx in micro for j in steps]
+    for n, (idx, j) in enumerate(passes):
         mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
         if extras.prompt_noise is not None:
             mb_cond = extras.prompt_noise.conditioning(mb_cond, idx.tolist(), j)
@@ -252,8 +252,8 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
                                      sigmas[1].item(), s.noise_level, prev_sample=x_next)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
                 step.log_prob, old_log_probs[idx, j].to(policy.device),
-                adv[idx, int(position >= t.sa_steps)].to(policy.device), t.clip_range)
-            kl, sa = regularizer_terms(policy, cfg, j, position, x, x_next, sigmas, mb_cond, step, extras.reference,
+                adv[idx, 0 if structure_step(cfg, j) else 1].to(policy.device), t.clip_range)
+            kl, sa = regularizer_terms(policy, cfg, j, x, x_next, sigmas, mb_cond, step, extras.reference,
                                        None if extras.kl_weight is None else extras.kl_weight[idx])
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
         totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
@@ -266,19 +266,26 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
             "grad_norm": float(grad_norm)}
 
 
-def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int, x: torch.Tensor,
-                      x_next: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep,
+def structure_step(cfg: RunConfig, j: int) -> bool:
+    """Whether denoising step j is one of the trajectory's first train.sa_steps, which draw the structure: SA-Reg
+    acts there and the detail baseline does not. Counted in the trajectory, not in the trained steps, so an SDE
+    window starting at step 4 trains detail steps only when sa_steps <= 4 (docs/algorithms.md, "SA-Reg")."""
+    return j < cfg.train.sa_steps
+
+
+def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, x: torch.Tensor, x_next: torch.Tensor,
+                      sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep,
                       reference: "options.Reference | None" = None, kl_weight: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL, SA-Reg) of sampling step j, the `position`-th trained step; each a batch mean, 0 where not enabled.
+    """(KL, SA-Reg) of denoising step j; each a batch mean, 0 where not enabled.
 
-    KL acts on every trained step, SA-Reg on the first sa_steps trained steps only (position < sa_steps). The
+    KL (in train.kl_form's form) acts on every trained step, SA-Reg on the structure steps only. The
     reference is the base model (adapter off; GARDO's reset `reference` once it has one) under no_grad, so
     gradients flow through the policy's step mean alone. `kl_weight` weighs each sample's KL (GARDO's gate).
     """
     t, s = cfg.train, cfg.sampling
     use_kl = t.regularizer in ("kl", "both")
-    use_sa = t.regularizer in ("sa", "both") and position < t.sa_steps
+    use_sa = t.regularizer in ("sa", "both") and structure_step(cfg, j)
     zero = torch.zeros((), device=step.prev_sample_mean.device)
     if not (use_kl or use_sa):
         return zero, zero
@@ -288,7 +295,7 @@ def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, position: int,
                                 s.noise_level, prev_sample=x_next)
     kl = zero
     if use_kl:
-        per_sample = kl_to_reference(step.prev_sample_mean, ref.prev_sample_mean, step.std_dev_t)
+        per_sample = step_kl(step, ref.prev_sample_mean, t.kl_form)
         kl = per_sample.mean() if kl_weight is None else (per_sample * kl_weight.to(per_sample.device)).mean()
     sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
     return kl, sa
