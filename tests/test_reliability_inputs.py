@@ -193,6 +193,10 @@ CASES = [
          env={"DGRPO_S3_ENDPOINT": "http://127.0.0.1:9"}),
     Case("misspelled-variable-before-a-run", "env", RUN, "environment variable DGRPO_S3_MAX_ATTEMPT: not a "
          "variable dgrpo reads (did you mean DGRPO_S3_MAX_ATTEMPTS?)", env={"DGRPO_S3_MAX_ATTEMPT": "3"}),
+    Case("misspelled-variable-for-the-pods", "config", ["compile", "-o", "{dir}/p.yaml", "--set",
+                                                        "kubernetes.defaults.env={DGRPO_S3_ENDPOINT: http://s3:8333}"],
+         "config field 'kubernetes.defaults.env.DGRPO_S3_ENDPOINT': DGRPO_S3_ENDPOINT is not a variable dgrpo reads "
+         "(did you mean DGRPO_S3_ENDPOINT_URL?)"),
     Case("kfp-endpoint-unset", "env", ["submit", "--store", "s3://bucket/p"], "Missing option '--host'",
          env={"KF_PIPELINES_ENDPOINT": ""}),
 ]
@@ -402,7 +406,8 @@ def test_every_dgrpo_variable_the_code_names_is_known():
     from dgrpo.environment import KNOWN_VARIABLES
 
     root = Path(__file__).parents[1]
-    files = [p for d in ("src", "components", "pipelines", "scripts", "images") for p in (root / d).rglob("*")
+    files = [p for d in ("src", "components", "pipelines", "scripts", "images", "manifests")
+             for p in (root / d).rglob("*")
              if p.is_file() and p.suffix in {".py", ".yaml", ".sh", ""} and p.name != "environment.py"]
     named = {m for p in files for m in re.findall(r"DGRPO_[A-Z0-9_]+", p.read_text(errors="replace"))
              if not m.endswith("_")}  # DGRPO_S3_{name}: a prefix completed in code

@@ -25,6 +25,7 @@ KNOWN_VARIABLES: dict[str, str] = {
     "DGRPO_S3_READ_TIMEOUT_S": "seconds without data on an open connection",
     "DGRPO_S3_REQUEST_DEADLINE_S": "no retry after this long since a request's first attempt",
     "DGRPO_DEBUG": "the command line prints tracebacks (dgrpo_pipelines.errors)",
+    "DGRPO_STORE": "the command line's default --store (dgrpo_pipelines.cli)",
     "DGRPO_CODE_VERSION": "the code version lineage records (dgrpo.lineage.code_version); set in the images",
     "DGRPO_IMAGE": "the image reference lineage records; set in the stage images",
     "DGRPO_IMAGES_FILE": "JSON map stage -> image reference (dgrpo_components.images)",
@@ -41,12 +42,18 @@ class UnknownVariableError(ValueError):
     """A DGRPO_* environment variable that no part of dgrpo reads."""
 
 
+def unknown_variable(name: str) -> str | None:
+    """Why `name` is refused (a DGRPO_* name no part of dgrpo reads, with the closest known name), or None."""
+    if not name.startswith(PREFIX) or name in KNOWN_VARIABLES:
+        return None
+    close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(KNOWN_VARIABLES))}"
+    return f"not a variable dgrpo reads ({hint}); an unknown name would be ignored without a word"
+
+
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
     """Raise UnknownVariableError naming the first unknown DGRPO_* variable and the closest known name."""
     environ = os.environ if environ is None else environ
     for name in sorted(environ):
-        if name.startswith(PREFIX) and name not in KNOWN_VARIABLES:
-            close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
-            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(KNOWN_VARIABLES))}"
-            raise UnknownVariableError(f"environment variable {name}: not a variable dgrpo reads ({hint}); an "
-                                       "unknown name would be ignored without a word, so correct or unset it")
+        if (why := unknown_variable(name)) is not None:
+            raise UnknownVariableError(f"environment variable {name}: {why}, so correct or unset it")

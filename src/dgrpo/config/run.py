@@ -21,6 +21,7 @@ from dgrpo.config.recipe import (
     TrainConfig,
 )
 from dgrpo.config.secrets import check_no_secrets
+from dgrpo.config.variables import check_variable_names
 
 RECIPE_FIELDS = ("seed", "model", "lora", "sampling", "reward", "cluster", "train", "eval", "drift", "progrpo", "gardo")
 """What is trained: a result's identity. `name`, `rounds` (how long, not what each round does), `pipeline` and
@@ -54,6 +55,7 @@ class RunConfig:
         check(bool(self.name), "name", "must not be empty")
         validate_fields(self)
         check_no_secrets(self)
+        check_variable_names(self.kubernetes)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
