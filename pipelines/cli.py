@@ -15,10 +15,44 @@ from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime.report import build_report, format_report, summary_lines, write_html
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
-                  no_args_is_help=True, add_completion=False, cls=OneLineErrors)
-contract_app = typer.Typer(help="The versioned data contracts between stages.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=True, cls=OneLineErrors, context_settings=HELP_OPTIONS)
+contract_app = typer.Typer(help="The versioned data contracts between stages.", no_args_is_help=True,
+                           context_settings=HELP_OPTIONS)
 app.add_typer(contract_app, name="contract")
+config_app = typer.Typer(help="The effective config of a run.", no_args_is_help=True, context_settings=HELP_OPTIONS)
+app.add_typer(config_app, name="config")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (errors too, on stderr).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dgrpo import __version__
+        from dgrpo.lineage import code_version
+
+        typer.echo(f"dgrpo {__version__} (code {code_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models; the store of every command that
+    reads one defaults to $DGRPO_STORE, else outputs/store."""
+
+
+def _console(stream=None):  # type: ignore[no-untyped-def]
+    """The progress console: on a terminal it wraps at its width; elsewhere (CI logs, kubectl logs) a line stays
+    one line whatever its length."""
+    from rich.console import Console
+
+    stream = stream or sys.stdout
+    return Console(file=stream, soft_wrap=not stream.isatty())
+
+
+def _echo_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 DEFAULT_STORE = "outputs/store"
 StoreOpt = Annotated[str, typer.Option("--store", help="Store URI (a directory or s3://bucket/prefix).",
@@ -75,7 +109,8 @@ def _run_id(value: str | None, option: str) -> str | None:
 @app.command()
 def run(config: ConfigOpt = None, set_: SetOpt = None,
         output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
-        store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).")] = None,
+        store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).",
+                                                  envvar="DGRPO_STORE")] = None,
         engine: Annotated[str, typer.Option(help="kfp (kfp.local, the default) or inprocess.")] = "kfp",
         run_id: Annotated[str | None, typer.Option(help="Run id of a new fine-tune (default: name-timestamp).")
                           ] = None,
@@ -85,7 +120,6 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
     """Train a fine-tune through the pipeline on this machine, segment by segment, and print where the results are."""
     from dgrpo_pipelines.local import ENGINES, new_run_id, open_context, run_pipeline
     from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
-    from rich.console import Console
 
     from dgrpo.runtime.fine_tune import status as fine_tune_status
     from dgrpo.stages.shared.commits import trained_state
@@ -101,7 +135,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
                f"{engine}, recipe {cfg.recipe_sha256()[:12]}")
     typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
     start = time.monotonic()
-    console = Console(file=sys.stdout)  # kfp.local's task logs are redirected away from it while the pipeline runs
+    console = _console()  # kfp.local's task logs are redirected away from it while the pipeline runs
     done = trained_state(ctx.store, run_id).next_round if resume else 0
     with FineTuneProgress(min(done, cfg.rounds), cfg.rounds, stages_per_round(cfg), console) as bar:
         def progress(_done: int, _total: int, event: dict) -> None:
@@ -127,19 +161,92 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
 
 @app.command()
 def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
-           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
-           as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False):
+           store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="Print it again every --interval seconds "
+                                                                     "until the chain has ended.")] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between --watch readings.", min=0.1)] = 10.0):
     """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter of a fine-tune."""
     from dgrpo.runtime.fine_tune import format_status
     from dgrpo.runtime.fine_tune import status as fine_tune_status
+    from dgrpo.runtime.listing import watch as watch_status
 
-    st = fine_tune_status(open_store(store, "--store", create=False), _run_id(run_id, "run id"))
-    typer.echo(json.dumps(st, indent=2) if as_json else format_status(st))
+    st, run_id = open_store(store, "--store", create=False), _run_id(run_id, "run id")
+
+    def show(value: dict) -> None:
+        if as_json:
+            typer.echo(json.dumps(value, default=str) if watch else json.dumps(value, indent=2, default=str))
+        else:
+            typer.echo((time.strftime("%H:%M:%S ") if watch else "") + format_status(value))
+
+    if watch:
+        watch_status(lambda: fine_tune_status(st, run_id), show, interval)
+    else:
+        show(fine_tune_status(st, run_id))
+
+
+@app.command("list")
+def list_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False):
+    """The fine-tunes in a store: state, rounds done of total, segments, recorded errors, the best evaluation."""
+    from dgrpo.runtime.listing import format_list, list_fine_tunes
+
+    st = open_store(store, "--store", create=False)
+    rows = list_fine_tunes(st)
+    if as_json:
+        _echo_json(rows)
+    else:
+        typer.echo(format_list(rows, st.uri))
+
+
+@app.command()
+def errors(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
+           store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False):
+    """Every error a fine-tune recorded (failed tasks, broken leases), oldest first; `status` shows the last."""
+    from dgrpo.runtime.listing import format_errors, run_errors
+
+    errs = run_errors(open_store(store, "--store", create=False), _run_id(run_id, "run id"))
+    if as_json:
+        _echo_json(errs)
+    else:
+        typer.echo(format_errors(errs, run_id))
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
+                only_set: Annotated[bool, typer.Option("--only-set", help="Only the fields that differ from the "
+                                                                          "defaults.")] = False):
+    """The effective config after `base:` files and --set: each field's value, * where it is not the default
+    (with the default), and its doc."""
+    from dgrpo.runtime.config_view import config_fields, format_fields
+
+    cfg = _config(config, set_, require_import=False)
+    rows = config_fields(cfg)
+    if as_json:
+        _echo_json({"source": str(config or "defaults"), "recipe_sha256": cfg.recipe_sha256(),
+                    "fields": [r for r in rows if not (only_set and r["is_default"])]})
+    else:
+        typer.echo(format_fields(rows, str(config or "the defaults"), cfg.recipe_sha256(), only_set))
+
+
+@app.command()
+def plan(config: Annotated[Path, typer.Argument(help="Run config YAML.")], set_: SetOpt = None,
+         as_json: JsonOpt = False,
+         gpu_seconds_per_image: Annotated[float | None, typer.Option(
+             help="Measured GPU-seconds per training image (default: the SD3.5-M projection of docs/kubernetes.md, "
+                  "0.50 images/GPU-s staged, 0.62 fused).", min=0.0)] = None):
+    """Dry run: the fine-tune's segments with their tasks and pods, GPUs, estimated GPU-hours and store growth."""
+    from dgrpo.runtime.dry_run import format_plan, make_plan, plan_dict
+
+    cfg = _config(config, set_, require_import=False)
+    result = make_plan(cfg, gpu_seconds_per_image)
+    if as_json:
+        _echo_json(plan_dict(result) | {"gpu_seconds_per_image_assumed": gpu_seconds_per_image is None})
+    else:
+        typer.echo(format_plan(result, str(config), assumed=gpu_seconds_per_image is None))
 
 
 @app.command()
 def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
-         store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+         store: StoreOpt = DEFAULT_STORE,
          reason: Annotated[str, typer.Option(help="Why, for dgrpo status.")] = "",
          now: Annotated[bool, typer.Option("--now", help="Also terminate the running segment's KFP run (its round "
                                                          "in progress is lost) instead of letting it finish its "
@@ -176,7 +283,7 @@ def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
 @app.command()
 def unlock(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
            holder: Annotated[str, typer.Option(help="Holder id of the stale lease, as `dgrpo status` shows it.")],
-           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
+           store: StoreOpt = DEFAULT_STORE):
     """Release the lease of a segment that died without its exit task (only that lease, by its holder id)."""
     from dgrpo.runtime.fine_tune import unlock as release
 
@@ -202,7 +309,8 @@ def compile(config: ConfigOpt = None, set_: SetOpt = None,
 
 HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
                                       envvar="KF_PIPELINES_ENDPOINT")]
-StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).")]
+StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).",
+                                          envvar="DGRPO_STORE")]
 ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment.")]
 NamespaceOpt = Annotated[str, typer.Option(help="Profile namespace of the experiment (multi-user Kubeflow).")]
 TokenOpt = Annotated[str | None, typer.Option(help="Bearer token for the KFP API (default: $KF_PIPELINES_TOKEN, "
@@ -294,8 +402,8 @@ def _resolve(artifact: str, store: str | None):
 
 @app.command("lineage")
 def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object path or KFP artifact file.")],
-                store: Annotated[str | None, typer.Option(help="Store URI.")] = None,
-                as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False,
+                store: Annotated[str | None, typer.Option(help="Store URI.", envvar="DGRPO_STORE")] = None,
+                as_json: JsonOpt = False,
                 verify: Annotated[bool, typer.Option(help="Read and hash every object of the chain; a corrupt or "
                                                           "missing one is flagged and the exit code is 1.")] = True):
     """Print the chain from an artifact (e.g. a LoRA adapter) back to the base checkpoint and config."""
@@ -315,7 +423,7 @@ def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object pat
 
 @app.command()
 def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to check.")],
-           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store"):
+           store: StoreOpt = DEFAULT_STORE):
     """Check every object of a run against its lineage: present, whole (sha256), and the commits a chain."""
     from dgrpo.runtime.verify import verify_run
 
@@ -329,7 +437,7 @@ def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to 
 
 @app.command()
 def report(run_ids: Annotated[list[str], typer.Argument(help="Run id; several overlay in one HTML report.")],
-           store: Annotated[str, typer.Option(help="Store URI.")] = "outputs/store",
+           store: StoreOpt = DEFAULT_STORE,
            html: Annotated[bool, typer.Option("--html", help="Write the self-contained HTML report.")] = False,
            output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default: "
                                                        "RUN[+RUN...].html here).")] = None):
@@ -384,7 +492,7 @@ def contract_show(name: Annotated[str | None, typer.Argument(help="Stage or cont
 def contract_check(target: Annotated[str, typer.Argument(help="Stage or contract name.")],
                    artifact: Annotated[str, typer.Argument(help="Parquet file, KFP artifact file, object path or "
                                                                 "sha256 (with --store).")],
-                   store: Annotated[str | None, typer.Option(help="Store URI.")] = None):
+                   store: Annotated[str | None, typer.Option(help="Store URI.", envvar="DGRPO_STORE")] = None):
     """Validate an artifact, produced by any image, against a stage's or a contract's schema."""
     from dgrpo.contracts.stages import check_table
 

@@ -7,6 +7,7 @@ line and exit code 1; `main`, the `dgrpo` script's entry point, does the same fo
 bad arguments: exit code 2), which click raises before any command runs. Exit code 130: interrupted.
 """
 
+import json
 import logging
 import os
 import re
@@ -74,24 +75,36 @@ def _debug() -> bool:
     return os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
 
 
-def report(exc: BaseException, debug: bool) -> None:
-    """Print `exc` as the one `error:` line on stderr, after its (redacted) traceback when debugging."""
+def report(exc: BaseException, debug: bool, as_json: bool = False) -> None:
+    """Print `exc` as the one `error:` line on stderr, after its (redacted) traceback when debugging; under
+    `--json`, as one JSON object {"error", "type", "exit_code"} instead, so a script reads errors as it reads
+    results."""
     if debug:
         print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
-    print(f"error: {describe(exc)}", file=sys.stderr)
+    if as_json:
+        code = exc.exit_code if isinstance(exc, click_errors.ClickException) else 1
+        print(json.dumps({"error": describe(exc), "type": type(exc).__name__, "exit_code": code}), file=sys.stderr)
+    else:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether the command line asks for JSON output (`--json`, before any `--` separator)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 class OneLineErrors(TyperGroup):
     """The app's command group: an exception from a command becomes one line and exit code 1."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        as_json = wants_json([*ctx._protected_args, *ctx.args])
         try:
             check_environment()  # before any request: a misspelled DGRPO_* variable would be ignored
             return super().invoke(ctx)
-        except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise  # usage errors and exits: click's (or `main`'s) to show
+        except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
+            raise  # usage errors, exits and a closed pipe: click's (or `main`'s) to show
         except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
-            report(exc, _debug())
+            report(exc, _debug(), as_json)
             raise typer.Exit(1) from exc
 
 
@@ -126,7 +139,10 @@ def _run(args: list[str], debug: bool) -> int:
 
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
+        sys.stdout.flush()  # a reader that closed the pipe is found here, not at the interpreter's exit
         return code if isinstance(code, int) else 0
+    except BrokenPipeError:
+        return _reader_gone()
     except click_errors.NoArgsIsHelpError as exc:
         exc.show()
         return exc.exit_code
@@ -139,8 +155,21 @@ def _run(args: list[str], debug: bool) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - usage errors, and anything raised outside a command
-        report(exc, debug)
+        report(exc, debug, wants_json(args))
         return exc.exit_code if isinstance(exc, click_errors.ClickException) else 1
+
+
+def _reader_gone() -> int:
+    """`dgrpo report RUN | head`: the reader has what it wanted, so no "Broken pipe" and exit code 0; what is left
+    in stdout's buffer goes to /dev/null so that Python's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file descriptor (captured by a test)
+        pass
+    finally:
+        os.close(devnull)
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dgrpo import lineage
 from dgrpo.config import RunConfig, config_from_dict
 from dgrpo.models.policy import LORA_METADATA_KEY
 from dgrpo.runtime.fine_tune import chain_key
+from dgrpo.runtime.listing import round_label
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.ownership import read_claim, read_json, run_key
 from dgrpo.stages.shared.run_config import load_config
@@ -41,11 +42,6 @@ class Chosen:
     round: int
     adapter: ArtifactRef
     why: str
-
-
-def round_label(completed: int) -> str:
-    """One numbering everywhere: rounds completed, "base" for the base model."""
-    return "base" if completed == 0 else f"round {completed}"
 
 
 def choose(store: ArtifactStore, run_id: str, *, round_: int | None = None, best: bool = False) -> Chosen:
