@@ -146,6 +146,8 @@ def test_rollouts_store_the_noise_seeds_and_replay_is_bit_exact(noisy_round):
     assert rows[0]["prompt_noise_signal"] == signal.tolist() and rows[0]["prompt_noise_scale"] == scale.tolist()
     assert signal[0] == 0 and 0.7 < signal[1] < 0.71  # sigma 1: noise only; sigma 0.7508: g = 0.497
     assert result.metrics["prompt_noise_steps"] == 2
+    assert result.metrics["prompt_noise_replaced_steps"] == 1  # step 0: the prompt is noise only
+    assert result.metrics["prompt_noise_change_max"] > result.metrics["prompt_noise_change_mean"] > 0
     stored = torch.tensor(table.column("log_probs").to_pylist())
     replayed = _replayed_log_probs(ctx, table, replay=True)
     assert torch.equal(replayed, stored)  # same batches, same conditioning, same float32 ops: bit for bit
@@ -201,6 +203,19 @@ def test_the_update_recomputes_the_rollouts_log_probs(noisy_round, monkeypatch):
 
 
 # shaping ----------------------------------------------------------------------------------------------------------
+def test_relative_change_by_hand():
+    """||y' - y|| / ||y|| per step over the positive floating tensors; negatives and clean steps untouched."""
+    y = torch.tensor([[3.0, 4.0]])
+    cond = {"prompt_embeds": y, "negative_prompt_embeds": 100 * y, "mask": torch.ones(1, 2, dtype=torch.long)}
+    change = drift.relative_change(cond, np.array([0.0, 0.6, 1.0], np.float32), np.array([0.5, 0.2, 0.0], np.float32),
+                                   seeds=[7, 8, None])
+    for step, (a, c) in enumerate([(0.0, 0.5), (0.6, 0.2)]):
+        eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(7 + step), dtype=torch.float32)
+        expected = float((a * y + c * eps - y).norm() / y.norm())
+        assert change[step] == pytest.approx(expected, rel=1e-6)
+    assert change[2] == 0
+
+
 def test_potential_and_shaping_by_hand():
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # cosine distances: d01 = d12 = 1, d02 = 0
     np.testing.assert_allclose(drift.diversity_potential(emb), [0.5, 1.0, 0.5], atol=1e-15)
@@ -235,6 +250,9 @@ def test_cluster_stage_filters_shapes_and_shows_it(store):
         assert np.all(shaping[~kept] == 0)
         np.testing.assert_allclose([r["final_reward"] for r in g], q + shaping, rtol=1e-15)
     assert result.metrics["shaping_abs_mean"] > 0 and "shaping_clipped_share" in result.metrics
+    # whether the shaping acts: its spread against the quality's (DRIFT's w is this project's)
+    assert result.metrics["shaping_std_over_quality_std"] == pytest.approx(
+        result.metrics["shaping_std"] / result.metrics["quality_std_in_group"], rel=1e-12)
     update = run_update(ctx, 0, rollouts, result.outputs["scores"])
     assert update.metrics["dropped"] == result.metrics["dropped"]
 

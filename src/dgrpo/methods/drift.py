@@ -112,6 +112,24 @@ def noisy_conditioning(cond: dict[str, torch.Tensor], seeds: list[int | None], s
     return {k: torch.stack([r[k] for r in rows]) for k in cond}
 
 
+def relative_change(cond: dict[str, torch.Tensor], signal: np.ndarray, noise: np.ndarray, seeds: list[int | None]
+                    ) -> np.ndarray:
+    """Per sampling step, how far the prompt noise moves one prompt's conditioning: ||y' - y|| / ||y|| over its
+    positive floating tensors, with one sample's stored step seeds (0 at clean steps; about s / rms(y) where the
+    prompt is replaced). The rollout logs it per round, because whether s = 0.25 perturbs or drowns a prompt
+    depends on the encoder's embedding scale."""
+    out = np.zeros(len(signal))
+    for i, (a, c, seed) in enumerate(zip(signal, noise, seeds, strict=True)):
+        if c == 0 or seed is None:
+            continue
+        noisy = noisy_sample_conditioning(cond, seed, float(a), float(c))
+        keys = [k for k, y in cond.items() if not k.startswith("negative_") and y.is_floating_point()]
+        diff = sum(float((noisy[k].float() - cond[k].float()).square().sum()) for k in keys)
+        norm = sum(float(cond[k].float().square().sum()) for k in keys)
+        out[i] = np.sqrt(diff / max(norm, 1e-30))
+    return out
+
+
 # Reward shaping ---------------------------------------------------------------------------------------------------
 def diversity_potential(embeddings: np.ndarray, potential: str = "mean_distance") -> np.ndarray:
     """Phi_i: the mean (or nearest) cosine distance of image i to the other members of its group."""

@@ -162,6 +162,8 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
     metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
                 for k, v in per_group.items() if v}
     metrics |= method_metrics(extra)
+    if "shaping" in extra and metrics.get("quality_std_in_group", 0) > 0:  # does DRIFT's shaping act? (its w is ours)
+        metrics["shaping_std_over_quality_std"] = metrics["shaping_std"] / metrics["quality_std_in_group"]
     result = StageResult({"scores": ref}, metrics)
     emit_event(ctx, "cluster", round_index, result)
     return result

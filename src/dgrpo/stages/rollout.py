@@ -56,7 +56,7 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
             PRUNE_DECISIONS_KIND, ".json", ctx.provenance("rollout", round_index, dict(inputs), seeds_info))
     ref = artifacts.write_table(ctx.store, table, ROLLOUTS, ctx.provenance("rollout", round_index, inputs, seeds_info))
     metrics = {"samples": float(len(rows)), "mean_log_prob": float(torch.cat(log_probs).nanmean()),
-               "nfe": float(nfe), "nfe_per_sample": nfe / len(rows), **option_metrics(cfg, policy, len(rows))}
+               "nfe": float(nfe), "nfe_per_sample": nfe / len(rows), **option_metrics(cfg, policy, rows)}
     result = StageResult({"rollouts": ref}, metrics)
     emit_event(ctx, "rollout", round_index, result, shard if shards > 1 else None)
     return result
@@ -90,8 +90,10 @@ def sample_group(cfg: RunConfig, policy: FlowPolicy, reward: RewardModel | None,
     return rows, traj, None if pruner is None else pruner.records
 
 
-def option_metrics(cfg: RunConfig, policy: FlowPolicy, samples: int) -> dict[str, float]:
-    """Expand-and-prune's counts and the number of steps with prompt noise, for the stage metrics."""
+def option_metrics(cfg: RunConfig, policy: FlowPolicy, rows: list[dict]) -> dict[str, float]:
+    """Expand-and-prune's counts and the prompt noise's reach (on the shard's first sample), for the stage
+    metrics."""
+    samples, first = len(rows), rows[0]
     s, d, p, out = cfg.sampling, cfg.drift, cfg.progrpo, {}
     if p.mode == "expand_prune":
         groups = samples // s.group_size
@@ -99,9 +101,16 @@ def option_metrics(cfg: RunConfig, policy: FlowPolicy, samples: int) -> dict[str
                 "pruned": float((p.expand_group_size - s.group_size) * groups),
                 "nfe_without_pruning": float(p.expand_group_size * s.num_steps * groups)}
     if d.prompt_noise:
-        _, scale = drift.noise_coefficients(policy.sigmas(s.num_steps, s.shift), d.prompt_noise_tau1,
-                                            d.prompt_noise_tau2, d.prompt_noise_scale)
-        out["prompt_noise_steps"] = float(np.count_nonzero(scale))
+        signal, scale = drift.noise_coefficients(policy.sigmas(s.num_steps, s.shift), d.prompt_noise_tau1,
+                                                 d.prompt_noise_tau2, d.prompt_noise_scale)
+        # whether the noise acts: steps noised and steps whose prompt it replaces (g = 0), and how far it moved the
+        # first sample's prompt embeddings (DRIFT's values are this project's, docs/algorithms.md)
+        cond = {k: v[0] for k, v in policy.encode_prompts([first["prompt"]]).items()}
+        change = drift.relative_change(cond, signal, scale, seeds=first["prompt_noise_seeds"])
+        out |= {"prompt_noise_steps": float(np.count_nonzero(scale)),
+                "prompt_noise_replaced_steps": float(np.count_nonzero(signal == 0)),
+                "prompt_noise_change_max": float(change.max()),
+                "prompt_noise_change_mean": float(change[scale > 0].mean()) if np.any(scale > 0) else 0.0}
     return out
 
 
