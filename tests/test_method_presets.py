@@ -30,7 +30,7 @@ def test_method_presets_turn_their_options_on():
     assert drift.outlier_filter and drift.prompt_noise and drift.shaping_weight > 0
     pro = load_config(CONFIGS / "sd35m-progrpo.yaml")
     assert pro.progrpo.mode == "expand_prune" and pro.sampling.group_size == pro.progrpo.prune_sizes[-1] == 12
-    assert nfe_of_schedule(48, 10, pro.progrpo.prune_steps, pro.progrpo.prune_sizes) == 360  # the paper's schedule
+    assert nfe_of_schedule(48, 10, pro.progrpo.prune_steps, pro.progrpo.prune_sizes) == 360  # this project's schedule
     toy_pro = load_config(CONFIGS / "toy-progrpo.yaml")
     assert toy_pro.sampling.group_size == load_config(CONFIGS / "toy-flowgrpo.yaml").sampling.group_size
     gardo = load_config(CONFIGS / "sd35m-gardo.yaml")
