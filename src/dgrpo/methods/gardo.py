@@ -8,7 +8,8 @@ scripts/train_sd3_gardo.py, flow_grpo/stat_tracking.py), rebuilt from that code 
   rewards (ranks over the whole round, 1 = best); the KL applies to the samples above a percentile of the
   non-negative uncertainties.
 - Reference resets: the KL's reference is replaced by the current policy when an optimizer step's KL passes a
-  threshold, or every N rounds.
+  threshold, or every N rounds. The KL is upstream's form (train.kl_form "flow_grpo", divided by 2 std_t^2), so
+  upstream's threshold means the same here.
 docs/algorithms.md ("GARDO") lists where this differs from the upstream script.
 """
 
