@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - an older typer on click itself
     from click import exceptions as click_errors
 
 from dgrpo.environment import check_environment
+from dgrpo.runtime import termination
 from dgrpo.store import redact
 
 _TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
@@ -101,11 +102,13 @@ class OneLineErrors(TyperGroup):
         try:
             check_environment()  # before any request: a misspelled DGRPO_* variable would be ignored
             return super().invoke(ctx)
-        except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
-            raise  # usage errors, exits and a closed pipe: click's (or `main`'s) to show
+        except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise  # usage errors and exits: click's (or `main`'s) to show
+        except BrokenPipeError as exc:  # before typer's own handler, which exits 1
+            raise typer.Exit(_reader_gone()) from exc
         except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
             report(exc, _debug(), as_json)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(termination.EXIT_CODE if isinstance(exc, termination.Terminated) else 1) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -324,3 +324,36 @@ def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert LocalStore(store).get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"] == reference
     assert verify_run(LocalStore(store), "ft").problems == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("after", ["events/r0001-rollout.json", "events/r0001-cluster.json"])
+def test_sigterm_records_why_the_run_ended_and_the_run_resumes(config_file, reference, tmp_path, after):
+    """SIGTERM (an eviction, a drain, a preemption) in the middle of round 1: the run exits 143 with one line saying
+    during which stage of which round, the store records it and holds only whole objects, the lease is given back,
+    and `--resume` finishes with the bytes of an uninterrupted run."""
+    store = tmp_path / "store"
+    base = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "inprocess", "--config",
+            str(config_file), "--store", str(store), "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (store / "runs/ft" / after).exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output[-2000:]
+    assert "terminated by SIGTERM during" in output and "of round 1" in output, output[-2000:]
+    _only_whole_objects(store)
+    errors = [json.loads(p.read_text()) for p in sorted((store / "runs/ft/errors").glob("*.json"))]
+    assert errors[-1]["error"].startswith("Terminated: terminated by SIGTERM during") and errors[-1]["round"] == 1
+    assert not (store / "runs/ft/lease.json").exists()
+    assert not (store / "runs/ft/commits/r000001.json").exists()
+    resumed = subprocess.run(base + ["--resume", "ft"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert LocalStore(store).get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"] == reference

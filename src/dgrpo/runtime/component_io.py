@@ -15,6 +15,7 @@ from dgrpo.runtime import segment
 from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
 from dgrpo.runtime.segment import RoundState
+from dgrpo.runtime.termination import described, sigterm_raises
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.shared.ownership import run_key, validate_run_id
 from dgrpo.store import ArtifactRef, ArtifactStore, open_store
@@ -42,19 +43,20 @@ def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = No
         raise ValueError("pipeline parameter 'store_uri' must not be empty")
     store = open_store(store_uri, "pipeline parameter 'store_uri'")
     round_state = None
-    try:
-        check_gpus()  # a task given GPUs refuses to fall back to the CPU (DGRPO_EXPECT_GPUS)
-        round_state = None if state is None else read_state(state)
-        ctx = None if round_state is None else segment.context(store, round_state)
-        yield ctx, round_state, store
-    except BaseException as exc:
+    with sigterm_raises():  # an evicted or preempted pod records why it ended
         try:
+            check_gpus()  # a task given GPUs refuses to fall back to the CPU (DGRPO_EXPECT_GPUS)
+            round_state = None if state is None else read_state(state)
+            ctx = None if round_state is None else segment.context(store, round_state)
+            yield ctx, round_state, store
+        except BaseException as exc:
             if round_index is None and round_state is not None and len(round_state.rounds) == 1:
                 round_index = round_state.round
-            segment.record_error(store, run_id, name, exc, round_state.segment if round_state else None, round_index)
-        except Exception:  # noqa: BLE001 - the task's own error matters more than a failed record of it
-            pass
-        raise
+            exc = described(exc, name, round_index)
+            with contextlib.suppress(Exception):  # the task's own error matters more than a failed record of it
+                segment.record_error(store, run_id, name, exc, round_state.segment if round_state else None,
+                                     round_index)
+            raise exc
 
 
 def train_fused(store_uri: str, run_id: str, segment_artifact: FileArtifact, base_due: bool,

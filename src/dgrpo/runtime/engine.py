@@ -13,6 +13,7 @@ from dgrpo.config import ConfigError, RunConfig
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.fused import train_segment
+from dgrpo.runtime.termination import Terminated
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactRef, ArtifactStore
@@ -32,6 +33,8 @@ def run_chain(run_segment: SegmentRun) -> seg.SegmentEnd:
     raises ChainFailed from the last segment's error."""
     while True:
         end, exc = run_segment()
+        if isinstance(exc, Terminated):  # this process is being stopped: the segment is recorded, no next one
+            raise exc
         if end.decision is None:
             if exc is not None:
                 raise exc

@@ -24,6 +24,7 @@ from dgrpo.models import resident_models
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.rounds import OnStep, StepCall, run_round
+from dgrpo.runtime.termination import described, sigterm_raises
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.store import ArtifactStore, open_store
@@ -110,7 +111,7 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
 
     many = processes.world > 1
     try:
-        with resident_models():  # the base weights load once a segment, not once a stage and round
+        with sigterm_raises(), resident_models():  # the base weights load once a segment, not once a stage and round
             if base_due:
                 step("evaluate", state.round, None)
                 where["round"] = None
@@ -133,8 +134,9 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                 if on_round:
                     on_round(r)
     except Exception as exc:
+        exc = described(exc, where["task"], where["round"])
         seg.record_error(store, state.run_id, where["task"], exc, state.segment or None, where["round"])
-        raise
+        raise exc
 
 
 def launch(store: ArtifactStore, state: seg.RoundState, base_due: bool) -> None:

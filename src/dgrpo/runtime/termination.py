@@ -1,0 +1,42 @@
+"""SIGTERM as an error a segment records: a pod's eviction, a node drain and a spot preemption all send it.
+
+Inside `sigterm_raises()` the signal raises `Terminated` in the main thread wherever it is, which the task or the
+fused segment records (stage, segment, round) like any failure and then lets end the process; store writes are
+atomic, so an abandoned write leaves nothing behind. Exit code 143 (128 + SIGTERM), as an unhandled SIGTERM.
+"""
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Terminated(RuntimeError):
+    """The process received SIGTERM; the message says during which stage of which round."""
+
+
+def _raise(signum: int, frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` for the block (in the main thread; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def described(exc: BaseException, task: str, round_index: int | None) -> BaseException:
+    """`exc`, or for a SIGTERM a `Terminated` saying during which task (and round) it came."""
+    if not isinstance(exc, Terminated):
+        return exc
+    where = task if round_index is None else f"{task} of round {round_index}"
+    return Terminated(f"terminated by SIGTERM during {where}")
