@@ -99,18 +99,20 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 self._check_keys(item, f"{path}[{i}]", seen)
         if not isinstance(node, yaml.MappingNode):
             return
-        lines: dict[Any, int] = {}
+        marks: dict[Any, yaml.Mark] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
             here = f"{path}.{key}" if path else str(key)
-            line = key_node.start_mark.line + 1
-            if key is not None and key in lines:
-                raise DuplicateKeyError(f"key '{here}' is given twice, on lines {lines[key]} and {line} (YAML would "
-                                        "keep the second silently); delete one")
+            if key is not None and key in marks:
+                first, second = marks[key], key_node.start_mark
+                where = (f"on lines {first.line + 1} and {second.line + 1}" if first.line != second.line else
+                         f"on line {first.line + 1} (columns {first.column + 1} and {second.column + 1})")
+                raise DuplicateKeyError(f"key '{here}' is given twice, {where} (YAML would keep the second "
+                                        "silently); delete one")
             if key is not None:
-                lines[key] = line
+                marks[key] = key_node.start_mark
             self._check_keys(value_node, here, seen)
 
 
