@@ -223,8 +223,8 @@ def test_a_config_recorded_before_the_restructure_still_loads():
     cfg = config_from_json(text)
     old = json.loads(text)
     new = cfg.to_dict()
-    added = {"train": {"detail_baseline": "group"},  # fields added since, at the values that keep the old meaning
-             "cluster": {"k_selection": "eigengap"}}
+    # fields added since, at the values that keep the old meaning (kl_form: the KL was divided by the noise variance)
+    added = {"train": {"detail_baseline": "group", "kl_form": "gaussian"}, "cluster": {"k_selection": "eigengap"}}
     recast = {"cluster": {"k": None, "kernel_width": None}}  # k None meant the eigengap, kernel_width None the
                                                              # width heuristic: now k_selection and width_heuristic
 

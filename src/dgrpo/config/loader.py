@@ -16,7 +16,7 @@ import yaml
 
 from dgrpo.config.fields import ConfigError
 from dgrpo.config.prompt_files import PromptFileError, read_prompts
-from dgrpo.config.recipe import ClusterConfig, EvalConfig, SamplingConfig
+from dgrpo.config.recipe import ClusterConfig, EvalConfig, SamplingConfig, TrainConfig
 from dgrpo.config.run import RunConfig
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -243,4 +243,6 @@ def config_from_json(text: str) -> RunConfig:
     data = json.loads(text)
     if isinstance(data, dict) and isinstance(data.get("cluster"), dict):  # recorded before cluster.k_selection
         data["cluster"] = ClusterConfig.upgrade_recorded(data["cluster"])
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):  # recorded before train.kl_form
+        data["train"] = TrainConfig.upgrade_recorded(data["train"])
     return config_from_dict(data)

@@ -250,6 +250,14 @@ class TrainConfig:
     ema_every: Annotated[int, POSITIVE] = 8
     """Optimizer steps between EMA updates (the recipe's 8)."""
 
+    @staticmethod
+    def upgrade_recorded(section: dict[str, Any]) -> dict[str, Any]:
+        """A train section recorded before kl_form existed (a run's config.json), with its meaning kept: its KL was
+        divided by the step's noise variance, kl_form "gaussian"."""
+        if "kl_form" in section or "beta_kl" not in section:
+            return section
+        return {**section, "kl_form": "gaussian"}
+
     def validate(self, path: str) -> None:
         check(self.regularizer in ("kl", "both") or self.beta_kl == 0, f"{path}.beta_kl",
               f"is {self.beta_kl} but train.regularizer is {self.regularizer!r}: set regularizer to kl or both")
