@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dgrpo.registry import Registry
+from dgrpo.registry import Registry, build
 
 
 class RewardModel(Protocol):
@@ -32,8 +32,6 @@ REWARDS: Registry[Callable[..., RewardModel]] = Registry("reward", "reward.name"
 
 
 def load_reward(name: str, options: dict[str, Any] | None = None) -> RewardModel:
-    factory = REWARDS.get(name)
-    try:
-        return factory(**(options or {}))
-    except TypeError as exc:
-        raise ValueError(f"config field 'reward.options': {exc}") from exc
+    """The reward `name` built with `options`; an option its factory does not take names 'reward.options', an error
+    inside the factory stays the factory's (a team's plug-in is then named by `dgrpo.registry.plugin_of`)."""
+    return build(REWARDS.get(name), options, "reward.options")

@@ -80,8 +80,15 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
     Without `resume_from` the run id must be new; `resume_from == run_id` continues that fine-tune after its last
     commit (a guard-rail stop is lifted: the rules are checked again at the next evaluation); another
     `resume_from` branches a new fine-tune from that one's last commit. A resume first breaks a lease whose holder
-    is over: a local driver that died, or (with `holder_state`, the KFP API's view) a finished KFP run."""
+    is over: a local driver that died, or (with `holder_state`, the KFP API's view) a finished KFP run.
+
+    A fine-tune that failed before committing a round (`failed_start`: a config error found at run time, a broken
+    plug-in) keeps no recipe: rerunning its run id, or resuming it with a fixed config, sets its records aside
+    (`set_aside`) and claims the run id anew, so a scheduled fine-tune with a fixed id need not change it."""
     validate_run_id(run_id, "run id")
+    failed = failed_start(store, run_id)
+    if resume_from == run_id and failed is not None and failed.get("recipe_sha256") != config.recipe_sha256():
+        resume_from = failed.get("resumed_from") or ""  # resumed with the fix: started again, from where it was
     if resume_from == run_id:
         claim = _check_recipe(store, config, run_id, "--resume")
         if mode == "local":
@@ -109,8 +116,11 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
             raise ResumeError(f"run {run_id} already has committed rounds in {store.uri}: resume it "
                               f"(--resume {run_id}) or choose another run id")
         config_ref = put_config(store, config)
+        if failed is not None:
+            set_aside(store, run_id, failed)
         claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
-                                  "base": base, "resumed_from": resume_from})
+                                  "base": base, "resumed_from": resume_from,
+                                  **({"replaces": failed.get("claim")} if failed is not None else {})})
     record = {"run_id": run_id, "config_sha256": config_ref.sha256, "recipe_sha256": config.recipe_sha256(),
               "rounds": config.rounds, "rounds_per_run": config.pipeline.rounds_per_run, "mode": mode,
               "kfp": kfp, "updated_at": now()}
@@ -118,6 +128,38 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
     if mode == "local":
         store.put_json(driver_key(run_id), {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now()})
     return record
+
+
+def failed_start(store: ArtifactStore, run_id: str) -> dict | None:
+    """The claim of fine-tune `run_id` if it failed before committing a round, else None: no commit, no lease, and
+    its chain ended failed (its last segment's decision), or an error was recorded before any segment opened. A
+    replacement interrupted half-way (`set_aside`) counts too."""
+    claim = read_claim(store, run_id)
+    if claim is None or last_commit(store, run_id) is not None or read_lease(store, run_id) is not None:
+        return None
+    if store.list(_failed_start_key(run_id, claim)):
+        return claim
+    state = (read_json(store, run_key(run_id, "status.json")) or {}).get("state")
+    if store.list(run_key(run_id, "segments")):
+        return claim if state == "failed" else None  # "running" after a failed segment: a retry follows
+    return claim if seg.errors(store, run_id) and state in (None, "failed") else None
+
+
+def _failed_start_key(run_id: str, claim: dict) -> str:
+    return run_key(run_id, f"failed-starts/{claim.get('claim', 'legacy')}")
+
+
+def set_aside(store: ArtifactStore, run_id: str, claim: dict) -> str:
+    """Move the records of a failed start (`failed_start`) under runs/<id>/failed-starts/<claim id>/, where they
+    stay for audit but no segment reads them, the claim last; returns that prefix. Derived files (reports) go."""
+    prefix = _failed_start_key(run_id, claim)
+    keys = [k for k in store.list(run_key(run_id, "")) if not k.startswith(run_key(run_id, "failed-starts/"))]
+    for key in sorted(keys, key=lambda k: k == claim_key(run_id)):
+        if key.endswith(".json"):
+            with contextlib.suppress(ValueError, UnicodeDecodeError):  # an unreadable record is not kept
+                store.put_json(f"{prefix}/{key.removeprefix(run_key(run_id, ''))}", store.get_json(key))
+        store.delete(key)
+    return prefix
 
 
 def driver_key(run_id: str) -> str:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
-from dgrpo.registry import RegistryError
+from dgrpo.registry import RegistryError, last_line, plugin_of
 from dgrpo.runtime import chain, kfp_rest
+from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.ownership import (
@@ -48,14 +49,23 @@ was OOM-killed (backend/src/v2/metadata/client.go, KFP 2.17)."""
 log = logging.getLogger(__name__)
 
 
+DETERMINISTIC_ERRORS = (TypeError, LookupError, ValueError, AttributeError, ArithmeticError, NotImplementedError)
+"""What code raises on inputs it cannot handle (a KeyError, an IndexError, a ValueError: a plug-in's bug, a prompt
+the model cannot encode): the seeded stages give it the same inputs on a retry, so it fails the same way. I/O,
+memory, the GPU and the network fail with OSError, RuntimeError and the like, which a retry may get past."""
+
+
 def is_permanent(exc: BaseException | None) -> bool:
     """Whether `exc`, or an error it was raised from, is one that a retry from the same commit repeats: bad data
-    or config, a missing plug-in, non-finite values (the seeded stages reproduce them). A segment failing with one
-    is not retried (`chain.decide`)."""
+    or config (also when found at run time: an error naming a config field, such as missing weights), a missing
+    plug-in, non-finite values, a deterministic error (`DETERMINISTIC_ERRORS`; the seeded stages reproduce them).
+    A segment failing with one is not retried (`chain.decide`)."""
     from dgrpo.stages.update.finite import NonFiniteError  # torch: imported only once something failed
 
     while exc is not None:
-        if isinstance(exc, ContractError | ConfigError | RegistryError | NonFiniteError):
+        if isinstance(exc, (ContractError, ConfigError, RegistryError, NonFiniteError, *DETERMINISTIC_ERRORS)):
+            return True
+        if "config field '" in str(exc):
             return True
         exc = exc.__cause__
     return False
@@ -116,11 +126,27 @@ def context(store: ArtifactStore, state: RoundState) -> StageContext:
 
 def record_error(store: ArtifactStore, run_id: str, task: str, exc: BaseException, segment: int | None = None,
                  round_index: int | None = None) -> None:
-    """Keep a failed task's error in the store: a cluster's exit task is not told why a task failed."""
+    """Keep a failed task's error in the store: a cluster's exit task is not told why a task failed.
+
+    A team plug-in's failure names the stage, the plug-in and its own last line (`dgrpo.registry.plugin_of`); a
+    permanent error of a fine-tune that committed nothing says how to reuse its run id; no secret is stored
+    (`dgrpo.runtime.redaction`)."""
+    permanent = is_permanent(exc)
+    found = plugin_of(exc)
+    if found is None:
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        plugin, own = found
+        text = (f"PluginError: stage {task}" + (f" of round {round_index}" if round_index is not None else "")
+                + f": the {plugin.kind} plug-in {plugin.path!r} (config field '{plugin.config_field}') failed: "
+                + last_line(own))
+    if permanent and not store.list(run_key(run_id, "commits")):
+        text += (f" [nothing is committed: fix it, then run again with the same run id {run_id!r}, or resume it "
+                 f"with the fix (--resume {run_id})]")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     store.put_json(run_key(run_id, f"errors/{stamp}-{uuid.uuid4().hex[:8]}.json"),
-                   {"task": task, "segment": segment, "round": round_index, "error": f"{type(exc).__name__}: {exc}",
-                    "permanent": is_permanent(exc), "at": now()})
+                   {"task": task, "segment": segment, "round": round_index, "error": redact_secrets(text),
+                    "permanent": permanent, "at": now()})
 
 
 def errors(store: ArtifactStore, run_id: str) -> list[dict]:
