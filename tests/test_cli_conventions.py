@@ -30,7 +30,10 @@ RUN = "toy-a"
 def store(tmp_path_factory):
     """A store with one finished 1-round toy fine-tune and one recorded task error."""
     st = LocalStore(tmp_path_factory.mktemp("cli") / "store")
-    run_inprocess(StageContext(small_config(rounds=1, **{"eval.every": 1}), st, RUN))
+    cfg = small_config(rounds=1, **{"eval.every": 1, "sampling.prompts_per_round": 1, "sampling.group_size": 4,
+                                    "train.batch_size": 4, "train.micro_batch_size": 4, "sampling.num_steps": 2,
+                                    "eval.num_steps": 2, "eval.samples_per_prompt": 2, "cluster.embedder": None})
+    run_inprocess(StageContext(cfg, st, RUN))
     seg.record_error(st, RUN, "reward", RuntimeError("reward server unreachable"), segment=1, round_index=0)
     return st
 
