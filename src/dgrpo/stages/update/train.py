@@ -32,7 +32,7 @@ from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_pol
 from dgrpo.stages.shared.rounds import trained_steps
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
-from dgrpo.stages.update import options
+from dgrpo.stages.update import agreement, options
 from dgrpo.stages.update.finite import check_round_finite
 from dgrpo.store import ArtifactRef
 
@@ -132,6 +132,8 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     cond = _stack_rows(group_conditioning(all_traj, traj.column("group_id").to_pylist()))
     old_log_probs = torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32)
     sigmas = torch.tensor(traj.column("sigmas")[0].as_py(), dtype=torch.float32)
+    gate = check_agreement(ctx, inputs, acc, policy, latents=latents, cond=cond, old_log_probs=old_log_probs,
+                           sigmas=sigmas, prompt_noise=extras.prompt_noise)
 
     rows = []
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.UPDATE_ORDER, round_index))
@@ -153,7 +155,26 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     check_round_finite(round_index, rows, {"LoRA weight": policy.lora_state_dict(),
                                            "optimizer state": training_state_to_tensors(opt, ema)[0]})
     result = _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups, extras.reference.to_tensors())
-    result.metrics |= options.metrics(signals) | extras.reference.metrics(round_index)
+    result.metrics |= options.metrics(signals) | extras.reference.metrics(round_index) | gate.metrics()
+    return result
+
+
+def check_agreement(ctx: StageContext, inputs: UpdateInputs, acc: Accelerator, policy: FlowPolicy, *,
+                    latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
+                    sigmas: torch.Tensor, prompt_noise: options.PromptNoiseReplay | None) -> agreement.Agreement:
+    """The agreement gate (`agreement`), before the first optimizer step: this process's first micro-batch
+    recomputed at every trained step under the round's input adapter; every process fails if any disagrees."""
+    cfg, s = ctx.config, ctx.config.sampling
+    dtype = agreement.velocity_dtype(policy, cfg.train.mixed_precision)
+    result = agreement.measure(
+        policy, method=s.method, noise_level=s.noise_level, guidance_scale=s.guidance_scale,
+        roundoff=agreement.UNIT_ROUNDOFF[dtype], idx=torch.arange(min(cfg.train.micro_batch_size, len(latents))),
+        latents=latents, cond=cond, old_log_probs=old_log_probs, sigmas=sigmas,
+        steps=trained_steps(cfg, inputs.round_index), prompt_noise=prompt_noise)
+    worst = acc.reduce(torch.tensor([result.worst_share], device=acc.device), reduction="max")
+    if float(worst) > 1:
+        raise agreement.AgreementError(agreement.refusal(inputs.round_index, result, agreement.rollout_origin(
+            ctx.store, inputs.rollouts), dtype))
     return result
 
 
