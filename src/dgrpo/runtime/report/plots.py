@@ -22,7 +22,8 @@ LABELS = {"reward": "reward", "quality": "quality (mode-independent)", "embeddin
 UPDATE_LABELS = {"approx_kl": "approx. KL to the sampler", "clip_fraction": "clip fraction",
                  "ratio_std": "importance-ratio std", "zero_std_groups": "share of zero-spread groups",
                  "reward_group_std": "in-group spread of the final reward", "kl": "KL to the base model",
-                 "sa_reg": "SA-Reg"}
+                 "sa_reg": "SA-Reg", "agreement_max_abs": "rollout/update |delta log p| (max, agreement gate)",
+                 "agreement_worst_share": "agreement gate: max |delta log p| / its bound"}
 
 
 def _svg(fig: Figure) -> str:
