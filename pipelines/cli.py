@@ -459,14 +459,17 @@ def export(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
                            ] = False,
            round_: Annotated[int | None, typer.Option("--round", help="The adapter after N rounds (evaluations' "
                                                                      "numbering; default: the last committed).")
-                             ] = None):
+                             ] = None,
+           trained: Annotated[bool, typer.Option("--trained", help="The trained weights even where the recipe "
+                                                                   "evaluates their EMA (default: what the "
+                                                                   "evaluations scored).")] = False):
     """Write an adapter as a diffusers LoRA folder (`pipe.load_lora_weights(DIR)`) with a Hub model card."""
     from dgrpo.runtime.export import export as export_adapter
 
     if best and round_ is not None:
         raise typer.BadParameter("give --best or --round, not both", param_hint="--best")
     path, chosen = export_adapter(open_store(store, "--store", create=False), _run_id(run_id, "run id"), output,
-                                  round_=round_, best=best)
+                                  round_=round_, best=best, trained=trained)
     typer.echo(f"wrote {path}: the adapter after round {chosen.round} ({chosen.why}), "
                f"{chosen.adapter.sha256[:12]}; load it with pipe.load_lora_weights({str(path)!r})")
 

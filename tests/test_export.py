@@ -17,6 +17,7 @@ from dgrpo.runtime.export import WEIGHTS_NAME
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND
+from dgrpo.stages.shared.training_state import use_ema_weights
 from dgrpo.store import LocalStore
 
 PROMPTS = ["a red square", "a blue cross"]
@@ -25,8 +26,8 @@ RUN = "sd3-ft"
 
 @pytest.fixture(scope="module")
 def fine_tune(tmp_path_factory):
-    """One round of a tiny SD3 fine-tune, evaluated before and after; the best adapter by lowest reward is
-    round 1's (so --best has an adapter to export)."""
+    """One round of a tiny SD3 fine-tune, evaluated before and after with the EMA of its LoRA weights (as the SD3.5
+    recipe); the best adapter by lowest reward is round 1's (so --best has an adapter to export)."""
     root = tmp_path_factory.mktemp("export")
     tiny_sd3_pipeline().save_pretrained(root / "base")
     cfg = small_config(**{
@@ -35,7 +36,8 @@ def fine_tune(tmp_path_factory):
         "model.max_sequence_length": 8, "sampling.num_steps": 3, "sampling.group_size": 2,
         "sampling.prompts_per_round": 2, "sampling.batch_size": 3, "train.batch_size": 4,
         "train.micro_batch_size": 2, "cluster.embedder": None, "train.learning_rate": 1e-2, "lora.rank": 4,
-        "lora.alpha": 8, "pipeline.guard_rails.best_mode": "min"})
+        "lora.alpha": 8, "pipeline.guard_rails.best_mode": "min", "train.ema_decay": 0.9,
+        "train.ema_every": 1})
     store = LocalStore(root / "store")
     run_inprocess(StageContext(cfg, store, RUN))
     return root, cfg, store
@@ -48,16 +50,18 @@ def _export(store, out, *args):
 
 
 def test_exported_folder_loads_into_diffusers_and_reproduces_the_policy(fine_tune, tmp_path):
+    """The export holds what the evaluation scored: the EMA weights, as the evaluate stage sets them."""
     root, cfg, store = fine_tune
     result = _export(store, tmp_path / "out", "--round", "1")
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
-    adapter = trained_state(store, RUN).adapter
-    assert (out / WEIGHTS_NAME).read_bytes() == store.get(adapter)
+    state = trained_state(store, RUN)
+    assert (out / WEIGHTS_NAME).read_bytes() != store.get(state.adapter)  # the EMA, not the trained weights
 
     policy = load_policy(cfg.model)
     policy.add_lora(cfg.lora, seed=0)
-    policy.load_lora_state_dict(artifacts.read_tensors(store, adapter, ADAPTER_KIND))
+    policy.load_lora_state_dict(artifacts.read_tensors(store, state.adapter, ADAPTER_KIND))
+    use_ema_weights(StageContext(cfg, store, RUN), policy, state.optimizer_state)
     g, steps = cfg.eval.guidance_scale, 3
     expected = sample_ode(policy, policy.encode_prompts(PROMPTS), [1, 2], steps, None, g)
 
@@ -102,6 +106,14 @@ def test_model_card_front_matter_recipe_evaluation_and_lineage(fine_tune, tmp_pa
     adapter = trained_state(store, RUN).adapter
     assert f"- round 1: adapter `{adapter.sha256[:12]}`" in text
     assert f"- base: model `{(store.root.parent / 'base').resolve().as_uri()}`" in text
+
+
+def test_trained_exports_the_stored_adapter_as_it_is(fine_tune, tmp_path):
+    _, _, store = fine_tune
+    result = _export(store, tmp_path / "trained", "--trained")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "trained" / WEIGHTS_NAME).read_bytes() == store.get(trained_state(store, RUN).adapter)
+    assert "the evaluations below scored their EMA" in (tmp_path / "trained" / "README.md").read_text()
 
 
 def test_export_refuses_the_base_model_an_unknown_round_and_a_used_folder(fine_tune, tmp_path):

@@ -74,6 +74,22 @@ def choose(store: ArtifactStore, run_id: str, *, round_: int | None = None, best
     return Chosen(round_, ArtifactRef(**commit["adapter"]), why)
 
 
+def evaluated_uses_ema(config: RunConfig) -> bool:
+    """Whether the evaluations scored the EMA of the LoRA weights rather than the trained ones."""
+    return config.eval.use_ema and config.train.ema_decay > 0
+
+
+def ema_adapter(store: ArtifactStore, run_id: str, chosen: Chosen) -> ArtifactRef:
+    """The EMA of the chosen adapter's weights, which the update stage stores beside it (`ema_adapter`): what the
+    evaluations scored when the recipe evaluates the EMA."""
+    event = read_json(store, run_key(run_id, f"events/r{chosen.round - 1:04d}-update.json")) or {}
+    ref = (event.get("outputs") or {}).get("ema_adapter")
+    if ref is None:
+        raise StoreError(f"fine-tune {run_id}: no EMA adapter recorded for round {chosen.round} in {store.uri} "
+                         "(the evaluations scored the EMA); --trained exports the trained weights")
+    return ArtifactRef(**ref)
+
+
 def run_config(store: ArtifactStore, run_id: str) -> RunConfig:
     """The config the fine-tune trains (its claim's, else its chain record's)."""
     claim = read_claim(store, run_id) or read_json(store, chain_key(run_id)) or {}
@@ -115,8 +131,10 @@ def adapter_chain(store: ArtifactStore, adapter_sha: str) -> tuple[list[lineage.
 
 
 def export(store: ArtifactStore, run_id: str, out_dir: Path, *, round_: int | None = None,
-           best: bool = False) -> tuple[Path, Chosen]:
-    """Write the diffusers folder of `run_id`'s chosen adapter to `out_dir` (absent or empty), all or nothing."""
+           best: bool = False, trained: bool = False) -> tuple[Path, Chosen]:
+    """Write the diffusers folder of `run_id`'s chosen adapter to `out_dir` (absent or empty), all or nothing: the
+    weights the evaluations scored (their EMA where the recipe evaluates the EMA), or with `trained` the trained
+    ones as the store holds them."""
     config = run_config(store, run_id)
     if config.model.kind not in DIFFUSERS_KINDS:
         raise ValueError(f"fine-tune {run_id}: model.kind {config.model.kind!r} is not a diffusers backbone "
@@ -124,7 +142,8 @@ def export(store: ArtifactStore, run_id: str, out_dir: Path, *, round_: int | No
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"-o {out_dir}: exists and is not an empty directory; give a new folder")
     chosen = choose(store, run_id, round_=round_, best=best)
-    weights = store.get(chosen.adapter)  # verified against its sha256
+    ema = evaluated_uses_ema(config) and not trained
+    weights = store.get(ema_adapter(store, run_id, chosen) if ema else chosen.adapter)  # verified (sha256)
     _check_metadata(weights, chosen.adapter)
     evaluation = read_json(store, run_key(run_id, f"eval/r{chosen.round:04d}.json"))
     base_eval = read_json(store, run_key(run_id, "eval/r0000.json"))
@@ -138,7 +157,7 @@ def export(store: ArtifactStore, run_id: str, out_dir: Path, *, round_: int | No
             (staging / grid).write_bytes(store.get(ArtifactRef(**evaluation["grid"])))
         adapters, base = adapter_chain(store, chosen.adapter.sha256)
         card = model_card(run_id=run_id, config=config, chosen=chosen, evaluation=evaluation, base_eval=base_eval,
-                          grid=grid, adapters=adapters, base=base, store_uri=store.uri)
+                          grid=grid, adapters=adapters, base=base, store_uri=store.uri, ema=ema)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
@@ -179,13 +198,17 @@ def _front_matter(config: RunConfig) -> str:
 
 def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: dict | None, base_eval: dict | None,
                grid: str | None, adapters: list[lineage.LineageRecord], base: lineage.LineageRecord | None,
-               store_uri: str) -> str:
+               store_uri: str, ema: bool = False) -> str:
     """README.md of the export: front matter, usage, the evaluation, the recipe and the lineage."""
     pipeline = DIFFUSERS_KINDS[config.model.kind]
     label = round_label(chosen.round)
     summary = (f"A `{config.name}` fine-tune ({config.model.kind}, cluster method {config.cluster.method}, LoRA "
                f"rank {config.lora.rank}, alpha {config.lora.alpha}) trained by dgrpo; this is the adapter after "
-               f"{label} ({chosen.why}), object `{chosen.adapter.sha256}` of `{store_uri}`.")
+               f"{label} ({chosen.why}), object `{chosen.adapter.sha256}` of `{store_uri}`"
+               + (f", with its weights replaced by their EMA (decay {config.train.ema_decay}, every "
+                  f"{config.train.ema_every} steps): the weights the evaluations scored." if ema else ".")
+               + (" These are the trained weights; the evaluations below scored their EMA."
+                  if evaluated_uses_ema(config) and not ema else ""))
     load = f"{pipeline}.from_pretrained({config.model.pretrained!r}, torch_dtype=torch.{config.model.dtype})"
     out = [_front_matter(config), f"# {run_id}: LoRA adapter after {label} of {config.rounds}", "", summary, "",
            "## Use", "", "```python", "import torch", f"from diffusers import {pipeline}", "", f"pipe = {load}",
