@@ -9,11 +9,12 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from dgrpo import artifacts
+from dgrpo.config import load_config
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_sd3_pipeline
 from dgrpo.models.trajectories import sample_ode
 from dgrpo.runtime.engine import run_inprocess
-from dgrpo.runtime.export import WEIGHTS_NAME
+from dgrpo.runtime.export import WEIGHTS_NAME, front_matter
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND
@@ -128,3 +129,10 @@ def test_export_refuses_the_base_model_an_unknown_round_and_a_used_folder(fine_t
     result = _export(store, tmp_path / "used")
     assert result.exit_code == 1 and "not an empty directory" in result.output
     assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["keep.txt"]
+
+
+def test_front_matter_names_a_hub_base_model():
+    cfg = load_config("configs/sd35m-flowgrpo.yaml")
+    card = ModelCard(front_matter(cfg) + "\n# card\n")
+    assert card.data.base_model == cfg.model.pretrained and card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "text-to-image" and card.data.get("license") is None

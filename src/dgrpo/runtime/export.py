@@ -179,7 +179,7 @@ def _check_metadata(weights: bytes, ref: ArtifactRef) -> None:
                          "diffusers could not rebuild its rank and alpha (written by an older dgrpo?)")
 
 
-def _front_matter(config: RunConfig) -> str:
+def front_matter(config: RunConfig) -> str:
     """The Hub's model card metadata; a local base path is no Hub id, so it is left as a comment to fill in."""
     from huggingface_hub import ModelCardData
 
@@ -210,7 +210,7 @@ def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: di
                + (" These are the trained weights; the evaluations below scored their EMA."
                   if evaluated_uses_ema(config) and not ema else ""))
     load = f"{pipeline}.from_pretrained({config.model.pretrained!r}, torch_dtype=torch.{config.model.dtype})"
-    out = [_front_matter(config), f"# {run_id}: LoRA adapter after {label} of {config.rounds}", "", summary, "",
+    out = [front_matter(config), f"# {run_id}: LoRA adapter after {label} of {config.rounds}", "", summary, "",
            "## Use", "", "```python", "import torch", f"from diffusers import {pipeline}", "", f"pipe = {load}",
            "pipe.load_lora_weights(\"path/to/this/folder\")", "```", ""]
     out += _evaluation_section(chosen, evaluation, base_eval, grid)
@@ -268,6 +268,5 @@ def _short(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-__all__ = ["DIFFUSERS_KINDS", "WEIGHTS_NAME", "Chosen", "adapter_chain", "choose", "export", "model_card",
-           "non_default_fields", "round_label", "run_config"]
-
+__all__ = ["DIFFUSERS_KINDS", "WEIGHTS_NAME", "Chosen", "adapter_chain", "choose", "ema_adapter", "evaluated_uses_ema",
+           "export", "front_matter", "model_card", "non_default_fields", "run_config"]
