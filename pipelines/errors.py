@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - an older typer on click itself
     from click import exceptions as click_errors
 
 from dgrpo.environment import check_environment
+from dgrpo.runtime import termination
 from dgrpo.store import redact
 
 _TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
@@ -107,7 +108,7 @@ class OneLineErrors(TyperGroup):
             raise typer.Exit(_reader_gone()) from exc
         except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
             report(exc, _debug(), as_json)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(termination.EXIT_CODE if isinstance(exc, termination.Terminated) else 1) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
