@@ -21,6 +21,7 @@ last commit (an iteration cannot pass artifacts to the next), and the round trav
 single list output, conditions read a single bool output, and no task-output parameter enters a loop.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +65,14 @@ def build_pipeline(config: RunConfig):
     def light_task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         return configure(task, light(k8s), k8s).set_display_name(name)
 
-    def swapped_step(step: RoundStep, shard: Any, tables: dict, ids: dict, common: dict, state) -> dict:
+    def swapped_step(step: RoundStep, shard: Any, tables: Callable[[], dict], ids: dict, common: dict, state
+                     ) -> dict:
         """A team's component between Parquet exports of its inputs and the import that checks its output."""
         kinds = {p.name: p.kind for p in stage_spec(step.stage).reads}
         exports = {name: light_task(exchange.export_table(**ids, contract=kinds[name], state=state, part=table)
                                     if step.sharded else
                                     exchange.export_shards(**ids, contract=kinds[name], state=state, parts=table),
-                                    f"export {name}") for name, table in tables.items()}
+                                    f"export {name}") for name, table in tables().items()}
         comp = swaps[step.stage]
         declared = set(comp.component_spec.inputs or {})
         params = {"round_index": next(iter(exports.values())).outputs["Output"], "shard_index": shard or 0,
@@ -78,18 +80,19 @@ def build_pipeline(config: RunConfig):
         ext = stage_task(comp(**{k: t.outputs["table"] for k, t in exports.items()},
                               **{k: v for k, v in params.items() if k in declared}),
                          step.stage, f"{step.stage} ({image_of(comp)})")
-        return {name: light_task(IMPORTERS[name](**common, image=image_of(comp), state=state, **tables,
+        return {name: light_task(IMPORTERS[name](**common, image=image_of(comp), state=state, **tables(),
                                                  table=ext.outputs[name]), f"import {name}").outputs[name]
                 for name in step.outputs}
 
-    def round_step(step: RoundStep, shard: Any, tables: dict, ids: dict, common: dict, state
+    def round_step(step: RoundStep, shard: Any, tables: Callable[[], dict], ids: dict, common: dict, state
                    ) -> tuple[dict, dsl.PipelineTask | None]:
+        """The step's task (or a swapped stage's tasks); `tables()` binds its inputs afresh for each consumer."""
         if step.stage in swaps:
             return swapped_step(step, shard, tables, ids, common, state), None
         comp = STAGE_COMPONENTS[step.stage]
         declared = set(comp.component_spec.inputs or {})
         params = {"shard_index": shard, "shard_count": shards} if step.sharded else {}
-        task = stage_task(comp(**common, state=state, **tables, **{k: v for k, v in params.items() if k in declared}),
+        task = stage_task(comp(**common, state=state, **tables(), **{k: v for k, v in params.items() if k in declared}),
                           step.stage, step.stage)
         return {name: task.outputs[name] for name in step.outputs}, task
 
@@ -100,18 +103,20 @@ def build_pipeline(config: RunConfig):
         def bound(step: RoundStep) -> dict:  # kfp's compiler rewrites a Collected it compiles: one per consumer
             return {n: dsl.Collected(produced[n]) if n in fanned else produced[n] for n in step.inputs}
 
+        def in_shard(step: RoundStep, own: dict) -> Callable[[], dict]:  # a step inside the shard loop
+            return lambda: {n: own[n] if n in own else bound(step)[n] for n in step.inputs}
+
         last = None
         for sharded, steps in spans():
             if not sharded:
                 for step in steps:
-                    outs, last = round_step(step, None, bound(step), ids, common, state)
+                    outs, last = round_step(step, None, lambda step=step: bound(step), ids, common, state)
                     produced |= outs
                 continue
             with dsl.ParallelFor(list(range(shards)), parallelism=config.pipeline.parallelism) as shard:
                 own: dict = {}
                 for step in steps:
-                    tables = {n: own[n] if n in own else bound(step)[n] for n in step.inputs}
-                    own |= round_step(step, shard, tables, ids, common, state)[0]
+                    own |= round_step(step, shard, in_shard(step, dict(own)), ids, common, state)[0]
             produced |= own
             fanned |= set(own)
         return last

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import small_config
 from dgrpo_pipelines.cli import app
+from dgrpo_pipelines.kubernetes import CONTROL_RESOURCES, LIGHT_TASK_RETRIES
 from dgrpo_pipelines.training import compile_pipeline
 from typer.testing import CliRunner
 
@@ -59,18 +60,22 @@ def test_cluster_pipeline_carries_every_kubernetes_setting(tmp_path):
         stage, label = name.split("-")[0], _executor(spec, task)
         container, k8s = executors[label]["container"], platform[label]
         env = {e["name"]: e["value"] for e in container["env"]}
+        gpus = {"rollout": "2", "update": "8"}.get(stage)
         assert env == {"HF_HOME": "/models/huggingface", "TORCH_HOME": "/models/torch", "DGRPO_MODEL_CACHE": "/models",
-                       "HF_HUB_OFFLINE": "1"}, name
+                       "HF_HUB_OFFLINE": "1"} | ({"DGRPO_EXPECT_GPUS": gpus} if gpus else {}), name
         assert k8s["pvcMount"][0]["constant"] == "dgrpo-model-cache" and k8s["pvcMount"][0]["mountPath"] == "/models"
         assert k8s["secretAsEnv"][0]["secretName"] == "dgrpo-s3"
         assert {(e["secretKey"], e["envVar"]) for e in k8s["secretAsEnv"][0]["keyToEnv"]} == {
             ("access-key", "AWS_ACCESS_KEY_ID"), ("secret-key", "AWS_SECRET_ACCESS_KEY")}
         assert k8s["nodeSelector"]["labels"]["pool"] == "training"
-        assert container["resources"]["resourceCpuRequest"] == "2"
-        assert container["resources"]["resourceMemoryRequest"] == "8Gi"
+        bookkeeping = stage in light  # the control image's small pod, retried at least LIGHT_TASK_RETRIES times
+        assert container["resources"]["resourceCpuRequest"] == (CONTROL_RESOURCES["cpu_request"] if bookkeeping
+                                                                 else "2"), name
+        assert container["resources"]["resourceMemoryRequest"] == (CONTROL_RESOURCES["memory_request"]
+                                                                    if bookkeeping else "8Gi"), name
         caching = task.get("cachingOptions", {}).get("enableCache", False)
         assert caching == (stage in ("reward", "cluster")), f"{name}: caching {caching}"
-        assert task["retryPolicy"]["maxRetryCount"] == 2, name
+        assert task["retryPolicy"]["maxRetryCount"] == (max(2, LIGHT_TASK_RETRIES) if bookkeeping else 2), name
         gpus = {"rollout": "2", "update": "8"}.get(stage)
         assert container["resources"].get("accelerator", {}).get("resourceCount") == gpus, name
         if gpus:
