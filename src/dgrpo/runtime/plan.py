@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
-from dgrpo.contracts.tables import CONTRACTS
+from dgrpo.runtime.rounds import ROUND
 from dgrpo.runtime.workflow_size import WORKFLOW_BUDGET_BYTES, Segment, SizeModel, Task, size_model
 
 
@@ -45,31 +45,30 @@ FUSED_TASKS = ("open_segment", "train_segment", "finish_segment")
 
 
 def round_tasks(config: RunConfig) -> list[Task]:
-    """The container tasks of one staged round's body, without its evaluation, from the stage table: begin_round,
-    then each round stage in order (per shard when sharded), a swapped stage as an export task per table it reads,
-    the team's component and an import task per table it writes. A stage reads every shard of a sharded stage's
-    table (`dsl.Collected`) when it is not sharded itself."""
+    """The container tasks of one staged round's body, without its evaluation, from the round shape
+    (`dgrpo.runtime.rounds.ROUND`, which the pipeline factory builds from too): begin_round, then each step (per
+    shard when sharded), a swapped stage as an export task per table it reads, the team's component and an import
+    task per table it writes. A step reads every shard of a sharded step's table (`dsl.Collected`) when it is not
+    sharded itself."""
     shards = config.pipeline.shards
     swaps = config.pipeline.swaps()
     tasks = [Task("begin_round", None, plain_inputs=1, parameters=3)]
-    produced: dict[str, bool] = {}  # port written earlier in the round -> written per shard
-    for name in ROUND_STAGES:
-        spec = stage_spec(name)
-        per_port = {p.name: shards if produced[p.name] and not spec.sharded else 1
-                    for p in spec.reads if p.name in produced}
+    per_shard: dict[str, bool] = {}  # table written earlier in the round -> written per shard
+    for step in ROUND:
+        name = step.stage
+        per_port = {port: shards if per_shard[port] and not step.sharded else 1 for port in step.inputs}
         published = sum(per_port.values())
         if name in swaps:
-            written = [p for p in spec.writes if p.kind in CONTRACTS]
-            tasks += [Task(f"export_{port}", None, spec.sharded, published_inputs=n, plain_inputs=1, parameters=3)
+            tasks += [Task(f"export_{port}", None, step.sharded, published_inputs=n, plain_inputs=1, parameters=3)
                       for port, n in per_port.items()]
-            tasks.append(Task(f"{name}_custom", name, spec.sharded, plain_inputs=len(per_port),
-                              outputs=len(written), parameters=3))
-            tasks += [Task(f"import_{p.name}", None, spec.sharded, published_inputs=published,
-                           plain_inputs=2, parameters=4) for p in written]
+            tasks.append(Task(f"{name}_custom", name, step.sharded, plain_inputs=len(per_port),
+                              outputs=len(step.outputs), parameters=3))
+            tasks += [Task(f"import_{port}", None, step.sharded, published_inputs=published,
+                           plain_inputs=2, parameters=4) for port in step.outputs]
         else:
-            tasks.append(Task(name, name, spec.sharded, published_inputs=published, plain_inputs=1,
-                              outputs=len(spec.writes) + 1, parameters=5 if spec.sharded else 3))
-        produced |= {p.name: spec.sharded for p in spec.writes}
+            tasks.append(Task(name, name, step.sharded, published_inputs=published, plain_inputs=1,
+                              outputs=len(stage_spec(name).writes) + 1, parameters=5 if step.sharded else 3))
+        per_shard |= {port: step.sharded for port in step.outputs}
     return tasks
 
 
