@@ -95,6 +95,9 @@ def test_an_input_of_another_kind_and_an_event_naming_another_rounds_output_are_
     event = store.get_json("runs/ft/events/r0001-reward.json")
     event["outputs"]["rewards"] = store.get_json("runs/ft/events/r0000-reward.json")["outputs"]["rewards"]
     store.put_json("runs/ft/events/r0001-reward.json", event)
+    evaluation = store.get_json("runs/ft/events/r0002-evaluate.json")  # a model that did not change draws the same
+    evaluation["outputs"]["grid"] = store.get_json("runs/ft/events/r0000-evaluate.json")["outputs"]["grid"]  # grid
+    store.put_json("runs/ft/events/r0002-evaluate.json", evaluation)
     problems = verify_run(store, "ft").problems
     assert len(problems) == 2, problems
     assert (f"lineage record {key} (lora_adapter of update round 1): input 'scores' {rewards.sha256[:12]} is the "

@@ -26,6 +26,9 @@ _PREVIOUS_ROUND = {"adapter": "update", "optimizer_state": "update", "ema_state"
 """Inputs carried from the update of the round before: what round r starts from (the evaluation numbered r, taken
 after r rounds, evaluates the update of round r-1 as well)."""
 _NO_ROUND = {"base_model": "base_model", "config": "config"}
+_ROUNDLESS_BYTES = {"eval_grid"}
+"""Kinds whose bytes do not hold their round (an evaluation grid is pixels only): a model that did not change draws
+the same grid, and its content-addressed lineage record names the evaluation that drew it first."""
 _COMMIT = re.compile(r"/commits/r(\d+)\.json$")
 
 
@@ -172,7 +175,9 @@ def _run_record_problems(run_records: dict[str, Any], records: dict[str, lineage
             continue
         for name, ref in sorted(data["outputs"].items()):
             rec = records.get(ref.get("sha256")) if isinstance(ref, dict) else None
-            if rec is not None and (rec.stage, rec.round) != (data.get("stage"), data.get("round")):
+            if rec is None or (rec.kind in _ROUNDLESS_BYTES and rec.stage == data.get("stage")):
+                continue
+            if (rec.stage, rec.round) != (data.get("stage"), data.get("round")):
                 problems.append(f"{key}: its output '{name}' {rec.sha256[:12]} was written by {rec.stage} round "
                                 f"{rec.round}, not by the {data.get('stage')} of round {data.get('round')}")
     return problems
@@ -225,7 +230,8 @@ def _gap_problems(commits: dict[str, dict], run_records: dict[str, Any], run_id:
     for key, data in sorted(run_records.items()):
         if not isinstance(data, dict):
             continue
-        if "/segments/" in key and data.get("finished_at") and isinstance(data.get("progress"), int):
+        if ("/segments/" in key and data.get("finished_at") and isinstance(data.get("progress"), int)
+                and isinstance(data.get("start_round"), int)):
             for r in range(int(data["start_round"]), int(data["start_round"]) + data["progress"]):
                 done.setdefault(r, f"{key} (segment {data.get('segment')}, {data['progress']} rounds from round "
                                    f"{data['start_round']})")
@@ -235,7 +241,8 @@ def _gap_problems(commits: dict[str, dict], run_records: dict[str, Any], run_id:
     problems = []
     for r in range(first, last + 1):
         if r not in committed:
-            why = f"{done[r]} says it was committed" if r in done else f"round {max(committed)} is committed"
+            why = (f"{done[r]} says it was committed" if r in done else
+                   f"round {last} is {'committed' if last in committed else 'done'}")
             problems.append(f"runs/{run_id}/commits: no commit record of round {r} (commits run without a gap from "
                             f"round {first}); {why}")
     problems += [f"runs/{run_id}/commits/r{r:06d}.json: round {r} is before the fine-tune's first round {first}"
