@@ -59,6 +59,11 @@ StoreOpt = Annotated[str, typer.Option("--store", help="Store URI (a directory o
                                        envvar="DGRPO_STORE")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the toy world).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.path=YAML value.")]
+DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "toy.yaml"
+"""What `dgrpo run` trains without --config: the shipped toy preset, the one `make run` trains (one toy recipe, one
+name), not the bare field defaults, whose held-out split and learning rate the presets correct."""
+RunConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the shipped "
+                                                                          "configs/toy.yaml).")]
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -107,7 +112,7 @@ def _run_id(value: str | None, option: str) -> str | None:
 
 
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None,
+def run(config: RunConfigOpt = None, set_: SetOpt = None,
         output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
         store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).",
                                                   envvar="DGRPO_STORE")] = None,
@@ -126,7 +131,10 @@ def run(config: ConfigOpt = None, set_: SetOpt = None,
 
     if engine not in ENGINES:  # before anything is loaded or stored
         raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
-    cfg = _config(config, set_)
+    if config is None and not DEFAULT_RUN_CONFIG.is_file():
+        raise typer.BadParameter(f"no --config given and the default {DEFAULT_RUN_CONFIG} is missing (dgrpo is "
+                                 "installed without its configs/ folder): pass --config", param_hint="--config")
+    cfg = _config(config or DEFAULT_RUN_CONFIG, set_)
     run_id = _run_id(run_id, "--run-id") or _run_id(resume, "--resume") or new_run_id(cfg)
     store_uri = store or str((output / "store").resolve())
     ctx = open_context(cfg, store_uri, run_id)

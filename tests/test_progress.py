@@ -86,3 +86,29 @@ def test_a_new_segment_raises_the_total_and_keeps_what_is_done():
             bar.set_rounds(7, 6)
     with pytest.raises(ValueError, match="11 rounds done of 10"):
         FineTuneProgress(11, 10, 4, console)
+
+
+def test_dgrpo_run_without_config_trains_the_shipped_toy_preset(monkeypatch):
+    """One toy recipe under one name: `dgrpo run` with no --config is `make run`'s configs/toy.yaml, recipe for
+    recipe (not the bare field defaults, whose learning rate and held-out split differ)."""
+    from pathlib import Path
+
+    import dgrpo_pipelines.local as local
+    from dgrpo_pipelines.cli import DEFAULT_RUN_CONFIG, app
+    from typer.testing import CliRunner
+
+    from dgrpo.config import load_config
+
+    seen = []
+
+    def stop_here(cfg, *_args, **_kwargs):
+        seen.append(cfg)
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(local, "open_context", stop_here)
+    result = CliRunner().invoke(app, ["run", "--engine", "inprocess"])
+    assert len(seen) == 1 and "stopped before training" in result.output, result.output
+    shipped = load_config(Path(__file__).resolve().parent.parent / "configs" / "toy.yaml")
+    assert DEFAULT_RUN_CONFIG.samefile(Path(__file__).resolve().parent.parent / "configs" / "toy.yaml")
+    assert seen[0].recipe_sha256() == shipped.recipe_sha256() and seen[0].name == shipped.name == "toy"
+    assert shipped.recipe_sha256() != load_config(None).recipe_sha256()  # the defaults alone are another recipe
