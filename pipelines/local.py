@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from dgrpo_pipelines.progress import pipeline_order
 from dgrpo_pipelines.training import build_pipeline
 from kfp import local
 
@@ -45,7 +46,8 @@ class EventWatcher(threading.Thread):
         self.done = threading.Event()
 
     def poll(self) -> None:
-        for key in self.ctx.store.list(run_key(self.ctx.run_id, "events")):
+        # one poll may find several stages done: report them in the order they ran, not the keys' order
+        for key in sorted(self.ctx.store.list(run_key(self.ctx.run_id, "events")), key=pipeline_order):
             if key not in self.seen:
                 self.seen.add(key)
                 event = self.ctx.store.get_json(key)

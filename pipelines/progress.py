@@ -7,6 +7,7 @@ and the stage events of the round in flight fill in the fraction, so the bar nev
 (it starts at the rounds already done) and the ETA is that of the rounds left.
 """
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from dgrpo.config import RunConfig
 from dgrpo.runtime.plan import training_plan
+from dgrpo.runtime.report.summary import evaluation_label
 
 SHOWN = ("reward_mean", "policy_loss", "approx_kl", "ratio_std", "reward", "vendi", "mode_entropy")
 """Metrics printed on a stage's line, where the stage reports them."""
+
+PIPELINE_ORDER = ("evaluate", "rollout", "reward", "cluster", "update")
+"""The stages of a round in the order they run; an evaluation of round r (r rounds done) precedes round r's rollout."""
 
 IN_ROUND_CAP = 0.95
 """The share of a round its stage events may fill in: the round counts as done only when its update commits."""
@@ -73,7 +78,10 @@ class FineTuneProgress:
         if self.log_stages:
             shown = "  ".join(f"{k} {event['metrics'][k]:.4g}" for k in SHOWN if k in event.get("metrics", {}))
             shard = f" shard {event['shard']}" if "shard" in event else ""
-            self.progress.console.print(f"round {r:>4} {stage:<9}{shard:<9} {shown}", highlight=False)
+            # one numbering: the k-th training round is "round k" (events count from 0), an evaluation is named by
+            # the rounds done before it ("base" for none)
+            where = f"{evaluation_label(r):<10}" if stage == "evaluate" else f"round {r + 1:>4}"
+            self.progress.console.print(f"{where} {stage:<9}{shard:<9} {shown}", highlight=False)
         self._refresh()
 
     def _completed(self) -> float:
@@ -85,7 +93,7 @@ class FineTuneProgress:
 
     def _description(self) -> str:
         if self.stage == "evaluate":
-            return f"evaluate after round {self.round}"
+            return f"evaluate {evaluation_label(self.round)}"
         current = min(self.done + 1, self.total)
         return f"round {current}/{self.total} {self.stage}"
 
@@ -105,3 +113,16 @@ class FineTuneProgress:
 def stages_per_round(config: RunConfig) -> int:
     """Stage events one training round emits: one per shard of a sharded stage, one per other stage."""
     return sum(t.shards for t in training_plan(config) if t.round == 0 and t.stage != "evaluate")
+
+
+EVENT_KEY = re.compile(r"r(?P<round>\d+)-(?P<stage>[a-z_]+?)(?:-s(?P<shard>\d+))?\.json$")
+
+
+def pipeline_order(key: str) -> tuple:
+    """Sort key of an event record's store key (`r0003-reward-s001.json`): by round, then stage in the order the
+    pipeline runs them (not the keys' alphabetical order, which puts cluster before rollout), then shard. A key of
+    another form sorts last, by name."""
+    match = EVENT_KEY.match(key.rsplit("/", 1)[-1])
+    if match is None or match["stage"] not in PIPELINE_ORDER:
+        return (1, 0, 0, 0, key)
+    return (0, int(match["round"]), PIPELINE_ORDER.index(match["stage"]), int(match["shard"] or 0), key)

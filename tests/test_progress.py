@@ -1,10 +1,11 @@
 """The fine-tune's progress display: one task across rounds and segments, right after a resume, with an ETA."""
 
 import io
+import re
 
 import pytest
 from conftest import small_config
-from dgrpo_pipelines.progress import IN_ROUND_CAP, FineTuneProgress, stages_per_round
+from dgrpo_pipelines.progress import IN_ROUND_CAP, FineTuneProgress, pipeline_order, stages_per_round
 from rich.console import Console
 
 
@@ -56,7 +57,8 @@ def test_a_resumed_fine_tune_counts_from_its_done_rounds_and_never_past_its_tota
     # within a round the stage events fill in the fraction, up to IN_ROUND_CAP before the update commits it
     assert seen[:6] == pytest.approx([10 + k / 6 for k in range(1, 6)] + [11])
     text = out.getvalue()
-    assert "15/15 rounds" in text and "round   14 update" in text and "ratio_std 0.002" in text
+    assert "15/15 rounds" in text and "round   15 update" in text and "ratio_std 0.002" in text
+    assert "after round 15 evaluate" in text
     for wrong in ("16/15", "11/10", "/10 rounds"):
         assert wrong not in text
 
@@ -112,3 +114,30 @@ def test_dgrpo_run_without_config_trains_the_shipped_toy_preset(monkeypatch):
     assert DEFAULT_RUN_CONFIG.samefile(Path(__file__).resolve().parent.parent / "configs" / "toy.yaml")
     assert seen[0].recipe_sha256() == shipped.recipe_sha256() and seen[0].name == shipped.name == "toy"
     assert shipped.recipe_sha256() != load_config(None).recipe_sha256()  # the defaults alone are another recipe
+
+
+def test_the_base_evaluation_is_called_base_and_rounds_count_from_one():
+    console, out = _console()
+    with FineTuneProgress(0, 2, 4, console) as bar:
+        bar.on_event({"stage": "evaluate", "round": 0, "metrics": {"vendi": 4.5}})
+        assert bar.progress.tasks[0].description == "evaluate base"
+        for event in _round_events(0, shards=1):
+            bar.on_event(event)
+        bar.on_event({"stage": "evaluate", "round": 1, "metrics": {"vendi": 4.4}})
+        assert bar.progress.tasks[0].description == "evaluate after round 1"
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the live display's cursor codes
+    lines = [line.split()[:3] for line in plain.splitlines() if line.strip() and "ETA" not in line]
+    assert lines[0][:2] == ["base", "evaluate"] and ["round", "1", "update"] in lines
+    assert ["after", "round", "1"] in lines and not any(line[:2] == ["round", "0"] for line in lines)
+
+
+def test_one_polls_events_sort_in_pipeline_order_not_key_order():
+    keys = ["runs/x/events/r0001-evaluate.json", "runs/x/events/r0000-update.json", "runs/x/events/r0000-cluster.json",
+            "runs/x/events/r0000-reward-s001.json", "runs/x/events/r0000-reward-s000.json",
+            "runs/x/events/r0000-rollout-s000.json", "runs/x/events/r0000-evaluate.json",
+            "runs/x/events/r0001-rollout-s000.json"]
+    assert [k.rsplit("/", 1)[1] for k in sorted(keys, key=pipeline_order)] == [
+        "r0000-evaluate.json", "r0000-rollout-s000.json", "r0000-reward-s000.json", "r0000-reward-s001.json",
+        "r0000-cluster.json", "r0000-update.json", "r0001-evaluate.json", "r0001-rollout-s000.json"]
+    assert sorted(keys)[1] == "runs/x/events/r0000-evaluate.json"  # the key order, for contrast: cluster first
+    assert sorted(keys)[0].endswith("r0000-cluster.json")

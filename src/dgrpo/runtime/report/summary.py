@@ -8,6 +8,12 @@ from dgrpo.store import ArtifactStore
 SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
 
 
+def evaluation_label(rounds_done: int) -> str:
+    """An evaluation's name: evaluations count rounds done, so round 0 is the base model, "base", and round r is
+    "after round r" (training rounds are numbered from 1 wherever they are shown)."""
+    return "base" if rounds_done == 0 else f"after round {rounds_done}"
+
+
 def load_events(store: ArtifactStore, run_id: str) -> list[dict]:
     return [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
 
