@@ -25,8 +25,16 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
         raise ValueError(f"run {run_id}: no evaluation recorded in {store.uri}")
     rewards = round_means([e for e in events if e["stage"] == "reward"])
     updates = [e for e in events if e["stage"] == "update"]
+    from dgrpo.runtime.report.headline import build_headline, run_config  # headline reads configs: not at import
+
+    config = run_config(store, run_id)
+    headline = build_headline(store, run_id, [e["metrics"] for e in evals], config)
+    eval_record = store.get_json(f"runs/{run_id}/eval/r{evals[-1]['round']:04d}.json") \
+        if store.exists(f"runs/{run_id}/eval/r{evals[-1]['round']:04d}.json") else {}
     report = {
-        "run_id": run_id, "store": store.uri,
+        "run_id": run_id, "store": store.uri, "headline": headline.line(), "verdict": headline.verdict,
+        "rewards": {"training": config.reward.name if config is not None else None,
+                    "evaluation": eval_record.get("reward")},
         "evaluations": [{"round": e["round"], **e["metrics"], "grid": e["outputs"]["grid"]["uri"]} for e in evals],
         "training_reward_by_round": rewards,
         "first": {"round": evals[0]["round"], **evals[0]["metrics"]},
@@ -50,17 +58,29 @@ def round_means(reward_events: list[dict]) -> dict[int, float]:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"# dgrpo run {report['run_id']}", "", "| after round | " + " | ".join(SHOWN) + " |",
-             "|---|" + "---|" * len(SHOWN)]
+    rewards = report.get("rewards") or {}
+    lines = [f"# dgrpo run {report['run_id']}", ""]
+    if report.get("headline"):
+        lines += [f"**{report['headline']}**", ""]
+    lines += ["| evaluation | " + " | ".join(SHOWN) + " |", "|---|" + "---|" * len(SHOWN)]
     for e in report["evaluations"]:
-        lines.append(f"| {e['round']} | " + " | ".join(f"{e[k]:.3f}" if k in e else "-" for k in SHOWN) + " |")
-    lines += ["", "Training reward (mean over the round's rollouts): "
-              + ", ".join(f"r{r}: {v:.3f}" for r, v in sorted(report["training_reward_by_round"].items(),
-                                                              key=lambda kv: int(kv[0])))]
+        lines.append(f"| {evaluation_label(e['round'])} | "
+                     + " | ".join(f"{e[k]:.3f}" if k in e else "-" for k in SHOWN) + " |")
+    evaluation = rewards.get("evaluation")
+    lines += ["", f"Evaluation reward: `{evaluation['name']}`: {evaluation['why']}." if evaluation
+              else "Evaluation reward: not recorded (a run older than the record)."]
+    training = f"`{rewards['training']}` (reward.name)" if rewards.get("training") else "the training reward"
+    # rounds shown from 1: the reward of round k is that of the rollouts the k-th update trained on
+    lines += ["", f"Training reward {training}, mean over the round's rollouts: "
+              + ", ".join(f"round {int(r) + 1}: {v:.3f}" for r, v in sorted(report["training_reward_by_round"].items(),
+                                                                          key=lambda kv: int(kv[0])))]
+    if evaluation and rewards.get("training") and evaluation["name"] != rewards["training"]:
+        lines += ["", f"The evaluation table used another reward (`{evaluation['name']}`) than training "
+                      f"(`{rewards['training']}`): the two are not on one scale."]
     if report["final_adapter"]:
         lines += ["", f"Final LoRA adapter: {report['final_adapter']['uri']}",
                   f"Lineage: dgrpo lineage {report['final_adapter']['sha256']} --store {report['store']}"]
-    lines += ["", "Image grids:"] + [f"- after round {e['round']}: {e['grid']}" for e in report["evaluations"]]
+    lines += ["", "Image grids:"] + [f"- {evaluation_label(e['round'])}: {e['grid']}" for e in report["evaluations"]]
     return "\n".join(lines) + "\n"
 
 
@@ -68,8 +88,9 @@ def summary_lines(report: dict) -> list[str]:
     def fmt(point: dict) -> str:
         return ", ".join(f"{k} {point[k]:.3f}" for k in SHOWN if k in point)
 
-    return [f"first (after round {report['first']['round']}): {fmt(report['first'])}",
-            f"last  (after round {report['last']['round']}): {fmt(report['last'])}"]
+    lines = [f"first ({evaluation_label(report['first']['round'])}): {fmt(report['first'])}",
+             f"last  ({evaluation_label(report['last']['round'])}): {fmt(report['last'])}"]
+    return lines + ([f"verdict: {report['verdict']}"] if report.get("verdict") else [])
 
 
 def dumps(report: dict) -> str:
@@ -85,7 +106,9 @@ def evaluation_markdown(record: dict) -> str:
     metrics = record["metrics"]
     keys = [k for k in SHOWN if k in metrics]
     splits = [(name, prefix) for name, prefix in SPLIT_COLUMNS if any(prefix + k in metrics for k in keys)]
+    # the heading keeps the rounds-done number (KFP's Markdown view is parsed by it); round 0 is named as the base
     lines = [f"## Evaluation after round {record['round']}", "",
+             *(["The base model: no training round done yet.", ""] if record["round"] == 0 else []),
              "| measure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(f"{metrics[p + k]:.4f}" if p + k in metrics else "-"
