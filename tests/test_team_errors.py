@@ -55,6 +55,21 @@ def test_a_plugins_error_names_the_stage_the_plugin_and_its_last_line_and_is_per
     assert plugin_of(RuntimeError("dgrpo's own")) is None
 
 
+def test_an_embedder_plugins_error_is_named_as_the_embedders(tmp_path):
+    from dgrpo.embedders import load_embedder
+
+    store = LocalStore(tmp_path / "store")
+    embed = load_embedder("broken_rewards:embedder", cache=False)
+    with pytest.raises(ValueError) as raised:
+        embed(__import__("numpy").zeros((2, 16, 16, 3), "uint8"))
+    seg.record_error(store, "ft", "cluster", raised.value, segment=1, round_index=3)
+    [error] = _errors(store, "ft")
+    assert error["error"].startswith("PluginError: stage cluster of round 3: the embedder plug-in "
+                                     "'broken_rewards:embedder' (config field 'cluster.embedder') failed: ValueError: "
+                                     "expected 224 px images, got 16 px")
+    assert error["permanent"] is True
+
+
 def test_errors_a_retry_repeats_are_permanent_and_transient_ones_are_not():
     for deterministic in (KeyError("reward"), IndexError("list index out of range"), TypeError("x"),
                           ValueError("unknown word 'purple' in caption 'a purple square'"),

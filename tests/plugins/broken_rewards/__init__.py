@@ -31,3 +31,12 @@ def leaks_token(token: str):
 def bad_factory():
     """A TypeError raised inside the factory: the factory's bug, not a misspelled option."""
     return len(None)  # type: ignore[arg-type]
+
+
+def embedder():
+    """An embedder plug-in (`cluster.embedder: broken_rewards:embedder`) that cannot handle the images it gets."""
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        raise ValueError(f"expected 224 px images, got {images.shape[1]} px")
+
+    return embed
