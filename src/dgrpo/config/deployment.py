@@ -80,6 +80,10 @@ class PipelineConfig:
     stages: dict[str, CustomStage | None] = field(default_factory=dict)
     """External components replacing our stages, by stage name (null: ours); only table-in, table-out stages can be
     swapped (reward: reads 'rollouts', writes 'rewards'; cluster: reads 'rollouts' and 'rewards', writes 'scores')."""
+    stage_timeout_s: Annotated[float, Range(gt=0)] | None = None
+    """Time limit of one stage call (a shard of rollout or reward, cluster, update, an evaluation) in every engine:
+    past it the stage fails with one line naming it, as a hung plug-in would otherwise block it forever. None: no
+    limit. On a cluster a pod's own limit is `kubernetes.<stage>.timeout_s`."""
     execution: Literal["staged", "fused"] = "staged"
     """How a segment's rounds run. staged: a KFP task per stage and round (per shard for rollout and reward), each
     its own pod; the stages show one by one in the KFP UI and a team's container can replace one. fused: the

@@ -15,7 +15,7 @@ from dgrpo.runtime import segment
 from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
 from dgrpo.runtime.segment import RoundState
-from dgrpo.runtime.termination import described, sigterm_raises
+from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.shared.ownership import run_key, validate_run_id
 from dgrpo.store import ArtifactRef, ArtifactStore, open_store
@@ -48,7 +48,8 @@ def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = No
             check_gpus()  # a task given GPUs refuses to fall back to the CPU (DGRPO_EXPECT_GPUS)
             round_state = None if state is None else read_state(state)
             ctx = None if round_state is None else segment.context(store, round_state)
-            yield ctx, round_state, store
+            with time_limit(None if ctx is None else ctx.config.pipeline.stage_timeout_s, f"task {name}"):
+                yield ctx, round_state, store
         except BaseException as exc:
             if round_index is None and round_state is not None and len(round_state.rounds) == 1:
                 round_index = round_state.round

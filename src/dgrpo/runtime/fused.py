@@ -24,7 +24,7 @@ from dgrpo.models import resident_models
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.rounds import OnStep, StepCall, run_round
-from dgrpo.runtime.termination import described, sigterm_raises
+from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.store import ArtifactStore, open_store
@@ -109,14 +109,15 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
         if on_step:
             on_step(stage, round_index, shard)
 
-    many = processes.world > 1
+    many, limit = processes.world > 1, ctx.config.pipeline.stage_timeout_s
     try:
         with sigterm_raises(), resident_models():  # the base weights load once a segment, not once a stage and round
             if base_due:
                 step("evaluate", state.round, None)
                 where["round"] = None
                 if processes.main:
-                    review.evaluate(ctx, state, after_update=False)
+                    with time_limit(limit, "evaluate of the base model"):
+                        review.evaluate(ctx, state, after_update=False)
                 processes.barrier()
             for r in state.rounds:
                 step("begin_round", r, None)
@@ -128,8 +129,9 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                     step("evaluate", r, None)
                     if processes.main:
                         done = trained_state(store, state.run_id)
-                        review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
-                                        optimizer_state=done.optimizer_state)
+                        with time_limit(limit, f"evaluate after round {r}"):
+                            review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
+                                            optimizer_state=done.optimizer_state)
                     processes.barrier()
                 if on_round:
                     on_round(r)

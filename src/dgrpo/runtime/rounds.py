@@ -14,6 +14,7 @@ from itertools import groupby
 from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
 from dgrpo.contracts.tables import CONTRACTS
 from dgrpo.runtime.segment import RoundState
+from dgrpo.runtime.termination import time_limit
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.store import ArtifactRef
 
@@ -97,10 +98,10 @@ def run_round(ctx: StageContext, state: RoundState, *, on_step: OnStep | None = 
 
     The fused pod's processes (`dgrpo.runtime.fused`) pass their own `calls` for the unsharded steps,
     `shard_indices(shards)` to pick the shards this process runs (all by default), and `gather` to merge every
-    process's shards before an unsharded step.
+    process's shards before an unsharded step. Each call is bounded by pipeline.stage_timeout_s.
     """
     calls = STEP_CALLS | (calls or {})
-    shards = ctx.config.pipeline.shards
+    shards, limit = ctx.config.pipeline.shards, ctx.config.pipeline.stage_timeout_s
     mine = shard_indices(shards) if shard_indices else list(range(shards))
     tables: Tables = {}
     for sharded, steps in spans():
@@ -109,7 +110,8 @@ def run_round(ctx: StageContext, state: RoundState, *, on_step: OnStep | None = 
                 if on_step:
                     on_step(step.stage, state.round, None)
                 bound = {name: tables[name] for name in step.inputs}
-                result = calls[step.stage](ctx, state, shard=0, shards=1, **bound)
+                with time_limit(limit, f"{step.stage} of round {state.round}"):
+                    result = calls[step.stage](ctx, state, shard=0, shards=1, **bound)
                 tables |= {name: result.outputs[name] for name in step.outputs}
             continue
         per_shard: dict[int, Tables] = {}
@@ -119,7 +121,8 @@ def run_round(ctx: StageContext, state: RoundState, *, on_step: OnStep | None = 
                 if on_step:
                     on_step(step.stage, state.round, i)
                 bound = {name: own[name] if name in own else tables[name] for name in step.inputs}
-                result = calls[step.stage](ctx, state, shard=i, shards=shards, **bound)
+                with time_limit(limit, f"{step.stage} of round {state.round} (shard {i})"):
+                    result = calls[step.stage](ctx, state, shard=i, shards=shards, **bound)
                 own |= {name: result.outputs[name] for name in step.outputs}
             per_shard[i] = own
         if gather:

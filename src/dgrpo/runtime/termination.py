@@ -1,8 +1,10 @@
-"""SIGTERM as an error a segment records: a pod's eviction, a node drain and a spot preemption all send it.
+"""Signals as errors a segment records: SIGTERM (a pod's eviction, a node drain, a spot preemption) and a stage's
+time limit (SIGALRM).
 
-Inside `sigterm_raises()` the signal raises `Terminated` in the main thread wherever it is, which the task or the
+Inside `sigterm_raises()` SIGTERM raises `Terminated` in the main thread wherever it is, which the task or the
 fused segment records (stage, segment, round) like any failure and then lets end the process; store writes are
 atomic, so an abandoned write leaves nothing behind. Exit code 143 (128 + SIGTERM), as an unhandled SIGTERM.
+`time_limit()` raises `StageTimeout` the same way once a stage has run past `pipeline.stage_timeout_s`.
 """
 
 import contextlib
@@ -32,6 +34,30 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StageTimeout(RuntimeError):
+    """A stage ran past its time limit (pipeline.stage_timeout_s)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise `StageTimeout` in the block once it has run `seconds` (None: no limit; only in the main thread, and
+    only when the stage's code returns to Python: a call blocked inside C finishes first)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise StageTimeout(f"{what} ran past pipeline.stage_timeout_s ({seconds:g} s)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def described(exc: BaseException, task: str, round_index: int | None) -> BaseException:
