@@ -14,10 +14,12 @@ from conftest import small_config
 from dgrpo_pipelines.cli import app
 from typer.testing import CliRunner
 
-from dgrpo.runtime.report import evaluation_markdown, render_html
-from dgrpo.runtime.report.data import load_run
-from dgrpo.runtime.report.plots import pareto_front
-from dgrpo.store import LocalStore, StoreError
+from dgrpo.runtime.report import build_report, evaluation_markdown, render_html
+from dgrpo.runtime.report.data import Evaluation, RunData, TrainingRound, load_run
+from dgrpo.runtime.report.headline import verdict
+from dgrpo.runtime.report.plots import _min_span, pareto_front, update_metric
+from dgrpo.runtime.report.summary import format_report
+from dgrpo.store import ArtifactRef, LocalStore, StoreError
 
 # One round, two evaluations (base and after round 1), on a few images: a run in seconds that writes every record
 # the report reads.
@@ -122,6 +124,22 @@ def test_the_html_report_holds_grids_curves_pareto_lineage_and_recipe(runs):
     recipe = yaml.safe_load(next(t for t in page.text if t.lstrip().startswith("seed:")))
     assert recipe == run.recipe == small_config(**FAST, **{"train.learning_rate": 3e-3}).recipe_dict()
 
+    # the headline: method, state, rounds, engine and the verdict, before the tables
+    headline = next(i for i, (t, a) in enumerate(page.tags) if a.get("class") == "headline")
+    assert headline < next(i for i, (t, _) in enumerate(page.tags) if t == "table")
+    assert "cluster passthrough, regularizer none" in titles and "done, 1/1 rounds in " in titles
+    assert "in-process engine, staged execution" in titles and "Verdict:" in titles and run.headline.verdict in titles
+    # the base model is called base, in the summary table and the grid captions
+    assert page.text.count("base") >= 2 and "after round 0" not in titles
+    assert [a["alt"] for a in grids] == ["evaluation grid base", "evaluation grid after round 1"]
+    # no flat-zero KL or SA-Reg panel for a recipe without a regulariser
+    assert "KL to the base model" not in titles and "SA-Reg" not in titles
+    # the recipe: its non-default fields in a table (eval.every 1 is set, seed 0 is the default), the rest folded
+    recipe_table = page.text[page.text.index("field", page.text.index("Recipe")):]
+    shown = recipe_table[:recipe_table.index(next(t for t in recipe_table if "the whole recipe" in t))]
+    assert "eval.every" in shown and "train.learning_rate" in shown and "seed" not in shown
+    assert "the whole recipe, defaults included" in titles and "lora.rank" not in shown
+
 
 def test_several_runs_overlay_and_their_recipes_are_compared(runs):
     store = LocalStore(runs / "store")
@@ -133,8 +151,10 @@ def test_several_runs_overlay_and_their_recipes_are_compared(runs):
     # the legend of the curves names both runs; the recipe table shows the one differing field
     assert text.count("alpha (held-out)") >= 5 and text.count("beta (held-out)") >= 5
     differ = page.text[page.text.index("Where the recipes differ:"):]
-    assert [t for t in differ[1:differ.index("alpha: config " + load_run(store, "alpha").config_sha256[:12])]
-            if t.strip()] == ["field", "alpha", "beta", "train.learning_rate", "0.003", "0.01"]
+    end = next(i for i, t in enumerate(differ) if t.startswith("alpha: config "
+                                                                + load_run(store, "alpha").config_sha256[:12]))
+    assert [t for t in differ[1:end] if t.strip()] == ["field", "alpha", "beta", "train.learning_rate", "0.003",
+                                                       "0.01"]
 
 
 def test_cli_writes_the_overlay_report_and_names_a_missing_run(runs, tmp_path):
@@ -172,6 +192,55 @@ def test_text_from_the_store_is_escaped(runs):
         store.put_json(key, record)
     assert "a green <b>cross</b> & <script>alert(1)</script> (held out)" in page.text
     assert not page.all("b") and not page.all("script")
+
+
+def test_the_markdown_report_has_the_headline_base_and_the_rewards_it_used(runs):
+    store = LocalStore(runs / "store")
+    report = build_report(store, "alpha")
+    text = format_report(report)
+    assert text.splitlines()[2].startswith("**toy-flowgrpo: cluster passthrough") and "Verdict: " in text
+    assert "| base | " in text and "| after round 1 | " in text and "| 0 | " not in text
+    assert "Evaluation reward: `toy`: the training reward (reward.name)" in text
+    assert "Training reward `toy` (reward.name), mean over the round's rollouts: round 1: " in text
+    assert "another reward" not in text
+    # an evaluation scored by another reward than training says so
+    other = report | {"rewards": {"training": "toy", "evaluation": {"name": "pickscore", "why": "eval.reward"}}}
+    assert "The evaluation table used another reward (`pickscore`) than training (`toy`)" in format_report(other)
+
+
+def test_the_verdict_follows_its_stated_rule():
+    base = {"reward": 0.50, "mode_entropy": 0.96, "vendi": 4.5}
+    assert verdict(base, {"reward": 0.71, "mode_entropy": 0.80, "vendi": 4.4}) == \
+        "reward +0.21 while mode entropy fell 0.96 -> 0.8: diversity collapsing"
+    assert verdict(base, {"reward": 0.60, "mode_entropy": 0.95, "vendi": 3.0}).endswith(": held")  # entropy first
+    assert verdict(base, {"reward": 0.505, "mode_entropy": 0.96}).endswith("no clear change yet")
+    assert verdict(base, {"reward": 0.50, "mode_entropy": 0.5}).endswith("diversity lost without a quality gain")
+    assert verdict({"quality": 0.4, "vendi": 4.0}, {"quality": 0.3, "vendi": 4.0}).endswith("quality fell")
+    assert verdict(base, base) == "only the base model evaluated: nothing to compare yet"
+
+
+def test_plot_ranges_do_not_magnify_noise():
+    limits = []
+    _min_span([0.3000, 0.3004], lambda lo, hi: limits.append((lo, hi)))  # a 0.0004 wiggle on a 0-1 measure
+    assert limits[-1][1] - limits[-1][0] == pytest.approx(0.05) and sum(limits[-1]) / 2 == pytest.approx(0.3002)
+    _min_span([4.40, 4.50], lambda lo, hi: limits.append((lo, hi)))  # a Vendi score: 10% of the value
+    assert limits[-1][1] - limits[-1][0] == pytest.approx(0.45)
+    _min_span([0.1, 0.9], lambda lo, hi: limits.append((lo, hi)))  # a real change keeps matplotlib's fit
+    assert len(limits) == 2
+
+
+def _run_with_updates(regularizer: str) -> RunData:
+    config = small_config(**{"train.regularizer": regularizer, "train.beta_kl": 0.01 if regularizer == "kl" else 0})
+    ev = Evaluation(0, {"reward": 0.5}, [], ArtifactRef(kind="grid", uri="x", sha256="0" * 64, size=0))
+    training = [TrainingRound(r, 0.5, 0.1, {"kl": 0.0, "sa_reg": 0.0, "ratio_std": 1e-3}) for r in range(3)]
+    return RunData("r", [ev], training, None, [], config.recipe_dict(), None, config=config)
+
+
+def test_kl_and_sa_reg_panels_only_for_a_recipe_that_uses_them():
+    plain, with_kl = _run_with_updates("none"), _run_with_updates("kl")
+    assert update_metric([plain], "kl") is None and update_metric([plain], "sa_reg") is None
+    assert update_metric([plain], "ratio_std") is not None
+    assert "KL to the base model" in update_metric([with_kl], "kl") and update_metric([with_kl], "sa_reg") is None
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():

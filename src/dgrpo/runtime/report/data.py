@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dgrpo import artifacts, lineage
+from dgrpo.config import RunConfig
 from dgrpo.contracts import REWARDS
+from dgrpo.runtime.report.headline import Headline, build_headline, run_config
 from dgrpo.runtime.report.summary import load_events
 from dgrpo.runtime.report.throughput import Throughput, run_throughput
 from dgrpo.stages.shared.run_config import load_config
@@ -51,6 +53,10 @@ class RunData:
     config_sha256: str | None
     throughput: Throughput | None = None
     """Images per second and seconds per round, from the records' times (`report.throughput`)."""
+    config: RunConfig | None = None
+    """The whole config (recipe and deployment), for the headline and for which panels the recipe needs."""
+    headline: Headline | None = None
+    """Method, state, rounds, duration, engine and the verdict (`report.headline`)."""
 
 
 def load_run(store: ArtifactStore, run_id: str) -> RunData:
@@ -65,9 +71,11 @@ def load_run(store: ArtifactStore, run_id: str) -> RunData:
     training = _training(store, [e for e in events if e["stage"] == "reward"], {e["round"]: e for e in updates})
     final = ArtifactRef(**updates[-1]["outputs"]["adapter"]) if updates else None
     chain = lineage.chain(store, final.sha256) if final else []
-    recipe, config_sha = _recipe(store, chain)
-    return RunData(run_id, evaluations, training, final, chain, recipe, config_sha,
-                   run_throughput(store, run_id, events))
+    config, config_sha = _config(store, chain)
+    config = config or run_config(store, run_id)
+    return RunData(run_id, evaluations, training, final, chain, config.recipe_dict() if config else None,
+                   config_sha, run_throughput(store, run_id, events), config,
+                   build_headline(store, run_id, [ev.metrics for ev in evaluations], config))
 
 
 def _evaluations(store: ArtifactStore, run_id: str, events: list[dict]) -> list[Evaluation]:
@@ -96,12 +104,13 @@ def _training(store: ArtifactStore, reward_events: list[dict], updates: dict[int
     return rounds
 
 
-def _recipe(store: ArtifactStore, chain: list[tuple[int, str, lineage.LineageRecord]]) -> tuple[dict | None,
-                                                                                                 str | None]:
+def _config(store: ArtifactStore, chain: list[tuple[int, str, lineage.LineageRecord]]) -> tuple[RunConfig | None,
+                                                                                                  str | None]:
+    """The config the final adapter was trained with (its lineage names it), and its sha256."""
     rec = next((r for _, _, r in chain if r.kind == "config"), None)
     if rec is None:
         return None, None
-    return load_config(store, rec.sha256).recipe_dict(), rec.sha256
+    return load_config(store, rec.sha256), rec.sha256
 
 
 def quality_key(metrics: dict[str, float]) -> str:

@@ -20,6 +20,8 @@ from PIL import Image
 from dgrpo.lineage import code_version
 from dgrpo.runtime.report import plots
 from dgrpo.runtime.report.data import Evaluation, RunData, load_run, quality_key
+from dgrpo.runtime.report.headline import flatten, non_default_fields
+from dgrpo.runtime.report.summary import evaluation_label
 from dgrpo.store import ArtifactStore
 
 MAX_GRID_WIDTH = 1600
@@ -38,6 +40,7 @@ table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px soli
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .8em; }
 .note { color: #555; font-size: .9em; }
+.headline { font-size: 1.05em; background: #f4f7fb; border-left: 4px solid #4a78b0; padding: .4em .8em; }
 """
 
 
@@ -50,7 +53,8 @@ def render_html(store: ArtifactStore, run_ids: list[str]) -> str:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     parts = [f"<h1>{_e(title)}</h1>",
              f'<p class="note">store {_e(store.uri)}; rendered {now} by dgrpo {_e(code_version())}</p>',
-             _summary_table(runs), _plots(runs), *(_grids(store, run, len(runs) > 1) for run in runs),
+             *(_headline(run, named=len(runs) > 1) for run in runs), _summary_table(runs), _plots(runs),
+             *(_grids(store, run, len(runs) > 1) for run in runs),
              *(_lineage(store, run) for run in runs), _recipes(runs)]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -80,6 +84,16 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _headline(run: RunData, named: bool) -> str:
+    """What ran and the verdict (`report.headline`), first thing on the page."""
+    if run.headline is None:
+        return ""
+    h = run.headline
+    verdict = f"<br><strong>Verdict:</strong> {_e(h.verdict)}"
+    line = h.line().split(" Verdict: ", 1)[0]
+    return f'<p class="headline">{"<strong>" + _e(run.run_id) + "</strong>: " if named else ""}{_e(line)}{verdict}</p>'
+
+
 def _summary_table(runs: list[RunData]) -> str:
     keys = plots.evaluation_metrics(runs)
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
@@ -88,11 +102,11 @@ def _summary_table(runs: list[RunData]) -> str:
         for ev in (run.evaluations[0], run.evaluations[-1]) if len(run.evaluations) > 1 else run.evaluations:
             cells = "".join(f'<td class="num">{ev.metrics[k]:.4g}</td>' if k in ev.metrics else "<td>-</td>"
                             for k in keys)
-            rows.append(f"<tr><td>{_e(run.run_id)}</td><td class='num'>{ev.round}</td>{cells}</tr>")
+            rows.append(f"<tr><td>{_e(run.run_id)}</td><td>{_e(evaluation_label(ev.round))}</td>{cells}</tr>")
     reward = next((ev.reward for run in runs for ev in run.evaluations if ev.reward), None)
     note = (f'<p class="note">Evaluation reward: {_e(reward["name"])}: {_e(reward["why"])}.</p>' if reward else "")
     return (f"<h2>Summary</h2><p class='note'>First and last evaluation, means over the evaluation prompts.</p>"
-            f"<table><tr><th>run</th><th>after round</th>{head}</tr>{''.join(rows)}</table>{note}"
+            f"<table><tr><th>run</th><th>evaluation</th>{head}</tr>{''.join(rows)}</table>{note}"
             f"{_throughput(runs)}")
 
 
@@ -147,9 +161,10 @@ def _grids(store: ArtifactStore, run: RunData, named: bool) -> str:
         labels = "".join(f"<span>{_e(p['prompt'])}{' (held out)' if p['held_out'] else ''}</span>"
                          for p in ev.per_prompt)
         metric = quality_key(ev.metrics)
-        caption = f"after round {ev.round}: {metric} {ev.metrics.get(metric, float('nan')):.3f}"
+        label = evaluation_label(ev.round)
+        caption = f"{label}: {metric} {ev.metrics.get(metric, float('nan')):.3f}"
         figures.append(f'<figure class="grid"><figcaption>{_e(caption)}</figcaption><div class="grid-body">'
-                       f'<div class="labels">{labels}</div><img alt="evaluation grid after round {ev.round}" '
+                       f'<div class="labels">{labels}</div><img alt="evaluation grid {_e(label)}" '
                        f'src="{uri}"{" class=pixelated" if pixelated else ""}></div></figure>')
     heading = f"Evaluation images{': ' + _e(run.run_id) if named else ''}"
     note = "One row per evaluation prompt; the same noise seeds in every round, so a change is the policy's."
@@ -163,14 +178,15 @@ def _lineage(store: ArtifactStore, run: RunData) -> str:
     top = run.lineage[0][2]
     base = [r for _, _, r in run.lineage if r.kind == "base_model"]
     rounds = sorted({r.round for _, _, r in run.lineage if r.kind == "rollouts" and r.round is not None})
-    rows = [("adapter", f"{top.sha256} ({top.uri})"), ("produced by", f"{top.stage}, round {top.round}"),
+    # rounds shown from 1 (the records count from 0): the adapter of round k is the one evaluated "after round k"
+    rows = [("adapter", f"{top.sha256} ({top.uri})"), ("produced by", f"{top.stage} of round {_shown(top.round)}"),
             ("config", top.config_sha256), ("code version", top.code_version), ("image", top.image or "-"),
             ("base model", ", ".join(f"{b.uri} ({b.sha256[:12]})" for b in base[:1]) or "-"),
-            ("rounds in its lineage", f"{len(rounds)} ({rounds[0]}..{rounds[-1]})" if rounds else "-"),
+            ("rounds in its lineage", f"{len(rounds)} ({rounds[0] + 1}..{rounds[-1] + 1})" if rounds else "-"),
             ("artifacts in its lineage", str(len({r.sha256 for _, _, r in run.lineage})))]
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     inputs = "".join(f"<tr><td>{_e(name)}</td><td>{_e(r.kind)}</td><td>{_e(r.sha256[:12])}</td>"
-                     f"<td>{_e(r.stage)}</td><td class='num'>{'' if r.round is None else r.round}</td></tr>"
+                     f"<td>{_e(r.stage)}</td><td class='num'>{_shown(r.round)}</td></tr>"
                      for depth, name, r in run.lineage if depth == 1)
     command = f"dgrpo lineage {top.sha256} --store {store.uri}"
     return (f"{heading}<table>{table}</table><p>Its direct inputs:</p><table><tr><th>input</th><th>kind</th>"
@@ -178,13 +194,8 @@ def _lineage(store: ArtifactStore, run: RunData) -> str:
             f"<p class='note'>The whole chain: <code>{_e(command)}</code></p>")
 
 
-def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, dict):
-        out: dict[str, object] = {}
-        for k, v in value.items():
-            out |= _flatten(v, f"{prefix}{k}.")
-        return out
-    return {prefix.rstrip("."): value}
+def _shown(round_index: int | None) -> str:
+    return "" if round_index is None else str(round_index + 1)
 
 
 LIST_SHOWN = 24
@@ -199,11 +210,16 @@ def _shorten(value: object) -> object:
     return value
 
 
+def _value(value: object) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip() \
+        if isinstance(value, (list, dict)) else str(value)
+
+
 def _recipes(runs: list[RunData]) -> str:
     parts = ["<h2>Recipe</h2>"]
     known = [r for r in runs if r.recipe is not None]
     if len(known) > 1:
-        flat = [_flatten(_shorten(r.recipe)) for r in known]
+        flat = [flatten(_shorten(r.recipe)) for r in known]
         keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
         head = "".join(f"<th>{_e(r.run_id)}</th>" for r in known)
         rows = "".join(f"<tr><td>{_e(k)}</td>" + "".join(f"<td>{_e(f.get(k, '-'))}</td>" for f in flat) + "</tr>"
@@ -213,7 +229,11 @@ def _recipes(runs: list[RunData]) -> str:
         if run.recipe is None:
             parts.append(f"<p>{_e(run.run_id)}: no config artifact in the lineage (no update has run).</p>")
             continue
+        changed, _ = non_default_fields(_shorten(run.recipe))
+        rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_value(v))}</td></tr>" for k, v in changed.items())
         text = yaml.safe_dump(_shorten(run.recipe), sort_keys=False, width=110)
-        parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>{_e(run.run_id)}: config "
-                     f"{_e((run.config_sha256 or '')[:12])}</summary><pre>{_e(text)}</pre></details>")
+        parts.append(f"<p>{_e(run.run_id)}: config {_e((run.config_sha256 or '')[:12])}, the fields it sets "
+                     f"away from the defaults:</p><table class='recipe'><tr><th>field</th><th>value</th></tr>{rows}"
+                     f"</table><details><summary>{_e(run.run_id)}: the whole recipe, defaults included "
+                     f"({len(flatten(run.recipe))} fields)</summary><pre>{_e(text)}</pre></details>")
     return "".join(parts)

@@ -10,7 +10,7 @@ import re
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from dgrpo.runtime.report.data import RunData, diversity_key, quality_key
 
@@ -24,6 +24,36 @@ UPDATE_LABELS = {"approx_kl": "approx. KL to the sampler", "clip_fraction": "cli
                  "reward_group_std": "in-group spread of the final reward", "kl": "KL to the base model",
                  "sa_reg": "SA-Reg", "agreement_max_abs": "rollout/update |delta log p| (max, agreement gate)",
                  "agreement_worst_share": "agreement gate: max |delta log p| / its bound"}
+
+
+MIN_SPAN_ABS = 0.05
+"""The smallest range an evaluation axis shows, in the measure's units: on a 0-1 measure (reward, mode entropy) a
+change below a few hundredths is within the evaluation's sampling noise, and an axis fitted to it would draw noise
+as a trend (or a trade-off on the Pareto plot)."""
+
+MIN_SPAN_REL = 0.10
+"""...and at least this share of the largest value shown, for measures on other scales (Vendi score, modes)."""
+
+REGULARIZER_PANELS = {"kl": ("kl", "both"), "sa_reg": ("sa", "both")}
+"""Update metrics drawn only for a recipe whose train.regularizer uses them (otherwise a flat zero)."""
+
+
+def _min_span(values: list[float] | np.ndarray, set_lim) -> None:
+    """Widen an axis, centred on its data, to at least MIN_SPAN_ABS and MIN_SPAN_REL of its largest magnitude."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    lo, hi = float(values.min()), float(values.max())
+    span = max(MIN_SPAN_ABS, MIN_SPAN_REL * float(np.abs(values).max()))
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        set_lim(mid - span / 2, mid + span / 2)
+
+
+def _base_ticks(ax) -> None:
+    """Evaluations count rounds done: tick 0 is the base model."""
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: "base" if x == 0 else f"{x:g}"))
 
 
 def _svg(fig: Figure) -> str:
@@ -62,13 +92,17 @@ def evaluation_metrics(runs: list[RunData]) -> list[str]:
 def metric_over_rounds(runs: list[RunData], key: str) -> str:
     """One evaluation measure against the round, per run and prompt split."""
     fig, ax = _figure(LABELS.get(key, key), "after round", key)
+    shown = []
     for run, colour in zip(runs, _colours(len(runs)), strict=True):
         for prefix, split, style in SPLITS:
             points = [(ev.round, ev.metrics[prefix + key]) for ev in run.evaluations if prefix + key in ev.metrics]
             if points:
                 x, y = zip(*points, strict=True)
+                shown += y
                 label = f"{run.run_id} ({split})" if len(runs) > 1 else split
                 ax.plot(x, y, style, color=colour, marker="o", markersize=3, label=label)
+    _min_span(shown, ax.set_ylim)
+    _base_ticks(ax)
     ax.legend(fontsize=7)
     return _svg(fig)
 
@@ -79,7 +113,7 @@ def training_reward(runs: list[RunData]) -> str:
     for run, colour in zip(runs, _colours(len(runs)), strict=True):
         if not run.training:
             continue
-        x = np.array([t.round for t in run.training])
+        x = np.array([t.round + 1 for t in run.training])  # the k-th round, as "after round k" counts it
         mean = np.array([t.reward_mean for t in run.training])
         spread = np.array([t.group_std for t in run.training])
         ax.plot(x, mean, "-", color=colour, marker="o", markersize=3, label=run.run_id)
@@ -90,11 +124,15 @@ def training_reward(runs: list[RunData]) -> str:
 
 def update_metric(runs: list[RunData], key: str) -> str | None:
     """One update-stage metric against the round, or None when no run reports it."""
-    series = [(run, [(t.round, t.update[key]) for t in run.training if key in t.update]) for run in runs]
+    series = [(run, [(t.round + 1, t.update[key]) for t in run.training if key in t.update]) for run in runs
+              if key not in REGULARIZER_PANELS or run.config is None
+              or run.config.train.regularizer in REGULARIZER_PANELS[key]]
     if not any(points for _, points in series):
         return None
     fig, ax = _figure(UPDATE_LABELS.get(key, key), "round", key)
-    for (run, points), colour in zip(series, _colours(len(runs)), strict=True):
+    colours = dict(zip((r.run_id for r in runs), _colours(len(runs)), strict=True))
+    for run, points in series:
+        colour = colours[run.run_id]
         if points:
             x, y = zip(*points, strict=True)
             ax.plot(x, y, "-", color=colour, marker="o", markersize=3, label=run.run_id)
@@ -123,14 +161,21 @@ def quality_diversity(runs: list[RunData]) -> str:
             continue
         every.append(path)
         ax.plot(path[:, 0], path[:, 1], "-", color=colour, marker="o", markersize=4, alpha=0.8, label=run.run_id)
-        ax.annotate(f"r{run.evaluations[0].round}", path[0], fontsize=7, color=colour)
-        ax.annotate(f"r{run.evaluations[-1].round}", path[-1], fontsize=7, color=colour, fontweight="bold")
+        ax.annotate(_point_label(run.evaluations[0].round), path[0], fontsize=7, color=colour)
+        ax.annotate(_point_label(run.evaluations[-1].round), path[-1], fontsize=7, color=colour, fontweight="bold")
     if every:
+        points = np.concatenate(every)
+        _min_span(points[:, 0], ax.set_xlim)
+        _min_span(points[:, 1], ax.set_ylim)
         front = pareto_front(np.concatenate(every))
         ax.step(front[:, 0], front[:, 1], where="post", color="black", linestyle="--", linewidth=1,
                 label="Pareto front")
     ax.legend(fontsize=7)
     return _svg(fig)
+
+
+def _point_label(rounds_done: int) -> str:
+    return "base" if rounds_done == 0 else f"r{rounds_done}"
 
 
 def svg_ids_unique(svgs: list[str]) -> list[str]:
