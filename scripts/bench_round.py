@@ -150,7 +150,8 @@ def p2(args, tmp: Path) -> Row:
     t_rollout = _best(rollout, args.repeats_heavy)
     emb = embed(images)  # the warm-up
     t_embed = _best(lambda: embed(images), args.repeats_heavy, warm_up=False)
-    t_cluster = _best(lambda: score_group(quality, emb, ClusterConfig(), 0), args.repeats)
+    clusters = ClusterConfig(k=min(ClusterConfig().k, group))  # the paper's fixed k (the smoke group is smaller)
+    t_cluster = _best(lambda: score_group(quality, emb, clusters, 0), args.repeats)
     step, params = sd35m_step_seconds(args.repeats_heavy, **(SMOKE_SD35M if args.smoke else {}))
     steps = load_config(ROOT / "configs" / "sd35m-diversegrpo.yaml").sampling.num_steps
     rollout_35 = GROUP * steps * step

@@ -25,6 +25,7 @@ from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.update import group_conditioning, run_update
 from dgrpo.stages.update import options as update_options
 from dgrpo.stages.update import train as update_train
+from dgrpo.stages.update.agreement import AgreementError
 from dgrpo.store import LocalStore
 
 NOISE = {"drift.prompt_noise": True, "sampling.num_steps": 5}
@@ -175,7 +176,8 @@ def test_replay_is_bit_exact_on_the_diffusers_backbones(kind, tmp_path):
 
 
 def test_the_update_recomputes_the_rollouts_log_probs(noisy_round, monkeypatch):
-    """The update's first optimizer step runs the unchanged policy, so its recomputed log-probs are the rollout's.
+    """The update's first optimizer step runs the unchanged policy, so its recomputed log-probs are the rollout's;
+    without the prompt noise's replay they are not, and the agreement gate refuses the round.
     Not bit for bit here, for two reasons that have nothing to do with the prompt noise: the update batches 8
     shuffled trajectories of both groups where the rollout batched one group (a float32 matmul's rounding depends
     on the batch), and it runs the model through peft's LoRA layers (B = 0 adds exact zeros, but the layer's
@@ -196,10 +198,11 @@ def test_the_update_recomputes_the_rollouts_log_probs(noisy_round, monkeypatch):
     run_update(ctx, 0, rollouts, scores)  # batch_size 16: one optimizer step, all on the unchanged policy
     assert len(seen) == 2 * 4 and float(torch.cat(seen).max()) <= 1e-6  # 2 micro-batches x 4 trained steps
 
-    seen.clear()
+    seen.clear()  # without the replay the update's policy is not the rollout's: the agreement gate refuses it
     monkeypatch.setattr(update_options.PromptNoiseReplay, "from_rollouts", classmethod(lambda cls, traj: None))
-    run_update(StageContext(ctx.config, ctx.store, "no-replay"), 0, rollouts, scores)
-    assert float(torch.cat(seen).max()) > 1e-3
+    with pytest.raises(AgreementError, match=r"denoising step 0: max \|delta log p\| 0\.\d+ > bound"):
+        run_update(StageContext(ctx.config, ctx.store, "no-replay"), 0, rollouts, scores)
+    assert seen == []  # refused before any optimizer step
 
 
 # shaping ----------------------------------------------------------------------------------------------------------

@@ -91,4 +91,5 @@ def test_a_real_run_records_its_times(tmp_path):
     images = cfg.sampling.prompts_per_round * cfg.sampling.group_size
     assert t is not None and t.rounds_measured == 1 and 0 < t.seconds_per_round < elapsed
     assert t.images_per_s == pytest.approx(images / t.seconds_per_round, rel=1e-12)
-    assert 0 < t.seconds_per_round_with_startup < elapsed
+    # a segment's started_at is recorded to the second, so the start-up measured from it may be up to 1 s long
+    assert 0 < t.seconds_per_round_with_startup < elapsed + 1.0
