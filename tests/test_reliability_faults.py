@@ -294,6 +294,16 @@ def test_the_s3_server_down_longer_than_the_deadline_fails_in_one_line_and_resum
     assert verify_run(store, "ft").problems == []
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> None:
+    """Until `path` exists, polling every 10 ms (the rest of a tiny round takes ~0.15 s on an idle CPU, so a
+    coarser poll misses the middle of the round); `proc` must not end first."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(("execution", "killed_once"), [("staged", "commits/r000000.json"),
                                                          ("fused", "events/r0001-rollout.json")])
@@ -307,11 +317,7 @@ def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path
     proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 900
-        while not (store / "runs/ft" / killed_once).exists():  # a tiny round's rest takes ~0.15 s on an idle CPU
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _wait_for(store / "runs/ft" / killed_once, proc, seconds=900)
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and every kfp.local task it started
         proc.wait(30)
     finally:
@@ -337,11 +343,7 @@ def test_sigterm_records_why_the_run_ended_and_the_run_resumes(config_file, refe
             str(config_file), "--store", str(store), "--output", str(tmp_path / "out")]
     proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 600
-        while not (store / "runs/ft" / after).exists():  # a tiny round's rest takes ~0.15 s on an idle CPU
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _wait_for(store / "runs/ft" / after, proc, seconds=600)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0]
     finally:

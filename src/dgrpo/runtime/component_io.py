@@ -14,10 +14,11 @@ from typing import Any, Protocol
 from dgrpo.runtime import segment
 from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
+from dgrpo.runtime.report.summary import load_events
 from dgrpo.runtime.segment import RoundState
 from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.stages.shared.ownership import run_key, validate_run_id
+from dgrpo.stages.shared.ownership import read_json, run_key, validate_run_id
 from dgrpo.store import ArtifactRef, ArtifactStore, open_store
 
 
@@ -32,16 +33,21 @@ class MetricsSink(Protocol):
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
+def open_task_store(store_uri: str, run_id: str) -> ArtifactStore:
+    """The store of a task's run parameters, each checked with a message naming it."""
+    validate_run_id(run_id, "pipeline parameter 'run_id'")
+    if not store_uri:
+        raise ValueError("pipeline parameter 'store_uri' must not be empty")
+    return open_store(store_uri, "pipeline parameter 'store_uri'")
+
+
 @contextlib.contextmanager
 def task(store_uri: str, run_id: str, name: str, state: FileArtifact | None = None, round_index: int | None = None
          ) -> Iterator[tuple[StageContext | None, RoundState | None, ArtifactStore]]:
     """The body of a component: its store, and with a round-state input its context and state. A failure is
     recorded in the store (task, segment, round) before it propagates: on a cluster the exit task learns nothing
     about why a task failed, and `dgrpo status` shows the last error."""
-    validate_run_id(run_id, "pipeline parameter 'run_id'")
-    if not store_uri:
-        raise ValueError("pipeline parameter 'store_uri' must not be empty")
-    store = open_store(store_uri, "pipeline parameter 'store_uri'")
+    store = open_task_store(store_uri, run_id)
     round_state = None
     with sigterm_raises():  # an evicted or preempted pod records why it ended
         try:
@@ -67,10 +73,7 @@ def train_fused(store_uri: str, run_id: str, segment_artifact: FileArtifact, bas
     once it ends; the log and `dgrpo status` follow it live). A failure is recorded by the training itself."""
     from dgrpo.runtime import fused
 
-    validate_run_id(run_id, "pipeline parameter 'run_id'")
-    if not store_uri:
-        raise ValueError("pipeline parameter 'store_uri' must not be empty")
-    store = open_store(store_uri, "pipeline parameter 'store_uri'")
+    store = open_task_store(store_uri, run_id)
     state = read_state(segment_artifact)
     try:
         check_gpus()  # the fused pod holds the update's GPUs: it must not train on the CPU (DGRPO_EXPECT_GPUS)
@@ -91,8 +94,7 @@ def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metri
     """The segment's rounds as a Markdown table (one row per round, one column per stage metric), each value also
     logged to `metrics` as `r<round>.<stage>.<metric>`; then the segment's evaluations."""
     rows: dict[int, dict[str, float]] = {}
-    for key in store.list(run_key(run_id, "events")):
-        event = store.get_json(key)
+    for event in load_events(store, run_id):
         if event["round"] in state.rounds and event["stage"] != "evaluate" and "shard" not in event:
             for name, value in event["metrics"].items():
                 rows.setdefault(event["round"], {})[f"{event['stage']}.{name}"] = float(value)
@@ -103,8 +105,7 @@ def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metri
     lines += [f"| {name} | " + " | ".join(f"{rows[r][name]:.4g}" if name in rows[r] else "-" for r in done) + " |"
               for name in names]
     for completed in sorted({r + 1 for r in state.rounds} | ({0} if state.round == 0 else set())):
-        record = store.get_json(run_key(run_id, f"eval/r{completed:04d}.json")) \
-            if store.exists(run_key(run_id, f"eval/r{completed:04d}.json")) else None
+        record = read_json(store, segment.eval_key(run_id, completed))
         if record is not None:
             lines += ["", evaluation_markdown(record)]
     return "\n".join(lines) + "\n"
@@ -163,7 +164,7 @@ def write_grid_html(ctx: StageContext, grid: ArtifactRef, path: str) -> None:
 
 def write_evaluation_markdown(ctx: StageContext, round_index: int, artifact: FileArtifact) -> None:
     """The evaluation of `round_index` as Markdown, which the KFP UI shows as the task's visualisation."""
-    record = ctx.store.get_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json")
+    record = ctx.store.get_json(segment.eval_key(ctx.run_id, round_index))
     write_text(artifact, evaluation_markdown(record))
 
 

@@ -16,14 +16,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dgrpo.models import resident_models
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
-from dgrpo.runtime.rounds import OnStep, StepCall, run_round
+from dgrpo.runtime.rounds import STEP_CALLS, OnStep, StepCall, run_round
 from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext, StageResult
@@ -77,8 +76,6 @@ def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
     """The unsharded steps across processes: cluster on the first process, the update in every one."""
 
     def cluster(ctx: StageContext, state: seg.RoundState, **kwargs: Any) -> StageResult:
-        from dgrpo.runtime.rounds import STEP_CALLS
-
         result = STEP_CALLS["cluster"](ctx, state, **kwargs) if processes.main else None
         return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
 
@@ -96,11 +93,11 @@ def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
 
 
 def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *, on_step: OnStep | None = None,
-                  on_round: Callable[[int], None] | None = None, processes: Processes = Processes()) -> None:
+                  processes: Processes = Processes()) -> None:
     """Train `state`'s segment: the base-model evaluation when due, then its rounds, each evaluated on schedule.
 
     A failure is recorded in the store (stage, segment, round) as a staged task records it, then re-raised.
-    `on_step(stage, round, shard)` is called as each step starts, `on_round(round)` after each round."""
+    `on_step(stage, round, shard)` is called as each step starts."""
     ctx = seg.context(store, state)
     where: dict = {"task": "evaluate", "round": None}
 
@@ -123,8 +120,7 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                 step("begin_round", r, None)
                 round_state = seg.begin_round(store, state, r)
                 run_round(ctx, round_state, on_step=step, calls=_distributed_calls(processes) if many else None,
-                          shard_indices=processes.shard_indices if many else None,
-                          gather=processes.gather if many else None)
+                          shard_indices=processes.shard_indices, gather=processes.gather)
                 if round_state.evaluate:
                     step("evaluate", r, None)
                     if processes.main:
@@ -133,8 +129,6 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                             review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
                                             optimizer_state=done.optimizer_state)
                     processes.barrier()
-                if on_round:
-                    on_round(r)
     except Exception as exc:
         exc = described(exc, where["task"], where["round"])
         seg.record_error(store, state.run_id, where["task"], exc, state.segment or None, where["round"])
