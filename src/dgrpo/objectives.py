@@ -1,8 +1,6 @@
 """The GRPO objective of Flow-GRPO (docs/algorithms.md, "The GRPO objective"): advantages, clipped ratio loss,
 KL and SA-Reg to the reference."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
@@ -63,15 +61,6 @@ def cluster_advantages(rewards: np.ndarray, group_ids: list[str], cluster_ids: n
         std = batch_std if global_std else residual[mask].std() if mask.any() else 0.0
         adv[mask] = residual[mask] / (std + ADV_EPS)
     return np.clip(adv, -clip, clip)
-
-
-@dataclass
-class LossTerms:
-    loss: torch.Tensor
-    policy_loss: torch.Tensor
-    kl: torch.Tensor
-    approx_kl: torch.Tensor
-    clip_fraction: torch.Tensor
 
 
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,

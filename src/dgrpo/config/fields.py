@@ -43,8 +43,6 @@ class Range:
 
 POSITIVE = Range(gt=0)
 NON_NEGATIVE = Range(ge=0)
-UNIT = Range(ge=0, le=1)
-"""[0, 1]"""
 
 
 def _strip_optional(hint: Any) -> Any:

@@ -92,12 +92,6 @@ def _velocity(policy: FlowPolicy, x: torch.Tensor, sigma: torch.Tensor, cond: di
     return policy.velocity(x.to(policy.dtype), sigma.expand(len(x)).to(policy.device), cond, guidance_scale)
 
 
-def sample_sde_batched(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[int], batch_size: int | None,
-                       **kwargs) -> Trajectories:
-    """`sample_sde` in chunks of `batch_size` samples; the result equals one big batch (per-sample seeds)."""
-    return sample_sde(policy, cond, seeds, batch_size=batch_size, **kwargs)
-
-
 @torch.no_grad()
 def sample_ode(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[int], num_steps: int,
                shift: float | None, guidance_scale: float) -> torch.Tensor:

@@ -15,7 +15,6 @@ SHAPE_SIZE = 6
 MAX_JITTER = 2
 COLOR_JITTER = 0.15
 N_MODES = 4
-MODE_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right")
 FOREGROUND_THRESHOLD = 0.0
 """A pixel is foreground when its brightest channel exceeds this value ([-1, 1] scale)."""
 MIN_FOREGROUND = 4

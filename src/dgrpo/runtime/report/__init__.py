@@ -10,7 +10,6 @@ from pathlib import Path
 
 from dgrpo.runtime.report.summary import (
     build_report,
-    dumps,
     evaluation_markdown,
     format_report,
     load_events,
@@ -34,5 +33,5 @@ def write_html(store: ArtifactStore, run_ids: list[str], path: str | Path) -> Pa
     return write(store, run_ids, path)
 
 
-__all__ = ["build_report", "dumps", "evaluation_markdown", "format_report", "load_events", "render_html",
+__all__ = ["build_report", "evaluation_markdown", "format_report", "load_events", "render_html",
            "round_means", "summary_lines", "write_html"]

@@ -1,7 +1,6 @@
 """The markdown run report and terminal summary, and the markdown view of one evaluation (a KFP Markdown
 visualisation), built from the records the stages write in the store."""
 
-import json
 
 from dgrpo.store import ArtifactStore
 
@@ -91,10 +90,6 @@ def summary_lines(report: dict) -> list[str]:
     lines = [f"first ({evaluation_label(report['first']['round'])}): {fmt(report['first'])}",
              f"last  ({evaluation_label(report['last']['round'])}): {fmt(report['last'])}"]
     return lines + ([f"verdict: {report['verdict']}"] if report.get("verdict") else [])
-
-
-def dumps(report: dict) -> str:
-    return json.dumps(report, indent=2)
 
 
 SPLIT_COLUMNS = (("all prompts", ""), ("held-out", "heldout_"), ("training", "train_"))

@@ -34,11 +34,6 @@ def _parts(config: RunConfig) -> tuple[bytes, dict[str, bytes]]:
     return _canonical({"dgrpo_config": FORMAT, "config": data}), prompts
 
 
-def config_digest(config: RunConfig) -> str:
-    """The sha256 under which `put_config` stores `config` (the `config_sha256` run parameter)."""
-    return sha256_bytes(_parts(config)[0])
-
-
 def put_config(store: ArtifactStore, config: RunConfig) -> ArtifactRef:
     """Store `config` and its prompt lists, with lineage records (the root of every lineage chain)."""
     data, prompts = _parts(config)
