@@ -8,8 +8,9 @@ each task's process start + imports, and the store's throughput. Projected to an
 sd35m-pickscore preset: 1,152 images, 8 GPUs) in GPU-seconds from those and from what is assumed (pod start, the
 model cache's bandwidth, GPU peak and MFU; bench_round.py's options): a staged task holds its GPUs while it starts
 and loads its models every round, a fused segment holds the pod's GPUs while it starts once, and every round's
-rollouts (about 3.5 GB with their trajectories) go through the store in both; how that traffic is paid is shown
-three ways (IO_MODES).
+rollouts (about 3.5 GB with their trajectories) go to the store in both: synchronously in staged, and in fused
+through each process's resident store (written behind, read back from memory), with the synchronous figure beside
+it (IO_MODES).
 """
 
 import os
@@ -71,16 +72,24 @@ def disk_read_gbps(tmp: Path, size_mb: int) -> float:
         os.close(fd)
 
 
-def store_gbps(tmp: Path, size_mb: int) -> float:
-    """Write then read through the local artifact store (content-addressed, atomic, hashed), GB/s both ways."""
-    from dgrpo.store import LocalStore
+def store_gbps(tmp: Path, size_mb: int) -> dict[str, float]:
+    """GB/s through the local artifact store (content-addressed, atomic, hashed): a synchronous write and read
+    ("sync", both ways), a write alone ("write"), and what a fused process waits for when it writes through the
+    resident store ("put": the hash, the write queued)."""
+    from dgrpo.store import LocalStore, ResidentStore
 
-    store = LocalStore(tmp / "iostore")
+    gb, store = size_mb / 1024, LocalStore(tmp / "iostore")
     data = os.urandom(size_mb * 2**20)
     start = time.perf_counter()
     ref = store.put(data, kind="bench", suffix=".bin")
+    written = time.perf_counter()
     store.get(ref)
-    return 2 * size_mb / 1024 / (time.perf_counter() - start)
+    read = time.perf_counter()
+    resident = ResidentStore(LocalStore(tmp / "iostore-resident"))
+    resident.put(data[::-1], kind="bench", suffix=".bin")
+    queued = time.perf_counter()
+    resident.close()
+    return {"sync": 2 * gb / (read - start), "write": gb / (written - start), "put": gb / (queued - read)}
 
 
 def _bytes_of(model) -> int:
@@ -210,7 +219,7 @@ class Sd35Round:
     rollout_gb: float
     notes: list[str]
 
-    def fused(self, io: str = "today") -> float:
+    def fused(self, io: str = "resident") -> float:
         return self.fused_startup / self.rounds_per_run + self.fused_io[io]
 
     def share(self, overhead: float) -> float:
@@ -223,10 +232,13 @@ class Sd35Round:
         return (overhead + self.compute) / self.gpus
 
 
-IO_MODES = {"today": "read and written synchronously as the stages do today: reward reads its shard's table, "
-                     "cluster the round's on one GPU while the others wait, the update the round's in every process",
-            "trimmed": "each step reads only what it uses: reward and cluster the images, the update its own rows",
-            "overlapped": "written asynchronously while the next step computes, read from the fused pod's memory"}
+IO_MODES = {"resident": "as the fused processes run (dgrpo.store.resident): each hashes what it writes and queues "
+                        "it, reads its own shards back from memory (reward, the cluster's embeddings, its update "
+                        "rows), and waits for its rollout shard to land before the processes exchange references "
+                        "(no overlap with the reward step credited)",
+            "synchronous": "every write and read through the store as it happens (pipeline.resident_gb 0): reward "
+                           "reads its shard, the cluster the round on one GPU while the others wait, the update "
+                           "the round in every process"}
 
 
 def project_sd35m(measured: dict, assume: Assumptions, model: dict) -> Sd35Round:
@@ -242,11 +254,13 @@ def project_sd35m(measured: dict, assume: Assumptions, model: dict) -> Sd35Round
     rollout = images * (cfg.sampling.num_steps + 1) * int(np.prod(latent)) * 4 / GB + png  # with the trajectories
     pods = 2 * assume.pod_start_s
     pipeline_gb = (sizes["transformer"] + sizes["text_encoders"] + sizes["vae"]) / GB
-    # GPU-seconds of store traffic: rollout writes and reward reads a shard per GPU, cluster reads the round on one
-    # GPU (staged: a pod of its own; fused: the others wait for it), the update reads it in every process
-    staged_io = 3 * rollout / io + gpus * rollout / io
-    fused_io = {"today": (2 * rollout + 2 * gpus * rollout) / io,
-                "trimmed": (2 * rollout + png + gpus * png) / io, "overlapped": 0.0}
+    # GPU-seconds of store traffic. Synchronous: rollout writes and reward reads a shard per GPU, cluster reads the
+    # round on one GPU (staged: a pod of its own; fused: the others wait for it), the update reads it in every
+    # process. Resident: each GPU's process hashes and queues its shard, then waits for it to land at the exchange.
+    sync = io["sync"]
+    staged_io = 3 * rollout / sync + gpus * rollout / sync
+    fused_io = {"resident": rollout / io["put"] + rollout / io["write"],
+                "synchronous": (2 * rollout + 2 * gpus * rollout) / sync}
     staged = sum([shards * (pods + starts["rollout"] + pipeline_gb / load),
                   shards * (pods + starts["reward"] + sizes["reward"] / GB / load),
                   pods + starts["cluster"] + sizes["dreamsim"] / GB / load,
@@ -309,14 +323,16 @@ def p4_rows(args, model: dict) -> list[tuple]:
                 f"segment(s), {extra(t) / t.rounds:+.1f} s a round against in process ({base.seconds:.0f} s)")
 
     starts = ", ".join(f"{k} {v:.1f} s" for k, v in measured["starts"].items())
+    io = measured["store"]
     common = [f"start + imports: {starts}; this disk reads {measured['disk']:.2f} GB/s cold; the store "
-              f"{measured['store']:.2f} GB/s (write + read, hashed)", *sd35.notes]
+              f"{io['sync']:.2f} GB/s (write + read, hashed), writes {io['write']:.2f} GB/s, a resident put "
+              f"(hash + queue) {io['put']:.2f} GB/s", *sd35.notes]
     rows = []
     if "staged" in toy:
         rows.append(("P4s", "staged: start-up + store I/O / round", extra(toy["staged"]) / toy["staged"].seconds,
                      0.03, sd35.share(sd35.staged),
                      [toy_line("staged"), f"SD3.5-M: {sd35.staged:.0f} GPU-s a round besides {sd35.compute:.0f} of "
-                      "compute: every task starts, imports and loads its models; the store traffic as fused today"]))
+                      "compute: every task starts, imports and loads its models; the store traffic synchronous"]))
     fused = toy["fused"]
     fused_notes = [toy_line("fused"),
                    f"fused start-up per segment (toy, measured): {extra(fused) / fused.segments:.1f} s"]
@@ -341,7 +357,7 @@ def p4_rows(args, model: dict) -> list[tuple]:
                    f"({sd3.images_per_round} images a round, {TOY_IMAGES_NOTE})"]
     throughput += [f"SD3.5-M {name} (projected): {sd35.per_gpu_s(o):.2f} images/GPU-s, {sd35.seconds(o):.0f} s/round "
                    f"on {sd35.gpus} GPUs" for name, o in (("staged", sd35.staged), ("fused", sd35.fused()),
-                                                          ("fused, I/O overlapped", sd35.fused("overlapped")))]
+                                                          ("fused, store synchronous", sd35.fused("synchronous")))]
     rows.append(("P4t", "throughput (images per GPU-second)", toy["fused"].images_per_s, None,
                  sd35.per_gpu_s(sd35.fused()), [*throughput, VERL_OMNI]))
     return rows

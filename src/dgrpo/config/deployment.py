@@ -91,6 +91,11 @@ class PipelineConfig:
     same stage functions in process, writing the same tables, adapters and lineage per round; models stay loaded
     across rounds, so the pod start-up, imports and model loads are paid once a segment instead of once a task
     (docs/kubernetes.md, "Staged or fused"). A container swap (`stages`) needs staged."""
+    resident_gb: Annotated[float, Range(ge=0)] = 4.0
+    """Memory (GiB) each process of a segment run in one process group (fused, or in process) keeps the objects it
+    wrote or read in, so a round's later steps read its rollouts from memory; its writes go to the store in the
+    background meanwhile (`dgrpo.store.resident`). A round's rollouts with their trajectories should fit: about
+    3.5 GB at SD3.5-M size over the pod's processes. 0 reads everything back from the store."""
 
     def validate(self, path: str) -> None:
         for name, custom in self.swaps().items():

@@ -238,9 +238,10 @@ class TrainConfig:
     inner_epochs: Annotated[int, POSITIVE] = 1
     """Passes over one round's trajectories."""
     num_processes: Annotated[int, POSITIVE] = field(default=1, metadata=EXECUTION)
-    """Data-parallel processes of the update (one per GPU, launched with torchrun in the update's pod). Each takes
-    every num_processes-th trajectory; advantages come from the whole round's scores first, so a prompt group
-    spanning processes is normalised over all its members."""
+    """Data-parallel processes of the update (one per GPU, launched with torchrun in the update's pod). Each trains
+    on its own prompt shards when pipeline.shards splits evenly over the processes (in a fused pod, the shards
+    its own rollout step wrote), else on every num_processes-th trajectory; advantages come from the whole
+    round's scores first, so a prompt group is normalised over all its members wherever they train."""
     mixed_precision: MixedPrecision = "no"
     """Autocast of the transformer in the update through accelerate: no, bf16 or fp16 (fp16 needs a GPU and
     scales the loss). LoRA weights and the optimizer stay float32; the SDE step runs in float32."""

@@ -10,23 +10,31 @@ one per GPU: the sharded steps (rollout, reward) split their shards over the pro
 the first process over the whole round's groups, the update trains data-parallel in every process (the first
 commits), and evaluations run on the first. Artifact references travel between processes over a gloo group;
 the artifacts themselves are in the store.
+
+Each process sees the store through a `ResidentStore`: its writes go out in the background while the next step
+computes, and the objects it wrote stay in memory for the steps after. So each process keeps to the data it
+produced: the cluster step's embeddings are computed where the images are (each process its own shards; the
+first process clusters the groups from them) and the update trains each process on its own shards' rows
+(`dgrpo.stages.update.train.own_rollouts`). The writes are flushed before the processes exchange references.
 """
 
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dgrpo.models import resident_models
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
-from dgrpo.runtime.rounds import STEP_CALLS, OnStep, StepCall, run_round
+from dgrpo.runtime.rounds import OnStep, StepCall, run_round
 from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.store import ArtifactStore, open_store
+from dgrpo.store import ArtifactStore, ResidentStore, open_store
+from dgrpo.store.resident import GiB
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class Processes:
     world: int = 1
     group: Any = None
     """A torch.distributed (gloo) group for passing artifact references; None with one process."""
+    flush: Callable[[], None] = lambda: None
+    """Called before every exchange: what a process wrote is in the store before another acts on it."""
 
     @property
     def main(self) -> bool:
@@ -46,6 +56,7 @@ class Processes:
         if self.world > 1:
             import torch.distributed as dist
 
+            self.flush()
             dist.barrier(group=self.group)
 
     def broadcast(self, value: Any) -> Any:
@@ -54,6 +65,7 @@ class Processes:
             return value
         import torch.distributed as dist
 
+        self.flush()
         box = [value]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
@@ -64,6 +76,7 @@ class Processes:
             return mine
         import torch.distributed as dist
 
+        self.flush()
         parts: list[dict] = [{} for _ in range(self.world)]
         dist.all_gather_object(parts, mine, group=self.group)
         return {k: v for part in parts for k, v in part.items()}
@@ -73,10 +86,16 @@ class Processes:
 
 
 def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
-    """The unsharded steps across processes: cluster on the first process, the update in every one."""
+    """The unsharded steps across processes: each process embeds its own shards' images and the first clusters
+    the round from the embeddings; the update runs in every process."""
 
-    def cluster(ctx: StageContext, state: seg.RoundState, **kwargs: Any) -> StageResult:
-        result = STEP_CALLS["cluster"](ctx, state, **kwargs) if processes.main else None
+    def cluster(ctx: StageContext, state: seg.RoundState, *, shard: int, shards: int, rollouts: list,
+                rewards: list) -> StageResult:
+        from dgrpo.stages.cluster import embed_rollouts, run_cluster
+
+        embedded, seconds = embed_rollouts(ctx, [rollouts[i] for i in processes.shard_indices(len(rollouts))])
+        embedded, seconds = processes.gather(embedded), max(processes.gather({processes.rank: seconds}).values())
+        result = run_cluster(ctx, state.round, rollouts, rewards, (embedded, seconds)) if processes.main else None
         return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
 
     def update(ctx: StageContext, state: seg.RoundState, *, shard: int, shards: int, rollouts: list, scores
@@ -99,6 +118,8 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
     A failure is recorded in the store (stage, segment, round) as a staged task records it, then re-raised.
     `on_step(stage, round, shard)` is called as each step starts."""
     ctx = seg.context(store, state)
+    resident = ResidentStore(store, int(ctx.config.pipeline.resident_gb * GiB))
+    ctx.store, processes = resident, replace(processes, flush=resident.flush)
     where: dict = {"task": "evaluate", "round": None}
 
     def step(stage: str, round_index: int, shard: int | None) -> None:
@@ -118,18 +139,20 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                 processes.barrier()
             for r in state.rounds:
                 step("begin_round", r, None)
-                round_state = seg.begin_round(store, state, r)
+                round_state = seg.begin_round(resident, state, r)
                 run_round(ctx, round_state, on_step=step, calls=_distributed_calls(processes) if many else None,
                           shard_indices=processes.shard_indices, gather=processes.gather)
                 if round_state.evaluate:
                     step("evaluate", r, None)
                     if processes.main:
-                        done = trained_state(store, state.run_id)
+                        done = trained_state(resident, state.run_id)
                         with time_limit(limit, f"evaluate after round {r}"):
                             review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
                                             optimizer_state=done.optimizer_state)
                     processes.barrier()
+        resident.close()  # every write of the segment in the store before the task reports success
     except Exception as exc:
+        resident.close(raise_failure=False)  # what was written before the failure stays written
         exc = described(exc, where["task"], where["round"])
         seg.record_error(store, state.run_id, where["task"], exc, state.segment or None, where["round"])
         raise exc

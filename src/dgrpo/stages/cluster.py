@@ -92,29 +92,61 @@ def round_kl_gate(cfg: RunConfig, scored: pa.Table) -> tuple[np.ndarray, np.ndar
     return u, gardo.kl_gate(u, cfg.gardo.kl_gate_share, cfg.gardo.kl_gate_rule)
 
 
-def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
-                rewards: ArtifactRef | list[ArtifactRef]) -> StageResult:
-    """Score a round; `rollouts` and `rewards` may each be one table or the shards of one."""
-    cfg, c = ctx.config, ctx.config.cluster
+Embedded = dict[str, np.ndarray | None]
+"""Each sample's embedding by sample id (None without cluster.embedder)."""
+
+
+def embed_samples(cfg: ClusterConfig, samples: pa.Table, ids: list[str]) -> np.ndarray:
+    """The embeddings of `ids`, in that order, from `samples` (sample_id, image_png)."""
+    png_of = dict(zip(samples.column("sample_id").to_pylist(), samples.column("image_png").to_pylist(), strict=True))
+    images = np.stack([png_decode(png_of[i]) for i in ids])
+    embeddings = np.asarray(load_embedder(cfg.embedder, cfg.embedder_options)(images), dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(ids) or not np.all(np.isfinite(embeddings)):
+        raise ValueError(f"embedder {cfg.embedder!r} must return finite [{len(ids)}, D] embeddings, got "
+                         f"{embeddings.shape}")
+    return embeddings
+
+
+def embed_rollouts(ctx: StageContext, rollouts: list[ArtifactRef]) -> tuple[Embedded, float]:
+    """The samples of `rollouts` (some shards of a round) with their embeddings, and the embedder's seconds: what a
+    fused process computes where its images are, so the process that clusters never reads them."""
+    if not rollouts:
+        return {}, 0.0
     samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png"])
+    ids = samples.column("sample_id").to_pylist()
+    if ctx.config.cluster.embedder is None:
+        return dict.fromkeys(ids), 0.0
+    start = time.perf_counter()
+    embeddings = embed_samples(ctx.config.cluster, samples, ids)
+    return dict(zip(ids, embeddings, strict=True)), time.perf_counter() - start
+
+
+def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
+                rewards: ArtifactRef | list[ArtifactRef], embedded: tuple[Embedded, float] | None = None
+                ) -> StageResult:
+    """Score a round; `rollouts` and `rewards` may each be one table or the shards of one. `embedded`: the
+    round's samples already embedded (`embed_rollouts`) with the embedder's seconds; the rollouts are then not
+    read."""
+    cfg, c = ctx.config, ctx.config.cluster
     scored = read_merged(ctx.store, rewards, REWARDS)
-    check_same_samples(samples, scored, f"rollouts {uris(rollouts)}", f"rewards {uris(rewards)}")
     ids = scored.column("sample_id").to_pylist()
     quality = np.asarray(scored.column("reward").to_pylist(), dtype=np.float64)
     groups = np.asarray(scored.column("group_id").to_pylist())
     n = len(ids)
 
     embeddings, embed_seconds = None, 0.0
-    if c.embedder is not None:
-        png_of = dict(zip(samples.column("sample_id").to_pylist(), samples.column("image_png").to_pylist(),
-                          strict=True))
-        images = np.stack([png_decode(png_of[i]) for i in ids])
-        start = time.perf_counter()
-        embeddings = np.asarray(load_embedder(c.embedder, c.embedder_options)(images), dtype=np.float32)
-        embed_seconds = time.perf_counter() - start
-        if embeddings.ndim != 2 or len(embeddings) != n or not np.all(np.isfinite(embeddings)):
-            raise ValueError(f"embedder {c.embedder!r} must return finite [{n}, D] embeddings, got "
-                             f"{embeddings.shape}")
+    if embedded is None:
+        samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png"])
+        check_same_samples(samples, scored, f"rollouts {uris(rollouts)}", f"rewards {uris(rewards)}")
+        if c.embedder is not None:
+            start = time.perf_counter()
+            embeddings = embed_samples(c, samples, ids)
+            embed_seconds = time.perf_counter() - start
+    else:
+        by_id, embed_seconds = embedded
+        check_same_samples(pa.table({"sample_id": list(by_id)}), scored, f"rollouts {uris(rollouts)}",
+                           f"rewards {uris(rewards)}")
+        embeddings = None if c.embedder is None else np.stack([by_id[i] for i in ids])
 
     cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
     extra: dict[str, np.ndarray] = {}

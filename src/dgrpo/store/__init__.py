@@ -5,6 +5,7 @@ from urllib.parse import unquote, urlparse
 from dgrpo.environment import check_environment
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_bytes, sha256_file
 from dgrpo.store.local import LocalStore, file_mode
+from dgrpo.store.resident import ResidentStore
 from dgrpo.store.uris import check_store_uri, redact
 
 
@@ -24,5 +25,5 @@ def open_store(uri: str, where: str = "store URI", create: bool = True) -> Artif
     return LocalStore(unquote(parsed.path), create=create)
 
 
-__all__ = ["ArtifactRef", "ArtifactStore", "LocalStore", "StoreError", "check_store_uri", "file_mode", "open_store",
-           "redact", "sha256_bytes", "sha256_file"]
+__all__ = ["ArtifactRef", "ArtifactStore", "LocalStore", "ResidentStore", "StoreError", "check_store_uri", "file_mode",
+           "open_store", "redact", "sha256_bytes", "sha256_file"]

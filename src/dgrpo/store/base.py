@@ -169,3 +169,8 @@ class ArtifactStore(ABC):
 
     def exists(self, key: str) -> bool:
         return self._exists(key)
+
+    def flush(self) -> None:
+        """Make every write so far visible to other processes (before handing them the store or a reference).
+        A store that writes synchronously has nothing to do; `dgrpo.store.resident.ResidentStore` drains its queue."""
+        return None

@@ -21,6 +21,7 @@ def launch(ctx: StageContext, inputs: UpdateInputs) -> StageResult:
     """Train the round in `train.num_processes` processes and return the main process's result."""
     request = f"runs/{ctx.run_id}/update/r{inputs.round_index:04d}-request.json"
     ctx.store.put_json(request, _request(ctx, inputs))
+    ctx.store.flush()  # the workers open the store themselves
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={ctx.config.train.num_processes}", "-m", __name__, ctx.store.uri, request]
     code = subprocess.run(command, check=False).returncode

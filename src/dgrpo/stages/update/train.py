@@ -30,7 +30,7 @@ from dgrpo.sampling import SDEStep, step_with_logprob
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.shared.rounds import trained_steps
-from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
+from dgrpo.stages.shared.shards import as_list, check_same_samples, named_inputs, read_merged, shard_of, uris
 from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
 from dgrpo.stages.update import agreement, options
 from dgrpo.stages.update.finite import check_round_finite
@@ -83,21 +83,42 @@ class UpdateInputs:
     optimizer_state: ArtifactRef | None = None
 
 
+def own_rollouts(ctx: StageContext, refs: ArtifactRef | list[ArtifactRef], rank: int, world: int
+                 ) -> tuple[list[ArtifactRef], bool]:
+    """The rollout shards process `rank` of `world` reads, and whether it trains on all their rows.
+
+    When the round's shards split evenly over the processes (a multiple of them, each as many prompts), process
+    `rank` takes shards rank, rank + world, ...: in a fused pod those its own rollout step wrote, still in its
+    memory. Otherwise every process reads every shard and takes every world-th trajectory."""
+    refs = as_list(refs)
+    even = len(refs) % world == 0 and ctx.config.sampling.prompts_per_round % len(refs) == 0
+    if world == 1 or not even:
+        return refs, world == 1
+    refs.sort(key=lambda r: shard_of(ctx.store, r))
+    return refs[rank::world], True
+
+
 def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     """The round's optimizer steps in this process (one of several under torchrun, or the only one).
 
-    Every process computes the advantages from the whole round, then trains on its own rows: every
-    num_processes-th trajectory, so a group's members spread over processes. Gradients are averaged across
-    processes by DistributedDataParallel through accelerate. The main process writes the artifacts; the others
-    return None.
+    Every process computes the advantages from the whole round's scores, then trains on its own rows
+    (`own_rollouts`: its shards' trajectories, or every num_processes-th one), so a group's advantages are
+    normalised over all its members wherever they train. Gradients are averaged across processes by
+    DistributedDataParallel through accelerate. The main process writes the artifacts; the others return None.
     """
     cfg, t, round_index = ctx.config, ctx.config.train, inputs.round_index
-    traj = read_merged(ctx.store, inputs.rollouts, ROLLOUTS)
+    acc = make_accelerator(t.mixed_precision)
+    rank, world = acc.process_index, acc.num_processes
+    if world != t.num_processes:
+        raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
     scored = artifacts.read_table(ctx.store, inputs.scores, SCORES)
-    check_same_samples(traj, scored, f"rollouts {uris(inputs.rollouts)}", f"scores {inputs.scores.uri}")
-    groups = traj.column("group_id").to_pylist()
-    signals = options.read_signals(cfg, traj.column("sample_id").to_pylist(), groups, scored,
-                                   f"scores {inputs.scores.uri}")
+    refs, whole = own_rollouts(ctx, inputs.rollouts, rank, world)
+    all_traj = read_merged(ctx.store, refs, ROLLOUTS)
+    covered = scored if not whole or world == 1 else scored.filter(pc.is_in(
+        scored.column("group_id"), value_set=all_traj.column("group_id").unique()))
+    check_same_samples(all_traj, covered, f"rollouts {uris(refs)}", f"scores {inputs.scores.uri}")
+    ids, groups = scored.column("sample_id").to_pylist(), scored.column("group_id").to_pylist()
+    signals = options.read_signals(cfg, ids, groups, scored, f"scores {inputs.scores.uri}")
     rewards = signals.rewards
     adv_all = (options.novelty_advantages(cfg, signals) if cfg.gardo.novelty_advantage
                else group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept))
@@ -105,12 +126,9 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         rewards, groups, signals.cluster_ids, t.global_std, t.adv_clip_max, signals.kept)
     kl_weight_all = options.kl_weights(signals)
 
-    acc = make_accelerator(t.mixed_precision)
-    rank, world = acc.process_index, acc.num_processes
-    if world != t.num_processes:
-        raise RuntimeError(f"train.num_processes is {t.num_processes} but {world} processes run the update")
-    mine = list(range(rank, len(adv_all), world))
-    all_traj, traj = traj, traj.take(mine)
+    traj = all_traj if whole else all_traj.take(list(range(rank, all_traj.num_rows, world)))
+    position = {sid: i for i, sid in enumerate(ids)}
+    mine = [position[sid] for sid in traj.column("sample_id").to_pylist()]
     adv = torch.tensor(np.stack([adv_all, detail_all], axis=1)[mine], dtype=torch.float32)  # structure, detail
     extras = RoundExtras(options.PromptNoiseReplay.from_rollouts(traj), None if kl_weight_all is None
                          else torch.tensor(kl_weight_all[mine], dtype=torch.float32))
