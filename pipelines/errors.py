@@ -1,18 +1,17 @@
 """Every error of the `dgrpo` command line as one clear line, with its secrets redacted.
 
 An operator who mistypes a store, a config value or a run id needs to read what is wrong, not 60 to 440 lines of
-traceback; `--debug` (anywhere on the command line, or DGRPO_DEBUG=1) prints the traceback as well. Two pieces:
-`OneLineErrors`, the command group of the typer app (`cli.app`), turns an exception raised by a command into that
-line and exit code 1; `main`, the `dgrpo` script's entry point, does the same for usage errors (unknown options,
-bad arguments: exit code 2), which click raises before any command runs. Exit code 130: interrupted.
+traceback; `--debug` (anywhere on the command line, or DGRPO_DEBUG=1) prints the traceback as well. This module
+is what the command line's two error paths share: `OneLineErrors`, the command group of the typer app
+(`cli.app`), turns an exception raised by a command into that line and exit code 1; `dgrpo_pipelines.main`, the
+`dgrpo` script's entry point, does the same for usage errors (unknown options, bad arguments: exit code 2), which
+click raises before any command runs. It imports neither of them, so the imports go one way: main -> cli -> errors.
 """
 
 import json
-import logging
 import os
 import re
 import sys
-import threading
 import traceback
 from pathlib import Path
 
@@ -72,7 +71,9 @@ def _last_task_error(log: Path) -> str:
     return ""
 
 
-def _debug() -> bool:
+def debugging() -> bool:
+    """Whether tracebacks are wanted (`--debug`, which `main` turns into DGRPO_DEBUG=1 for the app, or the
+    variable itself)."""
     return os.environ.get("DGRPO_DEBUG", "") not in ("", "0")
 
 
@@ -105,64 +106,13 @@ class OneLineErrors(TyperGroup):
         except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
             raise  # usage errors and exits: click's (or `main`'s) to show
         except BrokenPipeError as exc:  # before typer's own handler, which exits 1
-            raise typer.Exit(_reader_gone()) from exc
+            raise typer.Exit(reader_gone()) from exc
         except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
-            report(exc, _debug(), as_json)
+            report(exc, debugging(), as_json)
             raise typer.Exit(termination.EXIT_CODE if isinstance(exc, termination.Terminated) else 1) from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the `dgrpo` command line with `argv` (default: sys.argv[1:]) and return its exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or _debug()
-    args = [a for a in args if a != "--debug"]
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    saved = threading.excepthook, os.environ.get("DGRPO_DEBUG")
-    if debug:
-        os.environ["DGRPO_DEBUG"] = "1"  # for OneLineErrors, inside the app
-    else:  # a helper thread (the progress display) that dies says so in one line, not a traceback
-        threading.excepthook = _thread_died
-    try:
-        return _run(args, debug)
-    finally:
-        threading.excepthook = saved[0]
-        if saved[1] is None:
-            os.environ.pop("DGRPO_DEBUG", None)
-        else:
-            os.environ["DGRPO_DEBUG"] = saved[1]
-
-
-def _thread_died(hook: threading.ExceptHookArgs) -> None:
-    what = describe(hook.exc_value) if hook.exc_value is not None else hook.exc_type.__name__
-    print(f"warning: thread {hook.thread.name if hook.thread else '?'} stopped: {what}", file=sys.stderr)
-
-
-def _run(args: list[str], debug: bool) -> int:
-    from dgrpo_pipelines.cli import app
-
-    try:
-        code = typer.main.get_command(app).main(args=args, prog_name="dgrpo", standalone_mode=False)
-        sys.stdout.flush()  # a reader that closed the pipe is found here, not at the interpreter's exit
-        return code if isinstance(code, int) else 0
-    except BrokenPipeError:
-        return _reader_gone()
-    except click_errors.NoArgsIsHelpError as exc:
-        exc.show()
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        print("error: aborted", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - usage errors, and anything raised outside a command
-        report(exc, debug, wants_json(args))
-        return exc.exit_code if isinstance(exc, click_errors.ClickException) else 1
-
-
-def _reader_gone() -> int:
+def reader_gone() -> int:
     """`dgrpo report RUN | head`: the reader has what it wanted, so no "Broken pipe" and exit code 0; what is left
     in stdout's buffer goes to /dev/null so that Python's own flush at exit does not fail again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -174,6 +124,3 @@ def _reader_gone() -> int:
         os.close(devnull)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import small_config
 from dgrpo_pipelines.cli import _console, app
-from dgrpo_pipelines.errors import main
+from dgrpo_pipelines.main import main
 from typer.testing import CliRunner
 
 from dgrpo import __version__
@@ -134,7 +134,7 @@ def test_help_short_option_and_version(capsys):
 
 def test_quiet_on_a_closed_pipe():
     """`dgrpo ... | head`: the reader closes the pipe before the command writes; exit 0, nothing on stderr."""
-    proc = subprocess.Popen([sys.executable, "-m", "dgrpo_pipelines.errors", "config", "show"],
+    proc = subprocess.Popen([sys.executable, "-m", "dgrpo_pipelines.main", "config", "show"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()

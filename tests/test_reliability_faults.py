@@ -22,7 +22,7 @@ import fault_harness
 import pytest
 import seaweedfs
 from conftest import S3_BUCKET
-from dgrpo_pipelines.errors import main
+from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
 from test_s3store import _FlakyProxy
 
@@ -272,7 +272,7 @@ def test_the_s3_server_down_longer_than_the_deadline_fails_in_one_line_and_resum
                                                                                    reference, monkeypatch, tmp_path):
     uri = "s3://restart/fail"
     env = _s3_env(private_s3, request_deadline_s="2", connect_timeout_s="1", read_timeout_s="2")
-    run = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "inprocess", "--config",
+    run = [sys.executable, "-m", "dgrpo_pipelines.main", "run", "--engine", "inprocess", "--config",
            str(config_file), "--store", uri, "--run-id", "ft", "--output", str(tmp_path / "out")]
     proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -312,7 +312,7 @@ def test_kill_9_of_a_kfp_engine_run_then_resume(config_file, reference, tmp_path
     the middle of round 1, its rollout written and its update not); `--resume` through kfp.local again finishes with
     the bytes of an uninterrupted run."""
     store = tmp_path / "store"
-    base = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "kfp", "--config", str(config_file),
+    base = [sys.executable, "-m", "dgrpo_pipelines.main", "run", "--engine", "kfp", "--config", str(config_file),
             "--store", str(store), "--output", str(tmp_path / "out"), "--set", f"pipeline.execution={execution}"]
     proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -339,7 +339,7 @@ def test_sigterm_records_why_the_run_ended_and_the_run_resumes(config_file, refe
     during which stage of which round, the store records it and holds only whole objects, the lease is given back,
     and `--resume` finishes with the bytes of an uninterrupted run."""
     store = tmp_path / "store"
-    base = [sys.executable, "-m", "dgrpo_pipelines.errors", "run", "--engine", "inprocess", "--config",
+    base = [sys.executable, "-m", "dgrpo_pipelines.main", "run", "--engine", "inprocess", "--config",
             str(config_file), "--store", str(store), "--output", str(tmp_path / "out")]
     proc = subprocess.Popen(base + ["--run-id", "ft"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -3,7 +3,7 @@ nothing stored changed.
 
 Every case names the class of input it stands for (config field, CLI argument, file, id, URI, artifact from a
 swapped stage, environment), the input, and the text its one error line must contain. Each runs the real entry
-point (`dgrpo_pipelines.errors.main`, what the `dgrpo` script calls) in this process against a store holding one
+point (`dgrpo_pipelines.main.main`, what the `dgrpo` script calls) in this process against a store holding one
 committed round, and compares every file under the test's directories, and every request the KFP API received,
 before and after. The values a person naturally writes that must work are at the end.
 """
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import small_config
-from dgrpo_pipelines.errors import main
+from dgrpo_pipelines.main import main
 from reliability_helpers import snapshot, tiny_config
 
 from dgrpo.contracts import REWARDS, SCORES
@@ -291,7 +291,7 @@ def test_natural_store_uris_and_numbers_work_end_to_end(tmp_path, capsys):
 
 def test_the_installed_script_is_the_one_line_entry_point():
     scripts = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'dgrpo = "dgrpo_pipelines.errors:main"' in scripts
+    assert 'dgrpo = "dgrpo_pipelines.main:main"' in scripts
 
 
 def test_the_compiler_itself_refuses_an_unknown_plugin(tmp_path):

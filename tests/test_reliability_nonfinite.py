@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import small_config
-from dgrpo_pipelines.errors import main
+from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
 
 from dgrpo import artifacts, contracts

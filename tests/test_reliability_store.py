@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 from conftest import S3_BUCKET
-from dgrpo_pipelines.errors import main
+from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
 
 from dgrpo import lineage
