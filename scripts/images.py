@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dgrpo.config.deployment import IMAGE_KEYS
 from dgrpo.contracts.stages import STAGE_NAMES
+from dgrpo.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +106,7 @@ def main() -> int:
     if set(refs) != set(IMAGE_KEYS):
         print(f"make images: built {sorted(refs)}, not every image {list(IMAGE_KEYS)}", file=sys.stderr)
         return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(refs, indent=2, sort_keys=True) + "\n")
-    tmp.replace(args.output)
+    atomic_write_text(args.output, json.dumps(refs, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.output}; put these references into your config (dgrpo compile and submit use them):")
     print(config_snippet(refs), end="")
     return 0

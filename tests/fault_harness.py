@@ -53,7 +53,9 @@ def kill_after(stage: str) -> None:
 
 
 def kill_in_os_call(call: str, key_part: str) -> None:
-    """Kill inside LocalStore's write when the file being written matches `key_part`."""
+    """Kill inside LocalStore's write when the file being written matches `key_part`: the temp file is written and
+    synced in `dgrpo.files`, and moved into place in `dgrpo.store.local`."""
+    import dgrpo.files as files
     import dgrpo.store.local as local
 
     real_replace, real_fsync, real_fdopen, real_link = os.replace, os.fsync, os.fdopen, os.link
@@ -81,7 +83,7 @@ def kill_in_os_call(call: str, key_part: str) -> None:
     shim = types.ModuleType("os")
     shim.__dict__.update(os.__dict__)
     shim.fdopen, shim.fsync, shim.replace, shim.link = fdopen, fsync, replace, link
-    local.os = shim
+    files.os = local.os = shim
 
 
 def main(config_path: str, store_uri: str, run_id: str, rounds: str, point: str,

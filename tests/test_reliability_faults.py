@@ -26,7 +26,7 @@ from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
 from test_s3store import _FlakyProxy
 
-import dgrpo.store.local as local_store
+import dgrpo.files as files
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import verify_run
 from dgrpo.stages.shared.commits import last_commit
@@ -150,7 +150,7 @@ def test_a_full_disk_fails_in_one_line_leaves_no_partial_object_and_resumes(conf
     shim = types.ModuleType("os")
     shim.__dict__.update(os.__dict__)
     shim.fdopen = disk.fdopen
-    monkeypatch.setattr(local_store, "os", shim)
+    monkeypatch.setattr(files, "os", shim)  # where a store write opens its temp file
     # no retries: the first failed segment ends the chain (with retries, the next segment rides it out, below)
     code = main(["run", "--engine", "inprocess", "--config", str(config_file), "--store", str(root), "--resume",
                  "ft", "--set", "pipeline.max_retries=0", "--output", str(tmp_path / "out")])

@@ -2,29 +2,13 @@
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from dgrpo.files import file_mode, staged_file
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_file
 
-
-def file_mode() -> int:
-    """The mode a new file gets from this process's umask (0o644 under the usual 022).
-
-    `tempfile.mkstemp`, which the atomic writes use, creates files 0600 whatever the umask: nobody chose that for
-    the store (git log -S mkstemp), and it makes a shared or NFS store unreadable to another UID, such as the
-    stage images' user 10001. Linux reports the umask in /proc/self/status; elsewhere it is read by setting it and
-    putting it back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+__all__ = ["LocalStore", "file_mode"]
 
 
 class LocalStore(ArtifactStore):
@@ -48,27 +32,17 @@ class LocalStore(ArtifactStore):
 
     @contextlib.contextmanager
     def _staged(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
-        """`data` complete and synced in a temp file beside `key`'s path: (temp, path). The temp file is gone
-        afterwards whatever happens, so a full disk or a kill leaves no partial object; OS errors name the key."""
+        """`data` complete and synced in a temp file beside `key`'s path: (temp, path) (`dgrpo.files.staged_file`:
+        a full disk or a kill leaves no partial object); OS errors name the key."""
         path = self._path(key)
-        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            tmp = Path(name)
-            os.fchmod(fd, file_mode())  # mkstemp's 0600 would shut out every other user of a shared store
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            yield tmp, path
+            with staged_file(path, data) as tmp:
+                yield tmp, path
         except FileExistsError:
             raise
         except OSError as exc:
             raise StoreError(f"writing {self.uri}/{key}: {exc.strerror or exc}") from exc
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
 
     def _write(self, key: str, data: bytes) -> None:
         with self._staged(key, data) as (tmp, path):

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from dgrpo.config import RunConfig, config_from_json, load_config
 from dgrpo.contracts import REWARDS, SCORES
+from dgrpo.files import atomic_write_bytes, atomic_write_text
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.context import StageContext
@@ -474,13 +475,7 @@ def plot(rows: list[dict], arms: list[str], path: Path, target: float | None = N
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_csv(path: Path, records: list[dict], columns: list[str]) -> None:
@@ -488,7 +483,7 @@ def _write_csv(path: Path, records: list[dict], columns: list[str]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write_text(path, buf.getvalue())
 
 
 def summary_records(summary: list[dict]) -> tuple[list[dict], list[str]]:
@@ -580,7 +575,7 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
     for line in differences[4:-1]:
         log(line)
     header += "\n\n" + "\n".join(differences)
-    _atomic_write(paths["markdown"], markdown(summary, target, goals, rows, names, header).encode())
+    atomic_write_text(paths["markdown"], markdown(summary, target, goals, rows, names, header))
     plot(rows, names, paths["plot"], target)
     if html:
         from dgrpo.runtime.report import write_html

@@ -7,7 +7,6 @@ Both modules live in one safetensors file whose metadata carries their configs a
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,10 @@ from typing import Any
 import torch
 from diffusers import SD3Transformer2DModel
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
+from dgrpo.files import atomic_write_bytes
 from dgrpo.toyworld.data import COLORS, SHAPES
 
 PAD_TOKEN = "<pad>"
@@ -131,21 +131,11 @@ def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: str | os.PathLike, transformer: SD3Transformer2DModel, text_encoder: ToyTextEncoder,
                     metadata: dict[str, Any]) -> Path:
-    """Write both modules and the report to one safetensors file, atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write both modules and the report to one safetensors file, atomically (`dgrpo.files`)."""
     tensors = _prefixed(TRANSFORMER_PREFIX, transformer) | _prefixed(TEXT_ENCODER_PREFIX, text_encoder)
     header = {"format": "pt", _META_TRANSFORMER: json.dumps(transformer_config(transformer)),
               _META_TEXT_ENCODER: json.dumps(text_encoder.config), _META_REPORT: json.dumps(metadata)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata=header))
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,7 +8,6 @@ the mode collapse that GRPO causes later is visible against it.
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 
+from dgrpo.files import atomic_write_text
 from dgrpo.toyworld.data import (
     CAPTIONS,
     COLORS,
@@ -215,9 +215,7 @@ def build_report(args: argparse.Namespace, losses: list[float], param_counts: di
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -10,13 +10,12 @@ import base64
 import datetime
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
+from dgrpo.files import atomic_write_text
 from dgrpo.lineage import code_version
 from dgrpo.runtime.report import plots
 from dgrpo.runtime.report.data import Evaluation, RunData, load_run, quality_key
@@ -63,21 +62,7 @@ def render_html(store: ArtifactStore, run_ids: list[str]) -> str:
 
 def write_html(store: ArtifactStore, run_ids: list[str], path: str | Path) -> Path:
     """Render the report and write it to `path` atomically (a reader never sees half a file)."""
-    text = render_html(store, run_ids)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from the other users of a share
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, render_html(store, run_ids))
 
 
 def _e(value: object) -> str:

@@ -5,36 +5,24 @@ files instead. `export_table` materialises a (merged) table for it; `import_tabl
 against the stage's contract and stores it, with a lineage record naming the component's image.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dgrpo import artifacts, contracts, lineage
+from dgrpo.files import atomic_write_bytes
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import as_list, read_merged
-from dgrpo.store import ArtifactRef, file_mode
+from dgrpo.store import ArtifactRef
 
 SUMMARY_COLUMN = {"rewards": "reward", "scores": "final_reward"}
 
 
 def export_table(ctx: StageContext, refs: ArtifactRef | list[ArtifactRef], contract: str, path: str) -> int:
-    """Write the table (shards merged in shard order) as a contract-valid Parquet file at `path`; returns rows."""
-    table = contracts.validate(read_merged(ctx.store, refs, contracts.CONTRACTS[contract]),
-                               contracts.CONTRACTS[contract], f"export of {contract}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, file_mode())  # the team's container may run as another user
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the table (shards merged in shard order) as a contract-valid Parquet file at `path`; returns rows.
+    The file's mode follows the umask (`dgrpo.files`): the team's container may run as another user."""
+    table = read_merged(ctx.store, refs, contracts.CONTRACTS[contract])
+    atomic_write_bytes(path, contracts.to_parquet_bytes(table, contracts.CONTRACTS[contract], f"export of {contract}"))
     return table.num_rows
 
 
