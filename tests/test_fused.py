@@ -103,12 +103,13 @@ def _segment_in_processes(store: LocalStore, run_id: str, config_sha256: str) ->
 
 @pytest.mark.e2e
 def test_two_fused_processes_write_what_the_staged_stages_write(tmp_path):
-    """2 processes (gloo) split the rollout and reward shards, the first clusters, both train data-parallel: the
-    same objects, bit for bit, as the in-process engine whose update runs the same 2 data-parallel processes."""
+    """2 processes (gloo) split the rollout and reward shards and embed their own images, the first clusters from
+    the gathered embeddings, both train data-parallel on their own shards: the same objects, bit for bit, as the
+    in-process engine whose update runs the same 2 data-parallel processes."""
     from dgrpo.runtime import fine_tune
 
     knobs = {"rounds": 2, "pipeline.shards": 2, "train.num_processes": 2, "eval.every": 2, "eval.num_steps": 2,
-             "eval.samples_per_prompt": 2}
+             "eval.samples_per_prompt": 2, "cluster.method": "diverse"}
     config = small_config(**knobs)
     staged = LocalStore(tmp_path / "staged")
     run_inprocess(StageContext(config, staged, "ft"))
@@ -177,3 +178,22 @@ def test_a_fused_segment_logs_its_steps_and_publishes_every_round(tmp_path, caps
     assert log[:4] == [f"fused segment {state.segment} of ft: rounds 0-1", "round 0: evaluate", "round 0: begin_round",
                        "round 0: rollout (shard 0)"]
     assert "round 1: update" in log
+
+
+@pytest.mark.parametrize("shards, prompts, rank, expected", [
+    (4, 4, 1, ([1, 3], True)),  # even: rank 1 trains on shards 1 and 3, those its rollout step wrote
+    (2, 2, 0, ([0], True)),
+    (3, 3, 1, ([0, 1, 2], False)),  # 3 shards over 2 processes: every process reads all, takes every 2nd row
+    (2, 3, 0, ([0, 1], False)),  # shards of 2 and 1 prompts: uneven rows would stall DistributedDataParallel
+])
+def test_each_update_process_reads_its_own_shards_when_they_split_evenly(monkeypatch, shards, prompts, rank,
+                                                                          expected):
+    from dgrpo.stages.update import train
+    from dgrpo.store import ArtifactRef
+
+    refs = [ArtifactRef("rollouts", f"file:///s/objects/0{i}/x", sha256=f"{i}" * 64, size=1) for i in range(shards)]
+    monkeypatch.setattr(train, "shard_of", lambda store, ref: int(ref.sha256[0]))
+    ctx = StageContext(small_config(**{"sampling.prompts_per_round": prompts, "pipeline.shards": shards}),
+                       None, "ft")
+    own, whole = train.own_rollouts(ctx, list(reversed(refs)), rank, 2)
+    assert ([int(r.sha256[0]) for r in own] if whole else sorted(int(r.sha256[0]) for r in own), whole) == expected
