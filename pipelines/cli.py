@@ -4,6 +4,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from dgrpo_pipelines.errors import OneLineErrors
 
 from dgrpo import contracts, lineage
 from dgrpo.config import ConfigError, load_config
-from dgrpo.runtime.report import build_report, format_report, summary_lines, write_html
+from dgrpo.runtime.report import build_report, format_report, located_uri, save_report, summary_lines, write_html
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -141,7 +142,8 @@ def run(config: RunConfigOpt = None, set_: SetOpt = None,
     work_dir = output / "runs" / run_id
     typer.echo(f"dgrpo run {run_id}: {cfg.rounds} rounds in segments of {cfg.pipeline.rounds_per_run}, engine "
                f"{engine}, recipe {cfg.recipe_sha256()[:12]}")
-    typer.echo(f"  store {ctx.store.uri}; task logs {work_dir / 'kfp.log'}")
+    # only kfp.local writes task logs; the in-process engine's stages log here
+    typer.echo(f"  store {ctx.store.uri}" + (f"; task logs {work_dir / 'kfp.log'}" if engine == "kfp" else ""))
     start = time.monotonic()
     console = _console()  # kfp.local's task logs are redirected away from it while the pipeline runs
     done = trained_state(ctx.store, run_id).next_round if resume else 0
@@ -159,9 +161,10 @@ def run(config: RunConfigOpt = None, set_: SetOpt = None,
         report = build_report(ctx.store, run_id)
     except ValueError:
         return
+    markdown = save_report(ctx.store, run_id, report)
     html_path = write_html(ctx.store, [run_id], work_dir / "report.html")
     ctx.store.put_text(f"runs/{run_id}/report.html", html_path.read_text(encoding="utf-8"))
-    typer.echo(f"  report:    {ctx.store.uri}/runs/{run_id}/report.md")
+    typer.echo(f"  report:    {ctx.store.uri}/{markdown}")
     typer.echo(f"  html:      {html_path.resolve()}")
     for line in summary_lines(report):
         typer.echo("  " + line)
@@ -392,11 +395,13 @@ def _resolve(artifact: str, store: str | None):
     if "/objects/" in artifact:
         root, name = artifact.rsplit("/objects/", 1)
         return open_store(store or root, "--store", create=False), Path(name).name.split(".")[0]
-    if store is None:
-        raise typer.BadParameter("give --store when the artifact is a bare sha256")
     if not re.fullmatch(r"[0-9a-fA-F]{8,64}", artifact):
+        if "/" in artifact or path.suffix:  # meant as a file: say so, not how to give a sha256
+            raise typer.BadParameter(f"{artifact}: no such file")
         raise typer.BadParameter(f"{artifact!r}: expected a sha256 (64 hexadecimal digits, or the first 8 or more), "
                                  "an object path or a KFP artifact file")
+    if store is None:
+        raise typer.BadParameter("give --store when the artifact is a bare sha256")
     st = open_store(store, "--store", create=False)
     sha = artifact.lower()
     if len(sha) < 64:  # the 12-digit prefix `dgrpo lineage` and the report print
@@ -418,6 +423,9 @@ def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object pat
     st, sha = _resolve(artifact, store)
     entries = lineage.chain(st, sha)
     problems = lineage.chain_problems(st, entries) if verify else {}
+    # each object where it is in this store now, not where a copied or moved store was when it was written
+    entries = [(d, n, replace(r, uri=located_uri(st, ArtifactRef(kind=r.kind, uri=r.uri, sha256=r.sha256, size=0))))
+               for d, n, r in entries]
     if as_json:
         typer.echo(json.dumps([{"depth": d, "input": n, **vars(r), **({"problem": problems[r.sha256]} if r.sha256
                                                                        in problems else {})}

@@ -135,6 +135,10 @@ CASES = [
          "notes.txt: neither a Parquet table nor a KFP artifact file", files={"notes.txt": b"hello"}),
     Case("broken-artifact-file", "file", ["lineage", "{dir}/ref.json"], "ref.json: not a dgrpo artifact reference",
          files={"ref.json": b'{"kind": "lora_adapter"'}),
+    Case("missing-file-to-check", "file", ["contract", "check", "reward", "{dir}/rewards.parquet"],
+         "rewards.parquet: no such file"),
+    Case("missing-reference-file", "file", ["lineage", "{dir}/adapter.json", "--store", "{store}"],
+         "adapter.json: no such file"),
     # ids: run ids, artifact ids
     Case("unknown-artifact", "id", ["lineage", "0" * 64, "--store", "{store}"],
          f"no lineage record for artifact {'0' * 64}"),
@@ -413,3 +417,66 @@ def test_every_dgrpo_variable_the_code_names_is_known():
              if not m.endswith("_")}  # DGRPO_S3_{name}: a prefix completed in code
     assert "DGRPO_S3_ENDPOINT_URL" in named and "DGRPO_CODE_VERSION" in named
     assert sorted(named - set(KNOWN_VARIABLES)) == []
+
+
+def test_report_renders_from_a_store_it_cannot_write(committed_store, tmp_path, monkeypatch, capsys):
+    """A read-only mount (or a store shared with another UID): `dgrpo report` prints the report and writes nothing
+    into the store; the HTML report goes where -o says."""
+    import errno
+
+    def refuse(self, key, data):
+        raise PermissionError(errno.EROFS, "Read-only file system", key)
+
+    monkeypatch.setattr(LocalStore, "_write", refuse)
+    monkeypatch.setattr(LocalStore, "_create", refuse)
+    before = snapshot(committed_store)
+    assert main(["report", "ft", "--store", str(committed_store)]) == 0
+    assert capsys.readouterr().out.startswith("# dgrpo run ft\n")
+    assert main(["report", "ft", "--store", str(committed_store), "--html", "-o", str(tmp_path / "ft.html")]) == 0
+    assert (tmp_path / "ft.html").stat().st_size > 0 and snapshot(committed_store) == before
+
+
+def test_a_copied_store_names_its_own_objects_not_the_old_location(committed_store, tmp_path, capsys):
+    """status, report and lineage of a store copied elsewhere (a backup, another mount) point at the copy's objects:
+    the old location may be gone, or worse, another run's store."""
+    import json
+
+    copy = shutil.copytree(committed_store, tmp_path / "copy")
+    adapter = LocalStore(copy).get_json("runs/ft/commits/r000000.json")["adapter"]
+    for argv in (["status", "ft"], ["status", "ft", "--json"], ["report", "ft"],
+                 ["lineage", adapter["sha256"], "--json"], ["report", "ft", "--html", "-o", str(tmp_path / "r.html")]):
+        assert main(argv + ["--store", str(copy)]) == 0, argv
+        out = capsys.readouterr().out + ((tmp_path / "r.html").read_text() if "--html" in argv else "")
+        assert str(copy) in out and str(committed_store) not in out, (argv, out)
+    assert adapter["uri"].startswith(committed_store.as_uri())  # the records keep where they were written
+    shown = json.loads(main(["status", "ft", "--json", "--store", str(copy)]) or capsys.readouterr().out)
+    assert shown["final_adapter"]["uri"] == adapter["uri"].replace(committed_store.as_uri(), copy.as_uri())
+
+
+def test_an_in_process_run_names_no_kfp_log(tmp_path, monkeypatch, capsys):
+    """Only kfp.local writes task logs: the in-process engine prints no kfp.log path (which would never exist)."""
+    import dgrpo_pipelines.local as local
+
+    def stop_here(*_args, **_kwargs):
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(local, "run_pipeline", stop_here)
+    argv = ["run", "--set", "rounds=1", "--output", str(tmp_path / "out"), "--run-id", "ft"]
+    for engine, named in (("inprocess", False), ("kfp", True)):
+        assert main(argv + ["--engine", engine]) == 1
+        out = capsys.readouterr().out
+        assert "store " in out and ("kfp.log" in out) == named, out
+
+
+def test_one_poll_reports_a_rounds_stages_in_the_order_they_ran(committed_store):
+    """A poll that finds several stages done (a slow poll, a fast round) reports them in pipeline order, not the
+    keys' order (which puts cluster before rollout)."""
+    from dgrpo_pipelines.local import EventWatcher
+
+    reported = []
+    ctx = StageContext(tiny_config(rounds=1), LocalStore(committed_store), "ft")
+    watcher = EventWatcher(ctx, lambda _done, _total, event: reported.append((event["round"], event["stage"])))
+    watcher.seen.clear()  # as if the whole round finished between two polls
+    watcher.poll()
+    assert reported == [(0, "evaluate"), (0, "rollout"), (0, "reward"), (0, "cluster"), (0, "update"),
+                        (1, "evaluate")]

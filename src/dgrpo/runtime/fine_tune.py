@@ -241,8 +241,18 @@ def status(store: ArtifactStore, run_id: str, lookup: kfp_rest.RunStateLookup | 
             "recipe_sha256": (claim or {}).get("recipe_sha256"), "claimed_at": (claim or {}).get("claimed_at"),
             "current_segment": segments[-1] if segments else None, "segments": len(segments), "lease": lease,
             "last_error": seg.root_error(errs), "stop": read_json(store, seg.stop_key(run_id)),
-            "best": read_json(store, run_key(run_id, "best.json")),
-            "final_adapter": ref_dict(trained_state(store, run_id).adapter)}
+            "best": _best(store, run_id),
+            "final_adapter": _located(store, ref_dict(trained_state(store, run_id).adapter))}
+
+
+def _located(store: ArtifactStore, ref: dict | None) -> dict | None:
+    """`ref` with the URI of its object in `store` now (a copied store's records name where it was written)."""
+    return ref and ref | {"uri": report.located_uri(store, ref)}
+
+
+def _best(store: ArtifactStore, run_id: str) -> dict | None:
+    best = read_json(store, run_key(run_id, "best.json"))
+    return best and best | {"adapter": _located(store, best.get("adapter"))}
 
 
 def format_status(st: dict) -> str:
@@ -359,7 +369,9 @@ def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp
     if end.next_kfp_run_id:
         text += f"\n  next segment: KFP run {end.next_kfp_run_id}"
     with contextlib.suppress(ValueError):  # no evaluation recorded yet
-        text += "\n\n" + report.format_report(report.build_report(store, run_id))
+        built = report.build_report(store, run_id)
+        report.save_report(store, run_id, built)
+        text += "\n\n" + report.format_report(built)
     return text
 
 

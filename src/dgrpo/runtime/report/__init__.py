@@ -13,7 +13,9 @@ from dgrpo.runtime.report.summary import (
     evaluation_markdown,
     format_report,
     load_events,
+    located_uri,
     round_means,
+    save_report,
     summary_lines,
 )
 from dgrpo.store import ArtifactStore
@@ -33,5 +35,5 @@ def write_html(store: ArtifactStore, run_ids: list[str], path: str | Path) -> Pa
     return write(store, run_ids, path)
 
 
-__all__ = ["build_report", "evaluation_markdown", "format_report", "load_events", "render_html",
-           "round_means", "summary_lines", "write_html"]
+__all__ = ["build_report", "evaluation_markdown", "format_report", "load_events", "located_uri", "render_html",
+           "round_means", "save_report", "summary_lines", "write_html"]

@@ -20,8 +20,8 @@ from dgrpo.lineage import code_version
 from dgrpo.runtime.report import plots
 from dgrpo.runtime.report.data import Evaluation, RunData, load_run, quality_key
 from dgrpo.runtime.report.headline import flatten, non_default_fields
-from dgrpo.runtime.report.summary import evaluation_label
-from dgrpo.store import ArtifactStore
+from dgrpo.runtime.report.summary import evaluation_label, located_uri
+from dgrpo.store import ArtifactRef, ArtifactStore
 
 MAX_GRID_WIDTH = 1600
 """Grids wider than this (real models' 512 px images) are downscaled for the page; the store keeps the original."""
@@ -164,7 +164,8 @@ def _lineage(store: ArtifactStore, run: RunData) -> str:
     base = [r for _, _, r in run.lineage if r.kind == "base_model"]
     rounds = sorted({r.round for _, _, r in run.lineage if r.kind == "rollouts" and r.round is not None})
     # rounds shown from 1 (the records count from 0): the adapter of round k is the one evaluated "after round k"
-    rows = [("adapter", f"{top.sha256} ({top.uri})"), ("produced by", f"{top.stage} of round {_shown(top.round)}"),
+    here = located_uri(store, ArtifactRef(kind=top.kind, uri=top.uri, sha256=top.sha256, size=0))  # a copied store
+    rows = [("adapter", f"{top.sha256} ({here})"), ("produced by", f"{top.stage} of round {_shown(top.round)}"),
             ("config", top.config_sha256), ("code version", top.code_version), ("image", top.image or "-"),
             ("base model", ", ".join(f"{b.uri} ({b.sha256[:12]})" for b in base[:1]) or "-"),
             ("rounds in its lineage", f"{len(rounds)} ({rounds[0] + 1}..{rounds[-1] + 1})" if rounds else "-"),

@@ -2,7 +2,7 @@
 visualisation), built from the records the stages write in the store."""
 
 
-from dgrpo.store import ArtifactStore
+from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
 
@@ -17,7 +17,21 @@ def load_events(store: ArtifactStore, run_id: str) -> list[dict]:
     return [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
 
 
+def located_uri(store: ArtifactStore, ref: dict | ArtifactRef) -> str:
+    """Where `ref`'s object is in `store` now. Records keep the URI an object was written at, which in a store
+    copied or moved elsewhere points at the old copy; an object outside the store (the base weights) keeps its URI."""
+    if isinstance(ref, dict):
+        ref = ArtifactRef(kind=str(ref.get("kind", "?")), uri=ref["uri"], sha256=ref["sha256"],
+                          size=int(ref.get("size", 0)))
+    try:
+        return f"{store.uri.rstrip('/')}/{store.key_of(ref)}"
+    except StoreError:
+        return ref.uri
+
+
 def build_report(store: ArtifactStore, run_id: str) -> dict:
+    """The run's report, read from its records and written nowhere (`save_report` stores it): `dgrpo report` reads
+    a store it may not write, a read-only mount or a copy. Object URIs are where the objects are in `store` now."""
     events = load_events(store, run_id)
     evals = [e for e in events if e["stage"] == "evaluate"]
     if not evals:
@@ -34,15 +48,26 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
         "run_id": run_id, "store": store.uri, "headline": headline.line(), "verdict": headline.verdict,
         "rewards": {"training": config.reward.name if config is not None else None,
                     "evaluation": eval_record.get("reward")},
-        "evaluations": [{"round": e["round"], **e["metrics"], "grid": e["outputs"]["grid"]["uri"]} for e in evals],
+        "evaluations": [{"round": e["round"], **e["metrics"], "grid": located_uri(store, e["outputs"]["grid"])}
+                        for e in evals],
         "training_reward_by_round": rewards,
         "first": {"round": evals[0]["round"], **evals[0]["metrics"]},
         "last": {"round": evals[-1]["round"], **evals[-1]["metrics"]},
-        "final_adapter": updates[-1]["outputs"]["adapter"] if updates else None,
+        "final_adapter": _located(store, updates[-1]["outputs"]["adapter"]) if updates else None,
     }
+    return report
+
+
+def _located(store: ArtifactStore, ref: dict) -> dict:
+    return ref | {"uri": located_uri(store, ref)}
+
+
+def save_report(store: ArtifactStore, run_id: str, report: dict) -> str:
+    """Store the report as `runs/<run>/report.json` and `report.md` (by the run, which owns its store); returns
+    the markdown's key."""
     store.put_json(f"runs/{run_id}/report.json", report)
     store.put_text(f"runs/{run_id}/report.md", format_report(report))
-    return report
+    return f"runs/{run_id}/report.md"
 
 
 def round_means(reward_events: list[dict]) -> dict[int, float]:
