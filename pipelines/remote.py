@@ -70,6 +70,7 @@ def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_
     on, or ends at once while a segment is training."""
     kfp_rest.check_cron(cron)
     store = _store(store_uri)
+    _refuse_a_second_schedule(client, experiment, run_id)
     claimed = fine_tune.read_claim(store, run_id) is not None
     submitted = (fine_tune.read_json(store, fine_tune.chain_key(run_id)) or {}).get("mode") == "kfp"
     record, spec, platform = _chain(client, store, config, run_id, run_id if claimed else "", experiment,
@@ -83,3 +84,18 @@ def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_
                     f"{config.rounds} rounds")
     return client.create_recurring_run(body)
 
+
+def _refuse_a_second_schedule(client: kfp_rest.KfpClient, experiment: str, run_id: str) -> None:
+    """One recurring run per fine-tune, found by its name ("<run id> chain") before anything is stored: a second
+    would double the fine-tune's runs and, with another cron or config, leave two schedules nobody chose. Refused,
+    not replaced: deleting a schedule someone may rely on is for a person to do."""
+    name = f"{run_id} chain"
+    live = [job for job in client.find_recurring_runs(client.experiment_id(experiment), name)
+            if job.get("status") != "DISABLED"]
+    if live:
+        job = live[0]
+        cron = (job.get("trigger") or {}).get("cron_schedule", {}).get("cron", "?")
+        raise ValueError(f"fine-tune {run_id} is already scheduled: recurring run {job['recurring_run_id']} "
+                         f"({name!r}, cron '{cron}') in experiment {experiment!r}; to change its schedule or "
+                         "config, delete that recurring run (KFP UI, or `kfp recurring-run delete "
+                         f"{job['recurring_run_id']}`) and schedule again")

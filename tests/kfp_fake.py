@@ -264,6 +264,11 @@ class FakeKfp:
             found = [r for r in self.runs.values() if (not names or r["display_name"] in names)
                      and (not exp or r.get("experiment_id") == exp)]
             return 200, {"runs": found[::-1], "total_size": len(found)} if found else {}
+        if method == "GET" and path == f"{api}/recurringruns":
+            names, exp = self._names(query), query.get("experiment_id", [""])[0]
+            found = [j for j in self.recurring.values() if (not names or j["display_name"] in names)
+                     and (not exp or j.get("experiment_id") == exp)]
+            return 200, {"recurringRuns": found, "total_size": len(found)} if found else {}
         if method == "POST" and path.startswith(f"{api}/runs/") and path.endswith(":terminate"):
             run = self.runs.get(path.rsplit("/", 1)[1].removesuffix(":terminate"))
             if run is None:

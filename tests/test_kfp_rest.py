@@ -1,6 +1,7 @@
 """submit, schedule and the chain's continuation against a strict fake of the KFP v2beta1 REST API (kfp_fake)."""
 
 import json
+import re
 
 import pytest
 from conftest import small_config
@@ -119,10 +120,18 @@ def test_schedule_creates_one_recurring_run_per_fine_tune(kfp_api, tmp_path):
     store = LocalStore(tmp_path / "store")
     assert job["runtime_config"]["parameters"]["run_id"] == "ft-nightly"
     assert store.get_json("runs/ft-nightly/chain.json")["mode"] == "schedule"
-    again = CliRunner().invoke(app, args)  # scheduling it again continues the same fine-tune (claimed once)
-    assert again.exit_code == 0, again.output
     bad = CliRunner().invoke(app, args[:8] + ["0 2 * * *"])
     assert bad.exit_code != 0 and "6 fields" in bad.output
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store/runs/ft-nightly").glob("*.json")}
+    (job_id,) = kfp_api.recurring
+    again = CliRunner().invoke(app, args[:8] + ["0 0 3 * * *"])  # a second schedule of one fine-tune: refused
+    assert again.exit_code != 0 and f"fine-tune ft-nightly is already scheduled: recurring run " \
+        f"{job_id} ('ft-nightly chain', cron '0 0 2 * * *')" in re.sub(r"[\s│]+", " ", again.output)
+    assert len(kfp_api.posted("/apis/v2beta1/recurringruns")) == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store/runs/ft-nightly").glob("*.json")} == before
+    kfp_api.recurring[job_id]["status"] = "DISABLED"  # a disabled one no longer runs
+    replaced = CliRunner().invoke(app, args)  # scheduling it again continues the same fine-tune (claimed once)
+    assert replaced.exit_code == 0, replaced.output
     assert len(kfp_api.posted("/apis/v2beta1/recurringruns")) == 2
 
 

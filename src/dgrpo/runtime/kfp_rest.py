@@ -256,6 +256,14 @@ class KfpClient:
     def create_recurring_run(self, body: dict) -> str:
         return self.request("POST", "/recurringruns", body)["recurring_run_id"]
 
+    def find_recurring_runs(self, experiment_id: str, display_name: str) -> list[dict]:
+        """The recurring runs named `display_name` in the experiment, enabled or not."""
+        query = {"experiment_id": experiment_id, "filter": filter_param(display_name=display_name),
+                 "page_size": "100"} | ({"namespace": self.namespace} if self.namespace else {})
+        found = self.get("/recurringruns", query)
+        # the proto names the list recurringRuns; a gateway printing snake_case names says recurring_runs
+        return found.get("recurringRuns") or found.get("recurring_runs") or []
+
 
 def filter_param(*, display_name: str) -> str:
     """A v2beta1 `filter` on the display name, percent-encoded once more than the query string does: the API
