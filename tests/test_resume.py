@@ -86,7 +86,7 @@ def test_kfp_run_resumes_a_fine_tune_with_a_swapped_in_reward_stage(tmp_path):
         event = store.get_json(f"runs/ft/events/r0001-reward-s{shard:03d}.json")
         ref = ArtifactRef(**event["outputs"]["rewards"])
         rec = lineage.read_record(store, ref.sha256)
-        assert (rec.stage, rec.image, rec.round, rec.seeds["shard"]) == ("reward", "python:3.11-slim", 1, shard)
+        assert (rec.stage, rec.image, rec.round, rec.shard) == ("reward", "python:3.11-slim", 1, shard)
         rewards = artifacts.read_table(store, ref, contracts.REWARDS)
         rollouts = artifacts.read_table(store, ArtifactRef(kind="rollouts", uri=_uri(store, rec.inputs["rollouts"]),
                                                            sha256=rec.inputs["rollouts"], size=0), contracts.ROLLOUTS)

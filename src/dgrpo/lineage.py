@@ -33,6 +33,10 @@ class Provenance:
     deployment_sha256: str | None = None
     """The run's deployment settings (pods, shards, segments, execution-only fields) as a stored object; kept apart
     from `config_sha256`, the recipe hash, so a result's identity does not depend on where it was computed."""
+    shard: int | None = None
+    """Which of the round's `shards` prompt shards the artifact holds (rollout, reward); None when unsharded. The
+    merge of a sharded table orders its parts by it (`stages.shared.shards.shard_of`)."""
+    shards: int | None = None
 
 
 @dataclass
@@ -51,6 +55,9 @@ class LineageRecord:
     seeds: dict[str, int]
     created_at: str
     deployment_sha256: str | None = None
+    shard: int | None = None
+    """None in a record written before the field: its shard, if any, is `seeds["shard"]`."""
+    shards: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LineageRecord":
@@ -86,7 +93,7 @@ def record(store: ArtifactStore, ref: ArtifactRef, prov: Provenance) -> LineageR
         input_kinds={name: r.kind for name, r in prov.inputs.items()},
         seeds=dict(prov.seeds),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        deployment_sha256=prov.deployment_sha256,
+        deployment_sha256=prov.deployment_sha256, shard=prov.shard, shards=prov.shards,
     )
     if _intact_record(store, ref.sha256) is None:  # absent, or unreadable: (re)write it
         store.put_json(record_key(ref.sha256), asdict(rec))

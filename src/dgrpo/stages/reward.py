@@ -8,6 +8,7 @@ from dgrpo.contracts import REWARDS, ROLLOUTS
 from dgrpo.images import png_decode
 from dgrpo.rewards import load_reward
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.shards import recorded_shard
 from dgrpo.store import ArtifactRef
 
 
@@ -25,11 +26,11 @@ def run_reward(ctx: StageContext, round_index: int, rollouts: ArtifactRef) -> St
         pa.field("reward", pa.float64(), nullable=False), pa.array(scores["reward"], pa.float64())
     ).append_column(pa.field("components", REWARDS.schema.field("components").type, nullable=False),
                     pa.array(components, REWARDS.schema.field("components").type))
-    shard = {k: v for k, v in lineage.read_record(ctx.store, rollouts.sha256).seeds.items() if k in ("shard", "shards")}
-    prov = ctx.provenance("reward", round_index, {"rollouts": rollouts}, seeds=shard)
+    shard, shards = recorded_shard(lineage.read_record(ctx.store, rollouts.sha256))
+    prov = ctx.provenance("reward", round_index, {"rollouts": rollouts}, shard=shard, shards=shards)
     ref = artifacts.write_table(ctx.store, out, REWARDS, prov)
     reward = np.asarray(scores["reward"])
     result = StageResult({"rewards": ref}, {"reward_mean": float(reward.mean()), "reward_std": float(reward.std()),
                                             "samples": float(len(reward))})
-    emit_event(ctx, "reward", round_index, result, shard.get("shard"))
+    emit_event(ctx, "reward", round_index, result, shard)
     return result

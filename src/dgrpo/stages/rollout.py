@@ -49,12 +49,14 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
             decisions[group_rows[0]["group_id"]] = records
     table = pa.Table.from_pylist(rows, schema=ROLLOUTS.schema)
     inputs = {"adapter": adapter, "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()}
-    seeds_info = {"first_sample_seed": rows[0]["seed"], **({"shard": shard, "shards": shards} if shards > 1 else {})}
+    seeds_info = {"first_sample_seed": rows[0]["seed"]}
+    part = {"shard": shard, "shards": shards} if shards > 1 else {}
     if reward is not None:
         inputs["prune_decisions"] = artifacts.write_blob(
             ctx.store, json.dumps({"schedule": prune_schedule(cfg), "groups": decisions}, sort_keys=True).encode(),
-            PRUNE_DECISIONS_KIND, ".json", ctx.provenance("rollout", round_index, dict(inputs), seeds_info))
-    ref = artifacts.write_table(ctx.store, table, ROLLOUTS, ctx.provenance("rollout", round_index, inputs, seeds_info))
+            PRUNE_DECISIONS_KIND, ".json", ctx.provenance("rollout", round_index, dict(inputs), seeds_info, **part))
+    ref = artifacts.write_table(ctx.store, table, ROLLOUTS,
+                                ctx.provenance("rollout", round_index, inputs, seeds_info, **part))
     metrics = {"samples": float(len(rows)), "mean_log_prob": float(torch.cat(log_probs).nanmean()),
                "nfe": float(nfe), "nfe_per_sample": nfe / len(rows), **option_metrics(cfg, policy, rows)}
     result = StageResult({"rollouts": ref}, metrics)

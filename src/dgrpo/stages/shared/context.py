@@ -26,15 +26,16 @@ class StageContext:
     _refs: dict[str, ArtifactRef] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def provenance(self, stage: str, round_index: int | None, inputs: dict[str, ArtifactRef | None],
-                   seeds: dict[str, int] | None = None) -> Provenance:
+                   seeds: dict[str, int] | None = None, shard: int | None = None,
+                   shards: int | None = None) -> Provenance:
         """Lineage of what `stage` writes: the recipe hash identifies what was trained, the deployment object
-        where and how (pods, shards, processes) apart from it."""
+        where and how (pods, shards, processes) apart from it; `shard` of `shards` for a sharded step's part."""
         present = {k: v for k, v in inputs.items() if v is not None}
         if "deployment" not in self._refs:
             self._refs["deployment"] = run_config.put_deployment(self.store, self.config)
         return Provenance(stage=stage, run_id=self.run_id, config_sha256=self.config.recipe_sha256(),
                           round=round_index, inputs=present, seeds=dict(seeds or {}),
-                          deployment_sha256=self._refs["deployment"].sha256)
+                          deployment_sha256=self._refs["deployment"].sha256, shard=shard, shards=shards)
 
     def config_ref(self) -> ArtifactRef:
         """The run config as an artifact (`run_config.put_config`): the root of every lineage chain."""

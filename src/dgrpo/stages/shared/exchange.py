@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from dgrpo import artifacts, contracts, lineage
 from dgrpo.files import atomic_write_bytes
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
-from dgrpo.stages.shared.shards import as_list, read_merged
+from dgrpo.stages.shared.shards import as_list, read_merged, recorded_shard
 from dgrpo.store import ArtifactRef
 
 SUMMARY_COLUMN = {"rewards": "reward", "scores": "final_reward"}
@@ -45,13 +45,13 @@ def import_table(ctx: StageContext, round_index: int, stage: str, contract: str,
         refs = as_list(refs)
         named |= {name: refs[0]} if len(refs) == 1 else {f"{name}[{i}]": r for i, r in enumerate(refs)}
     first = lineage.read_record(ctx.store, next(iter(named.values())).sha256)
-    shard = {k: v for k, v in first.seeds.items() if k in ("shard", "shards")} if len(named) == 1 else {}
-    prov = ctx.provenance(stage, round_index, named, seeds=shard)
+    shard, shards = recorded_shard(first) if len(named) == 1 else (None, None)
+    prov = ctx.provenance(stage, round_index, named, shard=shard, shards=shards)
     prov.image = image
     ref = artifacts.write_table(ctx.store, table, spec, prov)
     metrics = {"samples": float(table.num_rows)}
     if contract in SUMMARY_COLUMN:
         metrics[f"{SUMMARY_COLUMN[contract]}_mean"] = float(pc.mean(table.column(SUMMARY_COLUMN[contract])).as_py())
     result = StageResult({contract: ref}, metrics)
-    emit_event(ctx, stage, round_index, result, shard.get("shard"))
+    emit_event(ctx, stage, round_index, result, shard)
     return result

@@ -25,9 +25,19 @@ def as_list(refs: ArtifactRef | list[ArtifactRef]) -> list[ArtifactRef]:
     return list(refs) if isinstance(refs, list | tuple) else [refs]
 
 
+def recorded_shard(rec: lineage.LineageRecord) -> tuple[int | None, int | None]:
+    """(shard, shards) the producing stage recorded, (None, None) when unsharded. Records written before
+    `Provenance.shard` existed carry them in `seeds`, and still read."""
+    if rec.shard is not None:
+        return rec.shard, rec.shards
+    shard, shards = rec.seeds.get("shard"), rec.seeds.get("shards")
+    return (None if shard is None else int(shard)), (None if shards is None else int(shards))
+
+
 def shard_of(store: ArtifactStore, ref: ArtifactRef) -> int:
     """The shard index the producing stage recorded in the artifact's lineage (0 when unsharded)."""
-    return int(lineage.read_record(store, ref.sha256).seeds.get("shard", 0))
+    shard, _ = recorded_shard(lineage.read_record(store, ref.sha256))
+    return shard or 0
 
 
 def read_merged(store: ArtifactStore, refs: ArtifactRef | list[ArtifactRef], contract: Contract) -> pa.Table:
