@@ -1,4 +1,5 @@
-"""Shared fixtures: a small run config on the shipped toy checkpoint, a temporary store, and a real S3 server."""
+"""Shared fixtures: a stage context on the small run config (tests/support.py), a temporary store, and a real S3
+server."""
 
 import os
 import uuid
@@ -16,21 +17,13 @@ os.environ.setdefault("DGRPO_IMAGE_REGISTRY", "registry.test.invalid/dgrpo")
 import pytest  # noqa: E402
 import seaweedfs  # noqa: E402
 import torch  # noqa: E402
+from support import S3_BUCKET, small_config  # noqa: E402
 
-from dgrpo.config import load_config  # noqa: E402
 from dgrpo.stages.shared.context import StageContext  # noqa: E402
 from dgrpo.store import LocalStore  # noqa: E402
 from dgrpo.store.s3 import S3Store  # noqa: E402
 
 torch.set_num_threads(TORCH_THREADS)
-
-
-def small_config(**overrides):
-    """Two rounds on 2 prompts x 8 images: seconds per stage on a CPU, yet every code path runs."""
-    base = {"rounds": 2, "sampling.prompts_per_round": 2, "sampling.group_size": 8, "train.batch_size": 16,
-            "train.micro_batch_size": 8, "eval.samples_per_prompt": 4, "eval.num_steps": 6, "eval.every": 2,
-            "eval.prompts": ["a red square", "a yellow cross"], "train.learning_rate": 3e-3}
-    return load_config(None, base | overrides)
 
 
 @pytest.fixture
@@ -51,9 +44,6 @@ def kfp_api():
     fake = FakeKfp()
     yield fake
     fake.close()
-
-
-S3_BUCKET = "dgrpo-test"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ snapshot of every file under a directory (to prove a refused input changed nothi
 import hashlib
 from pathlib import Path
 
-from conftest import small_config
+from support import small_config
 
 TINY = {"sampling.num_steps": 3, "sampling.group_size": 4, "train.batch_size": 8, "train.micro_batch_size": 8,
         "eval.samples_per_prompt": 2, "eval.num_steps": 2, "eval.every": 10, "eval.prompts": ["a red square"]}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo.models.tiny import tiny_sd3_pipeline
 from dgrpo.sampling import step_with_logprob

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import LoraConfig, ModelConfig

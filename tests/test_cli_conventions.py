@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import small_config
 from dgrpo_pipelines.cli import _console, app
 from dgrpo_pipelines.main import main
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import __version__

@@ -6,10 +6,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import small_config
 from dgrpo_pipelines.cli import app
 from dgrpo_pipelines.kubernetes import CONTROL_RESOURCES, LIGHT_TASK_RETRIES
 from dgrpo_pipelines.training import compile_pipeline
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import contracts

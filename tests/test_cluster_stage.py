@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import small_config
 from sklearn.metrics import adjusted_rand_score
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.contracts import ROLLOUTS, SCORES, ContractError

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import ConfigError

@@ -1,7 +1,7 @@
 """The evaluate stage's diversity measures: pixel distance always, embedding distance with cluster.embedder."""
 
 import numpy as np
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.contracts import EVAL_SAMPLES

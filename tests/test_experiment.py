@@ -188,7 +188,7 @@ def test_path_means_pareto_front_table_and_plot(tmp_path):
 TINY = {"rounds": 1, "sampling.prompts_per_round": 2, "sampling.group_size": 8, "train.batch_size": 16,
         "train.micro_batch_size": 8, "eval.samples_per_prompt": 4, "eval.num_steps": 4, "eval.every": 1,
         "eval.prompts": ["a red square", "a yellow cross"]}
-"""conftest.small_config's budget, one round: seconds per run."""
+"""support.small_config's budget, one round: seconds per run."""
 
 
 def test_variance_shares_split_the_in_group_spread_between_mode_and_quality():

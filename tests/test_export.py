@@ -4,8 +4,8 @@ the recipe, the evaluation and the lineage."""
 
 import pytest
 import torch
-from conftest import small_config
 from huggingface_hub import ModelCard
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import artifacts

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_config
 from dgrpo_pipelines.training import compile_pipeline
+from support import small_config
 
 from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime import fused

@@ -4,7 +4,7 @@ rounds, and the "multi" reward that supplies the auxiliary rewards; hand-compute
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import ConfigError

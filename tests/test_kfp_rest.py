@@ -4,9 +4,9 @@ import json
 import re
 
 import pytest
-from conftest import small_config
 from dgrpo_pipelines.cli import app
 from kfp_fake import FakeKfp, Rejected, check
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo.config import load_config

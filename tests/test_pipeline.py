@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_config
 from dgrpo_pipelines.cli import app
 from dgrpo_pipelines.local import run_pipeline
 from dgrpo_pipelines.training import PIPELINE_PARAMETERS, compile_pipeline
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage

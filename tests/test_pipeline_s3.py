@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 import pytest
-from conftest import S3_BUCKET, small_config
 from dgrpo_pipelines.cli import app
+from support import S3_BUCKET, small_config
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo.config import ConfigError, load_config
 from dgrpo.models import load_policy

@@ -4,9 +4,9 @@ import io
 import re
 
 import pytest
-from conftest import small_config
 from dgrpo_pipelines.progress import IN_ROUND_CAP, FineTuneProgress, pipeline_order, stages_per_round
 from rich.console import Console
+from support import small_config
 
 
 class Clock:

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import small_config
 from dgrpo_pipelines.cli import app
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage

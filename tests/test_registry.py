@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.contracts import REWARDS as REWARDS_CONTRACT

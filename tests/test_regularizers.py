@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo.config import ConfigError
 from dgrpo.models import load_policy

@@ -21,9 +21,9 @@ from pathlib import Path
 import fault_harness
 import pytest
 import seaweedfs
-from conftest import S3_BUCKET
 from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
+from support import S3_BUCKET
 from test_s3store import _FlakyProxy
 
 import dgrpo.files as files

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import small_config
 from dgrpo_pipelines.main import main
 from reliability_helpers import snapshot, tiny_config
+from support import small_config
 
 from dgrpo.contracts import REWARDS, SCORES
 from dgrpo.runtime.engine import run_inprocess

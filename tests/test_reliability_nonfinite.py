@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import small_config
 from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
+from support import small_config
 
 from dgrpo import artifacts, contracts
 from dgrpo.config import ConfigError

@@ -8,9 +8,9 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import S3_BUCKET
 from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
+from support import S3_BUCKET
 
 from dgrpo import lineage
 from dgrpo.runtime.engine import run_inprocess

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import small_config
 from dgrpo_pipelines.cli import app
+from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo.runtime.report import build_report, evaluation_markdown, render_html

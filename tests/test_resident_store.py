@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from conftest import small_config
+from support import small_config
 
 from dgrpo.runtime import fine_tune, fused
 from dgrpo.runtime import segment as seg

@@ -1,7 +1,7 @@
 """Long runs: committed rounds, resuming a fine-tune across pipeline runs, and sharded rounds equal unsharded ones."""
 
 import pytest
-from conftest import small_config
+from support import small_config
 
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.stages.shared.commits import ResumeError, last_commit, trained_state

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
-from conftest import S3_BUCKET
 from dgrpo_pipelines.cli import app
+from support import S3_BUCKET
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, lineage

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import S3_BUCKET, small_config
 from dgrpo_pipelines.cli import app
+from support import S3_BUCKET, small_config
 from typer.testing import CliRunner
 
 from dgrpo.runtime import component_io as cio

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import small_config
+from support import small_config
 
 from dgrpo.contracts.stages import STAGE_NAMES
 from dgrpo.runtime.plan import training_plan

@@ -4,7 +4,7 @@ and Vendi score), and the update's in-group reward spread and importance-ratio s
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.contracts import EVAL_SAMPLES, SCORES, UPDATE_METRICS

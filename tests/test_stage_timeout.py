@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import small_config
+from support import small_config
 
 from dgrpo.config import ConfigError
 from dgrpo.runtime import segment as seg

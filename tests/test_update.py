@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import small_config
+from support import small_config
 
 from dgrpo import artifacts
 from dgrpo.config import ConfigError
