@@ -3,8 +3,9 @@
 from urllib.parse import unquote, urlparse
 
 from dgrpo.environment import check_environment
+from dgrpo.files import file_mode
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_bytes, sha256_file
-from dgrpo.store.local import LocalStore, file_mode
+from dgrpo.store.local import LocalStore
 from dgrpo.store.resident import ResidentStore
 from dgrpo.store.uris import check_store_uri, redact
 

@@ -5,10 +5,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dgrpo.files import file_mode, staged_file
+from dgrpo.files import staged_file
 from dgrpo.store.base import ArtifactRef, ArtifactStore, StoreError, sha256_file
 
-__all__ = ["LocalStore", "file_mode"]
+__all__ = ["LocalStore"]
 
 
 class LocalStore(ArtifactStore):
