@@ -306,3 +306,16 @@ class KubernetesConfig:
         if values["caching"] is None:
             values["caching"] = caching
         return StageResources(**values)
+
+
+@dataclass
+class RetentionConfig:
+    """What `dgrpo gc RUN` may delete from the store, which otherwise grows by every round's rollouts (about 3 MB
+    a toy round, an estimated 3 GB an SD3.5-M round: docs/storage.md). Committed adapters, the optimizer state a
+    resume needs, evaluations, rewards tables (the report's training curve), lineage and run records are always
+    kept."""
+
+    keep_rounds: Annotated[int, POSITIVE] | None = None
+    """Rounds, counting back from the last committed one, whose rollouts, scores, prune decisions, update metrics
+    and optimizer states `dgrpo gc` keeps; those of older rounds are deleted unless a kept artifact of any run in
+    the store names them. None (the default): keep everything, gc deletes nothing."""

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from dgrpo.config.deployment import KubernetesConfig, PipelineConfig
+from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
 from dgrpo.config.recipe import (
     ClusterConfig,
@@ -50,6 +50,8 @@ class RunConfig:
     gardo: GardoConfig = field(default_factory=GardoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    """What `dgrpo gc` may delete from the store (default: nothing)."""
 
     def validate(self) -> "RunConfig":
         check(bool(self.name), "name", "must not be empty")
