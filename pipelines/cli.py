@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from dgrpo_pipelines.errors import OneLineErrors
 
-from dgrpo import contracts, lineage
+from dgrpo import contracts
 from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime.report import build_report, format_report, located_uri, save_report, summary_lines, write_html
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
@@ -417,21 +417,27 @@ def _resolve(artifact: str, store: str | None):
 def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object path or KFP artifact file.")],
                 store: Annotated[str | None, typer.Option(help="Store URI.", envvar="DGRPO_STORE")] = None,
                 as_json: JsonOpt = False,
-                verify: Annotated[bool, typer.Option(help="Read and hash every object of the chain; a corrupt or "
-                                                          "missing one is flagged and the exit code is 1.")] = True):
-    """Print the chain from an artifact (e.g. a LoRA adapter) back to the base checkpoint and config."""
+                verify: Annotated[bool, typer.Option(help="Read and hash every object shown; a corrupt or missing "
+                                                          "one is flagged and the exit code is 1.")] = False,
+                depth: Annotated[int, typer.Option(help="Levels of inputs to walk (an adapter's full chain is as "
+                                                        "deep as its round).", min=0)] = 3):
+    """Print the chain from an artifact (e.g. a LoRA adapter) back towards the base checkpoint and config."""
+    from dgrpo.runtime.lineage_view import format_walk, pruned_in, split_problems, walk
+    from dgrpo.runtime.pruned import pruned_index
+
     st, sha = _resolve(artifact, store)
-    entries = lineage.chain(st, sha)
-    problems = lineage.chain_problems(st, entries) if verify else {}
+    entries, cut = walk(st, sha, depth)
+    pruned = pruned_index(st)
+    problems, gone = split_problems(st, entries, pruned) if verify else ({}, pruned_in(st, entries, pruned))
     # each object where it is in this store now, not where a copied or moved store was when it was written
     entries = [(d, n, replace(r, uri=located_uri(st, ArtifactRef(kind=r.kind, uri=r.uri, sha256=r.sha256, size=0))))
                for d, n, r in entries]
     if as_json:
-        typer.echo(json.dumps([{"depth": d, "input": n, **vars(r), **({"problem": problems[r.sha256]} if r.sha256
-                                                                       in problems else {})}
+        notes = {sha: {"problem": p} for sha, p in problems.items()} | {sha: {"pruned": p} for sha, p in gone.items()}
+        typer.echo(json.dumps([{"depth": d, "input": n, **vars(r), **notes.get(r.sha256, {})}
                                for d, n, r in entries], indent=2))
     else:
-        typer.echo(lineage.format_chain(entries, problems))
+        typer.echo(format_walk(entries, problems, gone, cut, depth))
     if problems:
         raise StoreError(f"the chain of {sha[:12]} passes through {len(problems)} corrupt or missing objects "
                          f"(marked !!); `dgrpo verify` checks a whole run")
@@ -441,14 +447,37 @@ def lineage_cmd(artifact: Annotated[str, typer.Argument(help="sha256, object pat
 def verify(run_id: Annotated[str, typer.Argument(help="The run whose objects to check.")],
            store: StoreOpt = DEFAULT_STORE):
     """Check every object of a run against its lineage: present, whole (sha256), and the commits a chain."""
-    from dgrpo.runtime.verify import verify_run
+    from dgrpo.runtime.verify import pruned_lines, verify_run
 
     result = verify_run(open_store(store, "--store", create=False), _run_id(run_id, "run id"))
+    for line in pruned_lines(result):
+        typer.echo(f"pruned: {line}")
     for problem in result.problems:
         typer.echo(f"problem: {problem}")
     if result.problems:
         raise StoreError(result.summary())
     typer.echo(result.summary())
+
+
+@app.command()
+def gc(run_id: Annotated[str, typer.Argument(help="The fine-tune whose old rounds to prune.")],
+       store: StoreOpt = DEFAULT_STORE,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be deleted; delete nothing.")
+                          ] = False,
+       keep_rounds: Annotated[int | None, typer.Option(help="Keep the last N rounds' training outputs (default: "
+                                                            "the run's retention.keep_rounds).", min=1)] = None,
+       as_json: JsonOpt = False):
+    """Delete what the run's retention policy lets go (old rounds' rollouts, scores, optimizer states), recorded
+    first so verify and lineage report it as pruned; nothing another kept artifact of any run needs."""
+    from dgrpo.runtime.retention import collect, format_plan, plan_gc
+
+    st = open_store(store, "--store", create=False)
+    plan = plan_gc(st, _run_id(run_id, "run id"), keep_rounds)
+    record = None if dry_run else collect(st, plan)
+    if as_json:
+        _echo_json(plan.to_dict() | {"dry_run": dry_run, "record": record})
+    else:
+        typer.echo(format_plan(plan, dry_run) + (f"; recorded in {record}" if record else ""))
 
 
 @app.command()

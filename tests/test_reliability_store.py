@@ -81,11 +81,12 @@ def test_an_identical_rerun_heals_a_corrupt_stage_output(store):
 
 def test_dgrpo_lineage_flags_a_chain_through_a_corrupt_object(store, capsys):
     adapter = ArtifactRef(**last_commit(store, "ft")["adapter"])
-    assert main(["lineage", adapter.sha256, "--store", str(store.root)]) == 0
+    assert main(["lineage", adapter.sha256, "--store", str(store.root), "--verify"]) == 0
     assert "!!" not in capsys.readouterr().out
     scores = _event_ref(store, "r0000-cluster", "scores")
     store.local_path(scores).write_bytes(store.local_path(scores).read_bytes()[:-50])
-    assert main(["lineage", adapter.sha256, "--store", str(store.root)]) == 1
+    assert main(["lineage", adapter.sha256, "--store", str(store.root)]) == 0  # hashes nothing unless --verify
+    assert main(["lineage", adapter.sha256, "--store", str(store.root), "--verify"]) == 1
     out, err = capsys.readouterr()
     flagged = [line for line in out.splitlines() if "!!" in line]
     assert len(flagged) == 1 and f"scores {scores.sha256[:12]}" in flagged[0] and "corrupt" in flagged[0]

@@ -9,7 +9,8 @@ Each lineage input is the artifact of the round and stage its record implies, by
 (`expected_source`): the update of round r trains from the adapter of the update of round r-1 on the rollouts of
 round r, an evaluation after r rounds evaluates round r-1's adapter, and so on. A problem names the record holding
 the input (a dangling input included). A corrupt object is named with both hashes; an identical rerun of the stage
-that wrote it heals it (`ArtifactStore.put` rewrites an object that fails its hash).
+that wrote it heals it (`ArtifactStore.put` rewrites an object that fails its hash). An object `dgrpo gc` deleted
+and recorded (`dgrpo.runtime.pruned`) is listed as pruned, not missing; its lineage record is still checked.
 """
 
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dgrpo import lineage
+from dgrpo.runtime.pruned import PrunedObject, pruned_index
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 _SAME_ROUND = {"rollouts": "rollout", "prune_decisions": "rollout", "rewards": "reward", "scores": "cluster"}
@@ -42,14 +44,31 @@ class Verification:
     external: int = 0
     """Artifacts recorded by location and hash only (the base weights): not in the store, not checked."""
     problems: list[str] = field(default_factory=list)
+    pruned: list[PrunedObject] = field(default_factory=list)
+    """Objects the run's records lead to that `dgrpo gc` deleted (and recorded): not there, and not a problem."""
 
     def summary(self) -> str:
         what = (f"run {self.run_id}: {self.objects} objects and {self.records} lineage records checked"
-                + (f", {self.external} external artifacts (base weights) not in the store" if self.external else ""))
+                + (f", {self.external} external artifacts (base weights) not in the store" if self.external else "")
+                + (f", {len(self.pruned)} objects pruned by gc" if self.pruned else ""))
         return f"ok: {what}" if not self.problems else f"{what}: {len(self.problems)} problems"
 
 
-def _refs_in(data: Any) -> list[ArtifactRef]:
+def pruned_lines(result: Verification) -> list[str]:
+    """The objects gc deleted, one line per gc pass: how many, their kinds and rounds, and when."""
+    passes: dict[str, list[PrunedObject]] = {}
+    for obj in result.pruned:
+        passes.setdefault(obj.pruned_at, []).append(obj)
+    lines = []
+    for _, objs in sorted(passes.items()):
+        rounds = sorted({o.round for o in objs})
+        span = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}"
+        lines.append(f"{len(objs)} objects ({', '.join(sorted({o.kind for o in objs}))}) of {span}: "
+                     f"{objs[0].describe()}")
+    return lines
+
+
+def refs_in(data: Any) -> list[ArtifactRef]:
     """The artifact references anywhere inside a run record: dicts with kind, uri, sha256 and size."""
     if isinstance(data, dict):
         if {"kind", "uri", "sha256", "size"} <= data.keys() and isinstance(data["sha256"], str):
@@ -58,9 +77,9 @@ def _refs_in(data: Any) -> list[ArtifactRef]:
                                     size=int(data["size"]))]
             except (TypeError, ValueError):
                 return []
-        return [r for v in data.values() for r in _refs_in(v)]
+        return [r for v in data.values() for r in refs_in(v)]
     if isinstance(data, list):
-        return [r for v in data for r in _refs_in(v)]
+        return [r for v in data for r in refs_in(v)]
     return []
 
 
@@ -77,6 +96,7 @@ def verify_run(store: ArtifactStore, run_id: str) -> Verification:
     if not keys:
         raise StoreError(f"run {run_id!r}: no records under runs/{run_id}/ in {store.uri}")
     out = Verification(run_id)
+    pruned = pruned_index(store)
     roots: dict[str, ArtifactRef] = {}
     named_by: dict[str, str] = {}
     """Who names each artifact first: a run record's key, or a lineage record and its input's name."""
@@ -88,7 +108,7 @@ def verify_run(store: ArtifactStore, run_id: str) -> Verification:
             out.problems.append(f"{key}: corrupt, not JSON ({exc})")
             continue
         run_records[key] = data
-        for ref in _refs_in(data):
+        for ref in refs_in(data):
             roots.setdefault(ref.sha256, ref)
             named_by.setdefault(ref.sha256, f"run record {key}")
     records: dict[str, lineage.LineageRecord | None] = {}
@@ -113,8 +133,12 @@ def verify_run(store: ArtifactStore, run_id: str) -> Verification:
             out.external += 1
             continue
         ref = roots.get(sha) or ArtifactRef(kind=rec.kind, uri=rec.uri, sha256=sha, size=0)
+        problem = store.check_object(ref)
+        if problem is not None and sha in pruned and not store.exists(store.key_of(ref)):
+            out.pruned.append(pruned[sha])
+            continue
         out.objects += 1
-        if (problem := store.check_object(ref)) is not None:
+        if problem is not None:
             out.problems.append(f"{problem}; named by {named_by[sha]}")
     known = {sha: rec for sha, rec in records.items() if rec is not None}
     out.problems += _input_problems(known)

@@ -1,0 +1,60 @@
+"""Records of the objects `dgrpo gc` deleted, so `verify` and `lineage` tell a pruned object from a lost one.
+
+Each gc pass that deletes anything first writes one record, `runs/<run>/pruned/<when>-<id>.json`, listing every
+object it is about to delete (sha256, kind, size, round, key). The record is written before the first delete, so a
+gc killed half-way leaves objects that are either still there or listed; rerunning gc deletes the rest. Lineage
+records are never deleted: a pruned object's chain still reads, its bytes are gone. An entry has no `uri`, so
+`verify` does not take it for a reference the run needs.
+"""
+
+import datetime
+import uuid
+from dataclasses import dataclass
+
+from dgrpo.stages.shared.ownership import run_key
+from dgrpo.store import ArtifactStore, StoreError
+
+
+@dataclass(frozen=True)
+class PrunedObject:
+    """One deleted object, as its gc record lists it."""
+
+    sha256: str
+    kind: str
+    size: int
+    round: int
+    key: str
+    run_id: str
+    pruned_at: str
+
+    def describe(self) -> str:
+        return f"pruned (by gc at {self.pruned_at})"
+
+
+def pruned_key(run_id: str, stamp: str) -> str:
+    return run_key(run_id, f"pruned/{stamp.replace(':', '')}-{uuid.uuid4().hex[:8]}.json")
+
+
+def write_record(store: ArtifactStore, run_id: str, objects: list[dict], policy: dict) -> str:
+    """Record `objects` (dicts of sha256, kind, size, round, key) as pruned by one gc pass of `run_id`; its key."""
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    key = pruned_key(run_id, stamp)
+    store.put_json(key, {"run_id": run_id, "pruned_at": stamp, "by": "dgrpo gc", "policy": policy,
+                         "objects": objects})
+    store.flush()
+    return key
+
+
+def pruned_index(store: ArtifactStore) -> dict[str, PrunedObject]:
+    """Every object any gc pass of any run in the store recorded as pruned, by sha256 (the latest pass wins).
+    Content-addressed objects are shared between runs, so one run's verify must see another run's gc."""
+    out: dict[str, PrunedObject] = {}
+    for key in sorted(k for k in store.list("runs") if "/pruned/" in k and k.endswith(".json")):
+        try:
+            data = store.get_json(key)
+            for obj in data["objects"]:
+                out[obj["sha256"]] = PrunedObject(obj["sha256"], obj["kind"], int(obj["size"]), int(obj["round"]),
+                                                  obj["key"], data["run_id"], data["pruned_at"])
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise StoreError(f"gc record {key} in {store.uri}: corrupt, not a list of pruned objects ({exc})") from exc
+    return out
