@@ -43,7 +43,7 @@ def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, 
     if watchdog_cron or earlier.get("watchdog_cron"):  # a watchdog schedule outlives resubmissions
         kfp["watchdog_cron"] = watchdog_cron or earlier["watchdog_cron"]
     record = fine_tune.start(store, config, run_id, resume_from, mode=mode, kfp=kfp,
-                             holder_state=lambda kfp_run: str(client.get_run(kfp_run).get("state", "")))
+                             holder_state=client.run_state)
     return record, spec, platform
 
 

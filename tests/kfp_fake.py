@@ -119,6 +119,9 @@ class FakeKfp:
         self.recurring: dict[str, dict] = {}
         self.faults: list[tuple[str, str, object]] = []
         self.slow_s = 2.0
+        self.termination_s = 0.0
+        """Seconds a terminated run's Workflow takes to fail (its pods deleted) before a get_run reads FAILED."""
+        self.ending: dict[str, float] = {}
         self.allowed_tokens: set[str] = set()
         fake = self
 
@@ -212,15 +215,32 @@ class FakeKfp:
                 return fault
         return None
 
+    def set_state(self, run_id: str, state: str) -> None:
+        """Set run `run_id`'s state as KFP 2.17's `RunStore.UpdateRun` does: a changed state is appended to the
+        run's state_history."""
+        run = self.runs[run_id]
+        run["state"] = state
+        history = run.setdefault("state_history", [])
+        if not history or history[-1]["state"] != state:
+            history.append({"update_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "state": state})
+
+    def end_workflow(self, run_id: str) -> None:
+        """The persistence agent's report of run `run_id`'s Workflow reaching a final phase. A terminated run's
+        Workflow fails past the deadline the terminate set to 0, and `ReportWorkflowResource` no longer treats a
+        Workflow in a final phase as terminating: the run becomes FAILED, its CANCELING left in state_history."""
+        if self.runs[run_id]["state"] == "CANCELING":
+            self.set_state(run_id, "FAILED")
+
     def final_status(self, run_id: str, outcome: str) -> str:
         """End run `run_id` (its API state) and say what its exit task's PipelineTaskFinalStatus.state is, as KFP
         2.17 computes it: the exit-handler DAG's MLMD state. `outcome`: "succeeded" (COMPLETE only if no dsl.If
         branch can be the DAG's last child: a skipped branch is created CANCELED by its driver and nothing recounts
         the DAG, so it stays RUNNING), "killed" (a pod OOM-killed or preempted publishes nothing: RUNNING), "failed"
-        (FAILED), "terminated" (CANCELED)."""
+        (FAILED), "terminated" (CANCELED; the run itself is CANCELING while its exit task runs, as
+        `RunStore.TerminateRun` set it)."""
         run = self.runs[run_id]
-        run["state"] = {"succeeded": "SUCCEEDED", "killed": "FAILED", "failed": "FAILED",
-                        "terminated": "CANCELED"}[outcome]
+        self.set_state(run_id, {"succeeded": "SUCCEEDED", "killed": "FAILED", "failed": "FAILED",
+                                "terminated": "CANCELING"}[outcome])
         spec = run["pipeline_spec"]
         ir = spec.get("pipeline_spec", spec)
         if outcome == "succeeded":
@@ -250,8 +270,9 @@ class FakeKfp:
             check(kind, body)
             self._check_common(kind, body)
             if kind == "Run":
-                run = body | {"run_id": str(uuid.uuid4()), "state": "PENDING"}
+                run = body | {"run_id": str(uuid.uuid4())}
                 self.runs[run["run_id"]] = run
+                self.set_state(run["run_id"], "PENDING")
                 return 200, run
             job = body | {"recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
             self.recurring[job["recurring_run_id"]] = job
@@ -274,10 +295,13 @@ class FakeKfp:
             if run is None:
                 return 404, {"error": "run not found", "code": 5}
             if run["state"] not in ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"):
-                run["state"] = "CANCELED"
+                self.set_state(run["run_id"], "CANCELING")  # RunStore.TerminateRun; the Workflow's deadline 0
+                self.ending[run["run_id"]] = time.monotonic() + self.termination_s
             return 200, {}
         if method == "GET" and path.startswith(f"{api}/runs/"):
             run = self.runs.get(path.rsplit("/", 1)[1])
+            if run and time.monotonic() >= self.ending.get(run["run_id"], float("inf")):
+                self.end_workflow(run["run_id"])  # the terminated Workflow has failed past its deadline
             return (200, run) if run else (404, {"error": "run not found", "code": 5})
         return 404, {"error": f"no route {method} {path}", "code": 5}
 

@@ -291,14 +291,14 @@ def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_
                                 kfp_api.final_status(first, "terminated"))
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated" and len(kfp_api.runs) == 1
-    assert f"terminated by an operator after round 0: KFP run {first} was terminated (CANCELED)" in \
+    assert f"terminated by an operator after round 0: KFP run {first} was terminated (CANCELING)" in \
         fine_tune.format_status(st)
 
     # the exit task of a terminated run may read RUNNING: the run's own API state says it was terminated
     fine_tune.start(store, cfg, "ft", resume_from="ft", mode="kfp", kfp=record["kfp"])
     second = kfp_rest.submit_next(store, record, 2, fine_tune.segment_parameters(store, record))
     seg.open_segment(store, "ft", record["config_sha256"], second)
-    kfp_api.runs[second]["state"] = "CANCELING"
+    kfp_api.set_state(second, "CANCELING")
     fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")
     assert fine_tune.status(store, "ft")["state"] == "stopped" and len(kfp_api.runs) == 2
 
@@ -312,10 +312,10 @@ def test_a_lease_held_by_a_finished_run_is_broken_by_the_next_segment(kfp_api, t
     first = _first_run(store, kfp_api, record)
     state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
     _commit(store, state, [0])
-    kfp_api.runs[first]["state"] = "RUNNING"
+    kfp_api.set_state(first, "RUNNING")
     with pytest.raises(seg.OwnershipError, match="being trained by segment 1"):  # a live holder keeps its lease
         seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
-    kfp_api.runs[first]["state"] = "FAILED"  # its update pod was OOM-killed, and the exit pod never started
+    kfp_api.set_state(first, "FAILED")  # its update pod was OOM-killed, and the exit pod never started
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stalled"
     assert f"stalled: lease held by finished run {first} (FAILED)" in fine_tune.format_status(st)
@@ -336,7 +336,10 @@ def test_a_lease_of_a_terminated_run_is_broken_and_the_chain_stops(kfp_api, tmp_
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
     seg.open_segment(store, "ft", record["config_sha256"], first)
-    kfp_api.runs[first]["state"] = "CANCELED"  # terminated in the UI; the exit hook's pods never left Pending
+    kfp_api.set_state(first, "RUNNING")
+    kfp_rest.KfpClient(kfp_api.url).terminate_run(first)  # in the UI; the exit hook's pods never left Pending
+    kfp_api.end_workflow(first)
+    assert kfp_api.runs[first]["state"] == "FAILED"  # as KFP 2.17 reports it: only its history says CANCELING
     later, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
     assert later.rounds == () and not store.exists("runs/ft/lease.json")
     st = fine_tune.status(store, "ft")
@@ -446,7 +449,7 @@ def test_stop_now_terminates_the_segments_run_and_breaks_its_lease(kfp_api, tmp_
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
     seg.open_segment(store, "ft", record["config_sha256"], first)
-    kfp_api.runs[first]["state"] = "RUNNING"
+    kfp_api.set_state(first, "RUNNING")
     out = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--now", "--host", kfp_api.url,
                                    "--reason", "wrong reward"])
     assert out.exit_code == 0, out.output
@@ -479,10 +482,10 @@ def test_a_schedule_on_a_submitted_chain_is_its_watchdog(kfp_api, tmp_path):
     assert chain_record["mode"] == "kfp" and chain_record["kfp"]["watchdog_cron"] == "0 0 */6 * * *"
     assert store.exists("runs/ft/lease.json")  # the live segment keeps its lease
 
-    kfp_api.runs[first]["state"] = "RUNNING"
+    kfp_api.set_state(first, "RUNNING")
     idle, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
     assert idle.rounds == () and not seg.errors(store, "ft")
     _commit(store, state, [0])
-    kfp_api.runs[first]["state"] = "FAILED"  # the update of round 1 was OOM-killed; its exit pod never ran
+    kfp_api.set_state(first, "FAILED")  # the update of round 1 was OOM-killed; its exit pod never ran
     watched, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-2")
     assert (watched.segment, watched.rounds) == (2, (1, 2)) and store.list("runs/ft/lease-breaks")

@@ -324,7 +324,7 @@ def terminate_current(store: ArtifactStore, run_id: str, client: kfp_rest.KfpCli
     client.terminate_run(kfp_run)
     deadline = time.monotonic() + wait_s
     while True:
-        state = str(client.get_run(kfp_run).get("state", ""))
+        state = client.run_state(kfp_run)
         if state in kfp_rest.FINISHED_STATES or time.monotonic() >= deadline:
             break
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))

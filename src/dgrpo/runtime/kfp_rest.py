@@ -118,6 +118,17 @@ FINISHED_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 TERMINATED_STATES = ("CANCELING", "CANCELED")
 """A run an operator terminated (the UI's Terminate, `dgrpo stop --now`)."""
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+
+
+def run_state(run: dict) -> str:
+    """A run's state as the chain decides on it: its API state, except that a run an operator terminated reads
+    CANCELED to the end. KFP 2.17 marks a terminated run CANCELING (`run_store.TerminateRun`) and sets its
+    Workflow's deadline to 0; once the Workflow has ended, the persistence agent's report makes it FAILED
+    (`ReportWorkflowResource`: a Workflow in a final state is no longer "terminating"). The CANCELING that
+    `UpdateRun` left in its state_history is what tells an operator's termination from a failure."""
+    state = str(run.get("state", ""))
+    history = {str(h.get("state", "")) for h in run.get("state_history") or [] if isinstance(h, dict)}
+    return "CANCELED" if state == "FAILED" and "CANCELING" in history else state
 TOKEN_HELP = ("get a token: on a standalone KFP, `kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80` and "
               "--host http://localhost:8080 (no token); on multi-user Kubeflow, `kubectl -n <namespace> create token "
               "<service-account> --audience pipelines.kubeflow.org`, passed as --token or $KF_PIPELINES_TOKEN")
@@ -249,6 +260,10 @@ class KfpClient:
     def get_run(self, run_id: str) -> dict:
         return self.get(f"/runs/{urllib.parse.quote(run_id)}")
 
+    def run_state(self, run_id: str) -> str:
+        """Run `run_id`'s state as the chain decides on it (`run_state`)."""
+        return run_state(self.get_run(run_id))
+
     def terminate_run(self, run_id: str) -> None:
         path = f"/runs/{urllib.parse.quote(run_id)}:terminate"
         self.retrying(lambda: self.request("POST", path, {}), f"POST {path}")
@@ -284,7 +299,7 @@ def run_state_lookup(chain_record: dict, attempts: int = 3) -> RunStateLookup | 
         return None
     client = KfpClient(os.environ.get("KF_PIPELINES_ENDPOINT") or kfp["endpoint"], namespace=kfp.get("namespace", ""),
                        attempts=attempts, timeout_s=10.0)
-    return lambda run_id: str(client.get_run(run_id).get("state", ""))
+    return client.run_state
 
 
 def submit_next(store: ArtifactStore, chain_record: dict, segment: int, parameters: dict[str, str]) -> str:
