@@ -350,6 +350,8 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
     from dgrpo_pipelines.local import new_run_id
     from dgrpo_pipelines.remote import submit as submit_run
 
+    from dgrpo.runtime.kfp_rest import ui_url
+
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
     run_id = _run_id(run_id, "--run-id") or _run_id(resume, "--resume") or new_run_id(cfg)
@@ -360,6 +362,7 @@ def submit(host: HostOpt, store: StoreUriOpt, config: ConfigOpt = None, set_: Se
     typer.echo(f"submitted fine-tune {run_id} as KFP run {kfp_run} ({cfg.rounds} rounds in segments of "
                f"{cfg.pipeline.rounds_per_run}, recipe {cfg.recipe_sha256()[:12]}); images:")
     typer.echo("\n".join(image_lines(cfg.kubernetes)))
+    typer.echo(f"KFP UI: {ui_url(host, kfp_run)}")
     typer.echo(f"follow it with: dgrpo status {run_id} --store {store}")
 
 
@@ -372,6 +375,8 @@ def schedule(host: HostOpt, store: StoreUriOpt,
     """Create a recurring KFP run (max concurrency 1) whose runs each train the next segment of one fine-tune."""
     from dgrpo_pipelines.remote import schedule as schedule_run
 
+    from dgrpo.runtime.kfp_rest import ui_url
+
     check_store_uri(store, "--store", require_scheme=True)  # before the KFP API sees it
     cfg = _config(config, set_, require_import=False)
     try:
@@ -380,7 +385,7 @@ def schedule(host: HostOpt, store: StoreUriOpt,
     except (ValueError, ConfigError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"scheduled {run_id}: recurring run {job}, cron '{cron}', {cfg.pipeline.rounds_per_run} rounds per "
-               f"run until {cfg.rounds}")
+               f"run until {cfg.rounds}\nKFP UI: {ui_url(host, job, recurring=True)}")
 
 
 def _resolve(artifact: str, store: str | None):

@@ -90,6 +90,8 @@ def test_submit_stores_the_config_and_sends_only_ids(kfp_api, tmp_path):
     mount = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-update"]["pvcMount"][0]
     assert mount["constant"] == "dgrpo-model-cache"
     assert set(ir["root"]["inputDefinitions"]["parameters"]) == set(run["runtime_config"]["parameters"])
+    (created,) = kfp_api.runs
+    assert f"KFP UI: {kfp_api.url}/#/runs/details/{created}" in out.output  # the UI's hash route of the run
     assert record["kfp"]["experiment_id"] == exp_id(kfp_api) and record["mode"] == "kfp"
     assert kfp_rest.get_pipeline(store, record["kfp"]["pipeline_sha256"]) == (ir, platform)  # what continues
     assert fine_tune.read_claim(store, "ft-1")["recipe_sha256"] == load_config(None).recipe_sha256()  # rounds: not
@@ -115,6 +117,8 @@ def test_schedule_creates_one_recurring_run_per_fine_tune(kfp_api, tmp_path):
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     (job,) = kfp_api.posted("/apis/v2beta1/recurringruns")
+    (job_id,) = kfp_api.recurring
+    assert f"KFP UI: {kfp_api.url}/#/recurringrun/details/{job_id}" in out.output
     assert job["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
     assert (job["max_concurrency"], job["mode"], job["no_catchup"]) == ("1", "ENABLE", True)
     store = LocalStore(tmp_path / "store")
@@ -216,7 +220,7 @@ def _first_run(store, fake: FakeKfp, record: dict) -> str:
 def _commit(store, state, rounds, evaluate: bool = True) -> None:
     """Commit `rounds` as the update stage does, and write the evaluation records due after them (and the base
     model's) as the evaluate stage does, unless `evaluate` is False (its pod was killed)."""
-    from dgrpo.stages.shared.commits import commit_round, trained_state
+    from dgrpo.runs.commits import commit_round, trained_state
 
     ctx = seg.context(store, state)
     due = set(ctx.config.eval_rounds())

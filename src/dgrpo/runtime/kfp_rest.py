@@ -120,6 +120,14 @@ TERMINATED_STATES = ("CANCELING", "CANCELED")
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 
 
+def ui_url(host: str, run_id: str, recurring: bool = False) -> str:
+    """The KFP UI page of a run (or a recurring run) at `host`, the endpoint `dgrpo submit --host` was given: the
+    UI (ml-pipeline-ui, or Kubeflow's /pipeline) serves the API it proxies, and routes with a hash router
+    (frontend/src/components/Router.tsx: /runs/details/:runId, /recurringrun/details/:recurringRunId)."""
+    page = "recurringrun" if recurring else "runs"
+    return f"{host.rstrip('/')}/#/{page}/details/{urllib.parse.quote(run_id)}"
+
+
 def run_state(run: dict) -> str:
     """A run's state as the chain decides on it: its API state, except that a run an operator terminated reads
     CANCELED to the end. KFP 2.17 marks a terminated run CANCELING (`run_store.TerminateRun`) and sets its
