@@ -23,7 +23,6 @@ from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.exchange import import_table
 from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.update import group_conditioning, run_update
-from dgrpo.stages.update import options as update_options
 from dgrpo.stages.update import train as update_train
 from dgrpo.stages.update.agreement import AgreementError
 from dgrpo.store import LocalStore
@@ -105,7 +104,7 @@ def _replayed_log_probs(ctx, table, replay: bool) -> torch.Tensor:
     groups = table.column("group_id").to_pylist()
     cond_rows = [artifacts.tensors_from_bytes(b) for b in group_conditioning(table, groups)]
     cond = {k: torch.stack([c[k] for c in cond_rows]) for k in cond_rows[0]}
-    noise = update_options.PromptNoiseReplay.from_rollouts(table)
+    noise = drift.PromptNoiseReplay.from_rollouts(table)
     sigmas = torch.tensor(table.column("sigmas")[0].as_py())
     out = torch.empty(table.num_rows, cfg.sampling.num_steps)
     g = cfg.sampling.group_size
@@ -199,7 +198,7 @@ def test_the_update_recomputes_the_rollouts_log_probs(noisy_round, monkeypatch):
     assert len(seen) == 2 * 4 and float(torch.cat(seen).max()) <= 1e-6  # 2 micro-batches x 4 trained steps
 
     seen.clear()  # without the replay the update's policy is not the rollout's: the agreement gate refuses it
-    monkeypatch.setattr(update_options.PromptNoiseReplay, "from_rollouts", classmethod(lambda cls, traj: None))
+    monkeypatch.setattr(drift.PromptNoiseReplay, "from_rollouts", classmethod(lambda cls, traj: None))
     with pytest.raises(AgreementError, match=r"denoising step 0: max \|delta log p\| 0\.\d+ > bound"):
         run_update(StageContext(ctx.config, ctx.store, "no-replay"), 0, rollouts, scores)
     assert seen == []  # refused before any optimizer step

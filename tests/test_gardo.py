@@ -10,6 +10,7 @@ from dgrpo import artifacts
 from dgrpo.config import ConfigError
 from dgrpo.contracts import REWARDS, SCORES, UPDATE_METRICS
 from dgrpo.methods import gardo
+from dgrpo.methods.gardo import LAST_RESET, REFERENCE_PREFIX
 from dgrpo.models import load_policy
 from dgrpo.models.trajectories import sample_sde
 from dgrpo.rewards import load_reward
@@ -20,7 +21,6 @@ from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND
 from dgrpo.stages.update import run_update
-from dgrpo.stages.update.options import LAST_RESET, REFERENCE_PREFIX
 from dgrpo.stages.update.train import regularizer_terms
 
 TWO_REWARDS = {"reward.name": "multi", "reward.options": {

@@ -64,9 +64,12 @@ def cluster_advantages(rewards: np.ndarray, group_ids: list[str], cluster_ids: n
 
 
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                        clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mean(max(-A r, -A clip(r, 1-eps, 1+eps))); also approx-KL and clip fraction for logging."""
-    log_ratio = log_prob - old_log_prob
+                        clip_range: float, log_ratio: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mean(max(-A r, -A clip(r, 1-eps, 1+eps))); also approx-KL and clip fraction for logging. `log_ratio`, when
+    given, replaces log_prob - old_log_prob (a method's transformed ratio, `dgrpo.methods.base.Method.log_ratio`)."""
+    if log_ratio is None:
+        log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
+from dgrpo.config.methods import BUILTINS, method_options
 from dgrpo.config.recipe import (
     ClusterConfig,
     DriftConfig,
@@ -48,6 +49,9 @@ class RunConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
     progrpo: ProGRPOConfig = field(default_factory=ProGRPOConfig)
     gardo: GardoConfig = field(default_factory=GardoConfig)
+    methods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """Methods turned on beyond the built-in ones (`dgrpo.config.methods`): a name (grpo_guard) or a team's
+    `package.module:Class` path, each with its options (`methods.<name>.<option>`; null for the defaults)."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -95,10 +99,17 @@ class RunConfig:
             check(not self.gardo.novelty_advantage, "train.detail_baseline",
                   "'cluster' cannot combine with gardo.novelty_advantage, which replaces the advantage")
         check_methods(self)
+        for name, options in self.methods.items():
+            check(name not in BUILTINS, f"methods.{name}", f"is a built-in method, set its own section '{name}'")
+            method_options(name, options)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; `methods` only when it names one, so configs recorded before it existed stay byte-equal."""
+        out = dataclasses.asdict(self)
+        if not out["methods"]:
+            del out["methods"]
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace, so equal configs hash equally."""
@@ -114,6 +125,8 @@ class RunConfig:
         for name in RECIPE_FIELDS:
             value = getattr(self, name)
             out[name] = _without_execution(value) if dataclasses.is_dataclass(value) else value
+        if self.methods:  # absent when empty: the recipes written before the field keep their hash
+            out["methods"] = self.methods
         return out
 
     def recipe_sha256(self) -> str:
@@ -123,7 +136,7 @@ class RunConfig:
     def deployment_dict(self) -> dict[str, Any]:
         """Everything the recipe hash leaves out: how long and where the run executes, and the execution-only
         fields of the recipe sections (recorded in lineage beside the recipe hash)."""
-        out = {name: value for name, value in self.to_dict().items() if name not in RECIPE_FIELDS}
+        out = {name: value for name, value in self.to_dict().items() if name not in (*RECIPE_FIELDS, "methods")}
         execution = {}
         for name in RECIPE_FIELDS:
             section = getattr(self, name)

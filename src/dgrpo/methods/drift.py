@@ -12,10 +12,15 @@
 The paper publishes no code; every choice it leaves open is a config field (`dgrpo.config.recipe.DriftConfig`).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+import pyarrow as pa
 import torch
 
 from dgrpo.diversity import cosine_distances
+from dgrpo.methods.base import Method, kept_metrics
+from dgrpo.models.trajectories import ConditioningAt
 from dgrpo.rng import Stream, derive_seed
 
 MAD_TO_SIGMA = 0.6745
@@ -165,3 +170,114 @@ def potential_shaping(potential: np.ndarray, rewards: np.ndarray, weight: float,
     clipped = np.abs(raw) > clip
     s = r.std() if scale == "reward_std" else 1.0
     return s * np.clip(raw, -clip, clip), clipped
+
+
+class Drift(Method):
+    """DRIFT's hooks: prompt noise in the rollout (replayed in the update), the outlier filter and the shaping in the
+    cluster stage. Each acts only where its option in the `drift` section is on."""
+
+    name = "drift"
+
+    def prompt_noise(self, *, sigmas: torch.Tensor, round_index: int, prompt_index: int, n: int
+                     ) -> "PromptNoise | None":
+        if not self.cfg.drift.prompt_noise:
+            return None
+        return PromptNoise(self.cfg, sigmas, round_index, prompt_index, n)
+
+    def rollout_metrics(self, *, policy, rows: list[dict]) -> dict[str, float]:
+        """Whether the noise acts: steps noised and steps whose prompt it replaces (g = 0), and how far it moved the
+        shard's first sample's prompt embeddings (DRIFT's values are this project's, docs/algorithms.md)."""
+        d, s = self.cfg.drift, self.cfg.sampling
+        if not d.prompt_noise:
+            return {}
+        first = rows[0]
+        signal, scale = noise_coefficients(policy.sigmas(s.num_steps, s.shift), d.prompt_noise_tau1,
+                                           d.prompt_noise_tau2, d.prompt_noise_scale)
+        cond = {k: v[0] for k, v in policy.encode_prompts([first["prompt"]]).items()}
+        change = relative_change(cond, signal, scale, seeds=first["prompt_noise_seeds"])
+        return {"prompt_noise_steps": float(np.count_nonzero(scale)),
+                "prompt_noise_replaced_steps": float(np.count_nonzero(signal == 0)),
+                "prompt_noise_change_max": float(change.max()),
+                "prompt_noise_change_mean": float(change[scale > 0].mean()) if np.any(scale > 0) else 0.0}
+
+    def keep(self, *, quality: np.ndarray, final: np.ndarray) -> np.ndarray | None:
+        """The filter reads the quality reward: filtering the shaped reward would drop exactly the diverse images
+        the shaping pays."""
+        d = self.cfg.drift
+        return outlier_kept(quality, d.outlier_threshold) if d.outlier_filter else None
+
+    def group_columns(self, *, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None,
+                      keep: np.ndarray) -> dict[str, np.ndarray]:
+        """The shaping, computed among the kept images, added to their final reward."""
+        d = self.cfg.drift
+        if d.shaping_weight <= 0:
+            return {}
+        phi = diversity_potential(embeddings[keep], d.shaping_potential)
+        shaping, clipped = np.zeros(len(final)), np.zeros(len(final), dtype=bool)
+        shaping[keep], clipped[keep] = potential_shaping(phi, final[keep], d.shaping_weight, d.shaping_clip,
+                                                         d.shaping_scale)
+        return {"shaping": shaping, "shaping_clipped": clipped, "final_reward": final + shaping}
+
+    def cluster_metrics(self, *, columns: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, float]:
+        out = kept_metrics(columns) if self.cfg.drift.outlier_filter else {}
+        if "shaping" in columns:
+            out |= {"shaping_abs_mean": float(np.abs(columns["shaping"]).mean()),
+                    "shaping_std": float(columns["shaping"].std()),
+                    "shaping_clipped_share": float(columns["shaping_clipped"].mean())}
+            if metrics.get("quality_std_in_group", 0) > 0:  # does the shaping act? (its w is ours)
+                out["shaping_std_over_quality_std"] = out["shaping_std"] / metrics["quality_std_in_group"]
+        return out
+
+    def needed_columns(self) -> dict[str, str]:
+        return {"kept": "drift.outlier_filter"} if self.cfg.drift.outlier_filter else {}
+
+    def conditioning_replay(self, *, rollouts: pa.Table) -> "PromptNoiseReplay | None":
+        """Read from the table whatever the config says: the rollouts are the source of truth."""
+        return PromptNoiseReplay.from_rollouts(rollouts)
+
+
+class PromptNoise:
+    """The prompt noise of one group: per-sample, per-step seeds (stream PROMPT_NOISE) and the step factors."""
+
+    def __init__(self, cfg, sigmas: torch.Tensor, round_index: int, prompt: int, n: int):
+        d = cfg.drift
+        self.signal, self.scale = noise_coefficients(sigmas, d.prompt_noise_tau1, d.prompt_noise_tau2,
+                                                     d.prompt_noise_scale)
+        self.seeds = [step_seeds(cfg.seed, round_index, prompt, k, self.scale, d.prompt_noise_resample)
+                      for k in range(n)]
+
+    def hook(self, cond: dict[str, torch.Tensor]) -> ConditioningAt:
+        def at(step: int, positions: list[int]) -> dict[str, torch.Tensor]:
+            n = len(positions)
+            return noisy_conditioning({k: v[positions] for k, v in cond.items()},
+                                      [self.seeds[p][step] for p in positions],
+                                      [float(self.signal[step])] * n, [float(self.scale[step])] * n)
+        return at
+
+    def columns(self, sample: int) -> dict:
+        return {"prompt_noise_seeds": self.seeds[sample], "prompt_noise_signal": self.signal.tolist(),
+                "prompt_noise_scale": self.scale.tolist()}
+
+
+@dataclass(frozen=True)
+class PromptNoiseReplay:
+    """The prompt noise of the rows one update process trains, read back from the rollouts table."""
+
+    seeds: list[list[int | None]]
+    signal: list[list[float]]
+    scale: list[list[float]]
+
+    @classmethod
+    def from_rollouts(cls, traj: pa.Table) -> "PromptNoiseReplay | None":
+        seeds = traj.column("prompt_noise_seeds").to_pylist()
+        if all(s is None for s in seeds):
+            return None
+        if any(s is None for s in seeds):
+            raise ValueError("rollouts column 'prompt_noise_seeds': set on some rows only; a round's rows are all "
+                             "sampled with or without prompt noise")
+        return cls(seeds, traj.column("prompt_noise_signal").to_pylist(), traj.column("prompt_noise_scale").to_pylist())
+
+    def conditioning(self, cond: dict[str, torch.Tensor], rows: list[int], step: int) -> dict[str, torch.Tensor]:
+        """The conditioning the sampler used for `rows` (indices into this process's rows) at `step`."""
+        return noisy_conditioning(cond, [self.seeds[r][step] for r in rows], [self.signal[r][step] for r in rows],
+                                  [self.scale[r][step] for r in rows])

@@ -13,9 +13,15 @@ scripts/train_sd3_gardo.py, flow_grpo/stat_tracking.py), rebuilt from that code 
 docs/algorithms.md ("GARDO") lists where this differs from the upstream script.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
+import pyarrow as pa
+import torch
 
 from dgrpo.diversity import cosine_distances
+from dgrpo.methods.base import Method, RoundSignals
 
 
 def novelty(embeddings: np.ndarray) -> np.ndarray:
@@ -96,3 +102,123 @@ def reset_due(step_kls: list[float], threshold: float, rounds_since_reset: int, 
     """Replace the reference after this round: an optimizer step's KL passed `threshold`, or the reference has
     served `every` rounds."""
     return any(k > threshold for k in step_kls) or rounds_since_reset >= every
+
+
+class Gardo(Method):
+    """GARDO's hooks: novelty and the KL gate in the cluster stage; novelty-scaled advantages, gate weights and the
+    resettable reference in the update."""
+
+    name = "gardo"
+
+    def group_columns(self, *, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None,
+                      keep: np.ndarray) -> dict[str, np.ndarray]:
+        return {"novelty": novelty(embeddings)} if self.cfg.gardo.novelty_advantage else {}
+
+    def round_columns(self, *, scored: pa.Table) -> dict[str, np.ndarray]:
+        if not self.cfg.gardo.kl_gate:
+            return {}
+        u, gate = round_kl_gate(self.cfg.gardo, scored)
+        return {"uncertainty": u, "kl_gate": gate}
+
+    def cluster_metrics(self, *, columns: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, float]:
+        out = {}
+        if "novelty" in columns:
+            out["novelty_mean"] = float(columns["novelty"].mean())
+        if "kl_gate" in columns:
+            out |= {"kl_gated_share": float(columns["kl_gate"].mean()),
+                    "uncertainty_mean": float(columns["uncertainty"].mean())}
+        return out
+
+    def needed_columns(self) -> dict[str, str]:
+        g = self.cfg.gardo
+        return ({"novelty": "gardo.novelty_advantage"} if g.novelty_advantage else {}) | (
+            {"kl_gate": "gardo.kl_gate"} if g.kl_gate else {})
+
+    def advantages(self, *, signals: RoundSignals) -> np.ndarray | None:
+        if not self.cfg.gardo.novelty_advantage:
+            return None
+        return novelty_advantages(signals.rewards, signals.groups, signals.novelty, self.cfg.train.adv_clip_max,
+                                  signals.kept)
+
+    def kl_weights(self, *, signals: RoundSignals) -> np.ndarray | None:
+        """gate / (the round's gated share), so the KL term is the mean over gated samples in expectation, whatever
+        the micro-batches and processes (upstream divides by the gated count of each batch). Read from the scores
+        table whenever it holds a gate."""
+        if signals.kl_gate is None:
+            return None
+        gate = signals.kl_gate.astype(np.float64)
+        share = gate.mean()
+        return gate / share if share > 0 else gate
+
+    def reference(self, *, policy, tensors: dict[str, torch.Tensor] | None) -> "ResetReference | None":
+        return ResetReference(self.cfg.gardo, policy, tensors) if self.cfg.gardo.reference_reset else None
+
+
+def round_kl_gate(g, scored: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The (uncertainty, KL gate) over the whole round: the reward against g.aux_components, components of the
+    rewards table."""
+    components = [dict(c) for c in scored.column("components").to_pylist()]
+    aux = []
+    for name in g.aux_components:
+        missing = [i for i, c in enumerate(components) if name not in c]
+        if missing:
+            raise ValueError(f"config field 'gardo.aux_components': the rewards table has no component {name!r} "
+                             f"(column 'components') for sample {scored.column('sample_id')[missing[0]]}; it has "
+                             f"{sorted(components[missing[0]])}")
+        aux.append(np.array([c[name] for c in components], dtype=np.float64))
+    u = uncertainty(np.asarray(scored.column("reward").to_pylist(), dtype=np.float64), aux)
+    return u, kl_gate(u, g.kl_gate_share, g.kl_gate_rule)
+
+
+REFERENCE_PREFIX = "reference."
+LAST_RESET = "reference.last_reset_round"
+
+
+class ResetReference:
+    """The regularisers' reference under reference resets: the base model (adapter off) until the first reset, then
+    a stored copy of the LoRA weights, kept in the optimizer-state artifact with the round after which it was
+    taken."""
+
+    def __init__(self, g, policy, tensors: dict[str, torch.Tensor] | None):
+        self.policy, self.gardo = policy, g
+        tensors = tensors or {}
+        n = len(policy.lora_parameters())
+        self.weights = [tensors[f"{REFERENCE_PREFIX}lora.{i}"] for i in range(n)] if LAST_RESET in tensors else None
+        self.last_reset = int(tensors[LAST_RESET]) if self.weights is not None else 0
+        self.resets = 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The policy as the reference, under no_grad; the trained weights come back bit for bit afterwards."""
+        if self.weights is None:
+            with self.policy.adapter_disabled():
+                yield
+            return
+        params = self.policy.lora_parameters()
+        saved = [p.detach().clone() for p in params]
+        try:
+            for p, w in zip(params, self.weights, strict=True):
+                p.data.copy_(w)
+            yield
+        finally:
+            for p, s in zip(params, saved, strict=True):
+                p.data.copy_(s)
+
+    def after_round(self, round_index: int, step_kls: list[float]) -> None:
+        """Reset the reference to the weights the round ended with, when the rule says so."""
+        if reset_due(step_kls, self.gardo.reset_kl_threshold, self.age(round_index), self.gardo.reset_every):
+            self.weights = [p.detach().clone() for p in self.policy.lora_parameters()]
+            self.last_reset, self.resets = round_index + 1, 1
+
+    def age(self, round_index: int) -> int:
+        """Rounds trained against the current reference, this one included."""
+        return round_index + 1 - self.last_reset
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        if self.weights is None:
+            return {}
+        return {LAST_RESET: torch.tensor(self.last_reset),
+                **{f"{REFERENCE_PREFIX}lora.{i}": w.detach().cpu() for i, w in enumerate(self.weights)}}
+
+    def metrics(self, round_index: int) -> dict[str, float]:
+        return {"reference_resets": float(self.resets), "reference_age": float(self.age(round_index))}

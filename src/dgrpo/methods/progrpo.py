@@ -7,6 +7,9 @@ where its savings in transformer evaluations (NFEs) come from.
 """
 
 import numpy as np
+import torch
+
+from dgrpo.methods.base import Method, kept_metrics
 
 
 def optimal_variance_subset(values: np.ndarray, k: int) -> np.ndarray:
@@ -45,3 +48,71 @@ def nfe_of_schedule(group_size: int, num_steps: int, prune_steps: list[int], pru
         nfe += live * (step + 1 - start)
         live, start = size, step + 1
     return nfe + live * (num_steps - start)
+
+
+class ProGRPO(Method):
+    """Pro-GRPO's hooks: expand-and-prune in the rollout (progrpo.mode expand_prune), OVF after sampling in the
+    cluster stage (filter)."""
+
+    name = "progrpo"
+
+    def rollout_reward(self) -> bool:
+        return self.cfg.progrpo.mode == "expand_prune"
+
+    def started_group_size(self) -> int | None:
+        return self.cfg.progrpo.expand_group_size if self.rollout_reward() else None
+
+    def pruner(self, *, policy, reward, prompt: str, seeds: list[int]) -> "GroupPruner | None":
+        return GroupPruner(self.cfg, policy, reward, prompt, seeds) if self.rollout_reward() else None
+
+    def rollout_record(self) -> dict | None:
+        p = self.cfg.progrpo
+        if not self.rollout_reward():
+            return None
+        return {"expand_group_size": p.expand_group_size, "prune_steps": list(p.prune_steps),
+                "prune_sizes": list(p.prune_sizes), "reward": self.cfg.reward.name}
+
+    def rollout_metrics(self, *, policy, rows: list[dict]) -> dict[str, float]:
+        s, p = self.cfg.sampling, self.cfg.progrpo
+        if not self.rollout_reward():
+            return {}
+        groups = len(rows) // s.group_size
+        return {"started": float(p.expand_group_size * groups),
+                "pruned": float((p.expand_group_size - s.group_size) * groups),
+                "nfe_without_pruning": float(p.expand_group_size * s.num_steps * groups)}
+
+    def keep(self, *, quality: np.ndarray, final: np.ndarray) -> np.ndarray | None:
+        """OVF on the final rewards."""
+        if self.cfg.progrpo.mode != "filter":
+            return None
+        return np.isin(np.arange(len(final)), optimal_variance_subset(final, self.cfg.progrpo.filter_keep))
+
+    def cluster_metrics(self, *, columns: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, float]:
+        return kept_metrics(columns) if self.cfg.progrpo.mode == "filter" else {}
+
+    def needed_columns(self) -> dict[str, str]:
+        return {"kept": "progrpo.mode filter"} if self.cfg.progrpo.mode == "filter" else {}
+
+
+class GroupPruner:
+    """The prune decisions of one group: decode the previews, score them, keep the OVF subset."""
+
+    def __init__(self, cfg, policy, reward, prompt: str, seeds: list[int]):
+        self.policy, self.reward, self.prompt, self.seeds = policy, reward, prompt, seeds
+        self.steps = tuple(cfg.progrpo.prune_steps)
+        self.size_at = dict(zip(cfg.progrpo.prune_steps, cfg.progrpo.prune_sizes, strict=True))
+        self.batch = cfg.sampling.batch_size
+        self.records: list[dict] = []
+
+    def __call__(self, step: int, previews: torch.Tensor, positions: list[int]) -> list[int]:
+        size = self.batch or len(previews)
+        images = np.concatenate([self.policy.decode(previews[i:i + size]) for i in range(0, len(previews), size)])
+        scores = np.asarray(self.reward(images, [self.prompt] * len(images))["reward"], dtype=np.float64)
+        keep = set(optimal_variance_subset(scores, self.size_at[step]).tolist())
+        self.records += [{"step": step, "sample_index": pos, "seed": self.seeds[pos],
+                          "preview_reward": float(scores[j]), "kept": j in keep} for j, pos in enumerate(positions)]
+        return [pos for j, pos in enumerate(positions) if j in keep]
+
+    def columns(self, sample: int, first: bool) -> dict:
+        return {"preview_rewards": [r["preview_reward"] for r in self.records if r["sample_index"] == sample],
+                "prune_record": self.records if first else None}

@@ -7,9 +7,9 @@ quality reward.
 Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
 of quality and of beta x bonus, the cluster counts and the rollouts' embedding diversity.
 
-The method options that act on rewards act here too (`method_columns`, `round_kl_gate`): DRIFT's outlier filter
-and potential-based shaping, Pro-GRPO's Optimal Variance Filtering after sampling, and GARDO's novelty and KL gate.
-Their columns are null when the option is off.
+The run's methods (`dgrpo.methods`) act on the rewards here through their hooks (`method_columns`): a subset each
+group keeps (DRIFT's outlier filter, Pro-GRPO's Optimal Variance Filtering), per-group columns (DRIFT's shaping,
+GARDO's novelty) and whole-round ones (GARDO's KL gate). A column no method sets is null.
 """
 
 import time
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dgrpo import artifacts
-from dgrpo.config import ClusterConfig, RunConfig
+from dgrpo.config import ClusterConfig
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES
 from dgrpo.diversity import (
     auto_kernel_width,
@@ -30,7 +30,7 @@ from dgrpo.diversity import (
 )
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
-from dgrpo.methods import drift, gardo, progrpo
+from dgrpo.methods.base import Method, first, methods_of
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
@@ -52,44 +52,21 @@ def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, s
     return {"cluster_id": labels, "bonus": bonus, "final_reward": final, "kernel_width": np.array(width)}
 
 
-def method_columns(cfg: RunConfig, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None
+def method_columns(methods: list[Method], quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None
                    ) -> dict[str, np.ndarray]:
-    """One group's kept flags, shaping, shaped final reward and novelty under the configured method options (only
-    the enabled ones' keys). DRIFT filters on the quality reward (filtering the shaped reward would drop exactly
-    the diverse images the shaping pays) and computes the potential among the kept images; Pro-GRPO's filter keeps
-    the OVF subset of the final rewards."""
-    d, out = cfg.drift, {}
-    keep = np.ones(len(quality), dtype=bool)
-    if d.outlier_filter:
-        keep = out["kept"] = drift.outlier_kept(quality, d.outlier_threshold)
-    if cfg.progrpo.mode == "filter":
-        chosen = progrpo.optimal_variance_subset(final, cfg.progrpo.filter_keep)
-        keep = out["kept"] = np.isin(np.arange(len(final)), chosen)
-    if d.shaping_weight > 0:
-        phi = drift.diversity_potential(embeddings[keep], d.shaping_potential)
-        shaping, clipped = np.zeros(len(final)), np.zeros(len(final), dtype=bool)
-        shaping[keep], clipped[keep] = drift.potential_shaping(phi, final[keep], d.shaping_weight, d.shaping_clip,
-                                                               d.shaping_scale)
-        out |= {"shaping": shaping, "shaping_clipped": clipped, "final_reward": final + shaping}
-    if cfg.gardo.novelty_advantage:
-        out["novelty"] = gardo.novelty(embeddings)
+    """One group's columns from the run's methods: the kept flags of the method that filters (the config allows
+    one) and each method's columns, computed among the kept samples; a `final_reward` column replaces the final
+    rewards."""
+    out: dict[str, np.ndarray] = {}
+    keep = first([m.keep(quality=quality, final=final) for m in methods])
+    if keep is not None:
+        out["kept"] = keep
+    else:
+        keep = np.ones(len(quality), dtype=bool)
+    for m in methods:
+        out |= m.group_columns(quality=quality, final=out.get("final_reward", final), embeddings=embeddings,
+                               keep=keep)
     return out
-
-
-def round_kl_gate(cfg: RunConfig, scored: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """GARDO's (uncertainty, KL gate) over the whole round: the reward against gardo.aux_components, components of
-    the rewards table."""
-    components = [dict(c) for c in scored.column("components").to_pylist()]
-    aux = []
-    for name in cfg.gardo.aux_components:
-        missing = [i for i, c in enumerate(components) if name not in c]
-        if missing:
-            raise ValueError(f"config field 'gardo.aux_components': the rewards table has no component {name!r} "
-                             f"(column 'components') for sample {scored.column('sample_id')[missing[0]]}; it has "
-                             f"{sorted(components[missing[0]])}")
-        aux.append(np.array([c[name] for c in components], dtype=np.float64))
-    u = gardo.uncertainty(np.asarray(scored.column("reward").to_pylist(), dtype=np.float64), aux)
-    return u, gardo.kl_gate(u, cfg.gardo.kl_gate_share, cfg.gardo.kl_gate_rule)
 
 
 Embedded = dict[str, np.ndarray | None]
@@ -128,6 +105,7 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
     round's samples already embedded (`embed_rollouts`) with the embedder's seconds; the rollouts are then not
     read."""
     cfg, c = ctx.config, ctx.config.cluster
+    methods = methods_of(cfg)
     scored = read_merged(ctx.store, rewards, REWARDS)
     ids = scored.column("sample_id").to_pylist()
     quality = np.asarray(scored.column("reward").to_pylist(), dtype=np.float64)
@@ -166,12 +144,12 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
             per_group["singletons"].append(float(np.sum(sizes == 1)))
             per_group["kernel_width"].append(float(out["kernel_width"]))
         per_group["bonus_std"].append(float(bonus[idx].std()))
-        for key, values in method_columns(cfg, quality[idx], final[idx], None if embeddings is None
+        for key, values in method_columns(methods, quality[idx], final[idx], None if embeddings is None
                                           else embeddings[idx]).items():
             target = final if key == "final_reward" else extra.setdefault(key, np.zeros(n, values.dtype))
             target[idx] = values
-    if cfg.gardo.kl_gate:
-        extra["uncertainty"], extra["kl_gate"] = round_kl_gate(cfg, scored)
+    for m in methods:
+        extra |= m.round_columns(scored=scored)
     cluster_seconds = time.perf_counter() - start
 
     emb_col = (pa.nulls(n, SCORES.schema.field("embedding").type) if embeddings is None
@@ -193,26 +171,8 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                "bonus_std": float(bonus.std()), "embed_seconds": embed_seconds, "cluster_seconds": cluster_seconds}
     metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
                 for k, v in per_group.items() if v}
-    metrics |= method_metrics(extra)
-    if "shaping" in extra and metrics.get("quality_std_in_group", 0) > 0:  # does DRIFT's shaping act? (its w is ours)
-        metrics["shaping_std_over_quality_std"] = metrics["shaping_std"] / metrics["quality_std_in_group"]
+    for m in methods:
+        metrics |= m.cluster_metrics(columns=extra, metrics=metrics)
     result = StageResult({"scores": ref}, metrics)
     emit_event(ctx, "cluster", round_index, result)
     return result
-
-
-def method_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
-    """The method options' figures for the stage metrics (events, KFP Metrics, the run report)."""
-    out = {}
-    if "kept" in extra:
-        out |= {"kept": float(extra["kept"].sum()), "dropped": float((~extra["kept"]).sum())}
-    if "shaping" in extra:
-        out |= {"shaping_abs_mean": float(np.abs(extra["shaping"]).mean()),
-                "shaping_std": float(extra["shaping"].std()),
-                "shaping_clipped_share": float(extra["shaping_clipped"].mean())}
-    if "novelty" in extra:
-        out["novelty_mean"] = float(extra["novelty"].mean())
-    if "kl_gate" in extra:
-        out |= {"kl_gated_share": float(extra["kl_gate"].mean()),
-                "uncertainty_mean": float(extra["uncertainty"].mean())}
-    return out

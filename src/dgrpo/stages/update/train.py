@@ -3,7 +3,8 @@
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dgrpo import artifacts
 from dgrpo.config import RunConfig
 from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
+from dgrpo.methods.base import Method, PolicyStep, first, methods_of
 from dgrpo.models import FlowPolicy
 from dgrpo.objectives import (
     clipped_policy_loss,
@@ -118,20 +120,22 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         scored.column("group_id"), value_set=all_traj.column("group_id").unique()))
     check_same_samples(all_traj, covered, f"rollouts {uris(refs)}", f"scores {inputs.scores.uri}")
     ids, groups = scored.column("sample_id").to_pylist(), scored.column("group_id").to_pylist()
-    signals = options.read_signals(cfg, ids, groups, scored, f"scores {inputs.scores.uri}")
+    methods = methods_of(cfg)
+    signals = options.read_signals(methods, ids, groups, scored, f"scores {inputs.scores.uri}")
     rewards = signals.rewards
-    adv_all = (options.novelty_advantages(cfg, signals) if cfg.gardo.novelty_advantage
-               else group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept))
+    adv_all = first([m.advantages(signals=signals) for m in methods])
+    if adv_all is None:
+        adv_all = group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept)
     detail_all = adv_all if t.detail_baseline == "group" else cluster_advantages(
         rewards, groups, signals.cluster_ids, t.global_std, t.adv_clip_max, signals.kept)
-    kl_weight_all = options.kl_weights(signals)
+    kl_weight_all = first([m.kl_weights(signals=signals) for m in methods])
 
     traj = all_traj if whole else all_traj.take(list(range(rank, all_traj.num_rows, world)))
     position = {sid: i for i, sid in enumerate(ids)}
     mine = [position[sid] for sid in traj.column("sample_id").to_pylist()]
     adv = torch.tensor(np.stack([adv_all, detail_all], axis=1)[mine], dtype=torch.float32)  # structure, detail
-    extras = RoundExtras(options.PromptNoiseReplay.from_rollouts(traj), None if kl_weight_all is None
-                         else torch.tensor(kl_weight_all[mine], dtype=torch.float32))
+    extras = RoundExtras(first([m.conditioning_replay(rollouts=traj) for m in methods]), None if kl_weight_all is None
+                         else torch.tensor(kl_weight_all[mine], dtype=torch.float32), methods=methods)
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
     opt = make_optimizer(policy, cfg)
@@ -140,7 +144,9 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
                                                                                 OPTIMIZER_KIND)
     if state is not None:
         load_training_state(opt, ema, state)
-    extras.reference = options.Reference(cfg, policy, state)
+    extras.reference = first([m.reference(policy=policy, tensors=state) for m in methods]) or options.BaseReference(
+        policy)
+    extras.round_start = RoundStart.if_needed(methods, policy)
     if world > 1:  # every process loaded the same weights: DDP need not sync the frozen ones (GBs for FLUX)
         frozen = [n for n, p in policy.transformer.named_parameters() if not p.requires_grad]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -166,6 +172,7 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
             if ema is not None and len(rows) % t.ema_every == 0:
                 ema.step(policy.lora_parameters())
     policy.wrapped_transformer = None
+    ratio_by_step = {j: ratio_stats(acc.reduce(m, reduction="sum")) for j, m in sorted(extras.ratio_by_step.items())}
     extras.reference.after_round(round_index, [r["kl"] for r in rows])
     acc.wait_for_everyone()
     if not acc.is_main_process:
@@ -174,12 +181,14 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
                                            "optimizer state": training_state_to_tensors(opt, ema)[0]})
     result = _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups, extras.reference.to_tensors())
     result.metrics |= options.metrics(signals) | extras.reference.metrics(round_index) | gate.metrics()
+    for m in methods:
+        result.metrics |= m.update_metrics(ratio_by_step=ratio_by_step)
     return result
 
 
 def check_agreement(ctx: StageContext, inputs: UpdateInputs, acc: Accelerator, policy: FlowPolicy, *,
                     latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
-                    sigmas: torch.Tensor, prompt_noise: options.PromptNoiseReplay | None) -> agreement.Agreement:
+                    sigmas: torch.Tensor, prompt_noise: Any) -> agreement.Agreement:
     """The agreement gate (`agreement`), before the first optimizer step: this process's first micro-batch
     recomputed at every trained step under the round's input adapter; every process fails if any disagrees."""
     cfg, s = ctx.config, ctx.config.sampling
@@ -198,12 +207,45 @@ def check_agreement(ctx: StageContext, inputs: UpdateInputs, acc: Accelerator, p
 
 @dataclass
 class RoundExtras:
-    """What the method options add to a round's optimizer steps (`options`): the replayed prompt noise, per-sample
-    KL weights (GARDO's gate) and the regularisers' reference."""
+    """What the methods add to a round's optimizer steps: the replayed conditioning (DRIFT's prompt noise),
+    per-sample KL weights (GARDO's gate), the regularisers' reference, the methods themselves (their loss hooks),
+    the round's input weights where a hook needs the old policy's step, and each step's summed ratio moments."""
 
-    prompt_noise: options.PromptNoiseReplay | None = None
+    prompt_noise: Any = None
     kl_weight: torch.Tensor | None = None
-    reference: options.Reference | None = None
+    reference: Any = None
+    methods: list[Method] = field(default_factory=list)
+    round_start: "RoundStart | None" = None
+    ratio_by_step: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class RoundStart:
+    """The round's input LoRA weights (the policy that sampled the rollouts), kept only when a method's
+    `log_ratio` hook is overridden: `step_mean` recomputes a step's mean under them."""
+
+    def __init__(self, policy: FlowPolicy):
+        self.policy = policy
+        self.weights = [p.detach().clone() for p in policy.lora_parameters()]
+
+    @classmethod
+    def if_needed(cls, methods: list[Method], policy: FlowPolicy) -> "RoundStart | None":
+        return cls(policy) if any(type(m).log_ratio is not Method.log_ratio for m in methods) else None
+
+    def step_mean(self, cfg: RunConfig, x: torch.Tensor, x_next: torch.Tensor, sigmas: torch.Tensor, j: int,
+                  cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        s, params = cfg.sampling, self.policy.lora_parameters()
+        saved = [p.detach().clone() for p in params]
+        try:
+            with torch.no_grad():
+                for p, w in zip(params, self.weights, strict=True):
+                    p.data.copy_(w)
+                v = self.policy.velocity(x.to(self.policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond,
+                                         s.guidance_scale)
+                return step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
+                                         sigmas[1].item(), s.noise_level, prev_sample=x_next).prev_sample_mean
+        finally:
+            for p, w in zip(params, saved, strict=True):
+                p.data.copy_(w)
 
 
 def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, opt: torch.optim.Optimizer,
@@ -244,10 +286,14 @@ def group_reward_spread(rewards: np.ndarray, groups: list[str]) -> dict[str, flo
     return {"reward_group_std": float(stds.mean()), "zero_std_groups": float(np.mean(stds == 0))}
 
 
-def ratio_moments(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+def ratio_moments(log_prob: torch.Tensor, old_log_prob: torch.Tensor, log_ratio: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """[sum d, sum d^2, count] of d = ratio - 1 over a micro-batch, in float64: the ratio sits near 1, so its
-    variance computed from raw second moments in float32 would cancel to noise."""
-    d = torch.exp(log_prob.detach().double() - old_log_prob.detach().double()) - 1.0
+    variance computed from raw second moments in float32 would cancel to noise. `log_ratio`: a method's
+    transformed log ratio, replacing log_prob - old_log_prob."""
+    lr = (log_prob.detach().double() - old_log_prob.detach().double() if log_ratio is None
+          else log_ratio.detach().double())
+    d = torch.exp(lr) - 1.0
     return torch.stack([d.sum(), (d * d).sum(), torch.tensor(float(d.numel()), dtype=torch.float64,
                                                               device=d.device)])
 
@@ -289,20 +335,56 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
                                 s.guidance_scale)
             step = step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
                                      sigmas[1].item(), s.noise_level, prev_sample=x_next)
+            old_lp = old_log_probs[idx, j].to(policy.device)
+            log_ratio = method_log_ratio(cfg, extras, step=step, old_log_prob=old_lp, x=x, x_next=x_next,
+                                         sigmas=sigmas, j=j, cond=mb_cond)
             policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
-                step.log_prob, old_log_probs[idx, j].to(policy.device),
-                adv[idx, 0 if structure_step(cfg, j) else 1].to(policy.device), t.clip_range)
+                step.log_prob, old_lp, adv[idx, 0 if structure_step(cfg, j) else 1].to(policy.device), t.clip_range,
+                **({} if log_ratio is None else {"log_ratio": log_ratio}))
+            weight = step_weight(extras.methods, j=j, sigmas=sigmas)
+            if weight is not None:
+                policy_loss = policy_loss * weight
             kl, sa = regularizer_terms(policy, cfg, j, x, x_next, sigmas, mb_cond, step, extras.reference,
                                        None if extras.kl_weight is None else extras.kl_weight[idx])
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
         totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
-        moments += ratio_moments(step.log_prob, old_log_probs[idx, j].to(policy.device))
+        step_moments = ratio_moments(step.log_prob, old_lp, log_ratio)
+        moments += step_moments
+        if j not in extras.ratio_by_step:
+            extras.ratio_by_step[j] = torch.zeros(3, dtype=torch.float64, device=acc.device)
+        extras.ratio_by_step[j] += step_moments
     grad_norm = acc.clip_grad_norm_(policy.lora_parameters(), t.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     averaged = acc.reduce(totals, reduction="mean").tolist()
     return {**dict(zip(LOGGED, averaged, strict=True)), **ratio_stats(acc.reduce(moments, reduction="sum")),
             "grad_norm": float(grad_norm)}
+
+
+def method_log_ratio(cfg: RunConfig, extras: RoundExtras, *, step: SDEStep, old_log_prob: torch.Tensor,
+                     x: torch.Tensor, x_next: torch.Tensor, sigmas: torch.Tensor, j: int,
+                     cond: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The log ratio of the first method whose `log_ratio` hook acts, or None (log_prob - old_log_prob)."""
+    if extras.round_start is None:
+        return None
+    old_mean: list[torch.Tensor] = []
+
+    def lazy_old_mean() -> torch.Tensor:
+        if not old_mean:
+            old_mean.append(extras.round_start.step_mean(cfg, x, x_next, sigmas, j, cond))
+        return old_mean[0]
+
+    view = PolicyStep(j=j, log_prob=step.log_prob, old_log_prob=old_log_prob, mean=step.prev_sample_mean,
+                      std_dev_t=step.std_dev_t, sigma=sigmas[j].item(), sigma_next=sigmas[j + 1].item(),
+                      old_mean=lazy_old_mean)
+    return first([m.log_ratio(step=view) for m in extras.methods])
+
+
+def step_weight(methods: list[Method], *, j: int, sigmas: torch.Tensor) -> float | None:
+    """The product of the methods' weights of step j's policy loss, or None where no method weighs it."""
+    weights = [w for m in methods if (w := m.step_weight(j=j, sigma=sigmas[j].item(),
+                                                          sigma_next=sigmas[j + 1].item())) is not None]
+    return float(np.prod(weights)) if weights else None
 
 
 def structure_step(cfg: RunConfig, j: int) -> bool:
@@ -314,7 +396,7 @@ def structure_step(cfg: RunConfig, j: int) -> bool:
 
 def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, x: torch.Tensor, x_next: torch.Tensor,
                       sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep,
-                      reference: "options.Reference | None" = None, kl_weight: torch.Tensor | None = None
+                      reference: Any = None, kl_weight: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL, SA-Reg) of denoising step j; each a batch mean, 0 where not enabled.
 

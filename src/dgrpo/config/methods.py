@@ -1,0 +1,41 @@
+"""The training methods by name, and the check of a run's `methods` section.
+
+A method's hooks live in its module under `dgrpo.methods` (or a team's package); the config names it here by
+import path only, so the config layer imports no method (as `dgrpo.rewards` names the toy reward).
+"""
+
+import dataclasses
+from typing import Any
+
+from dgrpo.config.fields import ConfigError, validate_fields
+from dgrpo.registry import Registry
+
+BUILTINS = {
+    "drift": "dgrpo.methods.drift:Drift",
+    "progrpo": "dgrpo.methods.progrpo:ProGRPO",
+    "gardo": "dgrpo.methods.gardo:Gardo",
+}
+"""Methods every run consults, in this order; their config sections are top-level (`drift.*`, ...) and their
+hooks act only where their options are on."""
+OPTIONAL: dict[str, str] = {}
+"""Methods a run turns on by naming them in `methods` (their options are `methods.<name>.*`)."""
+METHODS: Registry[Any] = Registry("method", "methods", BUILTINS | OPTIONAL)
+
+
+def method_options(name: str, options: dict[str, Any] | None) -> Any:
+    """Method `name`'s options as its `Options` dataclass (an empty one where it declares none), checked: an unknown
+    option is an error naming `methods.<name>.<option>`."""
+    cls = METHODS.get(name)
+    options_cls = getattr(cls, "Options", None)
+    if options_cls is None:
+        if options:
+            raise ConfigError(f"config field 'methods.{name}': method {name!r} takes no options, got {sorted(options)}")
+        return None
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise ConfigError(f"config field 'methods.{name}.{unknown[0]}': unknown option (known: "
+                          f"{', '.join(sorted(known))})")
+    built = options_cls(**(options or {}))
+    validate_fields(built, f"methods.{name}")
+    return built
