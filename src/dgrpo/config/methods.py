@@ -17,7 +17,9 @@ BUILTINS = {
 }
 """Methods every run consults, in this order; their config sections are top-level (`drift.*`, ...) and their
 hooks act only where their options are on."""
-OPTIONAL: dict[str, str] = {}
+OPTIONAL = {
+    "grpo_guard": "dgrpo.methods.grpo_guard:GRPOGuard",
+}
 """Methods a run turns on by naming them in `methods` (their options are `methods.<name>.*`)."""
 METHODS: Registry[Any] = Registry("method", "methods", BUILTINS | OPTIONAL)
 
