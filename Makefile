@@ -7,6 +7,9 @@ RUN_ARGS ?=
 CONFIG ?= configs/toy.yaml
 LINT_VENV ?= .venv-lint
 LINT_STAMP := $(LINT_VENV)/.installed-stamp
+# The MLflow tracking server tests/test_tracking.py starts: the full mlflow, whose pins differ from the project's.
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 K8S_VERSION ?= 1.32.0
 CHECKOV := $(LINT_VENV)/bin/checkov --quiet --compact --skip-download
 IMAGES_FILE ?= build/images.json
@@ -23,8 +26,13 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev,dreamsim,experiment]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[kfp,dev,dreamsim,experiment,mlflow]"
 	touch $(STAMP)
+
+$(MLFLOW_STAMP): requirements-mlflow-server.txt
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-mlflow-server.txt
+	touch $(MLFLOW_STAMP)
 
 install: $(STAMP)  ## create .venv with the project and its extras
 
@@ -42,7 +50,7 @@ run-fused: $(STAMP)  ## the same training with each segment's rounds in one kfp.
 run-inprocess: $(STAMP)  ## the same training in one process, without kfp (faster)
 	$(BIN)/dgrpo run --config $(CONFIG) --engine inprocess $(RUN_ARGS)
 
-test: $(STAMP) lint lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
+test: $(STAMP) $(MLFLOW_STAMP) lint lint-images lint-manifests  ## lint, unit tests and the end-to-end pipeline tests
 	$(PYTEST)
 
 test-fast: $(STAMP)  ## the tests without the end-to-end pipeline runs
