@@ -319,3 +319,41 @@ class RetentionConfig:
     """Rounds, counting back from the last committed one, whose rollouts, scores, prune decisions, update metrics
     and optimizer states `dgrpo gc` keeps; those of older rounds are deleted unless a kept artifact of any run in
     the store names them. None (the default): keep everything, gc deletes nothing."""
+
+
+@dataclass
+class MlflowConfig:
+    """One MLflow run per fine-tune, which every segment logs into when it ends (`dgrpo.runtime.tracking`,
+    docs/tracking.md): the recipe as params, per-round training and evaluation metrics with the round as step,
+    grids and the HTML report as artifacts, lineage and the best adapter as tags. Needs the `mlflow` extra. A
+    tracking failure is logged and recorded, never fails the fine-tune."""
+
+    enabled: bool = False
+    """Log the fine-tune to MLflow (off by default)."""
+    uri: str | None = None
+    """Tracking server, e.g. http://mlflow.mlflow.svc:5000. Wins over $MLFLOW_TRACKING_URI, which is used when this
+    is unset (and which KFP's MLflow plugin sets in its task pods). Credentials never go here: the MLflow client
+    reads MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD from the environment (a Secret,
+    kubernetes.*.secrets)."""
+    experiment: str = ""
+    """MLflow experiment of the run; empty: the config's `name`. Where KFP's plugin registered the segment's KFP
+    run, its experiment is used."""
+
+    def validate(self, path: str) -> None:
+        if self.uri is None:
+            return
+        check(bool(self.uri.strip()), f"{path}.uri", "must not be empty (null: $MLFLOW_TRACKING_URI)")
+        check("@" not in self.uri.split("/")[2 if "://" in self.uri else 0], f"{path}.uri",
+              "must not hold credentials (user@host): MLflow reads them from MLFLOW_TRACKING_USERNAME/PASSWORD or "
+              "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers a fine-tune reports to, besides the store and the KFP UI."""
+
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """MLflow (off by default)."""
+
+    def validate(self, path: str) -> None:
+        self.mlflow.validate(f"{path}.mlflow")

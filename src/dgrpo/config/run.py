@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig
+from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig, TrackingConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
 from dgrpo.config.methods import BUILTINS, method_options
 from dgrpo.config.recipe import (
@@ -56,6 +56,8 @@ class RunConfig:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     """What `dgrpo gc` may delete from the store (default: nothing)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers the fine-tune logs to (MLflow: `tracking.mlflow`, off by default)."""
 
     def validate(self) -> "RunConfig":
         check(bool(self.name), "name", "must not be empty")
