@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
 from dgrpo.registry import RegistryError, last_line, plugin_of
-from dgrpo.runtime import chain, kfp_rest
+from dgrpo.runtime import chain, kfp_rest, tracking
 from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
 from dgrpo.stages.shared.context import StageContext
@@ -326,6 +326,7 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
               "rounds_done": done, "rounds_total": config.rounds, "at": now()}
     if not record.get("next_kfp_run_id"):  # else the next segment's status may be newer
         store.put_json(run_key(run_id, "status.json"), status)
+    tracking.log_segment(store, run_id, config)  # MLflow, when tracking.mlflow.enabled; never raises
     release_lease(store, run_id, record["holder"])
     end = SegmentEnd(decision, error, n, status=status)
     chain_record = read_json(store, run_key(run_id, "chain.json")) or {}
