@@ -31,10 +31,9 @@ def write_pruned(store: ArtifactStore, record: Pruned) -> str:
     return key
 
 
-def pruned_records(store: ArtifactStore) -> list[tuple[str, Any]]:
-    """Every gc record of every run in the store, as stored JSON with its key, oldest first per run."""
-    found = sorted(k for k in store.list(keys.RUNS) if "/pruned/" in k and k.endswith(".json"))
-    return [(k, store.get_json(k)) for k in found]
+def pruned_keys(store: ArtifactStore) -> list[str]:
+    """The keys of every gc record of every run in the store, oldest first per run."""
+    return sorted(k for k in store.list(keys.RUNS) if "/pruned/" in k and k.endswith(".json"))
 
 
 def known_runs(store: ArtifactStore) -> list[str]:

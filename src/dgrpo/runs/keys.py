@@ -102,6 +102,24 @@ def event_stage(key: str) -> str:
     return key.rsplit("/", 1)[-1].removesuffix(".json").split("-")[1]
 
 
+def is_segment_key(key: str) -> bool:
+    return re.match(r"^runs/[^/]+/segments/[^/]+\.json$", key) is not None
+
+
+def is_eval_key(key: str) -> bool:
+    return re.match(r"^runs/[^/]+/eval/[^/]+\.json$", key) is not None
+
+
+def is_event_key(key: str) -> bool:
+    return re.match(r"^runs/[^/]+/events/[^/]+\.json$", key) is not None
+
+
+def commit_round_of(key: str) -> int | None:
+    """The round of a commit key (`commit_key`), None for any other key."""
+    found = re.search(r"^runs/[^/]+/commits/r(\d+)\.json$", key)
+    return int(found[1]) if found else None
+
+
 def errors_prefix(run_id: str) -> str:
     return run_key(run_id, "errors")
 

@@ -97,13 +97,13 @@ class SegmentRecord(Record):
 
     OMITTED_WHEN_NONE = ("finished_at", "progress", "error", "kfp_final_state", "decision", "next_kfp_run_id")
     segment: int
-    kfp_run_id: str
-    holder: str
-    start_round: int
     rounds: list[int]
-    config_sha256: str
-    started_at: str
-    state: str
+    kfp_run_id: str = ""
+    holder: str = ""
+    start_round: int = 0
+    config_sha256: str = ""
+    started_at: str = ""
+    state: str = "running"
     finished_at: str | None = None
     progress: int | None = None
     error: str | None = None
@@ -121,12 +121,12 @@ class StatusRecord(Record):
     """The chain's state after its latest segment (or the failed submission of the next)."""
 
     state: str
-    action: str
-    reason: str
-    segment: int
-    rounds_done: int
-    rounds_total: int
-    at: str
+    action: str = ""
+    reason: str = ""
+    segment: int = 0
+    rounds_done: int = 0
+    rounds_total: int = 0
+    at: str = ""
 
 
 @dataclass(kw_only=True)
@@ -227,7 +227,7 @@ class Event(Record):
 
 
 @dataclass(kw_only=True)
-class PrunedObject(Record):
+class PrunedEntry(Record):
     """One object a gc pass deleted, as its record lists it."""
 
     sha256: str
@@ -248,5 +248,5 @@ class Pruned(Record):
     objects: list[dict]
 
     @property
-    def pruned(self) -> list[PrunedObject]:
-        return [PrunedObject.from_json(o) for o in self.objects]
+    def pruned(self) -> list[PrunedEntry]:
+        return [PrunedEntry.from_json(o) for o in self.objects]

@@ -6,7 +6,6 @@ distinct images). Every measure is averaged over all prompts, over the held-out 
 training prompts (`train_*`): a method that keeps diversity only on the prompts it trained on has not learned it.
 """
 
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,8 @@ from dgrpo.metrics import load_mode_classifier, mode_coverage, pairwise_diversit
 from dgrpo.models.trajectories import sample_ode
 from dgrpo.rewards import load_reward
 from dgrpo.rng import Stream, derive_seed
+from dgrpo.runs.evaluations import write_evaluation
+from dgrpo.runs.records import EvalRecord
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.shared.training_state import use_ema_weights
@@ -94,9 +95,9 @@ def run_evaluate(ctx: StageContext, round_index: int, adapter: ArtifactRef | Non
     grid_ref = artifacts.write_blob(ctx.store, image_grid(rows, scale=scale), "eval_grid", ".png", prov)
     result = StageResult({"samples": samples_ref, "grid": grid_ref}, metrics)
     emit_event(ctx, "evaluate", round_index, result)
-    ctx.store.put_json(f"runs/{ctx.run_id}/eval/r{round_index:04d}.json", {
-        "round": round_index, "metrics": metrics, "per_prompt": per_prompt, "reward": reward_source(cfg),
-        "grid": json.loads(grid_ref.to_json()), "grid_columns": e.grid_columns, "eval_seed": e.seed})
+    write_evaluation(ctx.store, ctx.run_id, EvalRecord(
+        round=round_index, metrics=metrics, per_prompt=per_prompt, reward=reward_source(cfg), grid=grid_ref,
+        grid_columns=e.grid_columns, eval_seed=e.seed))
     return result
 
 

@@ -1,13 +1,15 @@
 """What every stage shares: the run context, provenance and the run's event records."""
 
 import datetime
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dgrpo import lineage
 from dgrpo.config import RunConfig
 from dgrpo.lineage import Provenance
+from dgrpo.runs.evaluations import write_event
+from dgrpo.runs.record import ref_dict
+from dgrpo.runs.records import Event
 from dgrpo.stages.shared import run_config
 from dgrpo.store import ArtifactRef, ArtifactStore
 
@@ -22,7 +24,7 @@ class StageContext:
     store: ArtifactStore
     run_id: str
     lease: str = ""
-    """Holder id of the segment's lease (`dgrpo.stages.shared.ownership`); a commit checks it is still held."""
+    """Holder id of the segment's lease (`dgrpo.runs.ownership`); a commit checks it is still held."""
     _refs: dict[str, ArtifactRef] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def provenance(self, stage: str, round_index: int | None, inputs: dict[str, ArtifactRef | None],
@@ -60,10 +62,7 @@ class StageResult:
 def emit_event(ctx: StageContext, stage: str, round_index: int, result: StageResult,
                shard: int | None = None) -> None:
     """Record a finished stage (or stage shard) under runs/<run_id>/events/, for progress and the run report."""
-    event = {"stage": stage, "round": round_index, "metrics": result.metrics,
-             "outputs": {k: json.loads(v.to_json()) for k, v in result.outputs.items()},
-             "finished_at": datetime.datetime.now(datetime.UTC).isoformat()}  # the report's s/round
-    suffix = "" if shard is None else f"-s{shard:03d}"
-    if shard is not None:
-        event["shard"] = shard
-    ctx.store.put_json(f"runs/{ctx.run_id}/events/r{round_index:04d}-{stage}{suffix}.json", event)
+    event = Event(stage=stage, round=round_index, metrics=result.metrics, shard=shard,
+                  outputs={k: ref_dict(v) for k, v in result.outputs.items()},
+                  finished_at=datetime.datetime.now(datetime.UTC).isoformat())  # the report's s/round
+    write_event(ctx.store, ctx.run_id, event)

@@ -4,7 +4,7 @@
 and the EMA travel between rounds through `dgrpo.stages.shared.training_state`.
 """
 
-from dgrpo.stages.shared.commits import commit_round
+from dgrpo.runs.commits import commit_round
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.update.parallel import launch
 from dgrpo.stages.update.train import UpdateInputs, group_conditioning, train_round
@@ -25,8 +25,9 @@ def run_update(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list
 
 def commit_update(ctx: StageContext, inputs: UpdateInputs, result: StageResult) -> StageResult:
     """Commit the round the main process trained (its adapter and optimizer state) and record its event."""
-    commit_round(ctx, inputs.round_index, result.outputs["adapter"], result.outputs["optimizer_state"],
-                 parent=inputs.adapter)
+    commit_round(ctx.store, ctx.run_id, round_index=inputs.round_index, adapter=result.outputs["adapter"],
+                 optimizer_state=result.outputs["optimizer_state"], parent=inputs.adapter, lease=ctx.lease,
+                 recipe_sha256=ctx.config.recipe_sha256())
     emit_event(ctx, "update", inputs.round_index, result)
     return result
 

@@ -1,9 +1,9 @@
 """The update stage on several GPUs of one pod: torchrun starts `train.num_processes` workers of `train_round`.
 
-The stage process puts the round's inputs in the artifact store (runs/<run_id>/update/rNNNN-request.json) and
+The stage process puts the round's inputs in the artifact store (`dgrpo.runs.exchange`) and
 runs `python -m torch.distributed.run --standalone --nproc_per_node N -m dgrpo.stages.update.parallel STORE KEY`.
 Each worker opens the same store, accelerate picks up torchrun's process group (NCCL on GPUs, gloo on CPUs),
-and the main worker writes the artifacts and the result (rNNNN-result.json) that the stage process reads back.
+and the main worker writes the artifacts and the result that the stage process reads back.
 Because request and result live in the store, the same command runs under a multi-node torchrun too.
 """
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from dgrpo.config import config_from_json
+from dgrpo.runs.exchange import get_update_request, get_update_result, put_update_request, put_update_result
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.update.train import UpdateInputs, train_round
 from dgrpo.store import ArtifactRef, open_store
@@ -19,23 +20,17 @@ from dgrpo.store import ArtifactRef, open_store
 
 def launch(ctx: StageContext, inputs: UpdateInputs) -> StageResult:
     """Train the round in `train.num_processes` processes and return the main process's result."""
-    request = f"runs/{ctx.run_id}/update/r{inputs.round_index:04d}-request.json"
-    ctx.store.put_json(request, _request(ctx, inputs))
+    request = put_update_request(ctx.store, ctx.run_id, inputs.round_index, _request(ctx, inputs))
     ctx.store.flush()  # the workers open the store themselves
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={ctx.config.train.num_processes}", "-m", __name__, ctx.store.uri, request]
     code = subprocess.run(command, check=False).returncode
-    result = _result_key(request)
-    if code != 0 or not ctx.store.exists(result):
+    data = get_update_result(ctx.store, request) if code == 0 else None
+    if data is None:
         raise RuntimeError(f"update round {inputs.round_index}: the {ctx.config.train.num_processes} data-parallel "
                            f"workers failed (exit code {code}); their log is above")
-    data = ctx.store.get_json(result)
-    return StageResult({k: ArtifactRef.from_json(json.dumps(v), source=f"{result} output {k!r}")
+    return StageResult({k: ArtifactRef.from_json(json.dumps(v), source=f"{request} result output {k!r}")
                         for k, v in data["outputs"].items()}, data["metrics"])
-
-
-def _result_key(request_key: str) -> str:
-    return request_key.removesuffix("-request.json") + "-result.json"
 
 
 def _request(ctx: StageContext, inputs: UpdateInputs) -> dict:
@@ -61,11 +56,11 @@ def _inputs(request: dict) -> UpdateInputs:
 def main(store_uri: str, request_key: str) -> None:
     """One worker: train this process's share of the round; the main process writes the result."""
     store = open_store(store_uri)
-    request = store.get_json(request_key)
+    request = get_update_request(store, request_key)
     ctx = StageContext(config_from_json(request["config"]), store, request["run_id"])
     result = train_round(ctx, _inputs(request))
     if result is not None:
-        store.put_json(_result_key(request_key), {
+        put_update_result(store, request_key, {
             "outputs": {k: json.loads(v.to_json()) for k, v in result.outputs.items()}, "metrics": result.metrics})
 
 
