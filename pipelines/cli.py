@@ -104,7 +104,7 @@ def _config(config: Path | None, overrides: list[str] | None, require_import: bo
 
 def _run_id(value: str | None, option: str) -> str | None:
     """A run id given on the command line, checked against the run-id character set."""
-    from dgrpo.stages.shared.ownership import validate_run_id
+    from dgrpo.runs.keys import validate_run_id
 
     try:
         return None if value is None else validate_run_id(value, option)
@@ -127,8 +127,9 @@ def run(config: RunConfigOpt = None, set_: SetOpt = None,
     from dgrpo_pipelines.local import ENGINES, new_run_id, open_context, run_pipeline
     from dgrpo_pipelines.progress import FineTuneProgress, stages_per_round
 
+    from dgrpo.runs.commits import trained_state
+    from dgrpo.runs.exchange import put_report_html
     from dgrpo.runtime.fine_tune import status as fine_tune_status
-    from dgrpo.stages.shared.commits import trained_state
 
     if engine not in ENGINES:  # before anything is loaded or stored
         raise typer.BadParameter(f"{engine!r}: expected one of {', '.join(ENGINES)}", param_hint="--engine")
@@ -163,7 +164,7 @@ def run(config: RunConfigOpt = None, set_: SetOpt = None,
         return
     markdown = save_report(ctx.store, run_id, report)
     html_path = write_html(ctx.store, [run_id], work_dir / "report.html")
-    ctx.store.put_text(f"runs/{run_id}/report.html", html_path.read_text(encoding="utf-8"))
+    put_report_html(ctx.store, run_id, html_path.read_text(encoding="utf-8"))
     typer.echo(f"  report:    {ctx.store.uri}/{markdown}")
     typer.echo(f"  html:      {html_path.resolve()}")
     for line in summary_lines(report):
@@ -269,15 +270,14 @@ def stop(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")],
                                                    envvar="KF_PIPELINES_TOKEN")] = None):
     """Stop a fine-tune's chain: its running segment ends before its next round and submits no other; with --now
     its KFP run is terminated at once."""
-    from dgrpo.runtime.fine_tune import chain_key, request_stop, terminate_current
-    from dgrpo.stages.shared.ownership import read_json
+    from dgrpo.runtime.fine_tune import chain_kfp, request_stop, terminate_current
 
     st = open_store(store, "--store")
     request_stop(st, _run_id(run_id, "run id"), reason)
     typer.echo(f"{run_id}: stop requested; `dgrpo run/submit --resume {run_id}` continues it later")
     if not now:
         return
-    kfp = (read_json(st, chain_key(run_id)) or {}).get("kfp") or {}
+    kfp = chain_kfp(st, run_id)
     if not (host or kfp.get("endpoint")):
         raise typer.BadParameter(f"fine-tune {run_id} was not submitted to KFP: nothing to terminate (the stop "
                                  "record ends a local run before its next round)", param_hint="--now")

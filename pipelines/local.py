@@ -18,14 +18,18 @@ from dgrpo_pipelines.training import build_pipeline
 from kfp import local
 
 from dgrpo.config import RunConfig
+from dgrpo.runs.commits import trained_state
+from dgrpo.runs.evaluations import event_keys, read_event_at
+from dgrpo.runs.keys import validate_run_id
+from dgrpo.runs.ownership import OwnershipError
+from dgrpo.runs.records import ChainRecord
+from dgrpo.runs.segments import last_segment, segment_count
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.chain import Decision
 from dgrpo.runtime.engine import check_inprocess, run_chain, segment_inprocess
 from dgrpo.runtime.plan import training_plan
-from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.shared.ownership import OwnershipError, run_key, validate_run_id
 from dgrpo.store import ArtifactStore, open_store
 
 ENGINES = ("kfp", "inprocess")
@@ -41,20 +45,21 @@ class EventWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.ctx, self.report, self.interval = ctx, report, interval
         self.total = sum(t.shards for t in training_plan(ctx.config))
-        self.seen: set[str] = set(ctx.store.list(run_key(ctx.run_id, "events")))  # a resumed fine-tune's rounds
+        self.seen: set[str] = set(event_keys(ctx.store, ctx.run_id))  # a resumed fine-tune's rounds
         self.rounds_done = trained_state(ctx.store, ctx.run_id).next_round
         self.done = threading.Event()
 
     def poll(self) -> None:
         # one poll may find several stages done: report them in the order they ran, not the keys' order
-        for key in sorted(self.ctx.store.list(run_key(self.ctx.run_id, "events")), key=pipeline_order):
+        for key in sorted(event_keys(self.ctx.store, self.ctx.run_id), key=pipeline_order):
             if key not in self.seen:
                 self.seen.add(key)
-                event = self.ctx.store.get_json(key)
-                if event["stage"] == "update":
+                event = read_event_at(self.ctx.store, key)
+                if event.stage == "update":
                     self.rounds_done = trained_state(self.ctx.store, self.ctx.run_id).next_round
-                event["fine_tune"] = {"rounds_done": self.rounds_done, "rounds_total": self.ctx.config.rounds}
-                self.report(min(len(self.seen), self.total), self.total, event)
+                shown = event.to_json() | {"fine_tune": {"rounds_done": self.rounds_done,
+                                                          "rounds_total": self.ctx.config.rounds}}
+                self.report(min(len(self.seen), self.total), self.total, shown)
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -79,7 +84,7 @@ def run_pipeline(ctx: StageContext, store_uri: str, work_dir: Path, engine: str 
     watcher.start()
     try:
         if engine == "inprocess":
-            return run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record["config_sha256"]))
+            return run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record.config_sha256))
         segment_run = KfpLocalSegments(ctx.config, ctx.store, store_uri, record, work_dir)
         return run_chain(segment_run)
     finally:
@@ -90,7 +95,8 @@ class KfpLocalSegments:
     """Runs one segment through kfp.local per call (the pipeline compiled once), and reads how it ended from the
     records its exit task wrote."""
 
-    def __init__(self, config: RunConfig, store: ArtifactStore, store_uri: str, chain_record: dict, work_dir: Path):
+    def __init__(self, config: RunConfig, store: ArtifactStore, store_uri: str, chain_record: ChainRecord,
+                 work_dir: Path):
         work_dir.mkdir(parents=True, exist_ok=True)
         self.store, self.log_path = store, work_dir / "kfp.log"
         self.params = fine_tune.segment_parameters(store, chain_record) | {"store_uri": store_uri}
@@ -99,7 +105,7 @@ class KfpLocalSegments:
 
     def __call__(self) -> tuple[seg.SegmentEnd, BaseException | None]:
         run_id = self.params["run_id"]
-        before = len(self.store.list(run_key(run_id, "segments")))
+        before = segment_count(self.store, run_id)
         errors_before = len(seg.errors(self.store, run_id))
         failure: BaseException | None = None
         saved_print = builtins.print  # kfp.local leaks indenting print wrappers from its loop threads
@@ -112,22 +118,20 @@ class KfpLocalSegments:
             failure = RuntimeError(f"{exc} (task logs: {self.log_path})")
         finally:
             builtins.print = saved_print
-        segments = self.store.list(run_key(run_id, "segments"))
         new_errors = seg.errors(self.store, run_id)[errors_before:]
-        if len(segments) == before:  # refused (another segment holds the fine-tune), or nothing left to train
-            refused = [e for e in new_errors if e.get("segment") is None]
+        if segment_count(self.store, run_id) == before:  # refused (another segment holds it), or nothing to train
+            refused = [e.error for e in new_errors if e.segment is None]
             if refused:
-                failure = OwnershipError(refused[-1]["error"]) if "OwnershipError" in refused[-1]["error"] \
-                    else RuntimeError(refused[-1]["error"])
-            return seg.SegmentEnd(None, refused[-1]["error"] if refused else ""), failure
-        record = self.store.get_json(segments[-1])
-        if "decision" not in record:
-            raise RuntimeError(f"segment {record['segment']} of {run_id} ended without its exit step "
+                failure = OwnershipError(refused[-1]) if "OwnershipError" in refused[-1] else RuntimeError(refused[-1])
+            return seg.SegmentEnd(None, refused[-1] if refused else ""), failure
+        record = last_segment(self.store, run_id)
+        ended = record.ended
+        if ended is None:
+            raise RuntimeError(f"segment {record.segment} of {run_id} ended without its exit step "
                                f"(task logs: {self.log_path})") from failure
-        decision = Decision(record["decision"]["action"], record["decision"]["reason"])
-        if failure is not None and record.get("error"):
-            failure = RuntimeError(f"{record['error']} (task logs: {self.log_path})")
-        return seg.SegmentEnd(decision, record.get("error", ""), record["segment"]), failure
+        if failure is not None and record.error:
+            failure = RuntimeError(f"{record.error} (task logs: {self.log_path})")
+        return seg.SegmentEnd(Decision(ended.action, ended.reason), record.error or "", record.segment), failure
 
 
 def new_run_id(config: RunConfig) -> str:

@@ -15,6 +15,8 @@ from dgrpo_pipelines.kubernetes import check_cluster_images
 from dgrpo_pipelines.training import compile_pipeline
 
 from dgrpo.config import RunConfig
+from dgrpo.runs.records import ChainRecord
+from dgrpo.runs.segments import read_chain
 from dgrpo.runtime import fine_tune, kfp_rest
 from dgrpo.store import ArtifactStore, check_store_uri, open_store
 
@@ -32,11 +34,11 @@ def compiled(config: RunConfig) -> tuple[dict, dict | None]:
 
 
 def _chain(client: kfp_rest.KfpClient, store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str,
-           experiment: str, mode: str, watchdog_cron: str = "") -> tuple[dict, dict, dict | None]:
+           experiment: str, mode: str, watchdog_cron: str = "") -> tuple[ChainRecord, dict, dict | None]:
     check_cluster_images(config.kubernetes)  # before anything is stored or submitted
     spec, platform = compiled(config)
     experiment_id = client.experiment_id(experiment)
-    earlier = (fine_tune.read_json(store, fine_tune.chain_key(run_id)) or {}).get("kfp") or {}
+    earlier = fine_tune.chain_kfp(store, run_id)
     kfp = {"endpoint": config.kubernetes.kfp_endpoint, "experiment_id": experiment_id, "namespace": client.namespace,
            "service_account": config.kubernetes.service_account, "pipeline_root": config.kubernetes.pipeline_root,
            "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
@@ -54,7 +56,7 @@ def submit(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_id
     record, spec, platform = _chain(client, store, config, run_id, resume_from, experiment, "kfp")
     body = kfp_rest.run_body(
         display_name=f"{run_id} segment" + (f" (resumes {resume_from})" if resume_from else ""),
-        experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
+        experiment_id=record.kfp["experiment_id"], spec=spec, platform=platform,
         parameters=fine_tune.segment_parameters(store, record), service_account=config.kubernetes.service_account,
         pipeline_root=config.kubernetes.pipeline_root,
         description=f"dgrpo fine-tune {run_id}: {config.rounds} rounds, {config.pipeline.rounds_per_run} per run")
@@ -72,12 +74,13 @@ def schedule(client: kfp_rest.KfpClient, config: RunConfig, store_uri: str, run_
     store = _store(store_uri)
     _refuse_a_second_schedule(client, experiment, run_id)
     claimed = fine_tune.read_claim(store, run_id) is not None
-    submitted = (fine_tune.read_json(store, fine_tune.chain_key(run_id)) or {}).get("mode") == "kfp"
+    chain = read_chain(store, run_id)
+    submitted = chain is not None and chain.mode == "kfp"
     record, spec, platform = _chain(client, store, config, run_id, run_id if claimed else "", experiment,
                                     "kfp" if submitted else "schedule", watchdog_cron=cron if submitted else "")
     body = kfp_rest.recurring_run_body(
-        display_name=f"{run_id} chain", experiment_id=record["kfp"]["experiment_id"], spec=spec, platform=platform,
-        parameters=fine_tune.segment_parameters(store, record), cron=cron,
+        display_name=f"{run_id} chain", experiment_id=record.kfp["experiment_id"], spec=spec,
+        platform=platform, parameters=fine_tune.segment_parameters(store, record), cron=cron,
         service_account=config.kubernetes.service_account, enabled=enabled,
         pipeline_root=config.kubernetes.pipeline_root,
         description=f"continues dgrpo fine-tune {run_id}, {config.pipeline.rounds_per_run} rounds per run, until "

@@ -149,8 +149,8 @@ def timed_run(cfg, tmp: Path, name: str, engine: str) -> Timed:
     """Wall seconds of a whole fine-tune of `cfg` (all its segments) with `engine` ("inprocess" or "kfp")."""
     from dgrpo_pipelines.local import open_context, run_pipeline
 
+    from dgrpo.runs.commits import trained_state
     from dgrpo.runtime.engine import run_inprocess
-    from dgrpo.stages.shared.commits import trained_state
 
     ctx = open_context(cfg, str(tmp / name), name)
     start = time.perf_counter()

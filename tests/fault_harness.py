@@ -25,8 +25,8 @@ import dgrpo.runtime.fused as fused
 import dgrpo.runtime.rounds as rounds
 import dgrpo.stages.update as update
 from dgrpo.config import config_from_json
+from dgrpo.runs.commits import last_commit
 from dgrpo.runtime.engine import run_inprocess
-from dgrpo.stages.shared.commits import last_commit
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import open_store
 

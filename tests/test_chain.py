@@ -3,6 +3,7 @@
 import pytest
 
 from dgrpo.config import GuardRails
+from dgrpo.runs.records import StopRecord
 from dgrpo.runtime.chain import best_evaluation, check_guard_rails, decide
 
 
@@ -47,11 +48,11 @@ def test_errors_a_retry_repeats_are_told_from_transient_ones():
     except RuntimeError as wrapped:
         assert is_permanent(wrapped)
     assert not is_permanent(RuntimeError("OOMKilled")) and not is_permanent(OSError("connection reset"))
-    stop = {"rule": "collapse-floor", "message": "diversity 0.01 below 0.05"}
+    stop = StopRecord(rule="collapse-floor", round=4, message="diversity 0.01 below 0.05")
     stopped = _decide(stop=stop)
     assert (stopped.action, stopped.state) == ("stopped", "stopped") and "collapse-floor" in stopped.reason
     assert _decide(stop=stop, rounds_done=10).action == "stopped"  # the stop is what a person must see
-    terminated = _decide(stop={"rule": "terminated", "message": "KFP run r1 was terminated (CANCELED)"},
+    terminated = _decide(stop=StopRecord(rule="terminated", round=4, message="KFP run r1 was terminated (CANCELED)"),
                          succeeded=False, progress=0, failures_in_a_row=1)
     assert (terminated.action, terminated.submits) == ("stopped", False)  # an operator's stop, never a retry
     assert terminated.reason.startswith("terminated by an operator: KFP run r1")

@@ -13,9 +13,9 @@ from dgrpo.config import load_config
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_sd3_pipeline
 from dgrpo.models.trajectories import sample_ode
+from dgrpo.runs.commits import trained_state
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.export import WEIGHTS_NAME, front_matter
-from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND
 from dgrpo.stages.shared.training_state import use_ema_weights

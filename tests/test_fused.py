@@ -115,7 +115,7 @@ def test_two_fused_processes_write_what_the_staged_stages_write(tmp_path):
     run_inprocess(StageContext(config, staged, "ft"))
     store = LocalStore(tmp_path / "fused")
     record = fine_tune.start(store, config, "ft")
-    end = _segment_in_processes(store, "ft", record["config_sha256"])
+    end = _segment_in_processes(store, "ft", record.config_sha256)
     assert end.decision.action == "done", end
     assert objects(store) == objects(staged)
     assert store.get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"] == \
@@ -137,12 +137,12 @@ def test_a_failing_fused_worker_is_recorded_and_fails_the_segment(tmp_path, monk
                              "reward.options": {"marker": str(tmp_path / "calls"), "fail_times": 1}})
     store = LocalStore(tmp_path / "store")
     record = fine_tune.start(store, config, "ft")
-    state, base_due = seg.open_segment(store, "ft", record["config_sha256"], "k")
+    state, base_due = seg.open_segment(store, "ft", record.config_sha256, "k")
     with pytest.raises(fused.SegmentWorkersFailed, match="2 fused processes failed"):
         fused.launch(store, state, base_due)
     errors = seg.errors(store, "ft")
-    assert errors and {e["segment"] for e in errors} == {state.segment}
-    assert any("flaky reward: injected failure" in e["error"] for e in errors)
+    assert errors and {e.segment for e in errors} == {state.segment}
+    assert any("flaky reward: injected failure" in e.error for e in errors)
 
 
 def test_a_fused_segment_logs_its_steps_and_publishes_every_round(tmp_path, capsys):
@@ -154,7 +154,7 @@ def test_a_fused_segment_logs_its_steps_and_publishes_every_round(tmp_path, caps
     config = small_config(**{"rounds": 2, "eval.every": 2, "eval.num_steps": 2, "eval.samples_per_prompt": 2})
     store = LocalStore(tmp_path / "store")
     record = fine_tune.start(store, config, "ft")
-    state, base_due = seg.open_segment(store, "ft", record["config_sha256"], "k")
+    state, base_due = seg.open_segment(store, "ft", record.config_sha256, "k")
     segment_file = tmp_path / "segment"
     segment_file.write_text(state.to_json())
 

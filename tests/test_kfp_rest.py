@@ -94,7 +94,7 @@ def test_submit_stores_the_config_and_sends_only_ids(kfp_api, tmp_path):
     assert f"KFP UI: {kfp_api.url}/#/runs/details/{created}" in out.output  # the UI's hash route of the run
     assert record["kfp"]["experiment_id"] == exp_id(kfp_api) and record["mode"] == "kfp"
     assert kfp_rest.get_pipeline(store, record["kfp"]["pipeline_sha256"]) == (ir, platform)  # what continues
-    assert fine_tune.read_claim(store, "ft-1")["recipe_sha256"] == load_config(None).recipe_sha256()  # rounds: not
+    assert fine_tune.read_claim(store, "ft-1").recipe_sha256 == load_config(None).recipe_sha256()  # rounds: not
 
     again = CliRunner().invoke(app, args)  # the same run id twice: refused before anything is sent
     assert again.exit_code == 1 and "run id 'ft-1' is taken" in again.output
@@ -155,12 +155,12 @@ def test_the_exit_task_submits_the_next_segment_with_the_service_account_token(m
     store = LocalStore(tmp_path / "store")
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 1})
     record = _started(store, multi_user, cfg, namespace="team-a")
-    state, base_due = seg.open_segment(store, "ft", record["config_sha256"], "kfp-run-1")
+    state, base_due = seg.open_segment(store, "ft", record.config_sha256, "kfp-run-1")
     assert base_due and state.rounds == (0, 1) and store.exists("runs/ft/lease.json")
     # the run "succeeded" without committing (an injected no-op): counted as a failure, retried by a new run
-    text = fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], "kfp-run-1", "COMPLETE")
+    text = fine_tune.finish_on_cluster(store, "ft", record.config_sha256, "kfp-run-1", "COMPLETE")
     (run,) = multi_user.posted("/apis/v2beta1/runs")
-    assert run["display_name"] == "ft segment 2" and run["experiment_id"] == record["kfp"]["experiment_id"]
+    assert run["display_name"] == "ft segment 2" and run["experiment_id"] == record.kfp["experiment_id"]
     assert run["runtime_config"]["parameters"] == fine_tune.segment_parameters(store, record)
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == cfg.name
     headers = [h for m, p, _, h in multi_user.requests if p == "/apis/v2beta1/runs"]
@@ -170,8 +170,8 @@ def test_the_exit_task_submits_the_next_segment_with_the_service_account_token(m
     assert segment_record["next_kfp_run_id"] == run_id_of(multi_user)
     assert segment_record["decision"]["action"] == "retry" and "next segment: KFP run" in text
 
-    seg.open_segment(store, "ft", record["config_sha256"], "kfp-run-2")  # fails again: max_retries 1 reached
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], "kfp-run-2", "FAILED")
+    seg.open_segment(store, "ft", record.config_sha256, "kfp-run-2")  # fails again: max_retries 1 reached
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, "kfp-run-2", "FAILED")
     assert len(multi_user.posted("/apis/v2beta1/runs")) == 1  # no third run
     st = fine_tune.status(store, "ft")
     assert st["state"] == "failed" and "2 segments in a row failed" in st["reason"]
@@ -189,9 +189,9 @@ def test_a_refused_continuation_stops_the_chain_visibly(kfp_api, tmp_path, monke
     record = _started(store, kfp_api, cfg)
     kfp_api.multi_user, kfp_api.token = True, "expected"
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "absent"))
-    seg.open_segment(store, "ft", record["config_sha256"], "kfp-run-1")
+    seg.open_segment(store, "ft", record.config_sha256, "kfp-run-1")
     with pytest.raises(kfp_rest.KfpApiError, match="HTTP 401"):
-        fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], "kfp-run-1", "FAILED")
+        fine_tune.finish_on_cluster(store, "ft", record.config_sha256, "kfp-run-1", "FAILED")
     st = fine_tune.status(store, "ft")
     assert st["state"] == "failed" and "submitting the next segment failed" in st["reason"]
     assert st["lease"] is None
@@ -226,7 +226,8 @@ def _commit(store, state, rounds, evaluate: bool = True) -> None:
     due = set(ctx.config.eval_rounds())
     for r in rounds:
         parent = trained_state(store, state.run_id).adapter
-        commit_round(ctx, r, _ref(f"a{r}"), _ref(f"o{r}"), parent)
+        commit_round(store, state.run_id, round_index=r, adapter=_ref(f"a{r}"), optimizer_state=_ref(f"o{r}"),
+                     parent=parent, lease=ctx.lease, recipe_sha256=ctx.config.recipe_sha256())
         for completed in ({0, r + 1} if r == 0 else {r + 1}) & due if evaluate else ():
             store.put_json(f"runs/{state.run_id}/eval/r{completed:04d}.json", {"round": completed, "metrics": {}})
 
@@ -246,12 +247,12 @@ def test_a_successful_segment_is_read_from_the_store_not_from_kfps_final_state(k
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 0})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, first)
     seg.record_error(store, "ft", "rollout", OSError("connection reset"), state.segment, 0)  # then a retry passed
     _commit(store, state, [0, 1])
     final = kfp_api.final_status(first, "succeeded")
     assert final == "RUNNING"  # what KFP 2.17 hands the exit task of this pipeline
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, final)
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, first, final)
     s1 = store.get_json("runs/ft/segments/s0001.json")
     assert (s1["state"], s1["decision"]["action"]) == ("succeeded", "continue")
     assert s1["kfp_final_state"] == "RUNNING"  # kept, as a hint
@@ -260,9 +261,9 @@ def test_a_successful_segment_is_read_from_the_store_not_from_kfps_final_state(k
     assert fine_tune.status(store, "ft")["state"] == "running"
 
     # an OOM-killed pod also leaves RUNNING: one of two planned rounds committed, so the segment failed
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], second)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, second)
     _commit(store, state, [2])
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, kfp_api.final_status(second, "killed"))
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, second, kfp_api.final_status(second, "killed"))
     s2 = store.get_json("runs/ft/segments/s0002.json")
     assert s2["state"] == "failed" and "committed 1 of its 2 planned rounds (KFP's final state: RUNNING)" in s2[
         "error"]
@@ -276,10 +277,10 @@ def test_a_segment_whose_evaluation_pod_was_killed_failed(kfp_api, tmp_path):
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 1})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, first)
     _commit(store, state, [0, 1], evaluate=False)
     store.put_json("runs/ft/eval/r0000.json", {"round": 0, "metrics": {}})  # the base model's evaluation ran
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, kfp_api.final_status(first, "killed"))
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, first, kfp_api.final_status(first, "killed"))
     s1 = store.get_json("runs/ft/segments/s0001.json")
     assert s1["state"] == "failed" and "no evaluation record eval/r0002" in s1["error"]
     assert s1["decision"]["action"] == "retry" and len(kfp_api.runs) == 2
@@ -290,8 +291,8 @@ def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2, "pipeline.max_retries": 3})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    seg.open_segment(store, "ft", record["config_sha256"], first)
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first,
+    seg.open_segment(store, "ft", record.config_sha256, first)
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, first,
                                 kfp_api.final_status(first, "terminated"))
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated" and len(kfp_api.runs) == 1
@@ -299,11 +300,11 @@ def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_
         fine_tune.format_status(st)
 
     # the exit task of a terminated run may read RUNNING: the run's own API state says it was terminated
-    fine_tune.start(store, cfg, "ft", resume_from="ft", mode="kfp", kfp=record["kfp"])
+    fine_tune.start(store, cfg, "ft", resume_from="ft", mode="kfp", kfp=record.kfp)
     second = kfp_rest.submit_next(store, record, 2, fine_tune.segment_parameters(store, record))
-    seg.open_segment(store, "ft", record["config_sha256"], second)
+    seg.open_segment(store, "ft", record.config_sha256, second)
     kfp_api.set_state(second, "CANCELING")
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, second, "RUNNING")
     assert fine_tune.status(store, "ft")["state"] == "stopped" and len(kfp_api.runs) == 2
 
 
@@ -314,17 +315,17 @@ def test_a_lease_held_by_a_finished_run_is_broken_by_the_next_segment(kfp_api, t
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, first)
     _commit(store, state, [0])
     kfp_api.set_state(first, "RUNNING")
     with pytest.raises(seg.OwnershipError, match="being trained by segment 1"):  # a live holder keeps its lease
-        seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+        seg.open_segment(store, "ft", record.config_sha256, "scheduled-1")
     kfp_api.set_state(first, "FAILED")  # its update pod was OOM-killed, and the exit pod never started
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stalled"
     assert f"stalled: lease held by finished run {first} (FAILED)" in fine_tune.format_status(st)
 
-    second, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-2")
+    second, _ = seg.open_segment(store, "ft", record.config_sha256, "scheduled-2")
     assert (second.segment, second.rounds) == (2, (1, 2))
     s1 = store.get_json("runs/ft/segments/s0001.json")
     assert (s1["state"], s1["progress"], s1.get("kfp_final_state")) == ("failed", 1, "FAILED")
@@ -339,12 +340,12 @@ def test_a_lease_of_a_terminated_run_is_broken_and_the_chain_stops(kfp_api, tmp_
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    seg.open_segment(store, "ft", record["config_sha256"], first)
+    seg.open_segment(store, "ft", record.config_sha256, first)
     kfp_api.set_state(first, "RUNNING")
     kfp_rest.KfpClient(kfp_api.url).terminate_run(first)  # in the UI; the exit hook's pods never left Pending
     kfp_api.end_workflow(first)
     assert kfp_api.runs[first]["state"] == "FAILED"  # as KFP 2.17 reports it: only its history says CANCELING
-    later, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+    later, _ = seg.open_segment(store, "ft", record.config_sha256, "scheduled-1")
     assert later.rounds == () and not store.exists("runs/ft/lease.json")
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated"
@@ -357,11 +358,11 @@ def test_the_continuation_is_retried_with_backoff_and_never_duplicated(kfp_api, 
     cfg = small_config(rounds=6, **{"pipeline.rounds_per_run": 2})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, first)
     _commit(store, state, [0, 1])
     kfp_api.fail("POST", "/apis/v2beta1/runs", 503, 429, "reset", "drop")
     kfp_api.fail("GET", "/apis/v2beta1/runs", 502)
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], first, "RUNNING")
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, first, "RUNNING")
     named = [r for r in kfp_api.runs.values() if r["display_name"] == "ft segment 2"]
     assert len(named) == 1 and store.get_json("runs/ft/segments/s0001.json")["next_kfp_run_id"] == \
         named[0]["run_id"]
@@ -369,13 +370,13 @@ def test_the_continuation_is_retried_with_backoff_and_never_duplicated(kfp_api, 
     assert no_waiting == [2.0, 2.0, 4.0, 8.0, 16.0]
 
     second = named[0]["run_id"]
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], second)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, second)
     _commit(store, state, [2, 3])
     kfp_api.fail("POST", "/apis/v2beta1/runs", *[503] * 6)  # the API is down for the whole first try
     with pytest.raises(kfp_rest.KfpUnavailable, match="gave up after 6 tries"):
-        fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")
+        fine_tune.finish_on_cluster(store, "ft", record.config_sha256, second, "RUNNING")
     assert fine_tune.status(store, "ft")["state"] == "failed" and len(kfp_api.runs) == 2
-    fine_tune.finish_on_cluster(store, "ft", record["config_sha256"], second, "RUNNING")  # Argo retries the task
+    fine_tune.finish_on_cluster(store, "ft", record.config_sha256, second, "RUNNING")  # Argo retries the task
     named = [r for r in kfp_api.runs.values() if r["display_name"] == "ft segment 3"]
     assert len(named) == 1 and store.get_json("runs/ft/segments/s0002.json")["next_kfp_run_id"] == \
         named[0]["run_id"]
@@ -452,7 +453,7 @@ def test_stop_now_terminates_the_segments_run_and_breaks_its_lease(kfp_api, tmp_
     cfg = small_config(rounds=4, **{"pipeline.rounds_per_run": 2})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    seg.open_segment(store, "ft", record["config_sha256"], first)
+    seg.open_segment(store, "ft", record.config_sha256, first)
     kfp_api.set_state(first, "RUNNING")
     out = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--now", "--host", kfp_api.url,
                                    "--reason", "wrong reward"])
@@ -480,16 +481,16 @@ def test_a_schedule_on_a_submitted_chain_is_its_watchdog(kfp_api, tmp_path):
                                     "kubernetes.kfp_endpoint": kfp_api.url})
     record = _started(store, kfp_api, cfg)
     first = _first_run(store, kfp_api, record)
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], first)
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, first)
     schedule(kfp_rest.KfpClient(kfp_api.url), cfg, store.uri, "ft", "0 0 */6 * * *")
     chain_record = store.get_json("runs/ft/chain.json")
     assert chain_record["mode"] == "kfp" and chain_record["kfp"]["watchdog_cron"] == "0 0 */6 * * *"
     assert store.exists("runs/ft/lease.json")  # the live segment keeps its lease
 
     kfp_api.set_state(first, "RUNNING")
-    idle, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-1")
+    idle, _ = seg.open_segment(store, "ft", record.config_sha256, "scheduled-1")
     assert idle.rounds == () and not seg.errors(store, "ft")
     _commit(store, state, [0])
     kfp_api.set_state(first, "FAILED")  # the update of round 1 was OOM-killed; its exit pod never ran
-    watched, _ = seg.open_segment(store, "ft", record["config_sha256"], "scheduled-2")
+    watched, _ = seg.open_segment(store, "ft", record.config_sha256, "scheduled-2")
     assert (watched.segment, watched.rounds) == (2, (1, 2)) and store.list("runs/ft/lease-breaks")

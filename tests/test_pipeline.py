@@ -12,6 +12,7 @@ from support import small_config
 from typer.testing import CliRunner
 
 from dgrpo import artifacts, contracts, lineage
+from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.fine_tune import status
 from dgrpo.runtime.plan import training_plan
@@ -78,7 +79,7 @@ def _check_evaluation_outputs(pipeline_root: Path, store: LocalStore, events: di
     for path in summaries:
         text = path.read_text()
         round_index = int(text.split("\n", 1)[0].removeprefix("## Evaluation after round "))
-        assert text == evaluation_markdown(store.get_json(f"runs/chain/eval/r{round_index:04d}.json"))
+        assert text == evaluation_markdown(read_evaluation(store, "chain", round_index))
         output = json.loads((path.parent / "executor_output.json").read_text())
         published = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
         assert published == events[("evaluate", round_index)]["metrics"]

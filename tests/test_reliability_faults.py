@@ -27,9 +27,9 @@ from support import S3_BUCKET
 from test_s3store import _FlakyProxy
 
 import dgrpo.files as files
+from dgrpo.runs.commits import last_commit
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import verify_run
-from dgrpo.stages.shared.commits import last_commit
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import LocalStore, open_store
 from dgrpo.store.s3 import S3Settings, S3Store
@@ -67,9 +67,9 @@ def reference(tmp_path_factory) -> str:
 def _resume_to_the_end(store, run_id: str = "ft") -> str:
     """Resume after the last committed round until ROUNDS are done; the final adapter's sha256."""
     commit = last_commit(store, run_id)
-    if commit is None or commit["round"] + 1 < ROUNDS:
+    if commit is None or commit.round + 1 < ROUNDS:
         run_inprocess(StageContext(_cfg(rounds=ROUNDS), store, run_id), resume_from=run_id if commit else "")
-    return last_commit(store, run_id)["adapter"]["sha256"]
+    return last_commit(store, run_id).adapter.sha256
 
 
 def _only_whole_objects(root: Path) -> None:
@@ -114,7 +114,7 @@ def test_kill_9_at_every_stage_boundary_and_mid_write_then_resume(config_file, r
         _only_whole_objects(root)
         assert (root / "runs/ft/commits/r000001.json").exists() == (point == "after:update"), point
     store = LocalStore(root)
-    assert last_commit(store, "ft")["adapter"]["sha256"] == reference
+    assert last_commit(store, "ft").adapter.sha256 == reference
     assert verify_run(store, "ft").problems == []
     assert list(root.rglob("*.tmp"))  # the writes cut short left their temp files, and nothing read them
 

@@ -13,9 +13,9 @@ from reliability_helpers import tiny_config
 from support import S3_BUCKET
 
 from dgrpo import lineage
+from dgrpo.runs.commits import last_commit
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import verify_run
-from dgrpo.stages.shared.commits import last_commit
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactRef, LocalStore, StoreError, check_store_uri, open_store, redact
 from dgrpo.store.s3 import S3Settings, S3Store
@@ -80,7 +80,7 @@ def test_an_identical_rerun_heals_a_corrupt_stage_output(store):
 
 
 def test_dgrpo_lineage_flags_a_chain_through_a_corrupt_object(store, capsys):
-    adapter = ArtifactRef(**last_commit(store, "ft")["adapter"])
+    adapter = last_commit(store, "ft").adapter
     assert main(["lineage", adapter.sha256, "--store", str(store.root), "--verify"]) == 0
     assert "!!" not in capsys.readouterr().out
     scores = _event_ref(store, "r0000-cluster", "scores")

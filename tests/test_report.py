@@ -14,6 +14,7 @@ from dgrpo_pipelines.cli import app
 from support import small_config
 from typer.testing import CliRunner
 
+from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runtime.report import build_report, evaluation_markdown, render_html
 from dgrpo.runtime.report.data import Evaluation, RunData, TrainingRound, load_run
 from dgrpo.runtime.report.headline import verdict
@@ -172,10 +173,10 @@ def test_cli_writes_the_overlay_report_and_names_a_missing_run(runs, tmp_path):
 
 
 def test_evaluation_markdown_lists_the_splits_and_the_reward(runs):
-    record = LocalStore(runs / "store").get_json("runs/alpha/eval/r0001.json")
+    record = read_evaluation(LocalStore(runs / "store"), "alpha", 1)
     text = evaluation_markdown(record)
     assert "| measure | all prompts | held-out | training |" in text
-    assert f"| vendi | {record['metrics']['vendi']:.4f} | {record['metrics']['heldout_vendi']:.4f} | " in text
+    assert f"| vendi | {record.metrics['vendi']:.4f} | {record.metrics['heldout_vendi']:.4f} | " in text
     assert "| a yellow cross | yes |" in text and "| a red square | no |" in text and "Reward: `toy`" in text
 
 

@@ -1,6 +1,7 @@
 """The report's throughput: images/s and s/round from the times in a run's records, exact by construction on
 records written here, and the real records of a short in-process run."""
 
+import dataclasses
 import datetime
 
 import pytest
@@ -65,7 +66,7 @@ def test_without_times_or_a_second_round_there_is_no_throughput(tmp_path):
     _segment(store, 0, [0], 0, 11)
     _segment(store, 1, [1], 12, 21)
     assert run_throughput(store, "t", load_events(store, "t")) is None  # one round a segment
-    old = [{k: v for k, v in e.items() if k != "finished_at"} for e in load_events(store, "t")]
+    old = [dataclasses.replace(e, finished_at="") for e in load_events(store, "t")]
     assert run_throughput(store, "t", old) is None  # records from before events carried their time
 
 
@@ -86,7 +87,7 @@ def test_a_real_run_records_its_times(tmp_path):
     run_inprocess(StageContext(cfg, store, "t"))
     elapsed = (datetime.datetime.now(datetime.UTC) - start).total_seconds()
     events = load_events(store, "t")
-    assert all("finished_at" in e for e in events)
+    assert all(e.finished_at for e in events)
     t = run_throughput(store, "t", events)
     images = cfg.sampling.prompts_per_round * cfg.sampling.group_size
     assert t is not None and t.rounds_measured == 1 and 0 < t.seconds_per_round < elapsed

@@ -112,10 +112,10 @@ def test_a_fused_segment_reads_its_rounds_tables_from_memory(tmp_path, resident_
     config = small_config(**{"rounds": 2, "eval.every": 100, "pipeline.resident_gb": resident_gb})
     inner = Recording(tmp_path / "store")
     record = fine_tune.start(inner, config, "ft")
-    state, base_due = seg.open_segment(inner, "ft", record["config_sha256"], "k")
+    state, base_due = seg.open_segment(inner, "ft", record.config_sha256, "k")
     inner.log.clear()
     fused.train_segment(inner, state, False)
     written = {k for op, k in inner.log if op == "write" and k.endswith(".parquet")}
     read = {k for op, k in inner.log if op == "read" and k.endswith(".parquet")}
     assert written and bool(read & written) is reads_rollouts
-    assert seg.finish_segment(inner, "ft", record["config_sha256"], "k", "SUCCEEDED").decision.action == "done"
+    assert seg.finish_segment(inner, "ft", record.config_sha256, "k", "SUCCEEDED").decision.action == "done"

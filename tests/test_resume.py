@@ -3,8 +3,8 @@
 import pytest
 from support import small_config
 
+from dgrpo.runs.commits import ResumeError, last_commit, trained_state
 from dgrpo.runtime.engine import run_inprocess
-from dgrpo.stages.shared.commits import ResumeError, last_commit, trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import LocalStore
 
@@ -20,9 +20,9 @@ def test_resumed_run_reaches_the_adapter_of_an_uninterrupted_run(tmp_path):
     first = StageContext(_cfg(rounds=1), store, "ft")
     run_inprocess(first)
     commit = last_commit(store, "ft")
-    assert commit["round"] == 0 and commit["recipe_sha256"] == _cfg().recipe_sha256()
+    assert commit.round == 0 and commit.recipe_sha256 == _cfg().recipe_sha256()
     point = trained_state(store, "ft")
-    assert point.next_round == 1 and point.adapter.sha256 == commit["adapter"]["sha256"]
+    assert point.next_round == 1 and point.adapter.sha256 == commit.adapter.sha256
 
     resumed = run_inprocess(StageContext(_cfg(rounds=2), store, "ft"), resume_from="ft")  # rounds: the total
     assert resumed["adapter"].sha256 == whole["adapter"].sha256
@@ -47,9 +47,8 @@ def test_resume_refuses_what_would_corrupt_a_fine_tune(tmp_path):
     assert trained_state(store, "ft").next_round == 1  # nothing trained by the refused runs
     branch = run_inprocess(StageContext(_cfg(rounds=2), store, "branch"), "ft")  # a new fine-tune from ft's round 0
     assert trained_state(store, "branch").next_round == 2 and not store.exists("runs/branch/commits/r000000.json")
-    assert store.get_json("runs/branch/commits/r000001.json")["parent"] == last_commit(store, "ft")["adapter"][
-        "sha256"]
-    assert branch["adapter"].sha256 != last_commit(store, "ft")["adapter"]["sha256"]
+    assert store.get_json("runs/branch/commits/r000001.json")["parent"] == last_commit(store, "ft").adapter.sha256
+    assert branch["adapter"].sha256 != last_commit(store, "ft").adapter.sha256
 
 
 def test_sharded_round_equals_unsharded_round(tmp_path):

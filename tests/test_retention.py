@@ -7,12 +7,12 @@ import pytest
 from dgrpo_pipelines.main import main
 from reliability_helpers import snapshot, tiny_config
 
+from dgrpo.runs.commits import last_commit, trained_state
 from dgrpo.runtime import retention
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.pruned import pruned_index
 from dgrpo.runtime.report import build_report, format_report
 from dgrpo.runtime.verify import verify_run
-from dgrpo.stages.shared.commits import last_commit, trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactRef, LocalStore
 
@@ -74,7 +74,7 @@ def test_gc_keeps_what_resume_evaluations_the_report_and_a_sharing_run_need(stor
     assert main(["verify", "twin", "--store", str(store.root)]) == 0
     assert "pruned" not in capsys.readouterr().out  # nothing of twin's is gone
 
-    adapter = last_commit(store, "ft")["adapter"]["sha256"]
+    adapter = last_commit(store, "ft").adapter.sha256
     assert main(["lineage", adapter, "--store", str(store.root), "--verify"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(f"rollouts {rollouts[1].sha256[:12]}" in line and "-- pruned (by gc at" in line for line in lines)
@@ -85,8 +85,8 @@ def test_gc_keeps_what_resume_evaluations_the_report_and_a_sharing_run_need(stor
         assert store.check_object(ArtifactRef(**store.get_json(key)["grid"])) is None
 
     resumed = run_inprocess(StageContext(_cfg(4, **{"retention.keep_rounds": 1}), store, "ft"), resume_from="ft")
-    assert trained_state(store, "ft").next_round == 4 and resumed["adapter"].sha256 == last_commit(store, "ft")[
-        "adapter"]["sha256"]
+    assert trained_state(store, "ft").next_round == 4
+    assert resumed["adapter"].sha256 == last_commit(store, "ft").adapter.sha256
     assert verify_run(store, "ft").problems == []
 
 

@@ -250,11 +250,11 @@ def test_run_parameters_are_ids_and_hashes_even_with_25000_prompts(preset, tmp_p
     params = fine_tune.segment_parameters(store, record) | {"store_uri": "s3://" + "b" * 63 + "/" + "p" * 200}
     assert len(json.dumps(params, separators=(",", ":"))) <= 4000
     assert set(params) == {"store_uri", "run_id", "config_sha256", "recipe_sha256"}
-    loaded = stored_config(store, record["config_sha256"])
+    loaded = stored_config(store, record.config_sha256)
     assert loaded.to_dict() == config.to_dict()
     if big:
         assert len(loaded.sampling.prompts) == 25_000
-        config_object = store.local_path(stored_ref(store, record["config_sha256"]))
+        config_object = store.local_path(stored_ref(store, record.config_sha256))
         assert config_object.stat().st_size < 12_000  # the prompts are an object of their own
 
 

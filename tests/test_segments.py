@@ -14,13 +14,16 @@ from dgrpo_pipelines.cli import app
 from support import S3_BUCKET, small_config
 from typer.testing import CliRunner
 
+from dgrpo.runs.commits import CommitError, ResumeError, commit_round
+from dgrpo.runs.keys import validate_run_id
+from dgrpo.runs.ownership import OwnershipError
+from dgrpo.runs.records import ChainRecord
+from dgrpo.runs.segments import read_chain
 from dgrpo.runtime import component_io as cio
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.engine import ChainFailed, run_inprocess
-from dgrpo.stages.shared.commits import CommitError, ResumeError, commit_round
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.shared.ownership import OwnershipError, validate_run_id
 from dgrpo.store import ArtifactRef, LocalStore
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -60,7 +63,7 @@ def test_one_run_id_claimed_by_many_at_once_has_one_owner(backend, tmp_path, req
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(start, range(6)))
-    won = [r for r in results if isinstance(r, dict)]
+    won = [r for r in results if isinstance(r, ChainRecord)]
     assert len(won) == 1 and all("run id 'race' is taken" in str(r) for r in results if r not in won)
     assert sorted(k.rsplit("/", 1)[1] for k in store.list("runs/race")) == ["chain.json", "claim.json", "driver.json"]
 
@@ -68,9 +71,9 @@ def test_one_run_id_claimed_by_many_at_once_has_one_owner(backend, tmp_path, req
 def test_two_segments_never_train_at_once_and_a_stale_lease_has_a_way_out(tmp_path):
     store = LocalStore(tmp_path / "store")
     record = fine_tune.start(store, _cfg(rounds=4, **{"pipeline.rounds_per_run": 2}), "ft")
-    first, _ = seg.open_segment(store, "ft", record["config_sha256"], "run-a")
+    first, _ = seg.open_segment(store, "ft", record.config_sha256, "run-a")
     with pytest.raises(OwnershipError, match=f"being trained by segment 1 .*dgrpo unlock ft --holder {first.holder}"):
-        seg.open_segment(store, "ft", record["config_sha256"], "run-b")
+        seg.open_segment(store, "ft", record.config_sha256, "run-b")
     assert store.list("runs/ft/segments") == ["runs/ft/segments/s0001.json"]
     assert seg.begin_round(store, first, 0).round == 0
 
@@ -82,14 +85,14 @@ def test_two_segments_never_train_at_once_and_a_stale_lease_has_a_way_out(tmp_pa
     assert out.exit_code == 1 and store.exists("runs/ft/lease.json")
     out = CliRunner().invoke(app, ["unlock", "ft", "--holder", first.holder, "--store", str(store.root)])
     assert out.exit_code == 0, out.output
-    second, _ = seg.open_segment(store, "ft", record["config_sha256"], "run-b")
+    second, _ = seg.open_segment(store, "ft", record.config_sha256, "run-b")
     assert second.segment == 2 and second.rounds == (0, 1)
     # run-a wakes up: refused at its next round and at its commit, so nothing interleaves
     with pytest.raises(OwnershipError, match="no longer held"):
         seg.begin_round(store, first, 0)
     ctx = seg.context(store, first)
     with pytest.raises(OwnershipError, match="no longer held"):
-        commit_round(ctx, 0, _ref("a"), _ref("o"), None)
+        _commit_as_update(ctx, 0, _ref("a"), _ref("o"), None)
     assert not store.list("runs/ft/commits")
 
 
@@ -97,19 +100,19 @@ def test_a_chain_stopped_by_hand_trains_no_further_round_and_submits_nothing(tmp
     store = LocalStore(tmp_path / "store")
     record = fine_tune.start(store, _cfg(rounds=4, **{"pipeline.rounds_per_run": 2}), "ft", mode="kfp",
                              kfp={"endpoint": "http://kfp.invalid"})  # a cluster chain: it would submit
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], "run-a")
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, "run-a")
     out = CliRunner().invoke(app, ["stop", "ft", "--store", str(store.root), "--reason", "budget spent"])
     assert out.exit_code == 0, out.output
     with pytest.raises(seg.ChainStopped, match="stopped by hand: budget spent"):
         seg.begin_round(store, state, 0)
     submitted = []
-    end = seg.finish_segment(store, "ft", record["config_sha256"], "run-a", "FAILED",
+    end = seg.finish_segment(store, "ft", record.config_sha256, "run-a", "FAILED",
                              lambda *a: submitted.append(a) or "x")
     assert end.decision.action == "stopped" and not submitted and not store.exists("runs/ft/lease.json")
-    assert seg.open_segment(store, "ft", record["config_sha256"], "run-b")[0].rounds == ()  # ends at once
+    assert seg.open_segment(store, "ft", record.config_sha256, "run-b")[0].rounds == ()  # ends at once
     assert "stopped by hand after round 0: budget spent" in fine_tune.format_status(fine_tune.status(store, "ft"))
     fine_tune.start(store, _cfg(rounds=4, **{"pipeline.rounds_per_run": 2}), "ft", resume_from="ft")
-    assert seg.open_segment(store, "ft", record["config_sha256"], "run-c")[0].rounds == (0, 1)  # resumed
+    assert seg.open_segment(store, "ft", record.config_sha256, "run-c")[0].rounds == (0, 1)  # resumed
 
 
 def _ref(c: str) -> ArtifactRef:
@@ -120,15 +123,15 @@ def test_a_commit_extends_its_own_chain(tmp_path):
     store = LocalStore(tmp_path / "store")
     fine_tune.start(store, _cfg(), "ft")
     ctx = StageContext(_cfg(), store, "ft")
-    commit_round(ctx, 0, _ref("a"), _ref("o"), None)
-    commit_round(ctx, 0, _ref("a"), _ref("o"), None)  # a retried update that had committed: its own record
+    _commit_as_update(ctx, 0, _ref("a"), _ref("o"), None)
+    _commit_as_update(ctx, 0, _ref("a"), _ref("o"), None)  # a retried update that had committed: its own record
     with pytest.raises(CommitError, match="round 0 is already committed with adapter aaaa"):
-        commit_round(ctx, 0, _ref("b"), _ref("o"), None)
+        _commit_as_update(ctx, 0, _ref("b"), _ref("o"), None)
     with pytest.raises(CommitError, match="does not extend the fine-tune's chain, whose next round is 1"):
-        commit_round(ctx, 2, _ref("c"), _ref("o"), _ref("a"))
+        _commit_as_update(ctx, 2, _ref("c"), _ref("o"), _ref("a"))
     with pytest.raises(CommitError, match="trained from adapter bbbb"):
-        commit_round(ctx, 1, _ref("c"), _ref("o"), _ref("b"))
-    commit_round(ctx, 1, _ref("c"), _ref("o"), _ref("a"))
+        _commit_as_update(ctx, 1, _ref("c"), _ref("o"), _ref("b"))
+    _commit_as_update(ctx, 1, _ref("c"), _ref("o"), _ref("a"))
     assert [store.get_json(k)["parent"] for k in store.list("runs/ft/commits")] == [None, "a" * 64]
 
 
@@ -148,7 +151,7 @@ def test_a_mistyped_resume_starts_nothing_and_a_changed_recipe_is_named(tmp_path
     deployment = {"rounds": 40, "pipeline.shards": 2, "kubernetes.defaults.cpu_request": "8",
                   "sampling.batch_size": 4, "pipeline.rounds_per_run": 5}
     resumed = fine_tune.start(store, _cfg(**deployment), "flowgrpo-nightly", resume_from="flowgrpo-nightly")
-    assert resumed["rounds"] == 40 and resumed["recipe_sha256"] == _cfg().recipe_sha256()
+    assert resumed.rounds == 40 and resumed.recipe_sha256 == _cfg().recipe_sha256()
     with pytest.raises(OwnershipError, match="is taken"):
         fine_tune.start(store, _cfg(), "flowgrpo-nightly")  # a fresh start never reuses a run id
 
@@ -243,7 +246,7 @@ def test_a_25000_prompt_file_trains(tmp_path):
     store = LocalStore(tmp_path / "store")
     out = run_inprocess(StageContext(cfg, store, "big"))
     record = store.get_json("runs/big/chain.json")
-    params = fine_tune.segment_parameters(store, record)
+    params = fine_tune.segment_parameters(store, read_chain(store, "big"))
     assert len(json.dumps(params)) < 400
     config_file = store.local_path(seg_ref(store, record["config_sha256"]))
     assert config_file.stat().st_size < 10_000 and out["adapter"] is not None
@@ -261,7 +264,7 @@ def test_a_dead_local_drivers_lease_is_broken_on_resume_with_a_record(tmp_path):
     store = LocalStore(tmp_path / "store")
     cfg = _cfg(rounds=4, **{"pipeline.rounds_per_run": 2})
     record = fine_tune.start(store, cfg, "ft")
-    state, _ = seg.open_segment(store, "ft", record["config_sha256"], "local-1")
+    state, _ = seg.open_segment(store, "ft", record.config_sha256, "local-1")
     assert not fine_tune.release_if_driver_died(store, "ft")  # this process, the driver, is alive
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -273,4 +276,10 @@ def test_a_dead_local_drivers_lease_is_broken_on_resume_with_a_record(tmp_path):
     assert broken["lease"]["holder"] == state.holder and broken["by"].startswith("dgrpo run --resume ft on ")
     assert f"pid {dead}" in broken["reason"]
     assert store.get_json("runs/ft/segments/s0001.json")["state"] == "failed"
-    assert seg.open_segment(store, "ft", record["config_sha256"], "local-2")[0].segment == 2
+    assert seg.open_segment(store, "ft", record.config_sha256, "local-2")[0].segment == 2
+
+
+def _commit_as_update(ctx, round_index, adapter, optimizer_state, parent) -> None:
+    """`commit_round` as the update stage calls it, under the context's lease and recipe."""
+    commit_round(ctx.store, ctx.run_id, round_index=round_index, adapter=adapter, optimizer_state=optimizer_state,
+                 parent=parent, lease=ctx.lease, recipe_sha256=ctx.config.recipe_sha256())

@@ -12,14 +12,15 @@ from reliability_helpers import tiny_config
 
 from dgrpo.registry import RegistryError, plugin_of
 from dgrpo.rewards import REWARDS, load_reward
+from dgrpo.runs.commits import ResumeError, last_commit
+from dgrpo.runs.ownership import OwnershipError
+from dgrpo.runs.records import ErrorRecord
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.engine import ChainFailed, run_inprocess
 from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.runtime.verify import verify_run
-from dgrpo.stages.shared.commits import ResumeError, last_commit
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.shared.ownership import OwnershipError
 from dgrpo.store import LocalStore
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -31,7 +32,7 @@ def team_packages(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGINS))
 
 
-def _errors(store: LocalStore, run_id: str) -> list[dict]:
+def _errors(store: LocalStore, run_id: str) -> list[ErrorRecord]:
     return seg.errors(store, run_id)
 
 
@@ -48,10 +49,10 @@ def test_a_plugins_error_names_the_stage_the_plugin_and_its_last_line_and_is_per
     except RuntimeError as wrapped:
         seg.record_error(store, "ft", "reward", wrapped, segment=1, round_index=0)
     [error] = _errors(store, "ft")
-    assert error["error"].startswith("PluginError: stage reward of round 0: the reward plug-in "
+    assert error.error.startswith("PluginError: stage reward of round 0: the reward plug-in "
                                      "'broken_rewards:index_error' (config field 'reward.name') failed: IndexError: "
                                      "list index out of range")
-    assert error["permanent"] is True and "run again with the same run id 'ft'" in error["error"]
+    assert error.permanent is True and "run again with the same run id 'ft'" in error.error
     assert plugin_of(RuntimeError("dgrpo's own")) is None
 
 
@@ -64,10 +65,10 @@ def test_an_embedder_plugins_error_is_named_as_the_embedders(tmp_path):
         embed(__import__("numpy").zeros((2, 16, 16, 3), "uint8"))
     seg.record_error(store, "ft", "cluster", raised.value, segment=1, round_index=3)
     [error] = _errors(store, "ft")
-    assert error["error"].startswith("PluginError: stage cluster of round 3: the embedder plug-in "
+    assert error.error.startswith("PluginError: stage cluster of round 3: the embedder plug-in "
                                      "'broken_rewards:embedder' (config field 'cluster.embedder') failed: ValueError: "
                                      "expected 224 px images, got 16 px")
-    assert error["permanent"] is True
+    assert error.permanent is True
 
 
 def test_errors_a_retry_repeats_are_permanent_and_transient_ones_are_not():
@@ -86,8 +87,8 @@ def test_the_stored_error_holds_no_secret(tmp_path):
         score(None, [])
     seg.record_error(store, "ft", "evaluate", raised.value)
     [error] = _errors(store, "ft")
-    assert TOKEN not in str(error) and "***" in error["error"]
-    assert "'broken_rewards:leaks_token'" in error["error"] and "api_key=***" in error["error"]
+    assert TOKEN not in str(error) and "***" in error.error
+    assert "'broken_rewards:leaks_token'" in error.error and "api_key=***" in error.error
     assert redact_secrets(f"PGPASSWORD=hunter2 at postgres://u:pw@db/x with {TOKEN}") == \
         "PGPASSWORD=*** at postgres://***@db/x with ***"
 
@@ -117,7 +118,7 @@ def test_a_broken_plugin_fails_once_in_one_line_and_the_run_id_is_reused_with_th
 
     fixed = tiny_config(rounds=1)
     run_inprocess(StageContext(fixed, store, "nightly"))  # the same run id, the fixed config
-    assert last_commit(store, "nightly")["round"] == 0
+    assert last_commit(store, "nightly").round == 0
     claim = store.get_json("runs/nightly/claim.json")
     assert claim["recipe_sha256"] == fixed.recipe_sha256() and claim["replaces"] == failed_claim["claim"]
     kept = f"runs/nightly/failed-starts/{failed_claim['claim']}"
@@ -140,7 +141,7 @@ def test_missing_weights_are_not_retried_and_a_resume_with_the_fix_starts_again(
 
     fixed = tiny_config(rounds=1)
     record = fine_tune.start(store, fixed, "weekly", resume_from="weekly")  # before: "the recipe differs"
-    assert record["recipe_sha256"] == fixed.recipe_sha256()
+    assert record.recipe_sha256 == fixed.recipe_sha256()
     assert store.list("runs/weekly/segments") == [] and store.list("runs/weekly/errors") == []
     assert fine_tune.failed_start(store, "weekly") is None  # the new claim has not failed
 
@@ -157,4 +158,4 @@ def test_a_running_or_retrying_fine_tune_is_not_a_failed_start(tmp_path):
     with pytest.raises(OwnershipError, match="is taken"):
         fine_tune.start(store, config, "busy")
     store.put_json("runs/busy/status.json", {"state": "failed", "action": "failed"})
-    assert fine_tune.failed_start(store, "busy")["run_id"] == "busy"
+    assert fine_tune.failed_start(store, "busy").run_id == "busy"

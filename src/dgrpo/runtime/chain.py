@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dgrpo.config import GuardRails
+from dgrpo.runs.records import StopRecord
 
 Action = Literal["continue", "retry", "done", "stopped", "failed"]
 CHAIN_STATE = {"continue": "running", "retry": "running", "done": "done", "stopped": "stopped", "failed": "failed"}
@@ -34,14 +35,15 @@ class Decision:
 
 
 def decide(*, rounds_total: int, rounds_done: int, progress: int, succeeded: bool, failures_in_a_row: int,
-           max_retries: int, stop: dict | None = None, error: str = "", permanent: bool = False) -> Decision:
+           max_retries: int, stop: StopRecord | None = None, error: str = "", permanent: bool = False
+           ) -> Decision:
     """What follows a segment that ended with `rounds_done` rounds committed (`progress` of them its own).
 
     `failures_in_a_row` counts this segment, if it failed, and the failed segments right before it that committed
     nothing; a guard-rail `stop` ends the chain whatever else happened. A `permanent` error (bad data or config,
     non-finite values: `segment.is_permanent`) is not retried, since the same inputs would fail the same way."""
     if stop is not None:
-        return Decision("stopped", stop_label(stop) + f": {stop['message']}")
+        return Decision("stopped", stop_label(stop.rule) + f": {stop.message}")
     if rounds_done >= rounds_total:
         return Decision("done", f"{rounds_done}/{rounds_total} rounds committed")
     if succeeded and progress > 0:
@@ -62,8 +64,8 @@ OPERATOR_STOPS = {"manual": "stopped by hand", "terminated": "terminated by an o
 """Stop rules that are a person's, not a guard rail's: `dgrpo stop`, and a KFP run terminated (UI or --now)."""
 
 
-def stop_label(stop: dict) -> str:
-    return OPERATOR_STOPS.get(stop["rule"], f"guard rail {stop['rule']}")
+def stop_label(rule: str) -> str:
+    return OPERATOR_STOPS.get(rule, f"guard rail {rule}")
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class Stop:
     message: str
     values: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return {"rule": self.rule, "round": self.round, "message": self.message, "values": self.values}
+    def record(self, at: str) -> StopRecord:
+        return StopRecord(rule=self.rule, round=self.round, message=self.message, values=self.values, at=at)
 
 
 def _metric(evaluation: dict, name: str, field_name: str) -> float:

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from dgrpo.runs.evaluations import read_evaluation
+from dgrpo.runs.exchange import put_report_html
+from dgrpo.runs.keys import validate_run_id
 from dgrpo.runtime import segment
 from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
@@ -18,7 +21,6 @@ from dgrpo.runtime.report.summary import load_events
 from dgrpo.runtime.segment import RoundState
 from dgrpo.runtime.termination import described, sigterm_raises, time_limit
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.stages.shared.ownership import read_json, run_key, validate_run_id
 from dgrpo.store import ArtifactRef, ArtifactStore, open_store
 
 
@@ -95,17 +97,17 @@ def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metri
     logged to `metrics` as `r<round>.<stage>.<metric>`; then the segment's evaluations."""
     rows: dict[int, dict[str, float]] = {}
     for event in load_events(store, run_id):
-        if event["round"] in state.rounds and event["stage"] != "evaluate" and "shard" not in event:
-            for name, value in event["metrics"].items():
-                rows.setdefault(event["round"], {})[f"{event['stage']}.{name}"] = float(value)
-                metrics.log_metric(f"r{event['round']:04d}.{event['stage']}.{name}", float(value))
+        if event.round in state.rounds and event.stage != "evaluate" and event.shard is None:
+            for name, value in event.metrics.items():
+                rows.setdefault(event.round, {})[f"{event.stage}.{name}"] = float(value)
+                metrics.log_metric(f"r{event.round:04d}.{event.stage}.{name}", float(value))
     names, done = sorted({c for row in rows.values() for c in row}), sorted(rows)
     lines = [f"## Segment {state.segment}: rounds {', '.join(map(str, done)) or 'none'}", "",
              "| metric | " + " | ".join(f"round {r}" for r in done) + " |", "|---|" + "---|" * len(done)]
     lines += [f"| {name} | " + " | ".join(f"{rows[r][name]:.4g}" if name in rows[r] else "-" for r in done) + " |"
               for name in names]
     for completed in sorted({r + 1 for r in state.rounds} | ({0} if state.round == 0 else set())):
-        record = read_json(store, segment.eval_key(run_id, completed))
+        record = read_evaluation(store, run_id, completed)
         if record is not None:
             lines += ["", evaluation_markdown(record)]
     return "\n".join(lines) + "\n"
@@ -164,7 +166,9 @@ def write_grid_html(ctx: StageContext, grid: ArtifactRef, path: str) -> None:
 
 def write_evaluation_markdown(ctx: StageContext, round_index: int, artifact: FileArtifact) -> None:
     """The evaluation of `round_index` as Markdown, which the KFP UI shows as the task's visualisation."""
-    record = ctx.store.get_json(segment.eval_key(ctx.run_id, round_index))
+    record = read_evaluation(ctx.store, ctx.run_id, round_index)
+    if record is None:
+        raise FileNotFoundError(f"run {ctx.run_id}: no evaluation record of round {round_index} in {ctx.store.uri}")
     write_text(artifact, evaluation_markdown(record))
 
 
@@ -178,5 +182,5 @@ def write_run_report(store: ArtifactStore, run_id: str, status: str, artifact: F
     except ValueError:  # no evaluation recorded yet
         page = "<html><body></body></html>"
     text = page.replace("<body>", "<body>" + head, 1)
-    store.put_text(run_key(run_id, "report.html"), text)
+    put_report_html(store, run_id, text)
     write_text(artifact, text)

@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Callable
 
 from dgrpo.config import ConfigError, RunConfig
+from dgrpo.runs.commits import trained_state
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.fused import train_segment
 from dgrpo.runtime.termination import Terminated
-from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactRef, ArtifactStore
 
@@ -80,7 +80,7 @@ def run_inprocess(ctx: StageContext, resume_from: str = "") -> dict[str, Artifac
     the last committed adapter and optimizer state."""
     check_inprocess(ctx.config)
     record = fine_tune.start(ctx.store, ctx.config, ctx.run_id, resume_from)
-    run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record["config_sha256"]))
+    run_chain(lambda: segment_inprocess(ctx.store, ctx.run_id, record.config_sha256))
     state = trained_state(ctx.store, ctx.run_id)
     return {k: v for k, v in (("adapter", state.adapter), ("optimizer_state", state.optimizer_state))
             if v is not None}

@@ -20,10 +20,12 @@ from safetensors import safe_open
 from dgrpo import lineage
 from dgrpo.config import RunConfig, config_from_dict
 from dgrpo.models.policy import LORA_METADATA_KEY
-from dgrpo.runtime.fine_tune import chain_key
+from dgrpo.runs.commits import read_commit, trained_state
+from dgrpo.runs.evaluations import read_best, read_evaluation, read_event
+from dgrpo.runs.ownership import read_claim
+from dgrpo.runs.records import EvalRecord
+from dgrpo.runs.segments import read_chain
 from dgrpo.runtime.listing import round_label
-from dgrpo.stages.shared.commits import trained_state
-from dgrpo.stages.shared.ownership import read_claim, read_json, run_key
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -48,15 +50,14 @@ def choose(store: ArtifactStore, run_id: str, *, round_: int | None = None, best
     """The adapter after `round_` completed rounds, the best evaluation's (`best`), or else the last committed."""
     done = trained_state(store, run_id).next_round
     if best:
-        record = read_json(store, run_key(run_id, "best.json"))
+        record = read_best(store, run_id)
         if record is None:
             raise StoreError(f"fine-tune {run_id}: no best evaluation recorded in {store.uri} (no evaluation yet); "
                              "give --round N")
-        if record["round"] == 0 or record.get("adapter") is None:
-            raise ValueError(f"fine-tune {run_id}: the best evaluation ({record['metric']} {record['value']:.4g}) is "
+        if record.round == 0 or record.adapter is None:
+            raise ValueError(f"fine-tune {run_id}: the best evaluation ({record.metric} {record.value:.4g}) is "
                              "the base model's: no adapter to export; give --round N")
-        return Chosen(record["round"], ArtifactRef(**record["adapter"]),
-                      f"the best evaluation by {record['metric']} ({record['mode']})")
+        return Chosen(record.round, record.adapter, f"the best evaluation by {record.metric} ({record.mode})")
     if round_ is None:
         round_ = done
         why = "the last committed round"
@@ -68,10 +69,10 @@ def choose(store: ArtifactStore, run_id: str, *, round_: int | None = None, best
     if not 0 < round_ <= done:
         raise ValueError(f"--round {round_}: fine-tune {run_id} has {done} committed rounds (rounds count from 1, "
                          "as evaluations do; 0 is the base model)")
-    commit = read_json(store, run_key(run_id, f"commits/r{round_ - 1:06d}.json"))
+    commit = read_commit(store, run_id, round_ - 1)
     if commit is None:
         raise StoreError(f"fine-tune {run_id}: commit of round {round_} missing in {store.uri}")
-    return Chosen(round_, ArtifactRef(**commit["adapter"]), why)
+    return Chosen(round_, commit.adapter, why)
 
 
 def evaluated_uses_ema(config: RunConfig) -> bool:
@@ -82,20 +83,20 @@ def evaluated_uses_ema(config: RunConfig) -> bool:
 def ema_adapter(store: ArtifactStore, run_id: str, chosen: Chosen) -> ArtifactRef:
     """The EMA of the chosen adapter's weights, which the update stage stores beside it (`ema_adapter`): what the
     evaluations scored when the recipe evaluates the EMA."""
-    event = read_json(store, run_key(run_id, f"events/r{chosen.round - 1:04d}-update.json")) or {}
-    ref = (event.get("outputs") or {}).get("ema_adapter")
+    event = read_event(store, run_id, chosen.round - 1, "update")
+    ref = event.output("ema_adapter") if event is not None else None
     if ref is None:
         raise StoreError(f"fine-tune {run_id}: no EMA adapter recorded for round {chosen.round} in {store.uri} "
                          "(the evaluations scored the EMA); --trained exports the trained weights")
-    return ArtifactRef(**ref)
+    return ref
 
 
 def run_config(store: ArtifactStore, run_id: str) -> RunConfig:
     """The config the fine-tune trains (its claim's, else its chain record's)."""
-    claim = read_claim(store, run_id) or read_json(store, chain_key(run_id)) or {}
-    if not claim.get("config_sha256"):
+    record = read_claim(store, run_id) or read_chain(store, run_id)
+    if record is None or not record.config_sha256:
         raise StoreError(f"fine-tune {run_id}: no claim or chain record in {store.uri}; is the run id right?")
-    return load_config(store, claim["config_sha256"])
+    return load_config(store, record.config_sha256)
 
 
 def non_default_fields(config: RunConfig) -> dict[str, object]:
@@ -145,16 +146,16 @@ def export(store: ArtifactStore, run_id: str, out_dir: Path, *, round_: int | No
     ema = evaluated_uses_ema(config) and not trained
     weights = store.get(ema_adapter(store, run_id, chosen) if ema else chosen.adapter)  # verified (sha256)
     _check_metadata(weights, chosen.adapter)
-    evaluation = read_json(store, run_key(run_id, f"eval/r{chosen.round:04d}.json"))
-    base_eval = read_json(store, run_key(run_id, "eval/r0000.json"))
+    evaluation = read_evaluation(store, run_id, chosen.round)
+    base_eval = read_evaluation(store, run_id, 0)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (staging / WEIGHTS_NAME).write_bytes(weights)
         grid = None
-        if evaluation is not None and evaluation.get("grid"):
+        if evaluation is not None and evaluation.grid is not None:
             grid = f"evaluation_{chosen.round:04d}.png"
-            (staging / grid).write_bytes(store.get(ArtifactRef(**evaluation["grid"])))
+            (staging / grid).write_bytes(store.get(evaluation.grid))
         adapters, base = adapter_chain(store, chosen.adapter.sha256)
         card = model_card(run_id=run_id, config=config, chosen=chosen, evaluation=evaluation, base_eval=base_eval,
                           grid=grid, adapters=adapters, base=base, store_uri=store.uri, ema=ema)
@@ -196,8 +197,9 @@ def front_matter(config: RunConfig) -> str:
     return "---\n" + "\n".join(lines) + "\n---\n"
 
 
-def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: dict | None, base_eval: dict | None,
-               grid: str | None, adapters: list[lineage.LineageRecord], base: lineage.LineageRecord | None,
+def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: EvalRecord | None,
+               base_eval: EvalRecord | None, grid: str | None, adapters: list[lineage.LineageRecord],
+               base: lineage.LineageRecord | None,
                store_uri: str, ema: bool = False) -> str:
     """README.md of the export: front matter, usage, the evaluation, the recipe and the lineage."""
     pipeline = DIFFUSERS_KINDS[config.model.kind]
@@ -222,24 +224,25 @@ def model_card(*, run_id: str, config: RunConfig, chosen: Chosen, evaluation: di
     return "\n".join(out) + "\n"
 
 
-def _evaluation_section(chosen: Chosen, evaluation: dict | None, base_eval: dict | None,
+def _evaluation_section(chosen: Chosen, evaluation: EvalRecord | None, base_eval: EvalRecord | None,
                         grid: str | None) -> list[str]:
     if evaluation is None:
         return ["## Evaluation", "", f"No evaluation ran after {round_label(chosen.round)} (eval.every); see the "
                 "fine-tune's report for the evaluated rounds.", ""]
-    reward = evaluation.get("reward") or {}
+    reward = evaluation.reward or {}
     out = ["## Evaluation", "", f"Scored by reward `{reward.get('name', '?')}` ({reward.get('why', '')}); "
            f"columns: the base model and {round_label(chosen.round)}.", "",
            f"| metric | base | {round_label(chosen.round)} |", "|---|---|---|"]
-    base_metrics = (base_eval or {}).get("metrics", {})
-    for key, value in sorted(evaluation["metrics"].items()):
+    base_metrics = base_eval.metrics if base_eval is not None else {}
+    for key, value in sorted(evaluation.metrics.items()):
         before = f"{base_metrics[key]:.4g}" if key in base_metrics else "-"
         out.append(f"| {key} | {before} | {value:.4g} |")
     if grid:
         prompts = ", ".join(f"\"{p['prompt']}\"" + (" (held out)" if p.get("held_out") else "")
-                            for p in evaluation.get("per_prompt", []))
+                            for p in evaluation.per_prompt)
         out += ["", f"![evaluation images after {round_label(chosen.round)}]({grid})", "",
-                f"One row per prompt ({prompts}); evaluation seed {evaluation.get('eval_seed', '?')}, deterministic "
+                f"One row per prompt ({prompts}); evaluation seed "
+                f"{evaluation.eval_seed if evaluation.eval_seed is not None else '?'}, deterministic "
                 "sampling."]
     return out + [""]
 

@@ -13,36 +13,34 @@ import socket
 import time
 
 from dgrpo.config import RunConfig
+from dgrpo.runs import keys
+from dgrpo.runs.archive import copy_record, known_runs
+from dgrpo.runs.commits import ResumeError, has_commits, last_commit, trained_state
+from dgrpo.runs.evaluations import read_best
+from dgrpo.runs.keys import chain_key, claim_key, driver_key, lease_key, now, validate_run_id
+from dgrpo.runs.ownership import break_lease, claim_run, lease_breaks, read_claim, read_lease, release_lease
+from dgrpo.runs.record import ref_dict
+from dgrpo.runs.records import ChainRecord, Claim, DriverRecord, Lease, LeaseBreak, StopRecord
+from dgrpo.runs.segments import (
+    lift_stop,
+    read_chain,
+    read_driver,
+    read_segment,
+    read_status,
+    read_stop,
+    segment_count,
+    segments,
+    write_chain,
+    write_driver,
+    write_stop,
+)
 from dgrpo.runtime import chain, kfp_rest, report
 from dgrpo.runtime import segment as seg
-from dgrpo.stages.shared.commits import ResumeError, last_commit, ref_dict, trained_state
-from dgrpo.stages.shared.ownership import (
-    break_lease,
-    claim_key,
-    claim_run,
-    lease_breaks,
-    lease_key,
-    now,
-    read_claim,
-    read_json,
-    read_lease,
-    release_lease,
-    run_key,
-    validate_run_id,
-)
 from dgrpo.stages.shared.run_config import load_config, put_config
 from dgrpo.store import ArtifactStore
 
 LEGACY_MATCHING = ("model", "lora", "seed")
 """Fields a fine-tune recorded before claims existed is checked on (its commits hold them, not its recipe)."""
-
-
-def chain_key(run_id: str) -> str:
-    return run_key(run_id, "chain.json")
-
-
-def known_runs(store: ArtifactStore) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("runs") if k.count("/") >= 2})
 
 
 def _missing(store: ArtifactStore, run_id: str, option: str) -> ResumeError:
@@ -52,8 +50,9 @@ def _missing(store: ArtifactStore, run_id: str, option: str) -> ResumeError:
                        "takes --run-id instead)")
 
 
-def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: str) -> dict:
-    """The claim of `run_id`, after checking `config` trains its recipe (fields that differ are named)."""
+def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: str) -> Claim | None:
+    """The claim of `run_id`, after checking `config` trains its recipe (fields that differ are named); None for
+    a fine-tune from before claims."""
     claim = read_claim(store, run_id)
     if claim is None:
         commit = last_commit(store, run_id)
@@ -61,12 +60,12 @@ def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: 
             raise _missing(store, run_id, option)
         cfg = config.to_dict()  # a fine-tune from before claims: its commits record these fields
         for key in LEGACY_MATCHING:
-            if key in commit and commit[key] != cfg[key]:
+            if key in commit.extra and commit.extra[key] != cfg[key]:
                 raise ResumeError(f"{option} {run_id!r}: config field '{key}' differs from the fine-tune's "
-                                  f"({cfg[key]!r} here, {commit[key]!r} there)")
-        return {"run_id": run_id, "legacy": True}
-    if claim["recipe_sha256"] != config.recipe_sha256():
-        differing = config.recipe_differences(load_config(store, claim["config_sha256"]))
+                                  f"({cfg[key]!r} here, {commit.extra[key]!r} there)")
+        return None
+    if claim.recipe_sha256 != config.recipe_sha256():
+        differing = config.recipe_differences(load_config(store, claim.config_sha256))
         raise ResumeError(f"{option} {run_id!r}: the recipe differs from the fine-tune's in "
                           f"{', '.join(differing) or 'its hash'}; a resumed fine-tune keeps its recipe (change "
                           "rounds, pipeline or kubernetes freely, or start a new run id)")
@@ -74,7 +73,7 @@ def _check_recipe(store: ArtifactStore, config: RunConfig, run_id: str, option: 
 
 
 def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str = "", mode: str = "local",
-          kfp: dict | None = None, holder_state: kfp_rest.RunStateLookup | None = None) -> dict:
+          kfp: dict | None = None, holder_state: kfp_rest.RunStateLookup | None = None) -> ChainRecord:
     """Store the config, claim or check the fine-tune, write its chain record; returns the chain record.
 
     Without `resume_from` the run id must be new; `resume_from == run_id` continues that fine-tune after its last
@@ -87,8 +86,8 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
     (`set_aside`) and claims the run id anew, so a scheduled fine-tune with a fixed id need not change it."""
     validate_run_id(run_id, "run id")
     failed = failed_start(store, run_id)
-    if resume_from == run_id and failed is not None and failed.get("recipe_sha256") != config.recipe_sha256():
-        resume_from = failed.get("resumed_from") or ""  # resumed with the fix: started again, from where it was
+    if resume_from == run_id and failed is not None and failed.recipe_sha256 != config.recipe_sha256():
+        resume_from = failed.resumed_from or ""  # resumed with the fix: started again, from where it was
     if resume_from == run_id:
         claim = _check_recipe(store, config, run_id, "--resume")
         if mode == "local":
@@ -97,10 +96,10 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
             seg.break_finished_holder(store, run_id, by=f"dgrpo {'schedule' if mode == 'schedule' else 'submit'} "
                                       f"--resume {run_id}", lookup=holder_state)
         config_ref = put_config(store, config)  # after the checks: a refused run writes nothing
-        if claim.get("legacy"):
-            claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
-                                      "base": None, "resumed_from": "", "adopted": True})
-        store.delete(seg.stop_key(run_id))
+        if claim is None:  # a fine-tune from before claims: adopted
+            claim_run(store, run_id, recipe_sha256=config.recipe_sha256(), config_sha256=config_ref.sha256,
+                      adopted=True)
+        lift_stop(store, run_id)
     else:
         base = None
         if resume_from:
@@ -110,60 +109,53 @@ def start(store: ArtifactStore, config: RunConfig, run_id: str, resume_from: str
             if commit is None:
                 raise ResumeError(f"--resume {resume_from!r}: no committed round under runs/{resume_from}/commits in "
                                   f"{store.uri} to branch from")
-            base = {"run_id": resume_from, "round": commit["round"], "adapter": commit["adapter"],
-                    "optimizer_state": commit["optimizer_state"]}
-        elif last_commit(store, run_id) is not None:
+            base = {"run_id": resume_from, "round": commit.round, "adapter": ref_dict(commit.adapter),
+                    "optimizer_state": ref_dict(commit.optimizer_state)}
+        elif has_commits(store, run_id):
             raise ResumeError(f"run {run_id} already has committed rounds in {store.uri}: resume it "
                               f"(--resume {run_id}) or choose another run id")
         config_ref = put_config(store, config)
         if failed is not None:
             set_aside(store, run_id, failed)
-        claim_run(store, run_id, {"recipe_sha256": config.recipe_sha256(), "config_sha256": config_ref.sha256,
-                                  "base": base, "resumed_from": resume_from,
-                                  **({"replaces": failed.get("claim")} if failed is not None else {})})
-    record = {"run_id": run_id, "config_sha256": config_ref.sha256, "recipe_sha256": config.recipe_sha256(),
-              "rounds": config.rounds, "rounds_per_run": config.pipeline.rounds_per_run, "mode": mode,
-              "kfp": kfp, "updated_at": now()}
-    store.put_json(chain_key(run_id), record)
+        claim_run(store, run_id, recipe_sha256=config.recipe_sha256(), config_sha256=config_ref.sha256, base=base,
+                  resumed_from=resume_from, replaces=failed.claim if failed is not None else None)
+    record = ChainRecord(run_id=run_id, config_sha256=config_ref.sha256, recipe_sha256=config.recipe_sha256(),
+                         rounds=config.rounds, rounds_per_run=config.pipeline.rounds_per_run, mode=mode, kfp=kfp,
+                         updated_at=now())
+    write_chain(store, record)
     if mode == "local":
-        store.put_json(driver_key(run_id), {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now()})
+        write_driver(store, run_id, DriverRecord(host=socket.gethostname(), pid=os.getpid(), started_at=now()))
     return record
 
 
-def failed_start(store: ArtifactStore, run_id: str) -> dict | None:
+def failed_start(store: ArtifactStore, run_id: str) -> Claim | None:
     """The claim of fine-tune `run_id` if it failed before committing a round, else None: no commit, no lease, and
     its chain ended failed (its last segment's decision), or an error was recorded before any segment opened. A
     replacement interrupted half-way (`set_aside`) counts too."""
     claim = read_claim(store, run_id)
-    if claim is None or last_commit(store, run_id) is not None or read_lease(store, run_id) is not None:
+    if claim is None or has_commits(store, run_id) or read_lease(store, run_id) is not None:
         return None
-    if store.list(_failed_start_key(run_id, claim)):
+    if store.list(keys.failed_start_prefix(run_id, claim.claim)):
         return claim
-    state = (read_json(store, run_key(run_id, "status.json")) or {}).get("state")
-    if store.list(run_key(run_id, "segments")):
+    status_record = read_status(store, run_id)
+    state = status_record.state if status_record is not None else None
+    if segment_count(store, run_id):
         return claim if state == "failed" else None  # "running" after a failed segment: a retry follows
     return claim if seg.errors(store, run_id) and state in (None, "failed") else None
 
 
-def _failed_start_key(run_id: str, claim: dict) -> str:
-    return run_key(run_id, f"failed-starts/{claim.get('claim', 'legacy')}")
-
-
-def set_aside(store: ArtifactStore, run_id: str, claim: dict) -> str:
+def set_aside(store: ArtifactStore, run_id: str, claim: Claim) -> str:
     """Move the records of a failed start (`failed_start`) under runs/<id>/failed-starts/<claim id>/, where they
     stay for audit but no segment reads them, the claim last; returns that prefix. Derived files (reports) go."""
-    prefix = _failed_start_key(run_id, claim)
-    keys = [k for k in store.list(run_key(run_id, "")) if not k.startswith(run_key(run_id, "failed-starts/"))]
-    for key in sorted(keys, key=lambda k: k == claim_key(run_id)):
+    prefix = keys.failed_start_prefix(run_id, claim.claim)
+    found = [k for k in store.list(keys.run_key(run_id, ""))
+             if not k.startswith(keys.failed_start_prefix(run_id, ""))]
+    for key in sorted(found, key=lambda k: k == claim_key(run_id)):
         if key.endswith(".json"):
             with contextlib.suppress(ValueError, UnicodeDecodeError):  # an unreadable record is not kept
-                store.put_json(f"{prefix}/{key.removeprefix(run_key(run_id, ''))}", store.get_json(key))
+                copy_record(store, key, f"{prefix}/{key.removeprefix(keys.run_key(run_id, ''))}")
         store.delete(key)
     return prefix
-
-
-def driver_key(run_id: str) -> str:
-    return run_key(run_id, "driver.json")
 
 
 def release_if_driver_died(store: ArtifactStore, run_id: str) -> bool:
@@ -172,17 +164,17 @@ def release_if_driver_died(store: ArtifactStore, run_id: str) -> bool:
 
     On the machine that ran the driver, a driver process that no longer exists is dead for sure. Leases of cluster
     segments, of a driver on another machine, or taken before that driver started, are left to `dgrpo unlock`."""
-    lease, driver = read_lease(store, run_id), read_json(store, driver_key(run_id))
-    if lease is None or driver is None or driver.get("host") != socket.gethostname() or _alive(driver.get("pid")):
+    lease, driver = read_lease(store, run_id), read_driver(store, run_id)
+    if lease is None or driver is None or driver.host != socket.gethostname() or _alive(driver.pid):
         return False
-    if lease.get("acquired_at", "") < driver.get("started_at", ""):
+    if lease.acquired_at < driver.started_at:
         return False
-    if break_lease(store, run_id, lease["holder"], by=f"dgrpo run --resume {run_id} on {socket.gethostname()}",
-                   reason=f"its local driver (pid {driver.get('pid')}) is no longer running") is None:
+    if break_lease(store, run_id, lease.holder, by=f"dgrpo run --resume {run_id} on {socket.gethostname()}",
+                   reason=f"its local driver (pid {driver.pid}) is no longer running") is None:
         return False  # released meanwhile
-    segment = read_json(store, seg.segment_key(run_id, lease.get("segment", 0))) or {}
-    if segment.get("holder") == lease.get("holder") and segment.get("config_sha256"):
-        seg.finish_segment(store, run_id, segment["config_sha256"], segment.get("kfp_run_id", ""), "FAILED")
+    segment = read_segment(store, run_id, lease.segment)
+    if segment is not None and segment.holder == lease.holder and segment.config_sha256:
+        seg.finish_segment(store, run_id, segment.config_sha256, segment.kfp_run_id, "FAILED")
     return True
 
 
@@ -196,20 +188,26 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def segment_parameters(store: ArtifactStore, chain_record: dict) -> dict[str, str]:
+def segment_parameters(store: ArtifactStore, record: ChainRecord) -> dict[str, str]:
     """The run parameters of every segment of a chain: ids and hashes, never the config itself."""
-    return {"store_uri": store.uri, "run_id": chain_record["run_id"], "config_sha256": chain_record["config_sha256"],
-            "recipe_sha256": chain_record["recipe_sha256"]}
+    return {"store_uri": store.uri, "run_id": record.run_id, "config_sha256": record.config_sha256,
+            "recipe_sha256": record.recipe_sha256}
 
 
-def _holder_check(chain_record: dict, lease: dict | None, lookup: kfp_rest.RunStateLookup | None
+def chain_kfp(store: ArtifactStore, run_id: str) -> dict:
+    """How the chain reaches KFP (endpoint, namespace, experiment, pipeline), {} for a chain not on KFP."""
+    record = read_chain(store, run_id)
+    return dict((record.kfp if record is not None else None) or {})
+
+
+def _holder_check(chain_record: ChainRecord | None, lease: Lease | None, lookup: kfp_rest.RunStateLookup | None
                   ) -> tuple[str, str]:
     """The KFP state of the lease holder's run ("" when not asked) and why it could not be asked ("")."""
-    if lease is None or not lease.get("kfp_run_id"):
+    if lease is None or not lease.kfp_run_id:
         return "", ""
     try:
         lookup = lookup or kfp_rest.run_state_lookup(chain_record, attempts=1)
-        return (lookup(lease["kfp_run_id"]) if lookup else ""), ""
+        return (lookup(lease.kfp_run_id) if lookup else ""), ""
     except (kfp_rest.KfpApiError, ValueError) as exc:
         return "", str(exc)
 
@@ -221,27 +219,31 @@ def status(store: ArtifactStore, run_id: str, lookup: kfp_rest.RunStateLookup | 
     first) makes the state "stalled": the next resume or scheduled run breaks it."""
     validate_run_id(run_id, "run id")
     claim = read_claim(store, run_id)
-    if claim is None and last_commit(store, run_id) is None:
+    if claim is None and not has_commits(store, run_id):
         raise _missing(store, run_id, "fine-tune")
-    chain_record = read_json(store, chain_key(run_id)) or {}
-    segments = [store.get_json(k) for k in store.list(run_key(run_id, "segments"))]
+    chain_record = read_chain(store, run_id)
+    found = segments(store, run_id)
     lease = read_lease(store, run_id)
-    recorded = read_json(store, run_key(run_id, "status.json")) or {}
-    state, reason = "running" if lease else recorded.get("state", "not started"), recorded.get("reason", "")
+    recorded = read_status(store, run_id)
+    state = "running" if lease else (recorded.state if recorded else "not started")
+    reason = recorded.reason if recorded else ""
     holder_state, holder_unknown = _holder_check(chain_record, lease, lookup)
-    if holder_state in kfp_rest.FINISHED_STATES:
-        state, reason = "stalled", (f"lease held by finished run {lease['kfp_run_id']} ({holder_state}); `dgrpo "
+    if lease is not None and holder_state in kfp_rest.FINISHED_STATES:
+        state, reason = "stalled", (f"lease held by finished run {lease.kfp_run_id} ({holder_state}); `dgrpo "
                                     f"submit --resume {run_id}` or the next scheduled run breaks it and goes on")
-    errs = seg.errors(store, run_id)
-    breaks = lease_breaks(store, run_id)
+    breaks, stop = lease_breaks(store, run_id), read_stop(store, run_id)
+    root = seg.root_error(seg.errors(store, run_id))
     return {"run_id": run_id, "store": store.uri, "state": state, "reason": reason, "holder_state": holder_state,
-            "holder_unknown": holder_unknown, "last_lease_break": breaks[-1] if breaks else None,
-            "rounds_done": trained_state(store, run_id).next_round, "rounds_total": chain_record.get("rounds"),
-            "rounds_per_run": chain_record.get("rounds_per_run"), "mode": chain_record.get("mode"),
-            "recipe_sha256": (claim or {}).get("recipe_sha256"), "claimed_at": (claim or {}).get("claimed_at"),
-            "current_segment": segments[-1] if segments else None, "segments": len(segments), "lease": lease,
-            "last_error": seg.root_error(errs), "stop": read_json(store, seg.stop_key(run_id)),
-            "best": _best(store, run_id),
+            "holder_unknown": holder_unknown, "last_lease_break": breaks[-1].to_json() if breaks else None,
+            "rounds_done": trained_state(store, run_id).next_round,
+            "rounds_total": chain_record.rounds if chain_record else None,
+            "rounds_per_run": chain_record.rounds_per_run if chain_record else None,
+            "mode": chain_record.mode if chain_record else None,
+            "recipe_sha256": claim.recipe_sha256 if claim else None,
+            "claimed_at": claim.claimed_at if claim else None,
+            "current_segment": found[-1].to_json() if found else None, "segments": len(found),
+            "lease": lease.to_json() if lease else None, "last_error": root.to_json() if root else None,
+            "stop": stop.to_json() if stop else None, "best": _best(store, run_id),
             "final_adapter": _located(store, ref_dict(trained_state(store, run_id).adapter))}
 
 
@@ -251,8 +253,8 @@ def _located(store: ArtifactStore, ref: dict | None) -> dict | None:
 
 
 def _best(store: ArtifactStore, run_id: str) -> dict | None:
-    best = read_json(store, run_key(run_id, "best.json"))
-    return best and best | {"adapter": _located(store, best.get("adapter"))}
+    best = read_best(store, run_id)
+    return best and best.to_json() | {"adapter": _located(store, ref_dict(best.adapter))}
 
 
 def format_status(st: dict) -> str:
@@ -283,7 +285,7 @@ def format_status(st: dict) -> str:
                      f"{brk['reason']}")
     if st["stop"]:
         stop = st["stop"]
-        lines.append(f"  {chain.stop_label(stop)} after round {stop['round']}: {stop['message']}")
+        lines.append(f"  {chain.stop_label(stop['rule'])} after round {stop['round']}: {stop['message']}")
         lines.append(f"    numbers: {json.dumps(stop['values'], sort_keys=True)}")
     if st["last_error"]:
         err = st["last_error"]
@@ -298,29 +300,29 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def request_stop(store: ArtifactStore, run_id: str, reason: str = "") -> dict:
+def request_stop(store: ArtifactStore, run_id: str, reason: str = "") -> StopRecord:
     """Stop the chain by hand: a stop record like a guard rail's (rule "manual"); the running segment ends before
     its next round and its exit task submits nothing. A resume lifts it."""
     validate_run_id(run_id, "run id")
-    if read_claim(store, run_id) is None and last_commit(store, run_id) is None:
+    if read_claim(store, run_id) is None and not has_commits(store, run_id):
         raise _missing(store, run_id, "fine-tune")
     done = trained_state(store, run_id).next_round
-    stop = {"rule": "manual", "round": done, "message": reason or "stopped by hand (dgrpo stop)", "values": {},
-            "at": now()}
-    store.put_json(seg.stop_key(run_id), stop)
+    stop = StopRecord(rule="manual", round=done, message=reason or "stopped by hand (dgrpo stop)", values={},
+                      at=now())
+    write_stop(store, run_id, stop)
     return stop
 
 
 def terminate_current(store: ArtifactStore, run_id: str, client: kfp_rest.KfpClient, wait_s: float = 60.0
-                      ) -> tuple[str, dict | None]:
+                      ) -> tuple[str, LeaseBreak | None]:
     """`dgrpo stop --now`, after the stop record: terminate the KFP run of the segment holding the lease, wait up
     to `wait_s` for it to finish, then break its lease if its exit task did not run (Argo skips an exit hook whose
     pods stay pending past a terminated run's deadline). Returns the terminated run ("" when no segment held the
     lease) and the lease break (None when the exit task released it, or the run had not finished yet)."""
     lease = read_lease(store, run_id)
-    if lease is None or not lease.get("kfp_run_id"):
+    if lease is None or not lease.kfp_run_id:
         return "", None
-    kfp_run = lease["kfp_run_id"]
+    kfp_run = lease.kfp_run_id
     client.terminate_run(kfp_run)
     deadline = time.monotonic() + wait_s
     while True:
@@ -341,14 +343,14 @@ def unlock(store: ArtifactStore, run_id: str, holder: str) -> bool:
 def submit_with_kfp(store: ArtifactStore) -> seg.Submitter:
     """The cluster's continuation: the next segment as a new KFP run, through the v2beta1 REST API."""
 
-    def submit(chain_record: dict, state: seg.RoundState) -> str:
+    def submit(chain_record: ChainRecord, state: seg.RoundState) -> str:
         return kfp_rest.submit_next(store, chain_record, state.segment, segment_parameters(store, chain_record))
     return submit
 
 
 def _terminated(store: ArtifactStore, run_id: str, kfp_run_id: str) -> str:
     """KFP run `kfp_run_id`'s API state if an operator terminated it (CANCELING, CANCELED), else ""."""
-    lookup = kfp_rest.run_state_lookup(read_json(store, chain_key(run_id)) or {}, attempts=2)
+    lookup = kfp_rest.run_state_lookup(read_chain(store, run_id), attempts=2)
     if lookup is None or not kfp_run_id:
         return ""
     try:
@@ -375,6 +377,6 @@ def finish_on_cluster(store: ArtifactStore, run_id: str, config_sha256: str, kfp
     return text
 
 
-__all__ = ["chain_key", "claim_key", "driver_key", "finish_on_cluster", "format_status", "known_runs", "lease_key",
-           "release_if_driver_died", "request_stop", "segment_parameters", "start", "status", "submit_with_kfp",
-           "terminate_current", "unlock"]
+__all__ = ["chain_key", "chain_kfp", "claim_key", "driver_key", "finish_on_cluster", "format_status", "known_runs",
+           "lease_key", "release_if_driver_died", "request_stop", "segment_parameters", "start", "status",
+           "submit_with_kfp", "terminate_current", "unlock"]

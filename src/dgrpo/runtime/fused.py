@@ -27,11 +27,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dgrpo.models import resident_models
+from dgrpo.runs.commits import trained_state
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.rounds import OnStep, StepCall, run_round
 from dgrpo.runtime.termination import described, sigterm_raises, time_limit
-from dgrpo.stages.shared.commits import trained_state
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.store import ArtifactStore, ResidentStore, open_store
 from dgrpo.store.resident import GiB

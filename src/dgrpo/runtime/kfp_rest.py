@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dgrpo.stages.shared.ownership import validate_run_id
+from dgrpo.runs.keys import validate_run_id
+from dgrpo.runs.records import ChainRecord
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 API = "/apis/v2beta1"
@@ -299,10 +300,10 @@ RunStateLookup = Callable[[str], str]
 """The v2beta1 state of a KFP run by its id (SUCCEEDED, FAILED, RUNNING, ...)."""
 
 
-def run_state_lookup(chain_record: dict, attempts: int = 3) -> RunStateLookup | None:
+def run_state_lookup(chain_record: ChainRecord | None, attempts: int = 3) -> RunStateLookup | None:
     """How to ask a cluster chain's KFP API for a run's state ($KF_PIPELINES_ENDPOINT overrides the in-cluster
     endpoint the chain record holds, for a laptop); None for a chain that is not on KFP."""
-    kfp = chain_record.get("kfp") or {}
+    kfp = (chain_record.kfp if chain_record is not None else None) or {}
     if not kfp.get("endpoint"):
         return None
     client = KfpClient(os.environ.get("KF_PIPELINES_ENDPOINT") or kfp["endpoint"], namespace=kfp.get("namespace", ""),
@@ -310,13 +311,13 @@ def run_state_lookup(chain_record: dict, attempts: int = 3) -> RunStateLookup | 
     return client.run_state
 
 
-def submit_next(store: ArtifactStore, chain_record: dict, segment: int, parameters: dict[str, str]) -> str:
+def submit_next(store: ArtifactStore, chain_record: ChainRecord, segment: int, parameters: dict[str, str]) -> str:
     """The continuation: submit the chain's next segment as a new run of the stored pipeline, named
     deterministically ("<run id> segment <n>") so that a retried submission finds the run it already made."""
-    kfp = chain_record["kfp"]
+    kfp = chain_record.kfp or {}
     spec, platform = get_pipeline(store, kfp["pipeline_sha256"])
-    body = run_body(display_name=f"{chain_record['run_id']} segment {segment}", experiment_id=kfp["experiment_id"],
+    body = run_body(display_name=f"{chain_record.run_id} segment {segment}", experiment_id=kfp["experiment_id"],
                     spec=spec, platform=platform, parameters=parameters,
                     service_account=kfp.get("service_account", ""), pipeline_root=kfp.get("pipeline_root", ""),
-                    description=f"dgrpo fine-tune {chain_record['run_id']}, continued by segment {segment - 1}")
+                    description=f"dgrpo fine-tune {chain_record.run_id}, continued by segment {segment - 1}")
     return KfpClient(kfp["endpoint"], namespace=kfp.get("namespace", "")).create_run_once(body, look_first=True)

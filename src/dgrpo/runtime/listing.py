@@ -7,10 +7,10 @@ and `dgrpo status RUN` is there for one fine-tune's live view.
 import time
 from collections.abc import Callable
 
+from dgrpo.runs.commits import ResumeError
+from dgrpo.runs.ownership import lease_breaks
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
-from dgrpo.stages.shared.commits import ResumeError
-from dgrpo.stages.shared.ownership import lease_breaks
 from dgrpo.store import ArtifactStore
 
 
@@ -64,10 +64,9 @@ def run_errors(store: ArtifactStore, run_id: str) -> list[dict]:
     fine_tune.status(store, run_id, lookup=_no_lookup)  # an unknown run id is an error naming close ones
     errs = seg.errors(store, run_id)
     root = seg.root_error(errs)
-    out = [{"kind": "task", **e, "root": e is root} for e in errs]
-    out += [{"kind": "lease_break", "at": b.get("at"), "task": b.get("by"), "segment": b.get("lease", {}).get(
-        "segment"), "round": None, "error": b.get("reason"), "permanent": False, "root": False}
-            for b in lease_breaks(store, run_id)]
+    out = [{"kind": "task", **e.to_json(), "root": e is root} for e in errs]
+    out += [{"kind": "lease_break", "at": b.at, "task": b.by, "segment": b.broken.segment, "round": None,
+             "error": b.reason, "permanent": False, "root": False} for b in lease_breaks(store, run_id)]
     return sorted(out, key=lambda e: e.get("at") or "")
 
 

@@ -1,17 +1,17 @@
 """Records of the objects `dgrpo gc` deleted, so `verify` and `lineage` tell a pruned object from a lost one.
 
-Each gc pass that deletes anything first writes one record, `runs/<run>/pruned/<when>-<id>.json`, listing every
+Each gc pass that deletes anything first writes one record (`dgrpo.runs.archive.write_pruned`), listing every
 object it is about to delete (sha256, kind, size, round, key). The record is written before the first delete, so a
 gc killed half-way leaves objects that are either still there or listed; rerunning gc deletes the rest. Lineage
 records are never deleted: a pruned object's chain still reads, its bytes are gone. An entry has no `uri`, so
 `verify` does not take it for a reference the run needs.
 """
 
-import datetime
-import uuid
 from dataclasses import dataclass
 
-from dgrpo.stages.shared.ownership import run_key
+from dgrpo.runs.archive import pruned_keys, read_raw, write_pruned
+from dgrpo.runs.keys import now
+from dgrpo.runs.records import Pruned
 from dgrpo.store import ArtifactStore, StoreError
 
 
@@ -31,16 +31,9 @@ class PrunedObject:
         return f"pruned (by gc at {self.pruned_at})"
 
 
-def pruned_key(run_id: str, stamp: str) -> str:
-    return run_key(run_id, f"pruned/{stamp.replace(':', '')}-{uuid.uuid4().hex[:8]}.json")
-
-
 def write_record(store: ArtifactStore, run_id: str, objects: list[dict], policy: dict) -> str:
     """Record `objects` (dicts of sha256, kind, size, round, key) as pruned by one gc pass of `run_id`; its key."""
-    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    key = pruned_key(run_id, stamp)
-    store.put_json(key, {"run_id": run_id, "pruned_at": stamp, "by": "dgrpo gc", "policy": policy,
-                         "objects": objects})
+    key = write_pruned(store, Pruned(run_id=run_id, pruned_at=now(), by="dgrpo gc", policy=policy, objects=objects))
     store.flush()
     return key
 
@@ -49,12 +42,12 @@ def pruned_index(store: ArtifactStore) -> dict[str, PrunedObject]:
     """Every object any gc pass of any run in the store recorded as pruned, by sha256 (the latest pass wins).
     Content-addressed objects are shared between runs, so one run's verify must see another run's gc."""
     out: dict[str, PrunedObject] = {}
-    for key in sorted(k for k in store.list("runs") if "/pruned/" in k and k.endswith(".json")):
+    for key in pruned_keys(store):
         try:
-            data = store.get_json(key)
-            for obj in data["objects"]:
-                out[obj["sha256"]] = PrunedObject(obj["sha256"], obj["kind"], int(obj["size"]), int(obj["round"]),
-                                                  obj["key"], data["run_id"], data["pruned_at"])
+            record = Pruned.from_json(read_raw(store, key))
+            for obj in record.pruned:
+                out[obj.sha256] = PrunedObject(obj.sha256, obj.kind, int(obj.size), int(obj.round), obj.key,
+                                               record.run_id, record.pruned_at)
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise StoreError(f"gc record {key} in {store.uri}: corrupt, not a list of pruned objects ({exc})") from exc
     return out

@@ -10,13 +10,15 @@ each run under its own policy (a run whose policy cannot be read keeps everythin
 it deletes before deleting it (`dgrpo.runtime.pruned`), so `verify` and `lineage` report those objects as pruned.
 """
 
-import re
 from dataclasses import dataclass, field
 
+from dgrpo.runs import keys
+from dgrpo.runs.archive import known_runs, read_raw, run_record_keys
+from dgrpo.runs.commits import last_commit
+from dgrpo.runs.ownership import read_claim
+from dgrpo.runs.segments import read_chain
 from dgrpo.runtime.pruned import write_record
 from dgrpo.runtime.verify import refs_in
-from dgrpo.stages.shared.commits import last_commit
-from dgrpo.stages.shared.ownership import read_claim, read_json, run_key
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -24,8 +26,6 @@ PRUNABLE_KINDS = frozenset({"rollouts", "prune_decisions", "scores", "update_met
 """What a round's training leaves that nothing reads once later rounds are committed: the rollout, cluster and
 update tables, and optimizer states other than the ones a resume or a branch starts from. Rewards tables are not
 here: the report's training curve reads every round's (a few KB a round)."""
-_EVENT = re.compile(r"^runs/[^/]+/events/[^/]+\.json$")
-_COMMIT = re.compile(r"^runs/[^/]+/commits/[^/]+\.json$")
 
 
 @dataclass
@@ -68,17 +68,17 @@ class GcPlan:
 def run_policy(store: ArtifactStore, run_id: str) -> int | None:
     """`retention.keep_rounds` of the config the run trains (its claim's, else its chain record's); None when it
     keeps everything or its config cannot be read."""
-    claim = read_claim(store, run_id) or read_json(store, run_key(run_id, "chain.json")) or {}
-    if not claim.get("config_sha256"):
+    record = read_claim(store, run_id) or read_chain(store, run_id)
+    if record is None or not record.config_sha256:
         return None
     try:
-        return load_config(store, claim["config_sha256"]).retention.keep_rounds
+        return load_config(store, record.config_sha256).retention.keep_rounds
     except (StoreError, ValueError):
         return None
 
 
 def run_ids(store: ArtifactStore) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("runs") if k.count("/") >= 2})
+    return known_runs(store)
 
 
 def classify(store: ArtifactStore, run_id: str, keep_rounds: int | None) -> RunRetention:
@@ -86,12 +86,12 @@ def classify(store: ArtifactStore, run_id: str, keep_rounds: int | None) -> RunR
     out = RunRetention(run_id, keep_rounds)
     last = last_commit(store, run_id)
     if keep_rounds is not None and last is not None:
-        out.first_kept = int(last["round"]) - keep_rounds + 1
-    for key in store.list(run_key(run_id, "")):
-        if not key.endswith(".json") or key.startswith(run_key(run_id, "pruned/")):
+        out.first_kept = last.round - keep_rounds + 1
+    for key in run_record_keys(store, run_id):
+        if key.startswith(keys.pruned_prefix(run_id) + "/"):
             continue
         try:
-            data = store.get_json(key)
+            data = read_raw(store, key)
         except ValueError as exc:  # a record gc cannot read may name anything: keep the store as it is
             raise StoreError(f"{key} in {store.uri}: corrupt, not JSON ({exc}); gc reads every run record") from exc
         _split(out, key, data)
@@ -103,21 +103,22 @@ def _split(out: RunRetention, key: str, data: object) -> None:
     """Add what record `key` names to `out.kept`, or to `out.prunable` where it is an old round's prunable output."""
     old = (out.first_kept is not None and isinstance(data, dict) and isinstance(data.get("round"), int)
            and data["round"] < out.first_kept)
-    if old and _EVENT.match(key) and data.get("stage") != "evaluate":
+    if old and keys.is_event_key(key) and data.get("stage") != "evaluate":
         for ref in refs_in(data.get("outputs")):
             if ref.kind in PRUNABLE_KINDS:
                 out.prunable.setdefault(ref.sha256, (ref, data["round"]))
             else:
                 out.kept.add(ref.sha256)
         return
-    keep_state = not (old and _COMMIT.match(key))  # an old commit keeps its adapter, not its optimizer state
+    # an old commit keeps its adapter, not its optimizer state
+    keep_state = not (old and keys.commit_round_of(key) is not None)
     out.kept |= {ref.sha256 for ref in refs_in(data) if keep_state or ref.kind not in PRUNABLE_KINDS}
 
 
 def plan_gc(store: ArtifactStore, run_id: str, keep_rounds: int | None = None) -> GcPlan:
     """What gc of `run_id` deletes under `keep_rounds` (default: the run's own policy): its prunable objects that
     no run in the store keeps and that are still there."""
-    if not store.list(run_key(run_id, "")):
+    if not store.list(keys.run_key(run_id, "")):
         raise StoreError(f"run {run_id!r}: no records under runs/{run_id}/ in {store.uri}")
     keep_rounds = run_policy(store, run_id) if keep_rounds is None else keep_rounds
     target = classify(store, run_id, keep_rounds)

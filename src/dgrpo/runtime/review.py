@@ -5,11 +5,16 @@ evaluate stage and its models: a task is a process (a pod on a cluster), and its
 """
 
 from dgrpo.config import GuardRails
+from dgrpo.runs import keys
+from dgrpo.runs.commits import read_commit
+from dgrpo.runs.evaluations import evaluations as eval_records
+from dgrpo.runs.evaluations import event_keys, read_event_at, write_best
+from dgrpo.runs.records import BestRecord
+from dgrpo.runs.segments import write_stop
 from dgrpo.runtime import chain, report
-from dgrpo.runtime.segment import RoundState, stop_key
+from dgrpo.runtime.segment import RoundState
 from dgrpo.stages.evaluate import run_evaluate
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.stages.shared.ownership import now, read_json, run_key
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 
@@ -30,8 +35,8 @@ def evaluated_round(state: RoundState, after_update: bool) -> int:
 
 
 def evaluations(store: ArtifactStore, run_id: str) -> list[dict]:
-    return [{"round": e["round"], "metrics": e["metrics"]}
-            for e in (store.get_json(k) for k in store.list(run_key(run_id, "eval")))]
+    """The evaluations as the guard rails read them (`chain.best_evaluation`): round and metrics."""
+    return [{"round": e.round, "metrics": e.metrics} for e in eval_records(store, run_id)]
 
 
 def review_evaluations(ctx: StageContext) -> chain.Stop | None:
@@ -39,16 +44,15 @@ def review_evaluations(ctx: StageContext) -> chain.Stop | None:
     rules, evals = ctx.config.pipeline.guard_rails, evaluations(ctx.store, ctx.run_id)
     best = chain.best_evaluation(rules, evals)
     if best is not None:
-        commit = read_json(ctx.store, run_key(ctx.run_id, f"commits/r{best['round'] - 1:06d}.json")) \
-            if best["round"] > 0 else None
-        ctx.store.put_json(run_key(ctx.run_id, "best.json"), {
-            "metric": rules.best_metric, "mode": rules.best_mode, "value": best["metrics"][rules.best_metric],
-            "round": best["round"], "adapter": commit["adapter"] if commit else None,
-            "optimizer_state": commit["optimizer_state"] if commit else None,
-            "ema": ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, "at": now()})
+        commit = read_commit(ctx.store, ctx.run_id, best["round"] - 1) if best["round"] > 0 else None
+        write_best(ctx.store, ctx.run_id, BestRecord(
+            metric=rules.best_metric, mode=rules.best_mode, value=best["metrics"][rules.best_metric],
+            round=best["round"], adapter=commit.adapter if commit else None,
+            optimizer_state=commit.optimizer_state if commit else None,
+            ema=ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, at=keys.now()))
     stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals))
     if stop is not None:
-        ctx.store.put_json(stop_key(ctx.run_id), stop.to_dict() | {"at": now()})
+        write_stop(ctx.store, ctx.run_id, stop.record(at=keys.now()))
     return stop
 
 
@@ -57,6 +61,6 @@ def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[dict]) -
     if rules.hacking_evaluations is None or len(evals) <= rules.hacking_evaluations:
         return {}
     first = evals[-(rules.hacking_evaluations + 1)]["round"]
-    keys = [k for k in ctx.store.list(run_key(ctx.run_id, "events")) if "-reward" in k.rsplit("/", 1)[-1]
-            and int(k.rsplit("/r", 1)[-1][:4]) >= first]
-    return report.round_means([ctx.store.get_json(k) for k in keys])
+    found = [k for k in event_keys(ctx.store, ctx.run_id)
+             if keys.event_stage(k) == "reward" and keys.event_round(k) >= first]
+    return report.round_means([read_event_at(ctx.store, k) for k in found])

@@ -11,33 +11,44 @@ state; a lease whose holder's KFP run finished without its exit task is broken b
 """
 
 import contextlib
-import datetime
 import json
 import logging
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
 from dgrpo.registry import RegistryError, last_line, plugin_of
-from dgrpo.runtime import chain, kfp_rest, tracking
-from dgrpo.runtime.redaction import redact_secrets
-from dgrpo.stages.shared.commits import ref_dict, ref_of, trained_state
-from dgrpo.stages.shared.context import StageContext
-from dgrpo.stages.shared.ownership import (
+from dgrpo.runs.commits import has_commits, trained_state
+from dgrpo.runs.evaluations import has_evaluation
+from dgrpo.runs.keys import eval_key, now, run_key, validate_run_id
+from dgrpo.runs.ownership import (
     OwnershipError,
     acquire_lease,
     break_lease,
     check_lease,
-    now,
     read_claim,
-    read_json,
     read_lease,
     release_lease,
-    run_key,
-    validate_run_id,
 )
+from dgrpo.runs.record import ref_dict, ref_of
+from dgrpo.runs.records import ChainRecord, ErrorRecord, LeaseBreak, SegmentRecord, StatusRecord, StopRecord
+from dgrpo.runs.segments import (
+    create_segment,
+    create_stop,
+    errors,
+    read_chain,
+    read_segment,
+    read_stop,
+    segment_count,
+    segments,
+    write_error,
+    write_segment,
+    write_status,
+)
+from dgrpo.runtime import chain, kfp_rest, tracking
+from dgrpo.runtime.redaction import redact_secrets
+from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactRef, ArtifactStore
 
@@ -111,14 +122,6 @@ class RoundState:
             raise ValueError(f"{source}: not a dgrpo round state ({exc})") from exc
 
 
-def segment_key(run_id: str, n: int) -> str:
-    return run_key(run_id, f"segments/s{n:04d}.json")
-
-
-def stop_key(run_id: str) -> str:
-    return run_key(run_id, "stop.json")
-
-
 def context(store: ArtifactStore, state: RoundState) -> StageContext:
     """The stage context of a task of `state`'s segment: its config from the store, the lease to commit under."""
     return StageContext(load_config(store, state.config_sha256), store, state.run_id, lease=state.holder)
@@ -140,22 +143,16 @@ def record_error(store: ArtifactStore, run_id: str, task: str, exc: BaseExceptio
         text = (f"PluginError: stage {task}" + (f" of round {round_index}" if round_index is not None else "")
                 + f": the {plugin.kind} plug-in {plugin.path!r} (config field '{plugin.config_field}') failed: "
                 + last_line(own))
-    if permanent and not store.list(run_key(run_id, "commits")):
+    if permanent and not has_commits(store, run_id):
         text += (f" [nothing is committed: fix it, then run again with the same run id {run_id!r}, or resume it "
                  f"with the fix (--resume {run_id})]")
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    store.put_json(run_key(run_id, f"errors/{stamp}-{uuid.uuid4().hex[:8]}.json"),
-                   {"task": task, "segment": segment, "round": round_index, "error": redact_secrets(text),
-                    "permanent": permanent, "at": now()})
+    write_error(store, run_id, ErrorRecord(task=task, segment=segment, round=round_index,
+                                           error=redact_secrets(text), permanent=permanent, at=now()))
 
 
-def errors(store: ArtifactStore, run_id: str) -> list[dict]:
-    return [store.get_json(k) for k in store.list(run_key(run_id, "errors"))]
-
-
-def root_error(errs: list[dict]) -> dict | None:
+def root_error(errs: list[ErrorRecord]) -> ErrorRecord | None:
     """The error that ended a segment: the last one, but not a later round's refusal to run after it."""
-    causes = [e for e in errs if not e["error"].startswith(RoundOrderError.__name__)]
+    causes = [e for e in errs if not e.error.startswith(RoundOrderError.__name__)]
     return (causes or errs or [None])[-1]
 
 
@@ -172,17 +169,17 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
     if claim is None:
         raise OwnershipError(f"fine-tune {run_id!r} was never started in {store.uri} (no claim): start it with "
                              "`dgrpo run` or `dgrpo submit`, which claim the run id")
-    if claim.get("recipe_sha256") != config.recipe_sha256():
-        raise OwnershipError(f"fine-tune {run_id!r} trains recipe {claim.get('recipe_sha256', '?')[:12]}, this run's "
+    if claim.recipe_sha256 != config.recipe_sha256():
+        raise OwnershipError(f"fine-tune {run_id!r} trains recipe {claim.recipe_sha256[:12]}, this run's "
                              f"config has recipe {config.recipe_sha256()[:12]}: resume it with its own recipe")
     held = read_lease(store, run_id)
-    if kfp_run_id and held and held.get("kfp_run_id") == kfp_run_id:  # a retry of this task: its own segment
-        record = read_json(store, segment_key(run_id, held["segment"]))
+    if kfp_run_id and held and held.kfp_run_id == kfp_run_id:  # a retry of this task: its own segment
+        record = read_segment(store, run_id, held.segment)
         if record is not None:
             start = trained_state(store, run_id)
-            return (RoundState(run_id, config_sha256, record["segment"], held["holder"], record["start_round"],
-                               start.adapter, start.optimizer_state, tuple(record["rounds"])),
-                    record["start_round"] == 0 and not store.exists(eval_key(run_id, 0)))
+            return (RoundState(run_id, config_sha256, record.segment, held.holder, record.start_round,
+                               start.adapter, start.optimizer_state, tuple(record.rounds)),
+                    record.start_round == 0 and not has_evaluation(store, run_id, 0))
     unchecked = ""
     if held is not None:
         try:
@@ -190,12 +187,11 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
         except kfp_rest.KfpApiError as exc:  # the holder cannot be checked: its lease stands
             unchecked = f" (its KFP run could not be checked: {exc})"
     start = trained_state(store, run_id)
-    if start.next_round >= config.rounds or store.exists(stop_key(run_id)):
+    if start.next_round >= config.rounds or read_stop(store, run_id) is not None:
         return RoundState(run_id, config_sha256, 0, "", start.next_round, start.adapter, start.optimizer_state), False
-    n = len(store.list(run_key(run_id, "segments"))) + 1
+    n = segment_count(store, run_id) + 1
     try:
-        lease = acquire_lease(store, run_id, {"segment": n, "kfp_run_id": kfp_run_id,
-                                              "start_round": start.next_round})
+        lease = acquire_lease(store, run_id, segment=n, kfp_run_id=kfp_run_id, start_round=start.next_round)
     except OwnershipError as exc:
         if not unchecked and _scheduled(store, run_id):
             log.info("fine-tune %s: %s; this scheduled run has nothing to do", run_id, exc)
@@ -204,29 +200,29 @@ def open_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_
         raise OwnershipError(f"{exc}{unchecked}") from None
     start = trained_state(store, run_id)  # read again under the lease: a segment may have finished meanwhile
     rounds = tuple(range(start.next_round, min(start.next_round + config.pipeline.rounds_per_run, config.rounds)))
-    record = {"segment": n, "kfp_run_id": kfp_run_id, "holder": lease["holder"], "start_round": start.next_round,
-              "rounds": list(rounds), "config_sha256": config_sha256, "started_at": now(), "state": "running"}
-    if not store.create_json(segment_key(run_id, n), record):
-        release_lease(store, run_id, lease["holder"])
+    record = SegmentRecord(segment=n, kfp_run_id=kfp_run_id, holder=lease.holder, start_round=start.next_round,
+                           rounds=list(rounds), config_sha256=config_sha256, started_at=now(), state="running")
+    if not create_segment(store, run_id, record):
+        release_lease(store, run_id, lease.holder)
         raise OwnershipError(f"fine-tune {run_id!r}: segment {n} was recorded by another writer")
-    base_due = start.next_round == 0 and 0 in config.eval_rounds() and not store.exists(eval_key(run_id, 0))
-    return RoundState(run_id, config_sha256, n, lease["holder"], start.next_round, start.adapter,
+    base_due = start.next_round == 0 and 0 in config.eval_rounds() and not has_evaluation(store, run_id, 0)
+    return RoundState(run_id, config_sha256, n, lease.holder, start.next_round, start.adapter,
                       start.optimizer_state, rounds), base_due
 
 
 def _scheduled(store: ArtifactStore, run_id: str) -> bool:
     """Whether recurring runs drive or watch the chain (`dgrpo schedule`)."""
-    record = read_json(store, run_key(run_id, "chain.json")) or {}
-    return record.get("mode") == "schedule" or bool((record.get("kfp") or {}).get("watchdog_cron"))
+    record = read_chain(store, run_id)
+    return record is not None and record.scheduled
 
 
 def begin_round(store: ArtifactStore, segment: RoundState, round_index: int) -> RoundState:
     """The state round `round_index` trains from, if it is the fine-tune's next round and the segment may train."""
     check_lease(store, segment.run_id, segment.holder)
-    stop = read_json(store, stop_key(segment.run_id))
+    stop = read_stop(store, segment.run_id)
     if stop is not None:
         raise ChainStopped(f"fine-tune {segment.run_id!r} stopped before round {round_index}: "
-                           f"{chain.stop_label(stop)}: {stop['message']}")
+                           f"{chain.stop_label(stop.rule)}: {stop.message}")
     state = trained_state(store, segment.run_id)
     if state.next_round != round_index:
         raise RoundOrderError(f"fine-tune {segment.run_id!r}: round {round_index} is not the next uncommitted round "
@@ -236,17 +232,9 @@ def begin_round(store: ArtifactStore, segment: RoundState, round_index: int) -> 
                       state.adapter, state.optimizer_state, (round_index,), round_index + 1 in config.eval_rounds())
 
 
-def eval_key(run_id: str, completed: int) -> str:
-    return run_key(run_id, f"eval/r{completed:04d}.json")
-
-
-def own_segment(store: ArtifactStore, run_id: str, kfp_run_id: str) -> dict | None:
+def own_segment(store: ArtifactStore, run_id: str, kfp_run_id: str) -> SegmentRecord | None:
     """The segment record opened by KFP run `kfp_run_id` (None: the run opened none)."""
-    for key in reversed(store.list(run_key(run_id, "segments"))):
-        record = store.get_json(key)
-        if record.get("kfp_run_id") == kfp_run_id:
-            return record
-    return None
+    return next((r for r in reversed(segments(store, run_id)) if r.kfp_run_id == kfp_run_id), None)
 
 
 def _failures_in_a_row(store: ArtifactStore, run_id: str, n: int, failed: bool, progress: int) -> int:
@@ -256,14 +244,14 @@ def _failures_in_a_row(store: ArtifactStore, run_id: str, n: int, failed: bool, 
     if progress > 0:
         return count
     for m in range(n - 1, 0, -1):
-        earlier = read_json(store, segment_key(run_id, m)) or {}
-        if earlier.get("state") != "failed" or earlier.get("progress", 0) > 0:
+        earlier = read_segment(store, run_id, m)
+        if earlier is None or earlier.state != "failed" or (earlier.progress or 0) > 0:
             break
         count += 1
     return count
 
 
-Submitter = Callable[[dict, RoundState], str]
+Submitter = Callable[[ChainRecord, RoundState], str]
 """Submits the next segment of a chain record (`runs/<id>/chain.json`); returns its KFP run id."""
 
 
@@ -274,22 +262,22 @@ class SegmentEnd:
     error: str = ""
     segment: int = 0
     next_kfp_run_id: str = ""
-    status: dict = field(default_factory=dict)
+    status: StatusRecord | None = None
 
 
-def outstanding_errors(errs: list[dict], rounds_done: int) -> list[dict]:
+def outstanding_errors(errs: list[ErrorRecord], rounds_done: int) -> list[ErrorRecord]:
     """The errors of a segment that its later work did not get past: any evaluation's (its result is missing), any
     without a round, and a round's stage whose round is still uncommitted. A stage that failed and then succeeded
     on a retry of its task (set_retry) left an error behind a committed round: it does not count."""
-    return [e for e in errs if e.get("task") == "evaluate" or e.get("round") is None or e["round"] >= rounds_done]
+    return [e for e in errs if e.task == "evaluate" or e.round is None or e.round >= rounds_done]
 
 
 def record_termination(store: ArtifactStore, run_id: str, kfp_run_id: str, kfp_state: str, rounds_done: int) -> None:
     """A run an operator terminated is a stop, not a failure to retry: a stop record (unless one exists, e.g. the
     one `dgrpo stop --now` wrote first), lifted by a resume like any other."""
-    store.create_json(stop_key(run_id), {
-        "rule": "terminated", "round": rounds_done, "values": {"kfp_run_id": kfp_run_id, "kfp_state": kfp_state},
-        "message": f"KFP run {kfp_run_id or '-'} was terminated ({kfp_state})", "at": now()})
+    create_stop(store, run_id, StopRecord(
+        rule="terminated", round=rounds_done, values={"kfp_run_id": kfp_run_id, "kfp_state": kfp_state},
+        message=f"KFP run {kfp_run_id or '-'} was terminated ({kfp_state})", at=now()))
 
 
 def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_run_id: str, final_state: str,
@@ -310,98 +298,102 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
     if final_state in kfp_rest.TERMINATED_STATES:
         record_termination(store, run_id, kfp_run_id, final_state, done)
     if record is None:
-        errs = [e for e in errors(store, run_id) if e.get("segment") is None]
-        return SegmentEnd(None, errs[-1]["error"] if errs and final_state not in ENDED_WELL_HINT else "")
-    n = record["segment"]
-    if record.get("finished_at"):  # a retry of this exit task: its first try's outcome stands
-        decision = chain.Decision(record["decision"]["action"], record["decision"]["reason"])
-        error, done = record.get("error", ""), record["start_round"] + record["progress"]
+        errs = [e for e in errors(store, run_id) if e.segment is None]
+        return SegmentEnd(None, errs[-1].error if errs and final_state not in ENDED_WELL_HINT else "")
+    n = record.segment
+    if record.finished_at:  # a retry of this exit task: its first try's outcome stands
+        ended = record.ended
+        decision = chain.Decision(ended.action, ended.reason)
+        error, done = record.error or "", record.start_round + (record.progress or 0)
     else:
         decision, error = _decide(store, run_id, config, record, done, final_state)
-        record |= {"state": "failed" if error else "succeeded", "finished_at": now(), "progress": done -
-                   record["start_round"], "error": error, "kfp_final_state": final_state,
-                   "decision": {"action": decision.action, "reason": decision.reason}}
-        store.put_json(segment_key(run_id, n), record)
-    status = {"state": decision.state, "action": decision.action, "reason": decision.reason, "segment": n,
-              "rounds_done": done, "rounds_total": config.rounds, "at": now()}
-    if not record.get("next_kfp_run_id"):  # else the next segment's status may be newer
-        store.put_json(run_key(run_id, "status.json"), status)
+        record.state, record.finished_at = ("failed" if error else "succeeded"), now()
+        record.progress, record.error, record.kfp_final_state = done - record.start_round, error, final_state
+        record.decision = {"action": decision.action, "reason": decision.reason}
+        write_segment(store, run_id, record)
+    status = StatusRecord(state=decision.state, action=decision.action, reason=decision.reason, segment=n,
+                          rounds_done=done, rounds_total=config.rounds, at=now())
+    if not record.next_kfp_run_id:  # else the next segment's status may be newer
+        write_status(store, run_id, status)
     tracking.log_segment(store, run_id, config)  # MLflow, when tracking.mlflow.enabled; never raises
-    release_lease(store, run_id, record["holder"])
+    release_lease(store, run_id, record.holder)
     end = SegmentEnd(decision, error, n, status=status)
-    chain_record = read_json(store, run_key(run_id, "chain.json")) or {}
-    if decision.submits and submit is not None and chain_record.get("mode") == "kfp" \
-            and not record.get("next_kfp_run_id"):  # a retried exit task does not submit twice
+    chain_record = read_chain(store, run_id)
+    if decision.submits and submit is not None and chain_record is not None and chain_record.mode == "kfp" \
+            and not record.next_kfp_run_id:  # a retried exit task does not submit twice
         state = RoundState(run_id, config_sha256, n + 1, "", done)
         try:
             end.next_kfp_run_id = submit(chain_record, state)
         except Exception as exc:
-            status |= {"state": "failed", "reason": f"{decision.reason}; submitting the next segment failed: {exc}"}
-            store.put_json(run_key(run_id, "status.json"), status)
+            status.state, status.reason = "failed", f"{decision.reason}; submitting the next segment failed: {exc}"
+            write_status(store, run_id, status)
             raise
-        store.put_json(segment_key(run_id, n), record | {"next_kfp_run_id": end.next_kfp_run_id})
+        record.next_kfp_run_id = end.next_kfp_run_id
+        write_segment(store, run_id, record)
     return end
 
 
-def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: dict, done: int, final_state: str
-            ) -> tuple[chain.Decision, str]:
+def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: SegmentRecord, done: int,
+            final_state: str) -> tuple[chain.Decision, str]:
     """The decision after segment `record` and its error ("" when it succeeded), from the store."""
-    n = record["segment"]
-    progress = done - record["start_round"]
-    planned_end = (record["rounds"][-1] + 1) if record["rounds"] else record["start_round"]
-    causes = outstanding_errors([e for e in errors(store, run_id) if e.get("segment") == n], done)
+    n = record.segment
+    progress = done - record.start_round
+    planned_end = (record.rounds[-1] + 1) if record.rounds else record.start_round
+    causes = outstanding_errors([e for e in errors(store, run_id) if e.segment == n], done)
     missing = missing_evaluations(store, run_id, config, record, done)
     failed = done < planned_end or bool(causes) or bool(missing) or (progress == 0 and done < config.rounds)
     cause = root_error(causes) if causes else None
     if not failed:
         error = ""
     elif cause:
-        error = cause["error"]
+        error = cause.error
     elif missing and done >= planned_end and progress > 0:
-        error = (f"no evaluation record eval/r{missing[0]:04d} (a killed pod records no error; KFP's final state: "
-                 f"{final_state})")
+        name = eval_key(run_id, missing[0]).removeprefix(run_key(run_id, "")).removesuffix(".json")
+        error = f"no evaluation record {name} (a killed pod records no error; KFP's final state: {final_state})"
     else:  # too few rounds; a "success" that trained nothing would loop
-        error = (f"committed {progress} of its {len(record['rounds'])} planned rounds (KFP's final state: "
+        error = (f"committed {progress} of its {len(record.rounds)} planned rounds (KFP's final state: "
                  f"{final_state})")
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
                             failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
-                            max_retries=config.pipeline.max_retries, stop=read_json(store, stop_key(run_id)),
-                            error=error, permanent=bool(failed and cause and cause.get("permanent")))
+                            max_retries=config.pipeline.max_retries, stop=read_stop(store, run_id),
+                            error=error, permanent=bool(failed and cause and cause.permanent))
     return decision, error
 
 
-def missing_evaluations(store: ArtifactStore, run_id: str, config: RunConfig, record: dict, done: int) -> list[int]:
+def missing_evaluations(store: ArtifactStore, run_id: str, config: RunConfig, record: SegmentRecord, done: int
+                        ) -> list[int]:
     """Evaluations the segment was to write for its committed rounds (by completed-round count) that are absent:
     an evaluation pod killed (OOM, preemption) records no error."""
-    due = [r + 1 for r in record["rounds"] if r < done and r + 1 in config.eval_rounds()]
-    if record["start_round"] == 0 and 0 in config.eval_rounds():
+    due = [r + 1 for r in record.rounds if r < done and r + 1 in config.eval_rounds()]
+    if record.start_round == 0 and 0 in config.eval_rounds():
         due.insert(0, 0)
-    return [c for c in due if not store.exists(eval_key(run_id, c))]
+    return [c for c in due if not has_evaluation(store, run_id, c)]
 
 
 def break_finished_holder(store: ArtifactStore, run_id: str, by: str,
-                          lookup: kfp_rest.RunStateLookup | None = None) -> dict | None:
+                          lookup: kfp_rest.RunStateLookup | None = None) -> LeaseBreak | None:
     """Break the lease of a segment whose KFP run finished without its exit task giving the lease back (a run
     terminated in the UI, an exit pod that never started, its retries spent): record that segment's end as its
     exit task would have, without submitting (the caller goes on), and who broke the lease and why. Returns the
     break record; None when no lease is held, its holder's run is not known to be over, or the chain is not on
     KFP. KfpApiError when the KFP API cannot say."""
     lease = read_lease(store, run_id)
-    if lease is None or not lease.get("kfp_run_id"):
+    if lease is None or not lease.kfp_run_id:
         return None
-    lookup = lookup or kfp_rest.run_state_lookup(read_json(store, run_key(run_id, "chain.json")) or {})
+    lookup = lookup or kfp_rest.run_state_lookup(read_chain(store, run_id))
     if lookup is None:
         return None
-    kfp_state = lookup(lease["kfp_run_id"])
+    kfp_state = lookup(lease.kfp_run_id)
     if kfp_state not in kfp_rest.FINISHED_STATES:
         return None
-    broken = break_lease(store, run_id, lease["holder"], by=by,
-                         reason=f"its KFP run {lease['kfp_run_id']} is {kfp_state} and its exit task did not "
+    broken = break_lease(store, run_id, lease.holder, by=by,
+                         reason=f"its KFP run {lease.kfp_run_id} is {kfp_state} and its exit task did not "
                                 "release the lease")
     if broken is None:  # released meanwhile
         return None
-    record = read_json(store, segment_key(run_id, lease.get("segment", 0))) or {}
-    if record.get("holder") == lease["holder"] and not record.get("finished_at"):
+    record = read_segment(store, run_id, lease.segment)
+    if record is not None and record.holder == lease.holder and not record.finished_at:
         with contextlib.suppress(FileNotFoundError):  # a config no longer in the store: the break stands alone
-            finish_segment(store, run_id, record["config_sha256"], lease["kfp_run_id"], kfp_state)
-    return broken | {"kfp_state": kfp_state}
+            finish_segment(store, run_id, record.config_sha256, lease.kfp_run_id, kfp_state)
+    broken.extra["kfp_state"] = kfp_state
+    return broken

@@ -14,11 +14,12 @@ and recorded (`dgrpo.runtime.pruned`) is listed as pruned, not missing; its line
 """
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from dgrpo import lineage
+from dgrpo.runs import keys
+from dgrpo.runs.archive import read_raw, run_record_keys
 from dgrpo.runtime.pruned import PrunedObject, pruned_index
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -31,7 +32,6 @@ _NO_ROUND = {"base_model": "base_model", "config": "config"}
 _ROUNDLESS_BYTES = {"eval_grid"}
 """Kinds whose bytes do not hold their round (an evaluation grid is pixels only): a model that did not change draws
 the same grid, and its content-addressed lineage record names the evaluation that drew it first."""
-_COMMIT = re.compile(r"/commits/r(\d+)\.json$")
 
 
 @dataclass
@@ -92,18 +92,18 @@ def describe(rec: lineage.LineageRecord) -> str:
 def verify_run(store: ArtifactStore, run_id: str) -> Verification:
     """Check every object and lineage record the run's records lead to, their provenance, and the chain of its
     commits."""
-    keys = [k for k in store.list(f"runs/{run_id}") if k.endswith(".json")]
-    if not keys:
-        raise StoreError(f"run {run_id!r}: no records under runs/{run_id}/ in {store.uri}")
+    found = run_record_keys(store, run_id)
+    if not found:
+        raise StoreError(f"run {run_id!r}: no records under {keys.run_key(run_id, '')} in {store.uri}")
     out = Verification(run_id)
     pruned = pruned_index(store)
     roots: dict[str, ArtifactRef] = {}
     named_by: dict[str, str] = {}
     """Who names each artifact first: a run record's key, or a lineage record and its input's name."""
     run_records: dict[str, Any] = {}
-    for key in keys:
+    for key in found:
         try:
-            data = store.get_json(key)
+            data = read_raw(store, key)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             out.problems.append(f"{key}: corrupt, not JSON ({exc})")
             continue
@@ -143,7 +143,8 @@ def verify_run(store: ArtifactStore, run_id: str) -> Verification:
     known = {sha: rec for sha, rec in records.items() if rec is not None}
     out.problems += _input_problems(known)
     out.problems += _run_record_problems(run_records, known)
-    commits = {key: data for key, data in run_records.items() if _COMMIT.search(key) and isinstance(data, dict)}
+    commits = {key: data for key, data in run_records.items()
+               if keys.commit_round_of(key) is not None and isinstance(data, dict)}
     out.problems += _commit_chain_problems(commits, known, run_id)
     out.problems += _gap_problems(commits, run_records, run_id)
     return out
@@ -195,7 +196,7 @@ def _run_record_problems(run_records: dict[str, Any], records: dict[str, lineage
     """A stage event's outputs were written by that stage in that round, as its lineage records say."""
     problems = []
     for key, data in run_records.items():
-        if "/events/" not in key or not isinstance(data, dict) or not isinstance(data.get("outputs"), dict):
+        if not keys.is_event_key(key) or not isinstance(data, dict) or not isinstance(data.get("outputs"), dict):
             continue
         for name, ref in sorted(data["outputs"].items()):
             rec = records.get(ref.get("sha256")) if isinstance(ref, dict) else None
@@ -220,7 +221,7 @@ def _commit_chain_problems(commits: dict[str, dict], records: dict, run_id: str)
             continue
         if commit.get("run_id") != run_id:
             problems.append(f"{key}: commit of run {commit.get('run_id')!r}, found under run {run_id!r}")
-        if int(_COMMIT.search(key)[1]) != round_index:
+        if keys.commit_round_of(key) != round_index:
             problems.append(f"{key}: holds the commit of round {round_index}")
         rec = records.get(adapter)
         state = records.get((commit.get("optimizer_state") or {}).get("sha256"))
@@ -245,21 +246,21 @@ def _gap_problems(commits: dict[str, dict], run_records: dict[str, Any], run_id:
 
     A commit record deleted from the middle leaves a gap; one deleted from the end is missed by the segment that
     committed it (its `start_round` + `progress`) or by an evaluation taken after it."""
-    claim = run_records.get(f"runs/{run_id}/claim.json")
+    claim = run_records.get(keys.claim_key(run_id))
     base = claim.get("base") if isinstance(claim, dict) else None
     first = int(base["round"]) + 1 if isinstance(base, dict) and "round" in base else 0
-    committed = {int(m[1]) for key in commits if (m := _COMMIT.search(key))}
+    committed = {r for key in commits if (r := keys.commit_round_of(key)) is not None}
     done: dict[int, str] = {}
     """The rounds that other records say were committed, with the record that says so."""
     for key, data in sorted(run_records.items()):
         if not isinstance(data, dict):
             continue
-        if ("/segments/" in key and data.get("finished_at") and isinstance(data.get("progress"), int)
+        if (keys.is_segment_key(key) and data.get("finished_at") and isinstance(data.get("progress"), int)
                 and isinstance(data.get("start_round"), int)):
             for r in range(int(data["start_round"]), int(data["start_round"]) + data["progress"]):
                 done.setdefault(r, f"{key} (segment {data.get('segment')}, {data['progress']} rounds from round "
                                    f"{data['start_round']})")
-        elif "/eval/" in key and isinstance(data.get("round"), int) and data["round"] > 0:
+        elif keys.is_eval_key(key) and isinstance(data.get("round"), int) and data["round"] > 0:
             done.setdefault(data["round"] - 1, f"{key} (the evaluation after round {data['round'] - 1})")
     last = max(committed | set(done), default=first - 1)
     problems = []
@@ -267,8 +268,8 @@ def _gap_problems(commits: dict[str, dict], run_records: dict[str, Any], run_id:
         if r not in committed:
             why = (f"{done[r]} says it was committed" if r in done else
                    f"round {last} is {'committed' if last in committed else 'done'}")
-            problems.append(f"runs/{run_id}/commits: no commit record of round {r} (commits run without a gap from "
-                            f"round {first}); {why}")
-    problems += [f"runs/{run_id}/commits/r{r:06d}.json: round {r} is before the fine-tune's first round {first}"
+            problems.append(f"{keys.commits_prefix(run_id)}: no commit record of round {r} (commits run without a "
+                            f"gap from round {first}); {why}")
+    problems += [f"{keys.commit_key(run_id, r)}: round {r} is before the fine-tune's first round {first}"
                  for r in sorted(committed) if r < first]
     return problems

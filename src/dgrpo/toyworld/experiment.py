@@ -35,6 +35,9 @@ import pyarrow.compute as pc
 from dgrpo.config import RunConfig, config_from_json, load_config
 from dgrpo.contracts import REWARDS, SCORES
 from dgrpo.files import atomic_write_bytes, atomic_write_text
+from dgrpo.runs.evaluations import has_evaluation, read_evaluation
+from dgrpo.runs.exchange import experiment_wall_seconds, put_experiment_wall
+from dgrpo.runs.records import Event
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.report.summary import load_events
 from dgrpo.stages.shared.context import StageContext
@@ -170,10 +173,12 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     (`favoured_share`: the share of quadrant `favoured`)."""
     rows = []
     for r in rounds:
-        record = store.get_json(f"runs/{run_id}/eval/r{r:04d}.json")
+        record = read_evaluation(store, run_id, r)
+        if record is None:
+            raise FileNotFoundError(f"run {run_id}: no evaluation of round {r} in {store.uri}")
         row: dict = {"arm": arm, "seed": seed, "round": r}
         for split in SPLITS:
-            prompts = [p for p in record["per_prompt"] if p["held_out"] == (split == "heldout")]
+            prompts = [p for p in record.per_prompt if p["held_out"] == (split == "heldout")]
             for m in METRICS:
                 values = [p["mode_shares"][favoured] if m == "favoured_share" else p.get(m, math.nan)
                           for p in prompts]
@@ -182,7 +187,7 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     return rows
 
 
-def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict],
+def rollout_signal(store: ArtifactStore, run_id: str, events: list[Event],
                    favoured: int) -> dict[int, tuple[float, ...]]:
     """Per training round of the run's `events` (`load_events`), the `SIGNAL` values: pooled over its prompt
     groups, the share of the final reward's in-group variance between the quadrants (eta squared) and the share the
@@ -195,9 +200,9 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[dict],
     """
     by_round: dict[int, dict[str, list[ArtifactRef]]] = {}
     for event in events:
-        if event["stage"] in ("reward", "cluster"):
-            out = event["outputs"]["rewards" if event["stage"] == "reward" else "scores"]
-            by_round.setdefault(event["round"], {}).setdefault(event["stage"], []).append(ArtifactRef(**out))
+        if event.stage in ("reward", "cluster"):
+            out = event.output("rewards" if event.stage == "reward" else "scores")
+            by_round.setdefault(event.round, {}).setdefault(event.stage, []).append(out)
     signal = {}
     for rnd, refs in sorted(by_round.items()):
         if set(refs) != {"reward", "cluster"}:
@@ -258,18 +263,15 @@ def with_signal(rows: list[dict], signal: dict[int, tuple[float, ...]]) -> list[
     return rows
 
 
-def wall_key(run_id: str) -> str:
-    return f"runs/{run_id}/experiment-wall.json"
-
-
-def cost_of(store: ArtifactStore, run_id: str, events: list[dict]) -> dict[str, float]:
+def cost_of(store: ArtifactStore, run_id: str, events: list[Event]) -> dict[str, float]:
     """The run's `COST`: NFEs from its rollout `events` (`load_events`); wall time as the experiment recorded it
     (nan for a run trained by a version that did not record it)."""
     per_round: dict[int, float] = {}
     for event in events:
-        if event["stage"] == "rollout":
-            per_round[event["round"]] = per_round.get(event["round"], 0.0) + event["metrics"]["nfe"]
-    wall = store.get_json(wall_key(run_id))["seconds"] if store.exists(wall_key(run_id)) else math.nan
+        if event.stage == "rollout":
+            per_round[event.round] = per_round.get(event.round, 0.0) + event.metrics["nfe"]
+    wall = experiment_wall_seconds(store, run_id)
+    wall = math.nan if wall is None else wall
     return {"rollout_nfe_per_round": float(np.mean(list(per_round.values()))) if per_round else math.nan,
             "wall_s": float(wall)}
 
@@ -511,7 +513,7 @@ def _run_arm(config_json: str, store_root: str, run_id: str, threads: int) -> fl
 
 
 def _finished(store: ArtifactStore, run_id: str, config: RunConfig) -> bool:
-    return store.exists(f"runs/{run_id}/eval/r{config.rounds:04d}.json")
+    return has_evaluation(store, run_id, config.rounds)
 
 
 def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = None, overrides: dict | None = None,
@@ -537,7 +539,8 @@ def run_experiment(config_dir: Path, output: Path, betas: list[float] | None = N
         for future in as_completed(futures):
             name, seed, run_id = futures[future]
             timings[f"{name}-s{seed}"] = future.result()
-            store.put_json(wall_key(run_id), {"seconds": timings[f"{name}-s{seed}"], "jobs": jobs, "threads": threads})
+            put_experiment_wall(store, run_id, {"seconds": timings[f"{name}-s{seed}"], "jobs": jobs,
+                                                "threads": threads})
             log(f"{name:<12} seed {seed}: trained in {timings[f'{name}-s{seed}']:.0f}s "
                 f"({len(timings)}/{len(todo)}, {time.monotonic() - start:.0f}s elapsed)")
     rows, costs = [], {}

@@ -12,6 +12,8 @@ import numpy as np
 from dgrpo import artifacts, lineage
 from dgrpo.config import RunConfig
 from dgrpo.contracts import REWARDS
+from dgrpo.runs.evaluations import read_evaluation
+from dgrpo.runs.records import Event
 from dgrpo.runtime.report.headline import Headline, build_headline, run_config
 from dgrpo.runtime.report.summary import load_events
 from dgrpo.runtime.report.throughput import Throughput, run_throughput
@@ -64,12 +66,12 @@ def load_run(store: ArtifactStore, run_id: str) -> RunData:
     events = load_events(store, run_id)
     if not events:
         raise StoreError(f"run {run_id}: no records under runs/{run_id}/ in {store.uri}")
-    evaluations = _evaluations(store, run_id, [e for e in events if e["stage"] == "evaluate"])
+    evaluations = _evaluations(store, run_id, [e for e in events if e.stage == "evaluate"])
     if not evaluations:
         raise StoreError(f"run {run_id}: no evaluation recorded in {store.uri}")
-    updates = sorted((e for e in events if e["stage"] == "update"), key=lambda e: e["round"])
-    training = _training(store, [e for e in events if e["stage"] == "reward"], {e["round"]: e for e in updates})
-    final = ArtifactRef(**updates[-1]["outputs"]["adapter"]) if updates else None
+    updates = sorted((e for e in events if e.stage == "update"), key=lambda e: e.round)
+    training = _training(store, [e for e in events if e.stage == "reward"], {e.round: e for e in updates})
+    final = updates[-1].output("adapter") if updates else None
     chain = lineage.chain(store, final.sha256) if final else []
     config, config_sha = _config(store, chain)
     config = config or run_config(store, run_id)
@@ -78,21 +80,20 @@ def load_run(store: ArtifactStore, run_id: str) -> RunData:
                    build_headline(store, run_id, [ev.metrics for ev in evaluations], config))
 
 
-def _evaluations(store: ArtifactStore, run_id: str, events: list[dict]) -> list[Evaluation]:
+def _evaluations(store: ArtifactStore, run_id: str, events: list[Event]) -> list[Evaluation]:
     out = []
-    for e in sorted(events, key=lambda e: e["round"]):
-        key = f"runs/{run_id}/eval/r{e['round']:04d}.json"
-        record = store.get_json(key) if store.exists(key) else {"per_prompt": []}
-        out.append(Evaluation(e["round"], e["metrics"], record["per_prompt"], ArtifactRef(**e["outputs"]["grid"]),
-                              record.get("reward", {})))
+    for e in sorted(events, key=lambda e: e.round):
+        record = read_evaluation(store, run_id, e.round)
+        out.append(Evaluation(e.round, e.metrics, record.per_prompt if record else [], e.output("grid"),
+                              (record.reward or {}) if record else {}))
     return out
 
 
-def _training(store: ArtifactStore, reward_events: list[dict], updates: dict[int, dict]) -> list[TrainingRound]:
+def _training(store: ArtifactStore, reward_events: list[Event], updates: dict[int, Event]) -> list[TrainingRound]:
     """Per round: the quality reward's mean over all shards and its mean in-group spread, from the rewards tables."""
     by_round: dict[int, list[ArtifactRef]] = {}
     for e in reward_events:
-        by_round.setdefault(e["round"], []).append(ArtifactRef(**e["outputs"]["rewards"]))
+        by_round.setdefault(e.round, []).append(e.output("rewards"))
     rounds = []
     for r in sorted(by_round):
         tables = [artifacts.read_table(store, ref, REWARDS).select(["group_id", "reward"]) for ref in by_round[r]]
@@ -100,7 +101,7 @@ def _training(store: ArtifactStore, reward_events: list[dict], updates: dict[int
         rewards = np.concatenate([t.column("reward").to_numpy() for t in tables])
         stds = [rewards[groups == g].std() for g in np.unique(groups)]
         rounds.append(TrainingRound(r, float(rewards.mean()), float(np.mean(stds)),
-                                    updates.get(r, {}).get("metrics", {})))
+                                    updates[r].metrics if r in updates else {}))
     return rounds
 
 

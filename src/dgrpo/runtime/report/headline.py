@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from dgrpo.config import RunConfig
 from dgrpo.config import load_config as default_config
-from dgrpo.stages.shared.commits import trained_state
-from dgrpo.stages.shared.ownership import read_json, read_lease, run_key
+from dgrpo.runs.commits import trained_state
+from dgrpo.runs.ownership import read_lease
+from dgrpo.runs.records import SegmentRecord
+from dgrpo.runs.segments import read_chain, read_status, segments
 from dgrpo.stages.shared.run_config import load_config
 from dgrpo.store import ArtifactStore, StoreError
 
@@ -66,7 +68,8 @@ class Headline:
 
 def run_config(store: ArtifactStore, run_id: str) -> RunConfig | None:
     """The run's config, from its chain record (None for a run without one, e.g. stages run by hand)."""
-    sha = (read_json(store, run_key(run_id, "chain.json")) or {}).get("config_sha256")
+    chain = read_chain(store, run_id)
+    sha = chain.config_sha256 if chain is not None else None
     try:
         return load_config(store, sha) if sha else None
     except (StoreError, KeyError, ValueError):
@@ -81,27 +84,26 @@ def method_name(config: RunConfig) -> str:
 def build_headline(store: ArtifactStore, run_id: str, evaluations: list[dict[str, float]],
                    config: RunConfig | None) -> Headline:
     """The headline of `run_id` from its records; `evaluations` are its evaluations' metrics, in round order."""
-    chain = read_json(store, run_key(run_id, "chain.json")) or {}
-    recorded = read_json(store, run_key(run_id, "status.json")) or {}
-    state = "running" if read_lease(store, run_id) else recorded.get("state", "not started")
-    segments = [store.get_json(k) for k in store.list(run_key(run_id, "segments"))]
+    chain, recorded = read_chain(store, run_id), read_status(store, run_id)
+    state = "running" if read_lease(store, run_id) else (recorded.state if recorded else "not started")
+    found = segments(store, run_id)
     engine = "-"
-    if segments:
-        inprocess = str(segments[-1].get("kfp_run_id") or "").startswith("inprocess-")
-        engine = "in-process engine" if inprocess else f"kfp ({chain.get('mode', '?')})"
+    if found:
+        inprocess = (found[-1].kfp_run_id or "").startswith("inprocess-")
+        engine = "in-process engine" if inprocess else f"kfp ({chain.mode if chain else '?'})"
         if config is not None:
             engine += f", {config.pipeline.execution} execution"
-    total = chain.get("rounds", config.rounds if config is not None else None)
+    total = chain.rounds if chain is not None else (config.rounds if config is not None else None)
     verdict_line = verdict(evaluations[0], evaluations[-1]) if evaluations else "no evaluation yet"
     return Headline(method_name(config) if config is not None else "recipe unknown (no chain record)", state,
-                    trained_state(store, run_id).next_round, total, _span(segments, running=state == "running"),
+                    trained_state(store, run_id).next_round, total, _span(found, running=state == "running"),
                     engine, verdict_line)
 
 
-def _span(segments: list[dict], running: bool) -> float | None:
+def _span(segments: list[SegmentRecord], running: bool) -> float | None:
     """Seconds from the first segment's start to the last one's end (to now while running)."""
-    starts = [_time(s.get("started_at")) for s in segments]
-    ends = [_time(s.get("finished_at")) for s in segments]
+    starts = [_time(s.started_at) for s in segments]
+    ends = [_time(s.finished_at) for s in segments]
     starts, ends = [t for t in starts if t], [t for t in ends if t]
     if not starts:
         return None

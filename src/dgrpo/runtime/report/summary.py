@@ -2,6 +2,9 @@
 visualisation), built from the records the stages write in the store."""
 
 
+from dgrpo.runs import evaluations
+from dgrpo.runs.exchange import put_report
+from dgrpo.runs.records import EvalRecord, Event
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
@@ -13,8 +16,8 @@ def evaluation_label(rounds_done: int) -> str:
     return "base" if rounds_done == 0 else f"after round {rounds_done}"
 
 
-def load_events(store: ArtifactStore, run_id: str) -> list[dict]:
-    return [store.get_json(k) for k in store.list(f"runs/{run_id}/events")]
+def load_events(store: ArtifactStore, run_id: str) -> list[Event]:
+    return evaluations.events(store, run_id)
 
 
 def located_uri(store: ArtifactStore, ref: dict | ArtifactRef) -> str:
@@ -33,27 +36,26 @@ def build_report(store: ArtifactStore, run_id: str) -> dict:
     """The run's report, read from its records and written nowhere (`save_report` stores it): `dgrpo report` reads
     a store it may not write, a read-only mount or a copy. Object URIs are where the objects are in `store` now."""
     events = load_events(store, run_id)
-    evals = [e for e in events if e["stage"] == "evaluate"]
+    evals = [e for e in events if e.stage == "evaluate"]
     if not evals:
         raise ValueError(f"run {run_id}: no evaluation recorded in {store.uri}")
-    rewards = round_means([e for e in events if e["stage"] == "reward"])
-    updates = [e for e in events if e["stage"] == "update"]
+    rewards = round_means([e for e in events if e.stage == "reward"])
+    updates = [e for e in events if e.stage == "update"]
     from dgrpo.runtime.report.headline import build_headline, run_config  # headline reads configs: not at import
 
     config = run_config(store, run_id)
-    headline = build_headline(store, run_id, [e["metrics"] for e in evals], config)
-    eval_record = store.get_json(f"runs/{run_id}/eval/r{evals[-1]['round']:04d}.json") \
-        if store.exists(f"runs/{run_id}/eval/r{evals[-1]['round']:04d}.json") else {}
+    headline = build_headline(store, run_id, [e.metrics for e in evals], config)
+    eval_record = evaluations.read_evaluation(store, run_id, evals[-1].round)
     report = {
         "run_id": run_id, "store": store.uri, "headline": headline.line(), "verdict": headline.verdict,
         "rewards": {"training": config.reward.name if config is not None else None,
-                    "evaluation": eval_record.get("reward")},
-        "evaluations": [{"round": e["round"], **e["metrics"], "grid": located_uri(store, e["outputs"]["grid"])}
+                    "evaluation": eval_record.reward if eval_record else None},
+        "evaluations": [{"round": e.round, **e.metrics, "grid": located_uri(store, e.output("grid"))}
                         for e in evals],
         "training_reward_by_round": rewards,
-        "first": {"round": evals[0]["round"], **evals[0]["metrics"]},
-        "last": {"round": evals[-1]["round"], **evals[-1]["metrics"]},
-        "final_adapter": _located(store, updates[-1]["outputs"]["adapter"]) if updates else None,
+        "first": {"round": evals[0].round, **evals[0].metrics},
+        "last": {"round": evals[-1].round, **evals[-1].metrics},
+        "final_adapter": _located(store, updates[-1].outputs["adapter"]) if updates else None,
     }
     return report
 
@@ -65,18 +67,16 @@ def _located(store: ArtifactStore, ref: dict) -> dict:
 def save_report(store: ArtifactStore, run_id: str, report: dict) -> str:
     """Store the report as `runs/<run>/report.json` and `report.md` (by the run, which owns its store); returns
     the markdown's key."""
-    store.put_json(f"runs/{run_id}/report.json", report)
-    store.put_text(f"runs/{run_id}/report.md", format_report(report))
-    return f"runs/{run_id}/report.md"
+    return put_report(store, run_id, data=report, markdown=format_report(report))
 
 
-def round_means(reward_events: list[dict]) -> dict[int, float]:
+def round_means(reward_events: list[Event]) -> dict[int, float]:
     """Mean training reward per round, weighting a sharded round's shards by their sample counts."""
     sums: dict[int, list[float]] = {}
     for e in reward_events:
-        n = e["metrics"].get("samples", 1.0)
-        acc = sums.setdefault(e["round"], [0.0, 0.0])
-        acc[0] += e["metrics"]["reward_mean"] * n
+        n = e.metrics.get("samples", 1.0)
+        acc = sums.setdefault(e.round, [0.0, 0.0])
+        acc[0] += e.metrics["reward_mean"] * n
         acc[1] += n
     return {r: total / n for r, (total, n) in sums.items()}
 
@@ -120,27 +120,27 @@ def summary_lines(report: dict) -> list[str]:
 SPLIT_COLUMNS = (("all prompts", ""), ("held-out", "heldout_"), ("training", "train_"))
 
 
-def evaluation_markdown(record: dict) -> str:
-    """One evaluation (its record `runs/<run>/eval/r<round>.json`) as Markdown: the measures by prompt split, then
-    per prompt, and which reward scored it."""
-    metrics = record["metrics"]
+def evaluation_markdown(record: EvalRecord) -> str:
+    """One evaluation (`dgrpo.runs.evaluations`) as Markdown: the measures by prompt split, then per prompt, and
+    which reward scored it."""
+    metrics = record.metrics
     keys = [k for k in SHOWN if k in metrics]
     splits = [(name, prefix) for name, prefix in SPLIT_COLUMNS if any(prefix + k in metrics for k in keys)]
     # the heading keeps the rounds-done number (KFP's Markdown view is parsed by it); round 0 is named as the base
-    lines = [f"## Evaluation after round {record['round']}", "",
-             *(["The base model: no training round done yet.", ""] if record["round"] == 0 else []),
+    lines = [f"## Evaluation after round {record.round}", "",
+             *(["The base model: no training round done yet.", ""] if record.round == 0 else []),
              "| measure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(f"{metrics[p + k]:.4f}" if p + k in metrics else "-"
                                               for _, p in splits) + " |")
-    per_keys = [k for k in SHOWN if record["per_prompt"] and k in record["per_prompt"][0]]
+    per_keys = [k for k in SHOWN if record.per_prompt and k in record.per_prompt[0]]
     lines += ["", "| prompt | held out | " + " | ".join(per_keys) + " |", "|---|---|" + "---|" * len(per_keys)]
-    for row in record["per_prompt"]:
+    for row in record.per_prompt:
         prompt = str(row["prompt"]).replace("|", "\\|")
         lines.append(f"| {prompt} | {'yes' if row['held_out'] else 'no'} | "
                      + " | ".join(f"{row[k]:.4f}" for k in per_keys) + " |")
-    if "reward" in record:
-        lines += ["", f"Reward: `{record['reward']['name']}`: {record['reward']['why']}."]
-    if "grid" in record:
-        lines += ["", f"Image grid: {record['grid']['uri']}"]
+    if record.reward:
+        lines += ["", f"Reward: `{record.reward['name']}`: {record.reward['why']}."]
+    if record.grid is not None:
+        lines += ["", f"Image grid: {record.grid.uri}"]
     return "\n".join(lines) + "\n"
