@@ -1,5 +1,6 @@
 """Files that processes of one task pass through the store: the data-parallel update's request and result, the
-reports of a run, and the experiment's wall-clock record. Not records a segment reads back, but under the run."""
+reports of a run, the MLflow run it logs to, and the experiment's wall-clock record. Not records a segment reads
+back, but under the run."""
 
 from typing import Any
 
@@ -36,6 +37,16 @@ def put_report(store: ArtifactStore, run_id: str, *, data: dict, markdown: str) 
 
 def put_report_html(store: ArtifactStore, run_id: str, text: str) -> None:
     store.put_text(keys.report_key(run_id, "html"), text)
+
+
+def get_mlflow_record(store: ArtifactStore, run_id: str) -> dict[str, Any] | None:
+    """Which MLflow run the fine-tune logs to (`dgrpo.runtime.tracking`), None before its first sync."""
+    key = keys.mlflow_key(run_id)
+    return store.get_json(key) if store.exists(key) else None
+
+
+def put_mlflow_record(store: ArtifactStore, run_id: str, record: dict[str, Any]) -> None:
+    store.put_json(keys.mlflow_key(run_id), record)
 
 
 def put_experiment_wall(store: ArtifactStore, run_id: str, record: dict[str, Any]) -> None:

@@ -173,5 +173,9 @@ def update_result_key(request_key: str) -> str:
     return request_key.removesuffix("-request.json") + "-result.json"
 
 
+def mlflow_key(run_id: str) -> str:
+    return run_key(run_id, "mlflow.json")
+
+
 def experiment_wall_key(run_id: str) -> str:
     return run_key(run_id, "experiment-wall.json")

@@ -28,7 +28,9 @@ from dgrpo.lineage import code_version
 from dgrpo.runs import keys
 from dgrpo.runs.commits import trained_state
 from dgrpo.runs.evaluations import events, read_best
+from dgrpo.runs.exchange import get_mlflow_record, put_mlflow_record
 from dgrpo.runs.records import Event
+from dgrpo.runs.segments import read_status
 from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.runtime.report import located_uri, render_html
 from dgrpo.runtime.report.headline import flatten
@@ -65,14 +67,12 @@ class TrackingError(RuntimeError):
 
 
 def read_record(store: ArtifactStore, run_id: str) -> dict | None:
-    """The fine-tune's MLflow record (`runs/<run>/mlflow.json`: tracking URI, experiment, MLflow run id, last error).
-    TODO: move with the other record keys to `dgrpo.runs`."""
-    key = keys.run_key(run_id, "mlflow.json")
-    return store.get_json(key) if store.exists(key) else None
+    """The fine-tune's MLflow record (tracking URI, experiment, MLflow run id, last error)."""
+    return get_mlflow_record(store, run_id)
 
 
 def write_record(store: ArtifactStore, run_id: str, record: dict) -> None:
-    store.put_json(keys.run_key(run_id, "mlflow.json"), record)
+    put_mlflow_record(store, run_id, record)
 
 
 def log_segment(store: ArtifactStore, run_id: str, config: RunConfig) -> None:
@@ -102,7 +102,8 @@ def sync(store: ArtifactStore, run_id: str, config: RunConfig) -> str:
     run_events = events(store, run_id)
     log_metrics(client, mlflow_id, run_events)
     log_artifacts(client, mlflow_id, store, run_id, config, run_events)
-    status = store.get_json(keys.status_key(run_id)) if store.exists(keys.status_key(run_id)) else {}
+    recorded = read_status(store, run_id)
+    status = recorded.to_json() if recorded is not None else {}
     _log(client, mlflow_id, tags=run_tags(store, run_id, config, status))
     client.update_run(mlflow_id, status=STATUS.get(status.get("state", ""), "RUNNING"))
     record = {"tracking_uri": _public(uri), "experiment_id": run.info.experiment_id, "mlflow_run_id": mlflow_id,
