@@ -3,7 +3,7 @@
 import pytest
 
 from dgrpo.config import GuardRails
-from dgrpo.runs.records import StopRecord
+from dgrpo.runs.records import EvalRecord, StopRecord
 from dgrpo.runtime.chain import best_evaluation, check_guard_rails, decide
 
 
@@ -59,7 +59,7 @@ def test_errors_a_retry_repeats_are_told_from_transient_ones():
 
 
 def _evals(*rows):
-    return [{"round": r, "metrics": m} for r, m in rows]
+    return [EvalRecord(round=r, metrics=m) for r, m in rows]
 
 
 def test_collapse_rules_fire_on_the_floor_and_on_the_drop_from_the_base():
@@ -94,7 +94,7 @@ def test_hacking_fires_only_when_held_out_falls_while_training_reward_rises():
 def test_best_evaluation_by_the_configured_metric_and_direction():
     evals = _evals((0, {"reward": 0.5, "loss": 3.0}), (5, {"reward": 0.7, "loss": 1.0}), (10, {"reward": 0.7,
                                                                                              "loss": 2.0}))
-    assert best_evaluation(GuardRails(), evals)["round"] == 5  # the earliest on a tie
-    assert best_evaluation(GuardRails(best_metric="loss", best_mode="min"), evals)["round"] == 5
-    assert best_evaluation(GuardRails(best_metric="loss"), evals)["round"] == 0
+    assert best_evaluation(GuardRails(), evals).round == 5  # the earliest on a tie
+    assert best_evaluation(GuardRails(best_metric="loss", best_mode="min"), evals).round == 5
+    assert best_evaluation(GuardRails(best_metric="loss"), evals).round == 0
     assert best_evaluation(GuardRails(), []) is None

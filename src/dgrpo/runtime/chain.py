@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dgrpo.config import GuardRails
-from dgrpo.runs.records import StopRecord
+from dgrpo.runs.records import EvalRecord, StopRecord
 
 Action = Literal["continue", "retry", "done", "stopped", "failed"]
 CHAIN_STATE = {"continue": "running", "retry": "running", "done": "done", "stopped": "stopped", "failed": "failed"}
@@ -81,17 +81,18 @@ class Stop:
         return StopRecord(rule=self.rule, round=self.round, message=self.message, values=self.values, at=at)
 
 
-def _metric(evaluation: dict, name: str, field_name: str) -> float:
-    metrics = evaluation["metrics"]
+def _metric(evaluation: EvalRecord, name: str, field_name: str) -> float:
+    metrics = evaluation.metrics
     if name not in metrics:
         raise ValueError(f"config field 'pipeline.guard_rails.{field_name}': the evaluation after round "
-                         f"{evaluation['round']} has no metric {name!r} (it has: {', '.join(sorted(metrics))})")
+                         f"{evaluation.round} has no metric {name!r} (it has: {', '.join(sorted(metrics))})")
     return float(metrics[name])
 
 
-def check_guard_rails(rules: GuardRails, evaluations: list[dict], training_reward: dict[int, float]) -> Stop | None:
-    """The first rule that fires on `evaluations` (each {"round", "metrics"}, in round order; the first one is the
-    base of the drop rule), given the mean training reward of each round so far; None when none does.
+def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training_reward: dict[int, float]
+                      ) -> Stop | None:
+    """The first rule that fires on `evaluations` (in round order; the first one is the base of the drop rule),
+    given the mean training reward of each round so far; None when none does.
 
     Reward hacking pairs evaluation i (after round rho_i) with the training rewards of the rounds sampled since the
     previous evaluation, [rho_{i-1}, rho_i): the held-out metric must fall at each of the last
@@ -102,38 +103,38 @@ def check_guard_rails(rules: GuardRails, evaluations: list[dict], training_rewar
     if rules.diversity_floor is not None or rules.diversity_max_drop is not None:
         value = _metric(last, rules.diversity_metric, "diversity_metric")
         if rules.diversity_floor is not None and value < rules.diversity_floor:
-            return Stop("collapse-floor", last["round"],
-                        f"{rules.diversity_metric} {value:.4g} after round {last['round']} is below the floor "
+            return Stop("collapse-floor", last.round,
+                        f"{rules.diversity_metric} {value:.4g} after round {last.round} is below the floor "
                         f"{rules.diversity_floor:.4g}", {"metric": rules.diversity_metric, "value": value,
                                                          "floor": rules.diversity_floor})
         base = _metric(evaluations[0], rules.diversity_metric, "diversity_metric")
         if rules.diversity_max_drop is not None and value < base * (1 - rules.diversity_max_drop):
-            return Stop("collapse-drop", last["round"],
-                        f"{rules.diversity_metric} fell from {base:.4g} (after round {evaluations[0]['round']}) to "
-                        f"{value:.4g} after round {last['round']}, by {1 - value / base:.1%} > the allowed "
+            return Stop("collapse-drop", last.round,
+                        f"{rules.diversity_metric} fell from {base:.4g} (after round {evaluations[0].round}) to "
+                        f"{value:.4g} after round {last.round}, by {1 - value / base:.1%} > the allowed "
                         f"{rules.diversity_max_drop:.1%}", {"metric": rules.diversity_metric, "base": base,
                                                             "value": value, "max_drop": rules.diversity_max_drop})
     n = rules.hacking_evaluations
     if n is not None and len(evaluations) > n:
         window = evaluations[-(n + 1):]
         held = [_metric(e, rules.heldout_metric, "heldout_metric") for e in window]
-        spans = [[training_reward[r] for r in range(a["round"], b["round"]) if r in training_reward]
+        spans = [[training_reward[r] for r in range(a.round, b.round) if r in training_reward]
                  for a, b in zip(window, window[1:], strict=False)]
         means = [sum(s) / len(s) if s else None for s in spans]
         falling = all(b < a for a, b in zip(held, held[1:], strict=False))
         if falling and means[0] is not None and means[-1] is not None and means[-1] > means[0]:
-            return Stop("reward-hacking", last["round"],
+            return Stop("reward-hacking", last.round,
                         f"{rules.heldout_metric} fell at {n} evaluations in a row ("
-                        + " -> ".join(f"{h:.4g}" for h in held) + f", after rounds {window[0]['round']}.."
-                        f"{last['round']}) while the training reward rose from {means[0]:.4g} to {means[-1]:.4g}",
-                        {"metric": rules.heldout_metric, "rounds": [e["round"] for e in window], "heldout": held,
+                        + " -> ".join(f"{h:.4g}" for h in held) + f", after rounds {window[0].round}.."
+                        f"{last.round}) while the training reward rose from {means[0]:.4g} to {means[-1]:.4g}",
+                        {"metric": rules.heldout_metric, "rounds": [e.round for e in window], "heldout": held,
                          "training_reward": [means[0], means[-1]]})
     return None
 
 
-def best_evaluation(rules: GuardRails, evaluations: list[dict]) -> dict | None:
+def best_evaluation(rules: GuardRails, evaluations: list[EvalRecord]) -> EvalRecord | None:
     """The evaluation with the best `best_metric` (the earliest on a tie), or None before any evaluation."""
     if not evaluations:
         return None
     sign = 1.0 if rules.best_mode == "max" else -1.0
-    return max(evaluations, key=lambda e: (sign * _metric(e, rules.best_metric, "best_metric"), -e["round"]))
+    return max(evaluations, key=lambda e: (sign * _metric(e, rules.best_metric, "best_metric"), -e.round))

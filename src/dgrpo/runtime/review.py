@@ -7,15 +7,14 @@ evaluate stage and its models: a task is a process (a pod on a cluster), and its
 from dgrpo.config import GuardRails
 from dgrpo.runs import keys
 from dgrpo.runs.commits import read_commit
-from dgrpo.runs.evaluations import evaluations as eval_records
-from dgrpo.runs.evaluations import event_keys, read_event_at, write_best
-from dgrpo.runs.records import BestRecord
+from dgrpo.runs.evaluations import evaluations, event_keys, read_event_at, write_best
+from dgrpo.runs.records import BestRecord, EvalRecord
 from dgrpo.runs.segments import write_stop
 from dgrpo.runtime import chain, report
 from dgrpo.runtime.segment import RoundState
 from dgrpo.stages.evaluate import run_evaluate
 from dgrpo.stages.shared.context import StageContext, StageResult
-from dgrpo.store import ArtifactRef, ArtifactStore
+from dgrpo.store import ArtifactRef
 
 
 def evaluate(ctx: StageContext, state: RoundState, after_update: bool, adapter: ArtifactRef | None = None,
@@ -34,20 +33,15 @@ def evaluated_round(state: RoundState, after_update: bool) -> int:
     return state.round + 1 if after_update else state.round
 
 
-def evaluations(store: ArtifactStore, run_id: str) -> list[dict]:
-    """The evaluations as the guard rails read them (`chain.best_evaluation`): round and metrics."""
-    return [{"round": e.round, "metrics": e.metrics} for e in eval_records(store, run_id)]
-
-
 def review_evaluations(ctx: StageContext) -> chain.Stop | None:
     """Record the best adapter so far, and a stop record when a guard rail fires."""
     rules, evals = ctx.config.pipeline.guard_rails, evaluations(ctx.store, ctx.run_id)
     best = chain.best_evaluation(rules, evals)
     if best is not None:
-        commit = read_commit(ctx.store, ctx.run_id, best["round"] - 1) if best["round"] > 0 else None
+        commit = read_commit(ctx.store, ctx.run_id, best.round - 1) if best.round > 0 else None
         write_best(ctx.store, ctx.run_id, BestRecord(
-            metric=rules.best_metric, mode=rules.best_mode, value=best["metrics"][rules.best_metric],
-            round=best["round"], adapter=commit.adapter if commit else None,
+            metric=rules.best_metric, mode=rules.best_mode, value=best.metrics[rules.best_metric],
+            round=best.round, adapter=commit.adapter if commit else None,
             optimizer_state=commit.optimizer_state if commit else None,
             ema=ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, at=keys.now()))
     stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals))
@@ -56,11 +50,11 @@ def review_evaluations(ctx: StageContext) -> chain.Stop | None:
     return stop
 
 
-def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[dict]) -> dict[int, float]:
+def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[EvalRecord]) -> dict[int, float]:
     """Mean training reward of the rounds the hacking rule's window spans (only those events are read)."""
     if rules.hacking_evaluations is None or len(evals) <= rules.hacking_evaluations:
         return {}
-    first = evals[-(rules.hacking_evaluations + 1)]["round"]
+    first = evals[-(rules.hacking_evaluations + 1)].round
     found = [k for k in event_keys(ctx.store, ctx.run_id)
              if keys.event_stage(k) == "reward" and keys.event_round(k) >= first]
     return report.round_means([read_event_at(ctx.store, k) for k in found])
