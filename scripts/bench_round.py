@@ -165,7 +165,7 @@ def p2(args, tmp: Path) -> Row:
 
 
 def p3(args) -> Row:
-    from dgrpo.stages.update.options import Reference
+    from dgrpo.stages.update.options import BaseReference
     from dgrpo.stages.update.train import RoundExtras, _optimizer_step, make_accelerator, make_optimizer
 
     small = {"train.batch_size": 8, "train.micro_batch_size": 4, "train.num_processes": 1}
@@ -185,7 +185,7 @@ def p3(args) -> Row:
     steps = list(range(sa.num_train_steps))
 
     def step(cfg):
-        extras = RoundExtras(reference=Reference(cfg, policy, None))  # the base model, as the presets regularise
+        extras = RoundExtras(reference=BaseReference(policy))  # the base model, as the presets regularise
         return lambda: _optimizer_step(acc, policy, opt, cfg, torch.arange(8), traj.latents, cond, traj.log_probs,
                                        adv, traj.sigmas, steps, extras)
 

@@ -279,6 +279,7 @@ def test_images_pin_torch_to_the_cuda_it_bundles_and_bookkeeping_runs_on_a_cpu_i
     control = (ROOT / "images" / "control" / "Dockerfile").read_text()
     assert "--index-url https://download.pytorch.org/whl/cpu" in control and "torch.version.cuda is None" in control
     assert "pip install --no-cache-dir --no-deps -r kfp-runtime.txt" in control
+    assert '--constraint requirements.txt ".[mlflow]"' in control  # finish_segment's MLflow client, pins kept
     assert re.findall(r"^USER (\S+)$", control, re.M)[-1] == "10001:10001"
     from dgrpo_components import stages
 

@@ -26,6 +26,7 @@ KNOWN_VARIABLES: dict[str, str] = {
     "DGRPO_S3_REQUEST_DEADLINE_S": "no retry after this long since a request's first attempt",
     "DGRPO_DEBUG": "the command line prints tracebacks (dgrpo_pipelines.errors)",
     "DGRPO_STORE": "the command line's default --store (dgrpo_pipelines.cli)",
+    "DGRPO_NOTIFY_WEBHOOK": "URL posted when a fine-tune's chain ends (dgrpo.runtime.notify); from a Secret",
     "DGRPO_CODE_VERSION": "the code version lineage records (dgrpo.lineage.code_version); set in the images",
     "DGRPO_IMAGE": "the image reference lineage records; set in the stage images",
     "DGRPO_IMAGES_FILE": "JSON map stage -> image reference (dgrpo_components.images)",

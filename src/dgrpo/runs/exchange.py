@@ -49,6 +49,16 @@ def put_mlflow_record(store: ArtifactStore, run_id: str, record: dict[str, Any])
     store.put_json(keys.mlflow_key(run_id), record)
 
 
+def get_notification(store: ArtifactStore, run_id: str, segment: int) -> dict[str, Any] | None:
+    """The chain-end message of `segment` and whether the webhook took it (`dgrpo.runtime.notify`)."""
+    key = keys.notified_key(run_id, segment)
+    return store.get_json(key) if store.exists(key) else None
+
+
+def put_notification(store: ArtifactStore, run_id: str, segment: int, record: dict[str, Any]) -> None:
+    store.put_json(keys.notified_key(run_id, segment), record)
+
+
 def put_experiment_wall(store: ArtifactStore, run_id: str, record: dict[str, Any]) -> None:
     store.put_json(keys.experiment_wall_key(run_id), record)
 

@@ -177,5 +177,10 @@ def mlflow_key(run_id: str) -> str:
     return run_key(run_id, "mlflow.json")
 
 
+def notified_key(run_id: str, segment: int) -> str:
+    """The chain-end message posted after `segment` (`dgrpo.runtime.notify`)."""
+    return run_key(run_id, f"notified/s{segment:04d}.json")
+
+
 def experiment_wall_key(run_id: str) -> str:
     return run_key(run_id, "experiment-wall.json")

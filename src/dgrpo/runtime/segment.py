@@ -46,7 +46,7 @@ from dgrpo.runs.segments import (
     write_segment,
     write_status,
 )
-from dgrpo.runtime import chain, kfp_rest, tracking
+from dgrpo.runtime import chain, kfp_rest, notify, tracking
 from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.run_config import load_config
@@ -327,9 +327,12 @@ def finish_segment(store: ArtifactStore, run_id: str, config_sha256: str, kfp_ru
         except Exception as exc:
             status.state, status.reason = "failed", f"{decision.reason}; submitting the next segment failed: {exc}"
             write_status(store, run_id, status)
+            notify.chain_ended(store, run_id, status)
             raise
         record.next_kfp_run_id = end.next_kfp_run_id
         write_segment(store, run_id, record)
+    if not decision.submits:
+        notify.chain_ended(store, run_id, status)  # done, stopped or failed for good: the webhook, when one is set
     return end
 
 
