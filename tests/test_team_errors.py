@@ -159,3 +159,24 @@ def test_a_running_or_retrying_fine_tune_is_not_a_failed_start(tmp_path):
         fine_tune.start(store, config, "busy")
     store.put_json("runs/busy/status.json", {"state": "failed", "action": "failed"})
     assert fine_tune.failed_start(store, "busy").run_id == "busy"
+
+
+def test_a_crashing_swapped_component_is_named_with_where_its_error_is(tmp_path):
+    """A team's container records nothing in the store: the segment that it stopped names the swapped stage, its
+    component and where its own error is, not only "committed 0 of 1 planned rounds"; a stage of ours that stopped
+    the round is not blamed on the swap (the control)."""
+    from dgrpo.runs.evaluations import write_event
+    from dgrpo.runs.records import Event
+
+    component = str(Path(__file__).parents[1] / "examples" / "custom_reward" / "component.yaml")
+    config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": component}})
+    for stage_events, blamed in (((), False), (("rollout",), True)):
+        store = LocalStore(tmp_path / f"store-{len(stage_events)}")
+        record = fine_tune.start(store, config, "ft")
+        state, _ = seg.open_segment(store, "ft", record.config_sha256, "k")
+        for stage in stage_events:
+            write_event(store, "ft", Event(stage=stage, round=0, metrics={}, outputs={}, shard=0))
+        end = seg.finish_segment(store, "ft", record.config_sha256, "k", "FAILED")
+        named = f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 0"
+        assert (named in end.error) is blamed, end.error
+        assert "committed 0 of its 1 planned rounds" in end.error

@@ -28,6 +28,10 @@ def events(store: ArtifactStore, run_id: str) -> list[Event]:
     return read_all(store, keys.events_prefix(run_id), Event)
 
 
+def has_event(store: ArtifactStore, run_id: str, round_index: int, stage: str, shard: int | None = None) -> bool:
+    return store.exists(keys.event_key(run_id, round_index, stage, shard))
+
+
 def write_evaluation(store: ArtifactStore, run_id: str, record: EvalRecord) -> None:
     put(store, keys.eval_key(run_id, record.round), record)
 

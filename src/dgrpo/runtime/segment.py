@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
+from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
 from dgrpo.registry import RegistryError, last_line, plugin_of
 from dgrpo.runs.commits import has_commits, trained_state
-from dgrpo.runs.evaluations import has_evaluation
+from dgrpo.runs.evaluations import has_evaluation, has_event
 from dgrpo.runs.keys import eval_key, now, run_key, validate_run_id
 from dgrpo.runs.ownership import (
     OwnershipError,
@@ -356,11 +357,32 @@ def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: Segmen
     else:  # too few rounds; a "success" that trained nothing would loop
         error = (f"committed {progress} of its {len(record.rounds)} planned rounds (KFP's final state: "
                  f"{final_state})")
+        if done < planned_end:
+            error = swapped_stage_failure(store, run_id, config, done, error)
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
                             failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
                             max_retries=config.pipeline.max_retries, stop=read_stop(store, run_id),
                             error=error, permanent=bool(failed and cause and cause.permanent))
     return decision, error
+
+
+def swapped_stage_failure(store: ArtifactStore, run_id: str, config: RunConfig, round_index: int, error: str
+                          ) -> str:
+    """`error` with the team component that stopped round `round_index` named, when that is what happened: the
+    round's first stage without its event is a swapped one. A team's container records nothing in the store; its
+    own error is in its task's log, which the exit task cannot read, so the message says where to look."""
+    swaps = config.pipeline.swaps()
+    for stage in ROUND_STAGES:
+        if has_event(store, run_id, round_index, stage, 0 if stage_spec(stage).sharded else None):
+            continue
+        custom = swaps.get(stage)
+        if custom is None:
+            return error
+        what = f"component {custom.component}" if custom.component else f"image {custom.image}"
+        return (f"the swapped {stage} stage ({what}, pipeline.stages.{stage}) failed in round {round_index} before "
+                f"its output was imported: its own error is the end of its task's log (the `{stage}` node's logs "
+                f"in the KFP UI; task logs locally); the segment {error}")
+    return error
 
 
 def missing_evaluations(store: ArtifactStore, run_id: str, config: RunConfig, record: SegmentRecord, done: int
