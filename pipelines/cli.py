@@ -114,7 +114,8 @@ def _run_id(value: str | None, option: str) -> str | None:
 
 @app.command()
 def run(config: RunConfigOpt = None, set_: SetOpt = None,
-        output: Annotated[Path, typer.Option(help="Directory for the run's store and logs.")] = Path("outputs"),
+        output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the run's store and logs.")
+                          ] = Path("outputs"),
         store: Annotated[str | None, typer.Option(help="Artifact store URI (default: OUTPUT/store).",
                                                   envvar="DGRPO_STORE")] = None,
         engine: Annotated[str, typer.Option(help="kfp (kfp.local, the default) or inprocess.")] = "kfp",
@@ -573,8 +574,8 @@ def _object_uri(st, sha: str) -> str:
 
 @app.command()
 def experiment(
-    output: Annotated[Path, typer.Option(help="Directory for the store, tables, plot and reports.")] = Path(
-        "outputs/experiment-toy"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the store, tables, plot and reports.")
+                      ] = Path("outputs/experiment-toy"),
     configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")] = Path(
         "configs"),
     seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; default 0 1 2).")] = None,

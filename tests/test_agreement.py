@@ -72,7 +72,7 @@ def test_a_rollout_with_a_perturbed_weight_is_refused(tmp_path, monkeypatch):
     rollouts = run_rollout(ctx, 0).outputs["rollouts"]
     monkeypatch.setattr(rollout_stage, "load_policy_for_round", load)
     scores = run_cluster(ctx, 0, rollouts, run_reward(ctx, 0, rollouts).outputs["rewards"]).outputs["scores"]
-    with pytest.raises(agreement.AgreementError, match=r"update round 0: .* at denoising step \d: max \|delta log p\| "
+    with pytest.raises(agreement.AgreementError, match=r"update round 1: .* at denoising step \d: max \|delta log p\| "
                                                        r"\S+ > bound \S+ \(float32 rounding\)"):
         run_update(ctx, 0, rollouts, scores)
 

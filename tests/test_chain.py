@@ -15,7 +15,7 @@ def _decide(**kw):
 
 def test_decide_continues_finishes_retries_and_fails():
     assert _decide().action == "continue" and _decide().submits and _decide().state == "running"
-    assert "next segment starts at round 4" in _decide().reason
+    assert "next segment starts at round 5" in _decide().reason
     done = _decide(rounds_done=10)
     assert (done.action, done.submits, done.state) == ("done", False, "done")
     assert _decide(rounds_done=12, succeeded=False, failures_in_a_row=9).action == "done"  # nothing left to retry

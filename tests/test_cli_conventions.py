@@ -61,7 +61,7 @@ def test_list_shows_state_and_rounds_and_reads_dgrpo_store(store):
 def test_errors_lists_every_recorded_error(store):
     seg.record_error(store, "other", "update", ValueError("x"))  # another run's error is not listed
     text = _cli("errors", RUN, "--store", str(store.root)).output
-    assert "1 recorded errors" in text and "task reward, round 0" in text and "reward server unreachable" in text
+    assert "1 recorded errors" in text and "task reward, round 1" in text and "reward server unreachable" in text
     errs = json.loads(_cli("errors", RUN, "--store", str(store.root), "--json").output)
     assert [(e["task"], e["root"]) for e in errs] == [("reward", True)]
 
@@ -146,3 +146,21 @@ def test_progress_lines_do_not_wrap_off_a_terminal():
     line = "round    3 rollout  shard 1/8 " + "x" * 300
     _console(stream).print(line, highlight=False)
     assert stream.getvalue() == line + "\n"
+
+
+def test_o_is_where_every_command_writes_its_product():
+    """-o/--output names where a command's product goes: a directory (run, experiment, export) or a file (compile,
+    report --html); the reading commands print and take no -o."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    writers = {"run", "compile", "report", "export", "experiment"}
+    for name, command in commands.items():
+        opts = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert ({"-o", "--output"} <= opts) is (name in writers), name
+
+
+def test_shell_completion_is_offered():
+    out = subprocess.run([sys.executable, "-m", "dgrpo_pipelines.main", "--show-completion", "bash"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "_dgrpo_completion" in out.stdout and "complete " in out.stdout

@@ -33,7 +33,7 @@ def test_table_round_trip_keeps_contract_metadata(store):
 
 
 def test_missing_column_names_artifact_and_column(store):
-    with pytest.raises(ContractError, match=r"reward output 'rewards' of round 0: missing column 'components'"):
+    with pytest.raises(ContractError, match=r"reward output 'rewards' of round 1: missing column 'components'"):
         artifacts.write_table(store, rewards_table().drop_columns(["components"]), REWARDS, prov())
 
 

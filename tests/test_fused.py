@@ -172,12 +172,12 @@ def test_a_fused_segment_logs_its_steps_and_publishes_every_round(tmp_path, caps
     assert {k: v for k, v in sink.items() if k.startswith("r0001.update.")} == {
         f"r0001.update.{k}": float(v) for k, v in update.items()}
     text = Path(summary.path).read_text()
-    assert "| metric | round 0 | round 1 |" in text and "## Evaluation after round 2" in text
-    assert "## Evaluation after round 0" in text  # the base model's, evaluated in this segment
+    assert "| metric | round 1 | round 2 |" in text and "## Evaluation after round 2" in text
+    assert "## Evaluation of the base model" in text  # evaluated in this segment
     log = capsys.readouterr().out.splitlines()
-    assert log[:4] == [f"fused segment {state.segment} of ft: rounds 0-1", "round 0: evaluate", "round 0: begin_round",
-                       "round 0: rollout (shard 0)"]
-    assert "round 1: update" in log
+    assert log[:4] == [f"fused segment {state.segment} of ft: rounds 1-2", "base: evaluate", "round 1: begin_round",
+                       "round 1: rollout (shard 0)"]  # rounds shown from 1, as everywhere
+    assert "round 2: update" in log and "after round 2: evaluate" in log
 
 
 @pytest.mark.parametrize("shards, prompts, rank, expected", [

@@ -296,7 +296,7 @@ def test_a_run_terminated_by_an_operator_is_recorded_as_stopped_not_retried(kfp_
                                 kfp_api.final_status(first, "terminated"))
     st = fine_tune.status(store, "ft")
     assert st["state"] == "stopped" and st["stop"]["rule"] == "terminated" and len(kfp_api.runs) == 1
-    assert f"terminated by an operator after round 0: KFP run {first} was terminated (CANCELING)" in \
+    assert f"terminated by an operator before round 1: KFP run {first} was terminated (CANCELING)" in \
         fine_tune.format_status(st)
 
     # the exit task of a terminated run may read RUNNING: the run's own API state says it was terminated

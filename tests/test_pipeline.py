@@ -78,7 +78,9 @@ def _check_evaluation_outputs(pipeline_root: Path, store: LocalStore, events: di
     assert len(summaries) == len([k for k in events if k[0] == "evaluate"])
     for path in summaries:
         text = path.read_text()
-        round_index = int(text.split("\n", 1)[0].removeprefix("## Evaluation after round "))
+        title = text.split("\n", 1)[0]
+        round_index = 0 if title == "## Evaluation of the base model" else int(
+            title.removeprefix("## Evaluation after round "))
         assert text == evaluation_markdown(read_evaluation(store, "chain", round_index))
         output = json.loads((path.parent / "executor_output.json").read_text())
         published = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]

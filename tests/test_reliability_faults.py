@@ -350,7 +350,7 @@ def test_sigterm_records_why_the_run_ended_and_the_run_resumes(config_file, refe
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, output[-2000:]
-    assert "terminated by SIGTERM during" in output and "of round 1" in output, output[-2000:]
+    assert "terminated by SIGTERM during" in output and "of round 2" in output, output[-2000:]
     _only_whole_objects(store)
     errors = [json.loads(p.read_text()) for p in sorted((store / "runs/ft/errors").glob("*.json"))]
     assert errors[-1]["error"].startswith("Terminated: terminated by SIGTERM during") and errors[-1]["round"] == 1

@@ -96,9 +96,9 @@ def test_one_nan_reward_fails_the_round_before_anything_trains_on_it(tmp_path, m
     store = LocalStore(tmp_path / "store")
     options = {"nan_at": 5, "batch": 8}  # the round's 2 x 4 images; the evaluation scores 2 at a time
     ctx = StageContext(_cfg(**{"reward.name": "acme_rewards:flaky", "reward.options": options}), store, "nan")
-    with pytest.raises(ChainFailed, match="not retried: a retry from round 0 repeats this error") as failed:
+    with pytest.raises(ChainFailed, match="not retried: a retry from round 1 repeats this error") as failed:
         run_inprocess(ctx)  # at once: pipeline.max_retries (2) is for errors that may pass
-    with pytest.raises(ContractError, match=r"reward output 'rewards' of round 0: column 'reward' holds 1 NaN and 0 "
+    with pytest.raises(ContractError, match=r"reward output 'rewards' of round 1: column 'reward' holds 1 NaN and 0 "
                                             r"infinite values \(first at row 5, sample_id 'r0/p1/s1'\)"):
         raise failed.value.__cause__
     assert store.list("runs/nan/commits") == []
@@ -137,9 +137,9 @@ def _poison_after_first_step(monkeypatch, what: str):
 
 
 @pytest.mark.parametrize("what, message", [
-    ("weight", r"update round 0: LoRA weight '.*lora_A.*' holds 1 non-finite of \d+ values; the round was not "
+    ("weight", r"update round 1: LoRA weight '.*lora_A.*' holds 1 non-finite of \d+ values; the round was not "
                r"written or committed"),
-    ("loss", r"update round 0: metric 'policy_loss' is nan at optimizer step 0"),
+    ("loss", r"update round 1: metric 'policy_loss' is nan at optimizer step 0"),
     ("nothing", None),  # the control: the same round, unpoisoned, is written and committed
 ])
 def test_the_update_refuses_to_write_or_commit_non_finite_state(what, message, round_inputs, tmp_path, monkeypatch):
@@ -185,6 +185,6 @@ def test_numbers_written_the_natural_way_load():
 
 def test_provenance_names_the_round_in_a_contract_error(tmp_path):
     store = LocalStore(tmp_path / "s")
-    with pytest.raises(ContractError, match="reward output 'rewards' of round 7: column 'reward'"):
+    with pytest.raises(ContractError, match="reward output 'rewards' of round 8: column 'reward'"):
         artifacts.write_table(store, _rewards([np.nan]), REWARDS, Provenance("reward", "r", "0" * 64, round=7))
     assert store.list("objects") == [] and store.list("lineage") == []

@@ -125,8 +125,8 @@ def test_dgrpo_verify_finds_a_commit_that_does_not_extend_the_chain(store):
     store.put_json("runs/ft/commits/r000001.json", first | {"round": 1})
     problems = verify_run(store, "ft").problems
     assert len(problems) == 2, problems
-    assert "r000001.json: its adapter" in problems[0] and "update round 0, not by the update of round 1" in problems[0]
-    assert "round 1's adapter was trained from no adapter, not from round 0's committed adapter" in problems[1]
+    assert "r000001.json: its adapter" in problems[0] and "update round 1, not by the update of round 2" in problems[0]
+    assert "round 2's adapter was trained from no adapter, not from round 1's committed adapter" in problems[1]
 
 
 # --- a store can move: references resolve by content, not by where the store was ----------------------------------

@@ -69,7 +69,7 @@ def test_gc_keeps_what_resume_evaluations_the_report_and_a_sharing_run_need(stor
 
     assert main(["verify", "ft", "--store", str(store.root)]) == 0
     out = capsys.readouterr().out
-    assert "pruned: 4 objects (optimizer_state, rollouts, scores, update_metrics) of round 1: pruned (by gc at" in out
+    assert "pruned: 4 objects (optimizer_state, rollouts, scores, update_metrics) of round 2: pruned (by gc at" in out
     assert "4 objects pruned by gc" in out
     assert main(["verify", "twin", "--store", str(store.root)]) == 0
     assert "pruned" not in capsys.readouterr().out  # nothing of twin's is gone

@@ -110,7 +110,7 @@ def test_a_chain_stopped_by_hand_trains_no_further_round_and_submits_nothing(tmp
                              lambda *a: submitted.append(a) or "x")
     assert end.decision.action == "stopped" and not submitted and not store.exists("runs/ft/lease.json")
     assert seg.open_segment(store, "ft", record.config_sha256, "run-b")[0].rounds == ()  # ends at once
-    assert "stopped by hand after round 0: budget spent" in fine_tune.format_status(fine_tune.status(store, "ft"))
+    assert "stopped by hand before round 1: budget spent" in fine_tune.format_status(fine_tune.status(store, "ft"))
     fine_tune.start(store, _cfg(rounds=4, **{"pipeline.rounds_per_run": 2}), "ft", resume_from="ft")
     assert seg.open_segment(store, "ft", record.config_sha256, "run-c")[0].rounds == (0, 1)  # resumed
 
@@ -125,7 +125,7 @@ def test_a_commit_extends_its_own_chain(tmp_path):
     ctx = StageContext(_cfg(), store, "ft")
     _commit_as_update(ctx, 0, _ref("a"), _ref("o"), None)
     _commit_as_update(ctx, 0, _ref("a"), _ref("o"), None)  # a retried update that had committed: its own record
-    with pytest.raises(CommitError, match="round 0 is already committed with adapter aaaa"):
+    with pytest.raises(CommitError, match="round 1 is already committed with adapter aaaa"):
         _commit_as_update(ctx, 0, _ref("b"), _ref("o"), None)
     with pytest.raises(CommitError, match="does not extend the fine-tune's chain, whose next round is 1"):
         _commit_as_update(ctx, 2, _ref("c"), _ref("o"), _ref("a"))
@@ -187,7 +187,7 @@ def test_a_guard_rail_stops_the_chain_and_status_gives_the_rule_and_its_numbers(
     assert st["stop"]["rule"] == "collapse-floor" and st["stop"]["values"]["floor"] == 1000.0
     assert 0 < st["stop"]["values"]["value"] < 1000.0
     shown = CliRunner().invoke(app, ["status", "ft", "--store", str(store.root)])
-    assert "guard rail collapse-floor after round 0" in shown.output
+    assert "guard rail collapse-floor before round 1" in shown.output
     assert st["best"]["round"] == 0 and st["best"]["adapter"] is None  # the base model, so far
 
     relaxed = _cfg(rounds=1, **{"pipeline.guard_rails.diversity_floor": 0.0})  # a person looked and resumed

@@ -42,7 +42,7 @@ def test_a_hung_reward_plug_in_fails_its_stage_in_one_line(tmp_path, monkeypatch
     assert time.monotonic() - started < 120
     error = seg.errors(store, "hung")[-1]
     assert (error.task, error.round) == ("reward", 0)
-    assert error.error.endswith("StageTimeout: reward of round 0 (shard 0) ran past pipeline.stage_timeout_s "
+    assert error.error.endswith("StageTimeout: reward of round 1 (shard 0) ran past pipeline.stage_timeout_s "
                                    "(20 s)")  # (wrapped as the plug-in's failure, naming it)
     assert not store.exists("runs/hung/lease.json")
 

@@ -49,7 +49,7 @@ def test_a_plugins_error_names_the_stage_the_plugin_and_its_last_line_and_is_per
     except RuntimeError as wrapped:
         seg.record_error(store, "ft", "reward", wrapped, segment=1, round_index=0)
     [error] = _errors(store, "ft")
-    assert error.error.startswith("PluginError: stage reward of round 0: the reward plug-in "
+    assert error.error.startswith("PluginError: stage reward of round 1: the reward plug-in "
                                      "'broken_rewards:index_error' (config field 'reward.name') failed: IndexError: "
                                      "list index out of range")
     assert error.permanent is True and "run again with the same run id 'ft'" in error.error
@@ -65,7 +65,7 @@ def test_an_embedder_plugins_error_is_named_as_the_embedders(tmp_path):
         embed(__import__("numpy").zeros((2, 16, 16, 3), "uint8"))
     seg.record_error(store, "ft", "cluster", raised.value, segment=1, round_index=3)
     [error] = _errors(store, "ft")
-    assert error.error.startswith("PluginError: stage cluster of round 3: the embedder plug-in "
+    assert error.error.startswith("PluginError: stage cluster of round 4: the embedder plug-in "
                                      "'broken_rewards:embedder' (config field 'cluster.embedder') failed: ValueError: "
                                      "expected 224 px images, got 16 px")
     assert error.permanent is True
@@ -110,7 +110,7 @@ def test_a_broken_plugin_fails_once_in_one_line_and_the_run_id_is_reused_with_th
     with pytest.raises(ChainFailed) as raised:
         run_inprocess(StageContext(broken, store, "nightly"))
     message = str(raised.value)
-    assert ("PluginError: stage reward of round 0: the reward plug-in 'broken_rewards:index_error' (config field "
+    assert ("PluginError: stage reward of round 1: the reward plug-in 'broken_rewards:index_error' (config field "
             "'reward.name') failed: IndexError: list index out of range") in message
     assert "not retried" in message and "run again with the same run id 'nightly'" in message
     assert len(store.list("runs/nightly/segments")) == 1  # not retried 3 times
@@ -177,6 +177,6 @@ def test_a_crashing_swapped_component_is_named_with_where_its_error_is(tmp_path)
         for stage in stage_events:
             write_event(store, "ft", Event(stage=stage, round=0, metrics={}, outputs={}, shard=0))
         end = seg.finish_segment(store, "ft", record.config_sha256, "k", "FAILED")
-        named = f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 0"
+        named = f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 1"
         assert (named in end.error) is blamed, end.error
         assert "committed 0 of its 1 planned rounds" in end.error

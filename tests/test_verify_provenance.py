@@ -55,21 +55,21 @@ def test_a_commit_deleted_from_the_middle_is_a_gap(store):
     store.delete("runs/ft/commits/r000000.json")
     problems = verify_run(store, "ft").problems
     assert len(problems) == 1, problems
-    assert problems[0].startswith("runs/ft/commits: no commit record of round 0 (commits run without a gap from "
-                                  "round 0)")
+    assert problems[0].startswith("runs/ft/commits: no commit record of round 1 (commits run without a gap from "
+                                  "round 1)")  # rounds shown from 1
 
 
 def test_the_last_commit_deleted_is_missed_by_its_segment(store):
     store.delete("runs/ft/commits/r000001.json")
     problems = verify_run(store, "ft").problems
     assert len(problems) == 1, problems
-    assert problems[0].endswith("no commit record of round 1 (commits run without a gap from round 0); "
-                                "runs/ft/eval/r0002.json (the evaluation after round 1) says it was committed")
+    assert problems[0].endswith("no commit record of round 2 (commits run without a gap from round 1); "
+                                "runs/ft/eval/r0002.json (the evaluation after round 2) says it was committed")
     store.delete("runs/ft/eval/r0002.json")
     problems = verify_run(store, "ft").problems
     assert len(problems) == 1, problems
-    assert problems[0].endswith("no commit record of round 1 (commits run without a gap from round 0); "
-                                "runs/ft/segments/s0001.json (segment 1, 2 rounds from round 0) says it was committed")
+    assert problems[0].endswith("no commit record of round 2 (commits run without a gap from round 1); "
+                                "runs/ft/segments/s0001.json (segment 1, 2 rounds from round 1) says it was committed")
 
 
 def test_a_lineage_input_pointing_at_another_rounds_artifact_is_found(store):
@@ -81,11 +81,11 @@ def test_a_lineage_input_pointing_at_another_rounds_artifact_is_found(store):
     rollout_key = _edit_inputs(store, rollouts, adapter=adapter.sha256)
     problems = verify_run(store, "ft").problems
     assert len(problems) == 2, problems
-    assert (f"lineage record {update_key} (lora_adapter of update round 1): input 'rollouts' "
-            f"{old_rollouts.sha256[:12]} is the rollouts of rollout round 0, not the artifact of the rollout of round "
-            "1") in problems
-    assert (f"lineage record {rollout_key} (rollouts of rollout round 1): input 'adapter' {adapter.sha256[:12]} is "
-            "the lora_adapter of update round 1, not the artifact of the update of round 0") in problems
+    assert (f"lineage record {update_key} (lora_adapter of update round 2): input 'rollouts' "
+            f"{old_rollouts.sha256[:12]} is the rollouts of rollout round 1, not the artifact of the rollout of round "
+            "2") in problems
+    assert (f"lineage record {rollout_key} (rollouts of rollout round 2): input 'adapter' {adapter.sha256[:12]} is "
+            "the lora_adapter of update round 2, not the artifact of the update of round 1") in problems
 
 
 def test_an_input_of_another_kind_and_an_event_naming_another_rounds_output_are_found(store):
@@ -100,10 +100,10 @@ def test_an_input_of_another_kind_and_an_event_naming_another_rounds_output_are_
     store.put_json("runs/ft/events/r0002-evaluate.json", evaluation)
     problems = verify_run(store, "ft").problems
     assert len(problems) == 2, problems
-    assert (f"lineage record {key} (lora_adapter of update round 1): input 'scores' {rewards.sha256[:12]} is the "
-            "rewards of reward round 1, not the scores the record says") in problems
+    assert (f"lineage record {key} (lora_adapter of update round 2): input 'scores' {rewards.sha256[:12]} is the "
+            "rewards of reward round 2, not the scores the record says") in problems
     assert any(p.startswith("runs/ft/events/r0001-reward.json: its output 'rewards'") and "was written by reward "
-               "round 0, not by the reward of round 1" in p for p in problems), problems
+               "round 1, not by the reward of round 2" in p for p in problems), problems
     assert scores.sha256 not in " ".join(problems)
 
 
@@ -113,7 +113,7 @@ def test_a_dangling_input_names_the_record_holding_it(store):
     key = _edit_inputs(store, scores, rewards=missing)
     problems = verify_run(store, "ft").problems
     assert problems == [f"no lineage record for artifact {missing} in {store.uri}; named by input 'rewards' of "
-                        f"lineage record {key} (scores of cluster round 1)"]
+                        f"lineage record {key} (scores of cluster round 2)"]
 
 
 @pytest.mark.parametrize(("name", "round_index", "expected"), [

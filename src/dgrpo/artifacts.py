@@ -15,7 +15,7 @@ from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 def write_table(store: ArtifactStore, table: pa.Table, contract: Contract, prov: Provenance) -> ArtifactRef:
     """Validate `table` against `contract` on write, store it as Parquet and record its lineage."""
-    where = f" of round {prov.round}" if prov.round is not None else ""
+    where = f" of round {prov.round + 1}" if prov.round is not None else ""  # shown from 1
     data = contracts.to_parquet_bytes(table, contract, f"{prov.stage} output '{contract.name}'{where}")
     ref = store.put(data, kind=contract.name, suffix=".parquet")
     lineage.record(store, ref, prov)

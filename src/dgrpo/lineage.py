@@ -177,7 +177,7 @@ def format_chain(entries: list[tuple[int, str, LineageRecord]], problems: dict[s
     problems = problems or {}
     for depth, name, rec in entries:
         label = f"{name}: " if name else ""
-        where = f" round {rec.round}" if rec.round is not None else ""
+        where = f" round {rec.round + 1}" if rec.round is not None else ""  # shown from 1
         repeat = " (see above)" if rec.sha256 in seen and rec.inputs else ""
         lines.append(f"{'  ' * depth}{label}{rec.kind} {rec.sha256[:12]} <- {rec.stage}{where}"
                      f" config {rec.config_sha256[:12]} code {rec.code_version}{repeat}"

@@ -12,6 +12,7 @@ from its last commit samples exactly what an uninterrupted one would.
 from dataclasses import dataclass
 
 from dgrpo.runs import keys
+from dgrpo.runs.keys import shown
 from dgrpo.runs.ownership import OwnershipError, check_lease, read_claim
 from dgrpo.runs.record import create, read
 from dgrpo.runs.records import Commit
@@ -73,17 +74,17 @@ def commit_round(store: ArtifactStore, run_id: str, *, round_index: int, adapter
     if existing is not None:  # a retried update whose first attempt committed: the same bytes, or a second writer
         if existing.adapter.sha256 == adapter.sha256 and existing.parent == _sha(parent):
             return
-        raise CommitError(f"run {run_id}: round {round_index} is already committed with adapter "
+        raise CommitError(f"run {run_id}: round {shown(round_index)} is already committed with adapter "
                           f"{existing.adapter.sha256[:12]}, not {adapter.sha256[:12]}: another writer trains "
                           "this fine-tune")
     if state.next_round != round_index or _sha(state.adapter) != _sha(parent):
-        raise CommitError(f"run {run_id}: round {round_index} (trained from adapter {_sha(parent) or 'none'}) "
+        raise CommitError(f"run {run_id}: round {shown(round_index)} (trained from adapter {_sha(parent) or 'none'}) "
                           f"does not extend the fine-tune's chain, whose next round is {state.next_round} from adapter "
                           f"{_sha(state.adapter) or 'none'}")
     record = Commit(run_id=run_id, round=round_index, adapter=adapter, optimizer_state=optimizer_state,
                     parent=_sha(parent), recipe_sha256=recipe_sha256, lease=lease, committed_at=keys.now())
     if not create(store, keys.commit_key(run_id, round_index), record):
-        raise OwnershipError(f"run {run_id}: round {round_index} was committed by another writer meanwhile")
+        raise OwnershipError(f"run {run_id}: round {shown(round_index)} was committed by another writer meanwhile")
 
 
 def _sha(ref: ArtifactRef | None) -> str | None:

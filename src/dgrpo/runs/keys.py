@@ -74,6 +74,22 @@ def segment_key(run_id: str, n: int) -> str:
     return f"{segments_prefix(run_id)}/s{n:04d}.json"
 
 
+def shown(round_index: int) -> int:
+    """A training round as people see it: numbered from 1 (stored indexes, commit and event keys count from 0).
+    Evaluations count the rounds done (`eval_key`): the one "after round r" follows shown round r, 0 is the base."""
+    return round_index + 1
+
+
+def evaluation_label(rounds_done: int) -> str:
+    """An evaluation's name: "base" for the base model's, "after round r" once r rounds are done."""
+    return "base" if rounds_done == 0 else f"after round {rounds_done}"
+
+
+def after_round(rounds_done: int) -> str:
+    """'after round r' once r rounds are done; before the first, 'before round 1'."""
+    return f"after round {rounds_done}" if rounds_done else "before round 1"
+
+
 def evals_prefix(run_id: str) -> str:
     return run_key(run_id, "eval")
 

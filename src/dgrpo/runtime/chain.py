@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dgrpo.config import GuardRails
+from dgrpo.runs.keys import after_round, shown
 from dgrpo.runs.records import EvalRecord, StopRecord
 
 Action = Literal["continue", "retry", "done", "stopped", "failed"]
@@ -48,11 +49,11 @@ def decide(*, rounds_total: int, rounds_done: int, progress: int, succeeded: boo
         return Decision("done", f"{rounds_done}/{rounds_total} rounds committed")
     if succeeded and progress > 0:
         return Decision("continue", f"{rounds_done}/{rounds_total} rounds committed; the next segment starts at "
-                                    f"round {rounds_done}")
+                                    f"round {shown(rounds_done)}")
     why = error or "the segment committed no round"
     if permanent:
-        return Decision("failed", f"segment failed ({why}); not retried: a retry from round {rounds_done} repeats "
-                                  "this error")
+        return Decision("failed", f"segment failed ({why}); not retried: a retry from round {shown(rounds_done)} "
+                                  "repeats this error")
     if failures_in_a_row <= max_retries:
         return Decision("retry", f"segment failed ({why}); retry {failures_in_a_row} of {max_retries} from round "
                                  f"{rounds_done}")
@@ -104,14 +105,14 @@ def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training
         value = _metric(last, rules.diversity_metric, "diversity_metric")
         if rules.diversity_floor is not None and value < rules.diversity_floor:
             return Stop("collapse-floor", last.round,
-                        f"{rules.diversity_metric} {value:.4g} after round {last.round} is below the floor "
+                        f"{rules.diversity_metric} {value:.4g} {after_round(last.round)} is below the floor "
                         f"{rules.diversity_floor:.4g}", {"metric": rules.diversity_metric, "value": value,
                                                          "floor": rules.diversity_floor})
         base = _metric(evaluations[0], rules.diversity_metric, "diversity_metric")
         if rules.diversity_max_drop is not None and value < base * (1 - rules.diversity_max_drop):
             return Stop("collapse-drop", last.round,
-                        f"{rules.diversity_metric} fell from {base:.4g} (after round {evaluations[0].round}) to "
-                        f"{value:.4g} after round {last.round}, by {1 - value / base:.1%} > the allowed "
+                        f"{rules.diversity_metric} fell from {base:.4g} ({after_round(evaluations[0].round)}) to "
+                        f"{value:.4g} {after_round(last.round)}, by {1 - value / base:.1%} > the allowed "
                         f"{rules.diversity_max_drop:.1%}", {"metric": rules.diversity_metric, "base": base,
                                                             "value": value, "max_drop": rules.diversity_max_drop})
     n = rules.hacking_evaluations

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runs.exchange import put_report_html
-from dgrpo.runs.keys import validate_run_id
+from dgrpo.runs.keys import after_round, shown, validate_run_id
 from dgrpo.runtime import segment
 from dgrpo.runtime.gpu_check import check_gpus
 from dgrpo.runtime.report import evaluation_markdown, render_html
@@ -82,13 +82,13 @@ def train_fused(store_uri: str, run_id: str, segment_artifact: FileArtifact, bas
     except RuntimeError as exc:
         segment.record_error(store, run_id, "train_segment", exc, state.segment, None)
         raise
-    rounds = f"{state.rounds[0]}-{state.rounds[-1]}" if state.rounds else "none"
+    rounds = f"{shown(state.rounds[0])}-{shown(state.rounds[-1])}" if state.rounds else "none"
     print(f"fused segment {state.segment} of {run_id}: rounds {rounds}", flush=True)
     if segment.context(store, state).config.train.num_processes > 1:
         fused.launch(store, state, base_due)
     else:
         fused.train_segment(store, state, base_due, on_step=lambda stage, r, shard: print(
-            f"round {r}: {stage}" + ("" if shard is None else f" (shard {shard})"), flush=True))
+            fused.step_label(stage, r, shard), flush=True))
     write_text(summary, segment_markdown(store, run_id, state, metrics))
 
 
@@ -102,8 +102,8 @@ def segment_markdown(store: ArtifactStore, run_id: str, state: RoundState, metri
                 rows.setdefault(event.round, {})[f"{event.stage}.{name}"] = float(value)
                 metrics.log_metric(f"r{event.round:04d}.{event.stage}.{name}", float(value))
     names, done = sorted({c for row in rows.values() for c in row}), sorted(rows)
-    lines = [f"## Segment {state.segment}: rounds {', '.join(map(str, done)) or 'none'}", "",
-             "| metric | " + " | ".join(f"round {r}" for r in done) + " |", "|---|" + "---|" * len(done)]
+    lines = [f"## Segment {state.segment}: rounds {', '.join(str(shown(r)) for r in done) or 'none'}", "",
+             "| metric | " + " | ".join(f"round {shown(r)}" for r in done) + " |", "|---|" + "---|" * len(done)]
     lines += [f"| {name} | " + " | ".join(f"{rows[r][name]:.4g}" if name in rows[r] else "-" for r in done) + " |"
               for name in names]
     for completed in sorted({r + 1 for r in state.rounds} | ({0} if state.round == 0 else set())):
@@ -168,7 +168,7 @@ def write_evaluation_markdown(ctx: StageContext, round_index: int, artifact: Fil
     """The evaluation of `round_index` as Markdown, which the KFP UI shows as the task's visualisation."""
     record = read_evaluation(ctx.store, ctx.run_id, round_index)
     if record is None:
-        raise FileNotFoundError(f"run {ctx.run_id}: no evaluation record of round {round_index} in {ctx.store.uri}")
+        raise FileNotFoundError(f"run {ctx.run_id}: no evaluation record {after_round(round_index)} in {ctx.store.uri}")
     write_text(artifact, evaluation_markdown(record))
 
 

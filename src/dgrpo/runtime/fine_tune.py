@@ -17,7 +17,7 @@ from dgrpo.runs import keys
 from dgrpo.runs.archive import copy_record, known_runs
 from dgrpo.runs.commits import ResumeError, has_commits, last_commit, trained_state
 from dgrpo.runs.evaluations import read_best
-from dgrpo.runs.keys import chain_key, claim_key, driver_key, lease_key, now, validate_run_id
+from dgrpo.runs.keys import after_round, chain_key, claim_key, driver_key, lease_key, now, shown, validate_run_id
 from dgrpo.runs.ownership import break_lease, claim_run, lease_breaks, read_claim, read_lease, release_lease
 from dgrpo.runs.record import ref_dict
 from dgrpo.runs.records import ChainRecord, Claim, DriverRecord, Lease, LeaseBreak, StopRecord
@@ -267,7 +267,7 @@ def format_status(st: dict) -> str:
     cur = st["current_segment"]
     if cur:
         rounds = cur["rounds"]
-        span = f"rounds {rounds[0]}-{rounds[-1]}" if rounds else "no rounds"
+        span = f"rounds {shown(rounds[0])}-{shown(rounds[-1])}" if rounds else "no rounds"
         lines.append(f"  segment {cur['segment']}: {span}, {cur['state']}, KFP run {cur.get('kfp_run_id') or '-'}, "
                      f"started {cur['started_at']}" + (f", finished {cur['finished_at']}" if cur.get("finished_at")
                                                        else ""))
@@ -285,16 +285,18 @@ def format_status(st: dict) -> str:
                      f"{brk['reason']}")
     if st["stop"]:
         stop = st["stop"]
-        lines.append(f"  {chain.stop_label(stop['rule'])} after round {stop['round']}: {stop['message']}")
+        lines.append(f"  {chain.stop_label(stop['rule'])} {after_round(stop['round'])}: {stop['message']}")
         lines.append(f"    numbers: {json.dumps(stop['values'], sort_keys=True)}")
     if st["last_error"]:
         err = st["last_error"]
-        lines.append(f"  last error ({err['at']}, segment {err.get('segment') or '-'}, task {err['task']}"
-                     + (f", round {err['round']}" if err.get("round") is not None else "") + f"): {err['error']}")
+        where = f", round {shown(err['round'])}" if err.get("round") is not None else ""
+        lines.append(f"  last error ({err['at']}, segment {err.get('segment') or '-'}, task {err['task']}{where}): "
+                     f"{err['error']}")
     if st["best"]:
         best = st["best"]
         where = best["adapter"]["uri"] if best.get("adapter") else "the base model"
-        lines.append(f"  best so far: {best['metric']} {best['value']:.4g} after round {best['round']} ({where})")
+        when = after_round(best["round"]) if best["round"] else "of the base model"
+        lines.append(f"  best so far: {best['metric']} {best['value']:.4g} {when} ({where})")
     if st["final_adapter"]:
         lines.append(f"  last committed adapter: {st['final_adapter']['uri']}")
     return "\n".join(lines)

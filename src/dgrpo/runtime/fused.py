@@ -28,6 +28,7 @@ from typing import Any
 
 from dgrpo.models import resident_models
 from dgrpo.runs.commits import trained_state
+from dgrpo.runs.keys import evaluation_label, shown
 from dgrpo.runtime import review
 from dgrpo.runtime import segment as seg
 from dgrpo.runtime.rounds import OnStep, StepCall, run_round
@@ -85,6 +86,14 @@ class Processes:
         return list(range(self.rank, shards, self.world))
 
 
+def step_label(stage: str, round_index: int, shard: int | None) -> str:
+    """A step as the fused task's log names it: "round 3: rollout (shard 1)", "after round 3: evaluate", "base:
+    evaluate" (rounds shown from 1, evaluations by the rounds done)."""
+    if stage == "evaluate":
+        return f"{evaluation_label(round_index + 1)}: evaluate"
+    return f"round {shown(round_index)}: {stage}" + ("" if shard is None else f" (shard {shard})")
+
+
 def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
     """The unsharded steps across processes: each process embeds its own shards' images and the first clusters
     the round from the embeddings; the update runs in every process."""
@@ -131,7 +140,7 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
     try:
         with sigterm_raises(), resident_models():  # the base weights load once a segment, not once a stage and round
             if base_due:
-                step("evaluate", state.round, None)
+                step("evaluate", state.round - 1, None)  # the evaluation after round index r - 1: the base model
                 where["round"] = None
                 if processes.main:
                     with time_limit(limit, "evaluate of the base model"):
@@ -146,7 +155,7 @@ def train_segment(store: ArtifactStore, state: seg.RoundState, base_due: bool, *
                     step("evaluate", r, None)
                     if processes.main:
                         done = trained_state(resident, state.run_id)
-                        with time_limit(limit, f"evaluate after round {r}"):
+                        with time_limit(limit, f"evaluate after round {shown(r)}"):
                             review.evaluate(ctx, round_state, after_update=True, adapter=done.adapter,
                                             optimizer_state=done.optimizer_state)
                     processes.barrier()
@@ -187,8 +196,8 @@ def worker_main(store_uri: str, state_json: str, base_due: str) -> None:
     processes = Processes(dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo"))
     state = seg.RoundState.from_json(state_json, source="fused segment state")
     train_segment(open_store(store_uri), state, json.loads(base_due), processes=processes,
-                  on_step=lambda stage, r, shard: print(f"[rank {processes.rank}] round {r}: {stage}"
-                                                        + ("" if shard is None else f" shard {shard}"), flush=True))
+                  on_step=lambda stage, r, shard: print(f"[rank {processes.rank}] {step_label(stage, r, shard)}",
+                                                        flush=True))
     dist.barrier()
 
 

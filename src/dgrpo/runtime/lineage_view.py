@@ -60,7 +60,7 @@ def format_walk(entries: list[Entry], problems: dict[str, str], gone: dict[str, 
     lines = []
     for level, name, rec in entries:
         label = f"{name}: " if name else ""
-        where = f" round {rec.round}" if rec.round is not None else ""
+        where = f" round {rec.round + 1}" if rec.round is not None else ""
         repeat = " (see above)" if rec.sha256 in seen and rec.inputs else ""
         note = (f"  !! {problems[rec.sha256]}" if rec.sha256 in problems
                 else f"  -- {gone[rec.sha256]}" if rec.sha256 in gone else "")

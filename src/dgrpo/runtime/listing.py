@@ -76,7 +76,7 @@ def format_errors(errs: list[dict], run_id: str) -> str:
     lines = [f"fine-tune {run_id}: {len(errs)} recorded errors, oldest first (* ended its segment)"]
     for e in errs:
         where = f"segment {e.get('segment') or '-'}, {'lease broken by' if e['kind'] == 'lease_break' else 'task'} " \
-                f"{e.get('task')}" + (f", round {e['round']}" if e.get("round") is not None else "")
+                f"{e.get('task')}" + (f", round {e['round'] + 1}" if e.get("round") is not None else "")
         lines.append(f"{'*' if e['root'] else ' '} {e.get('at')} ({where})"
                      + (" [permanent]" if e.get("permanent") else "") + f": {e.get('error')}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from itertools import groupby
 
 from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
 from dgrpo.contracts.tables import CONTRACTS
+from dgrpo.runs.keys import shown
 from dgrpo.runtime.segment import RoundState
 from dgrpo.runtime.termination import time_limit
 from dgrpo.stages.shared.context import StageContext, StageResult
@@ -110,7 +111,7 @@ def run_round(ctx: StageContext, state: RoundState, *, on_step: OnStep | None = 
                 if on_step:
                     on_step(step.stage, state.round, None)
                 bound = {name: tables[name] for name in step.inputs}
-                with time_limit(limit, f"{step.stage} of round {state.round}"):
+                with time_limit(limit, f"{step.stage} of round {shown(state.round)}"):
                     result = calls[step.stage](ctx, state, shard=0, shards=1, **bound)
                 tables |= {name: result.outputs[name] for name in step.outputs}
             continue
@@ -121,7 +122,7 @@ def run_round(ctx: StageContext, state: RoundState, *, on_step: OnStep | None = 
                 if on_step:
                     on_step(step.stage, state.round, i)
                 bound = {name: own[name] if name in own else tables[name] for name in step.inputs}
-                with time_limit(limit, f"{step.stage} of round {state.round} (shard {i})"):
+                with time_limit(limit, f"{step.stage} of round {shown(state.round)} (shard {i})"):
                     result = calls[step.stage](ctx, state, shard=i, shards=shards, **bound)
                 own |= {name: result.outputs[name] for name in step.outputs}
             per_shard[i] = own

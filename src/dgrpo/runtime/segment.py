@@ -22,7 +22,7 @@ from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
 from dgrpo.registry import RegistryError, last_line, plugin_of
 from dgrpo.runs.commits import has_commits, trained_state
 from dgrpo.runs.evaluations import has_evaluation, has_event
-from dgrpo.runs.keys import eval_key, now, run_key, validate_run_id
+from dgrpo.runs.keys import eval_key, now, run_key, shown, validate_run_id
 from dgrpo.runs.ownership import (
     OwnershipError,
     acquire_lease,
@@ -141,7 +141,7 @@ def record_error(store: ArtifactStore, run_id: str, task: str, exc: BaseExceptio
         text = f"{type(exc).__name__}: {exc}"
     else:
         plugin, own = found
-        text = (f"PluginError: stage {task}" + (f" of round {round_index}" if round_index is not None else "")
+        text = (f"PluginError: stage {task}" + (f" of round {shown(round_index)}" if round_index is not None else "")
                 + f": the {plugin.kind} plug-in {plugin.path!r} (config field '{plugin.config_field}') failed: "
                 + last_line(own))
     if permanent and not has_commits(store, run_id):
@@ -222,12 +222,13 @@ def begin_round(store: ArtifactStore, segment: RoundState, round_index: int) -> 
     check_lease(store, segment.run_id, segment.holder)
     stop = read_stop(store, segment.run_id)
     if stop is not None:
-        raise ChainStopped(f"fine-tune {segment.run_id!r} stopped before round {round_index}: "
+        raise ChainStopped(f"fine-tune {segment.run_id!r} stopped before round {shown(round_index)}: "
                            f"{chain.stop_label(stop.rule)}: {stop.message}")
     state = trained_state(store, segment.run_id)
     if state.next_round != round_index:
-        raise RoundOrderError(f"fine-tune {segment.run_id!r}: round {round_index} is not the next uncommitted round "
-                              f"({state.next_round}); an earlier round of this segment failed, so it does not run")
+        raise RoundOrderError(f"fine-tune {segment.run_id!r}: round {shown(round_index)} is not the next uncommitted "
+                              f"round ({shown(state.next_round)}); an earlier round of this segment failed, so it does "
+                              "not run")
     config = load_config(store, segment.config_sha256)
     return RoundState(segment.run_id, segment.config_sha256, segment.segment, segment.holder, round_index,
                       state.adapter, state.optimizer_state, (round_index,), round_index + 1 in config.eval_rounds())
@@ -379,9 +380,9 @@ def swapped_stage_failure(store: ArtifactStore, run_id: str, config: RunConfig, 
         if custom is None:
             return error
         what = f"component {custom.component}" if custom.component else f"image {custom.image}"
-        return (f"the swapped {stage} stage ({what}, pipeline.stages.{stage}) failed in round {round_index} before "
-                f"its output was imported: its own error is the end of its task's log (the `{stage}` node's logs "
-                f"in the KFP UI; task logs locally); the segment {error}")
+        return (f"the swapped {stage} stage ({what}, pipeline.stages.{stage}) failed in round {shown(round_index)} "
+                f"before its output was imported: its own error is the end of its task's log (the `{stage}` node's "
+                f"logs in the KFP UI; task logs locally); the segment {error}")
     return error
 
 

@@ -64,5 +64,5 @@ def described(exc: BaseException, task: str, round_index: int | None) -> BaseExc
     """`exc`, or for a SIGTERM a `Terminated` saying during which task (and round) it came."""
     if not isinstance(exc, Terminated):
         return exc
-    where = task if round_index is None else f"{task} of round {round_index}"
+    where = task if round_index is None else f"{task} of round {round_index + 1}"
     return Terminated(f"terminated by SIGTERM during {where}")

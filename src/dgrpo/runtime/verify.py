@@ -20,6 +20,7 @@ from typing import Any
 from dgrpo import lineage
 from dgrpo.runs import keys
 from dgrpo.runs.archive import read_raw, run_record_keys
+from dgrpo.runs.keys import after_round, shown
 from dgrpo.runtime.pruned import PrunedObject, pruned_index
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -62,7 +63,7 @@ def pruned_lines(result: Verification) -> list[str]:
     lines = []
     for _, objs in sorted(passes.items()):
         rounds = sorted({o.round for o in objs})
-        span = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}"
+        span = f"round {shown(rounds[0])}" if len(rounds) == 1 else f"rounds {shown(rounds[0])}-{shown(rounds[-1])}"
         lines.append(f"{len(objs)} objects ({', '.join(sorted({o.kind for o in objs}))}) of {span}: "
                      f"{objs[0].describe()}")
     return lines
@@ -85,7 +86,7 @@ def refs_in(data: Any) -> list[ArtifactRef]:
 
 def describe(rec: lineage.LineageRecord) -> str:
     """A lineage record as a problem names it: its key, and what it says made its artifact."""
-    made = rec.stage + (f" round {rec.round}" if rec.round is not None else "")
+    made = rec.stage + (f" round {shown(rec.round)}" if rec.round is not None else "")
     return f"lineage record {lineage.record_key(rec.sha256)} ({rec.kind} of {made})"
 
 
@@ -171,7 +172,8 @@ def _input_problems(records: dict[str, lineage.LineageRecord]) -> list[str]:
             source = records.get(sha)
             if source is None:
                 continue  # dangling: reported with the record that names it
-            made = f"{source.kind} of {source.stage}" + (f" round {source.round}" if source.round is not None else "")
+            made = f"{source.kind} of {source.stage}" + (f" round {_round(source.round)}" if source.round is not None
+                                                         else "")
             where = f"{describe(rec)}: input '{name}' {sha[:12]} is the {made}"
             kind = rec.input_kinds.get(name)
             if kind is not None and kind != source.kind:
@@ -188,8 +190,13 @@ def _input_problems(records: dict[str, lineage.LineageRecord]) -> list[str]:
             elif (source.stage, source.round) != expected:
                 stage, round_index = expected
                 problems.append(f"{where}, not the artifact of the {stage}"
-                                + (f" of round {round_index}" if round_index is not None else ""))
+                                + (f" of round {shown(round_index)}" if round_index is not None else ""))
     return problems
+
+
+def _round(index: object) -> object:
+    """A round index from a record as shown (`keys.shown`); anything else, as it is."""
+    return shown(index) if isinstance(index, int) else index
 
 
 def _run_record_problems(run_records: dict[str, Any], records: dict[str, lineage.LineageRecord]) -> list[str]:
@@ -204,7 +211,8 @@ def _run_record_problems(run_records: dict[str, Any], records: dict[str, lineage
                 continue
             if (rec.stage, rec.round) != (data.get("stage"), data.get("round")):
                 problems.append(f"{key}: its output '{name}' {rec.sha256[:12]} was written by {rec.stage} round "
-                                f"{rec.round}, not by the {data.get('stage')} of round {data.get('round')}")
+                                f"{_round(rec.round)}, not by the {data.get('stage')} of round "
+                                f"{_round(data.get('round'))}")
     return problems
 
 
@@ -222,20 +230,20 @@ def _commit_chain_problems(commits: dict[str, dict], records: dict, run_id: str)
         if commit.get("run_id") != run_id:
             problems.append(f"{key}: commit of run {commit.get('run_id')!r}, found under run {run_id!r}")
         if keys.commit_round_of(key) != round_index:
-            problems.append(f"{key}: holds the commit of round {round_index}")
+            problems.append(f"{key}: holds the commit of round {shown(round_index)}")
         rec = records.get(adapter)
         state = records.get((commit.get("optimizer_state") or {}).get("sha256"))
         if rec is not None and (rec.stage != "update" or rec.round != round_index):
-            problems.append(f"{key}: its adapter {adapter[:12]} was written by {rec.stage} round {rec.round}, "
-                            f"not by the update of round {round_index}")
+            problems.append(f"{key}: its adapter {adapter[:12]} was written by {rec.stage} round {shown(rec.round)}, "
+                            f"not by the update of round {shown(round_index)}")
         elif state is not None and (state.stage != "update" or state.round != round_index):
             problems.append(f"{key}: its optimizer state {state.sha256[:12]} was written by {state.stage} round "
-                            f"{state.round}, not by the update of round {round_index}")
+                            f"{shown(state.round)}, not by the update of round {shown(round_index)}")
         if previous is not None and rec is not None and int(previous["round"]) == round_index - 1:
             trained_from = rec.inputs.get("adapter")
             if trained_from != previous["adapter"]["sha256"]:
-                problems.append(f"{key}: round {round_index}'s adapter was trained from "
-                                f"{(trained_from or 'no adapter')[:12]}, not from round {round_index - 1}'s "
+                problems.append(f"{key}: round {shown(round_index)}'s adapter was trained from "
+                                f"{(trained_from or 'no adapter')[:12]}, not from round {shown(round_index - 1)}'s "
                                 f"committed adapter {previous['adapter']['sha256'][:12]}")
         previous = commit
     return problems
@@ -259,17 +267,18 @@ def _gap_problems(commits: dict[str, dict], run_records: dict[str, Any], run_id:
                 and isinstance(data.get("start_round"), int)):
             for r in range(int(data["start_round"]), int(data["start_round"]) + data["progress"]):
                 done.setdefault(r, f"{key} (segment {data.get('segment')}, {data['progress']} rounds from round "
-                                   f"{data['start_round']})")
+                                   f"{shown(data['start_round'])})")
         elif keys.is_eval_key(key) and isinstance(data.get("round"), int) and data["round"] > 0:
-            done.setdefault(data["round"] - 1, f"{key} (the evaluation after round {data['round'] - 1})")
+            done.setdefault(data["round"] - 1, f"{key} (the evaluation {after_round(data['round'])})")
     last = max(committed | set(done), default=first - 1)
     problems = []
     for r in range(first, last + 1):
         if r not in committed:
             why = (f"{done[r]} says it was committed" if r in done else
-                   f"round {last} is {'committed' if last in committed else 'done'}")
-            problems.append(f"{keys.commits_prefix(run_id)}: no commit record of round {r} (commits run without a "
-                            f"gap from round {first}); {why}")
-    problems += [f"{keys.commit_key(run_id, r)}: round {r} is before the fine-tune's first round {first}"
+                   f"round {shown(last)} is {'committed' if last in committed else 'done'}")
+            problems.append(f"{keys.commits_prefix(run_id)}: no commit record of round {shown(r)} (commits run "
+                            f"without a gap from round {shown(first)}); {why}")
+    problems += [f"{keys.commit_key(run_id, r)}: round {shown(r)} is before the fine-tune's first round "
+                 f"{shown(first)}"
                  for r in sorted(committed) if r < first]
     return problems

@@ -175,7 +175,7 @@ def eval_rows(store: ArtifactStore, arm: str, seed: int, run_id: str, rounds: li
     for r in rounds:
         record = read_evaluation(store, run_id, r)
         if record is None:
-            raise FileNotFoundError(f"run {run_id}: no evaluation of round {r} in {store.uri}")
+            raise FileNotFoundError(f"run {run_id}: no evaluation after round {r} in {store.uri}")
         row: dict = {"arm": arm, "seed": seed, "round": r}
         for split in SPLITS:
             prompts = [p for p in record.per_prompt if p["held_out"] == (split == "heldout")]
@@ -214,7 +214,7 @@ def rollout_signal(store: ArtifactStore, run_id: str, events: list[Event],
         scores = scores.filter(pc.fill_null(scores.column("kept"), True))  # DRIFT's and Pro-GRPO's filters
         ids = scores.column("sample_id").to_pylist()
         if not all({"mode", "quality"} <= components[s].keys() for s in ids):
-            raise ValueError(f"run {run_id} round {rnd}: the rewards' components lack the toy reward's 'mode' and "
+            raise ValueError(f"run {run_id} round {rnd + 1}: the rewards' components lack the toy reward's 'mode' and "
                              "'quality'")
         final = np.asarray(scores.column("final_reward").to_pylist(), dtype=np.float64)
         mode = np.array([components[s]["mode"] for s in ids])

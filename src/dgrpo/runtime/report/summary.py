@@ -4,16 +4,11 @@ visualisation), built from the records the stages write in the store."""
 
 from dgrpo.runs import evaluations
 from dgrpo.runs.exchange import put_report
+from dgrpo.runs.keys import after_round, evaluation_label
 from dgrpo.runs.records import EvalRecord, Event
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 SHOWN = ("reward", "quality", "mode_entropy", "modes_over_10pct", "diversity", "embedding_diversity", "vendi")
-
-
-def evaluation_label(rounds_done: int) -> str:
-    """An evaluation's name: evaluations count rounds done, so round 0 is the base model, "base", and round r is
-    "after round r" (training rounds are numbered from 1 wherever they are shown)."""
-    return "base" if rounds_done == 0 else f"after round {rounds_done}"
 
 
 def load_events(store: ArtifactStore, run_id: str) -> list[Event]:
@@ -127,7 +122,7 @@ def evaluation_markdown(record: EvalRecord) -> str:
     keys = [k for k in SHOWN if k in metrics]
     splits = [(name, prefix) for name, prefix in SPLIT_COLUMNS if any(prefix + k in metrics for k in keys)]
     # the heading keeps the rounds-done number (KFP's Markdown view is parsed by it); round 0 is named as the base
-    lines = [f"## Evaluation after round {record.round}", "",
+    lines = [f"## Evaluation {after_round(record.round) if record.round else 'of the base model'}", "",
              *(["The base model: no training round done yet.", ""] if record.round == 0 else []),
              "| measure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
     for k in keys:

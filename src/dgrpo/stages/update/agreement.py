@@ -110,7 +110,7 @@ def this_origin() -> str:
 
 def refusal(round_index: int, result: Agreement, rollouts_from: str, roundoff_dtype: torch.dtype) -> str:
     """The one line a refused round fails with."""
-    return (f"update round {round_index}: the rollouts' log-probs disagree with the update's recomputation under "
+    return (f"update round {round_index + 1}: the rollouts' log-probs disagree with the update's recomputation under "
             f"the same adapter at denoising step {result.worst_step}: max |delta log p| {result.max_abs:.3g} > bound "
             f"{result.bound:.3g} ({str(roundoff_dtype).removeprefix('torch.')} rounding); rollouts by "
             f"{rollouts_from}, update by {this_origin()}: rebuild the stages from one image, with one model.dtype "

@@ -24,11 +24,11 @@ def check_round_finite(round_index: int, rows: list[dict], tensors: dict[str, di
     for row in rows:
         for name, value in row.items():
             if name not in ("round", "optimizer_step") and not math.isfinite(value):
-                raise NonFiniteError(f"update round {round_index}: metric '{name}' is {value} at optimizer step "
+                raise NonFiniteError(f"update round {round_index + 1}: metric '{name}' is {value} at optimizer step "
                                      f"{row['optimizer_step']}; {advice}")
     for label, state in tensors.items():
         for name, t in state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
-                raise NonFiniteError(f"update round {round_index}: {label} '{name}' holds {bad} non-finite of "
+                raise NonFiniteError(f"update round {round_index + 1}: {label} '{name}' holds {bad} non-finite of "
                                      f"{t.numel()} values; {advice}")

@@ -27,7 +27,7 @@ def launch(ctx: StageContext, inputs: UpdateInputs) -> StageResult:
     code = subprocess.run(command, check=False).returncode
     data = get_update_result(ctx.store, request) if code == 0 else None
     if data is None:
-        raise RuntimeError(f"update round {inputs.round_index}: the {ctx.config.train.num_processes} data-parallel "
+        raise RuntimeError(f"update round {inputs.round_index + 1}: the {ctx.config.train.num_processes} data-parallel "
                            f"workers failed (exit code {code}); their log is above")
     return StageResult({k: ArtifactRef.from_json(json.dumps(v), source=f"{request} result output {k!r}")
                         for k, v in data["outputs"].items()}, data["metrics"])
