@@ -221,3 +221,27 @@ def test_the_tracking_uri_comes_from_the_config_else_the_environment(monkeypatch
     with pytest.raises(ConfigError, match="tracking.mlflow.uri.*credentials"):
         load_config(None, {"tracking.mlflow.uri": "https://alice@mlflow.example.com"})
     assert json.loads(load_config(None, {}).to_json())["tracking"]["mlflow"]["enabled"] is False
+
+
+@pytest.mark.e2e
+def test_a_fine_tune_logs_into_the_run_kfps_mlflow_plugin_registered(mlflow_server, tmp_path, monkeypatch):
+    """KFP 2.17's MLflow plugin registers each KFP run as an MLflow run tagged `kfp.pipeline_run_id` and gives each
+    task pod a nested run (MLFLOW_RUN_ID, tagged mlflow.parentRunId): the fine-tune's first segment logs into the
+    plugin's run instead of creating another, and a later segment's plugin run points at it."""
+    pytest.importorskip("mlflow", reason="the MLflow client (extra 'mlflow') is not installed")
+    from mlflow.tracking import MlflowClient
+
+    config = _config(mlflow_server, rounds=1)
+    client = MlflowClient(mlflow_server)
+    experiment = client.create_experiment(config.name)
+    plugin_run = client.create_run(experiment, tags={tracking.KFP_RUN_TAG: "kfp-run-1"}).info.run_id
+    task_run = client.create_run(experiment, tags={tracking.PARENT_TAG: plugin_run}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", task_run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    store = LocalStore(tmp_path / "store")
+    run_inprocess(StageContext(config, store, RUN_ID))
+
+    assert tracking.read_record(store, RUN_ID)["mlflow_run_id"] == plugin_run
+    adopted = client.get_run(plugin_run)
+    assert adopted.data.tags[tracking.RUN_TAG] == RUN_ID and adopted.data.metrics
+    assert {r.info.run_id for r in client.search_runs([experiment])} == {plugin_run, task_run}  # none created
