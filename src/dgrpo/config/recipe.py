@@ -259,12 +259,22 @@ class TrainConfig:
             return section
         return {**section, "kl_form": "gaussian"}
 
+    @property
+    def uses_kl(self) -> bool:
+        """Whether the update adds Flow-GRPO's KL term (regularizer kl or both)."""
+        return self.regularizer in ("kl", "both")
+
+    @property
+    def uses_sa(self) -> bool:
+        """Whether the update adds SA-Reg on the structure steps (regularizer sa or both)."""
+        return self.regularizer in ("sa", "both")
+
     def validate(self, path: str) -> None:
-        check(self.regularizer in ("kl", "both") or self.beta_kl == 0, f"{path}.beta_kl",
+        check(self.uses_kl or self.beta_kl == 0, f"{path}.beta_kl",
               f"is {self.beta_kl} but train.regularizer is {self.regularizer!r}: set regularizer to kl or both")
-        check(self.regularizer not in ("kl", "both") or self.beta_kl > 0, f"{path}.beta_kl",
+        check(not self.uses_kl or self.beta_kl > 0, f"{path}.beta_kl",
               f"must be > 0 with regularizer {self.regularizer!r}")
-        check(self.regularizer not in ("sa", "both") or self.sa_lambda > 0, f"{path}.sa_lambda",
+        check(not self.uses_sa or self.sa_lambda > 0, f"{path}.sa_lambda",
               f"must be > 0 with regularizer {self.regularizer!r}")
         check(len(self.adam_betas) == 2, f"{path}.adam_betas", "must hold two numbers")
         check(self.batch_size % self.micro_batch_size == 0, f"{path}.batch_size",

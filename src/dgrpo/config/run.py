@@ -83,11 +83,11 @@ class RunConfig:
         check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
               f"is {self.train.num_processes} but the {'fused' if fused else 'update'} pod gets {gpus} GPUs "
               f"(kubernetes.{'fused' if fused else 'stages.update'}): one process per GPU")
-        check(self.train.regularizer not in ("sa", "both") or self.train.sa_steps <= self.num_train_steps,
+        check(not self.train.uses_sa or self.train.sa_steps <= self.num_train_steps,
               "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
         window_start = (self.sampling.sde_window_range or [0])[0]
-        check(self.train.regularizer not in ("sa", "both") or not self.sampling.sde_window_size
+        check(not self.train.uses_sa or not self.sampling.sde_window_size
               or window_start < self.train.sa_steps, "sampling.sde_window_range",
               f"starts at step {window_start}, but SA-Reg acts on the trajectory's first train.sa_steps "
               f"({self.train.sa_steps}) steps only: no window would train one")
@@ -185,7 +185,7 @@ def check_methods(cfg: RunConfig) -> None:
     for name, on in (("drift.shaping_weight", d.shaping_weight > 0), ("gardo.novelty_advantage", g.novelty_advantage)):
         check(not on or cfg.cluster.embedder is not None, "cluster.embedder",
               f"must name an embedder: {name} uses the distances between a group's embeddings")
-    check(not g.kl_gate or t.regularizer in ("kl", "both"), "gardo.kl_gate",
+    check(not g.kl_gate or t.uses_kl, "gardo.kl_gate",
           f"gates the KL, but train.regularizer is {t.regularizer!r}: set it to kl or both")
     check(not g.reference_reset or t.regularizer != "none", "gardo.reference_reset",
           "resets the regulariser's reference, but train.regularizer is 'none'")

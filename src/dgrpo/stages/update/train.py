@@ -405,8 +405,8 @@ def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, x: torch.Tenso
     gradients flow through the policy's step mean alone. `kl_weight` weighs each sample's KL (GARDO's gate).
     """
     t, s = cfg.train, cfg.sampling
-    use_kl = t.regularizer in ("kl", "both")
-    use_sa = t.regularizer in ("sa", "both") and structure_step(cfg, j)
+    use_kl = t.uses_kl
+    use_sa = t.uses_sa and structure_step(cfg, j)
     zero = torch.zeros((), device=step.prev_sample_mean.device)
     if not (use_kl or use_sa):
         return zero, zero
