@@ -10,14 +10,14 @@ from dataclasses import replace
 import pytest
 from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
-from support import S3_BUCKET
+from support import S3_BUCKET, event_output
 
 from dgrpo import lineage
 from dgrpo.runs.commits import last_commit
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import verify_run
 from dgrpo.stages.shared.context import StageContext
-from dgrpo.store import ArtifactRef, LocalStore, StoreError, check_store_uri, open_store, redact
+from dgrpo.store import LocalStore, StoreError, check_store_uri, open_store, redact
 from dgrpo.store.s3 import S3Settings, S3Store
 
 
@@ -37,10 +37,6 @@ def one_round(tmp_path_factory):
 def store(one_round, tmp_path):
     shutil.copytree(one_round, tmp_path / "store")
     return LocalStore(tmp_path / "store")
-
-
-def _event_ref(store, name: str, output: str) -> ArtifactRef:
-    return ArtifactRef(**store.get_json(f"runs/ft/events/{name}.json")["outputs"][output])
 
 
 # --- corruption: verified before trusted, healed on rewrite ------------------------------------------------------
@@ -70,7 +66,7 @@ def test_a_tampered_s3_object_is_rewritten_by_the_next_identical_put(s3_store, s
 
 def test_an_identical_rerun_heals_a_corrupt_stage_output(store):
     """Before: `put` skipped the write because the key existed, and every rerun failed on the same object."""
-    rollouts = _event_ref(store, "r0000-rollout", "rollouts")
+    rollouts = event_output(store, "r0000-rollout", "rollouts")
     store.local_path(rollouts).write_bytes(b"PAR1 truncated")
     record = lineage.record_key(rollouts.sha256)
     store._write(record, b'{"sha256": "trunc')  # and its lineage record half-written
@@ -83,7 +79,7 @@ def test_dgrpo_lineage_flags_a_chain_through_a_corrupt_object(store, capsys):
     adapter = last_commit(store, "ft").adapter
     assert main(["lineage", adapter.sha256, "--store", str(store.root), "--verify"]) == 0
     assert "!!" not in capsys.readouterr().out
-    scores = _event_ref(store, "r0000-cluster", "scores")
+    scores = event_output(store, "r0000-cluster", "scores")
     store.local_path(scores).write_bytes(store.local_path(scores).read_bytes()[:-50])
     assert main(["lineage", adapter.sha256, "--store", str(store.root)]) == 0  # hashes nothing unless --verify
     assert main(["lineage", adapter.sha256, "--store", str(store.root), "--verify"]) == 1
@@ -103,9 +99,9 @@ def test_dgrpo_verify_checks_every_object_of_a_run(store, capsys):
     assert main(["verify", "ft", "--store", str(store.root)]) == 0
     assert capsys.readouterr().out.startswith("ok: run ft:")
 
-    grid = _event_ref(store, "r0001-evaluate", "grid")
+    grid = event_output(store, "r0001-evaluate", "grid")
     store.local_path(grid).write_bytes(b"\x89PNG tampered")
-    metrics = _event_ref(store, "r0000-update", "metrics")
+    metrics = event_output(store, "r0000-update", "metrics")
     store.delete(lineage.record_key(metrics.sha256))
     assert main(["verify", "ft", "--store", str(store.root)]) == 1
     out, err = capsys.readouterr()
@@ -144,7 +140,7 @@ def test_a_moved_local_store_resumes_to_the_bytes_of_an_uninterrupted_run(one_ro
 
 
 def test_a_reference_resolves_only_to_its_own_object(store):
-    ref = _event_ref(store, "r0000-update", "adapter")
+    ref = event_output(store, "r0000-update", "adapter")
     for uri in ("file:///etc/passwd", f"{store.uri}/runs/ft/commits/r000000.json",
                 ref.uri.replace(ref.sha256[:2] + "/", "zz/")):
         with pytest.raises(StoreError, match="not an object of a dgrpo store"):

@@ -6,6 +6,7 @@ import shutil
 import pytest
 from dgrpo_pipelines.main import main
 from reliability_helpers import snapshot, tiny_config
+from support import event_output
 
 from dgrpo.runs.commits import last_commit, trained_state
 from dgrpo.runtime import retention
@@ -38,10 +39,6 @@ def store(trained, tmp_path):
     return LocalStore(tmp_path / "store")
 
 
-def _event_ref(store, name: str, output: str) -> ArtifactRef:
-    return ArtifactRef(**store.get_json(f"runs/ft/events/{name}.json")["outputs"][output])
-
-
 def _gc(store, *args: str) -> int:
     return main(["gc", "ft", "--store", str(store.root), *args])
 
@@ -57,7 +54,7 @@ def test_the_default_policy_and_a_dry_run_delete_nothing(store, capsys):
 
 
 def test_gc_keeps_what_resume_evaluations_the_report_and_a_sharing_run_need(store, capsys):
-    rollouts = {r: _event_ref(store, f"r000{r}-rollout", "rollouts") for r in range(3)}
+    rollouts = {r: event_output(store, f"r000{r}-rollout", "rollouts") for r in range(3)}
     report_before = format_report(build_report(store, "ft"))
     assert _gc(store) == 0
     assert "deleted 4 objects" in capsys.readouterr().out  # round 1's rollouts, scores, metrics, optimizer state

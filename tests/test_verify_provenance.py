@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from reliability_helpers import tiny_config
+from support import event_output
 
 from dgrpo import lineage
 from dgrpo.runtime.engine import run_inprocess
@@ -29,10 +30,6 @@ def two_rounds(tmp_path_factory):
 def store(two_rounds, tmp_path):
     shutil.copytree(two_rounds, tmp_path / "store")
     return LocalStore(tmp_path / "store")
-
-
-def _output(store: LocalStore, event: str, name: str) -> ArtifactRef:
-    return ArtifactRef(**store.get_json(f"runs/ft/events/{event}.json")["outputs"][name])
 
 
 def _edit_inputs(store: LocalStore, ref: ArtifactRef, **inputs: str) -> str:
@@ -75,8 +72,9 @@ def test_the_last_commit_deleted_is_missed_by_its_segment(store):
 def test_a_lineage_input_pointing_at_another_rounds_artifact_is_found(store):
     """The update of round 1 edited to have trained on round 0's rollouts, and round 1's rollouts edited to have
     been sampled from the adapter of round 1 itself (the future)."""
-    adapter = _output(store, "r0001-update", "adapter")
-    old_rollouts, rollouts = _output(store, "r0000-rollout", "rollouts"), _output(store, "r0001-rollout", "rollouts")
+    adapter = event_output(store, "r0001-update", "adapter")
+    old_rollouts = event_output(store, "r0000-rollout", "rollouts")
+    rollouts = event_output(store, "r0001-rollout", "rollouts")
     update_key = _edit_inputs(store, adapter, rollouts=old_rollouts.sha256)
     rollout_key = _edit_inputs(store, rollouts, adapter=adapter.sha256)
     problems = verify_run(store, "ft").problems
@@ -89,8 +87,8 @@ def test_a_lineage_input_pointing_at_another_rounds_artifact_is_found(store):
 
 
 def test_an_input_of_another_kind_and_an_event_naming_another_rounds_output_are_found(store):
-    scores, rewards = _output(store, "r0001-cluster", "scores"), _output(store, "r0001-reward", "rewards")
-    adapter = _output(store, "r0001-update", "adapter")
+    scores, rewards = event_output(store, "r0001-cluster", "scores"), event_output(store, "r0001-reward", "rewards")
+    adapter = event_output(store, "r0001-update", "adapter")
     key = _edit_inputs(store, adapter, scores=rewards.sha256)
     event = store.get_json("runs/ft/events/r0001-reward.json")
     event["outputs"]["rewards"] = store.get_json("runs/ft/events/r0000-reward.json")["outputs"]["rewards"]
@@ -108,7 +106,7 @@ def test_an_input_of_another_kind_and_an_event_naming_another_rounds_output_are_
 
 
 def test_a_dangling_input_names_the_record_holding_it(store):
-    scores = _output(store, "r0001-cluster", "scores")
+    scores = event_output(store, "r0001-cluster", "scores")
     missing = "ab" * 32
     key = _edit_inputs(store, scores, rewards=missing)
     problems = verify_run(store, "ft").problems
