@@ -156,8 +156,3 @@ class ResidentStore(ArtifactStore):
             if key in self._cache:
                 self._cached_bytes -= len(self._cache.pop(key))
         self.inner._delete(key)
-
-    def _holds(self, key: str, sha256: str, size: int) -> bool:
-        data = self._cached(key)
-        return (len(data) == size and sha256_bytes(data) == sha256) if data is not None \
-            else self.inner._holds(key, sha256, size)
