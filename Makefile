@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_ARGS ?=
-CONFIG ?= configs/toy.yaml
+CONFIG ?= src/dgrpo/assets/configs/toy.yaml
 LINT_VENV ?= .venv-lint
 LINT_STAMP := $(LINT_VENV)/.installed-stamp
 # The MLflow tracking server tests/test_tracking.py starts: the full mlflow, whose pins differ from the project's.

@@ -15,6 +15,7 @@ from dgrpo import contracts
 from dgrpo.config import ConfigError, load_config
 from dgrpo.runtime.report import build_report, format_report, located_uri, save_report, summary_lines, write_html
 from dgrpo.store import ArtifactRef, StoreError, check_store_uri, open_store
+from dgrpo.toyworld.presets import PRESETS_DIR
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="DiverseGRPO fine-tuning pipelines for flow-matching text-to-image models.",
@@ -60,11 +61,12 @@ StoreOpt = Annotated[str, typer.Option("--store", help="Store URI (a directory o
                                        envvar="DGRPO_STORE")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the toy world).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.path=YAML value.")]
-DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "toy.yaml"
-"""What `dgrpo run` trains without --config: the shipped toy preset, the one `make run` trains (one toy recipe, one
-name), not the bare field defaults, whose held-out split and learning rate the presets correct."""
+DEFAULT_RUN_CONFIG = PRESETS_DIR / "toy.yaml"
+"""What `dgrpo run` trains without --config: the shipped toy preset (package data, so an installed wheel has it),
+the one `make run` trains (one toy recipe, one name), not the bare field defaults, whose held-out split and learning
+rate the presets correct."""
 RunConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config YAML (default: the shipped "
-                                                                          "configs/toy.yaml).")]
+                                                                          "toy.yaml, package data).")]
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -576,8 +578,8 @@ def _object_uri(st, sha: str) -> str:
 def experiment(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the store, tables, plot and reports.")
                       ] = Path("outputs/experiment-toy"),
-    configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")] = Path(
-        "configs"),
+    configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")
+                       ] = PRESETS_DIR,
     seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; default 0 1 2).")] = None,
     all_arms: Annotated[bool, typer.Option("--all-arms", help=(
         "Also run the paper's DiverseGRPO (no cluster baseline), DRIFT, Pro-GRPO and GARDO."))] = False,

@@ -26,12 +26,15 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="*", type=Path, default=sorted((ROOT / "configs").glob("*.yaml")))
+    from dgrpo.toyworld.presets import PRESETS_DIR
+
+    shipped = sorted([*(ROOT / "configs").glob("*.yaml"), *PRESETS_DIR.glob("*.yaml")])
+    parser.add_argument("--presets", nargs="*", type=Path, default=shipped)
     parser.add_argument("--smoke", action="store_true",
                         help="the toy preset only: the same code paths in seconds (tests/test_bench_smoke.py)")
     args = parser.parse_args()
     if args.smoke:
-        args.presets = [ROOT / "configs" / "toy.yaml"]
+        args.presets = [PRESETS_DIR / "toy.yaml"]
     from dgrpo_pipelines.training import compile_pipeline
 
     from dgrpo.config import load_config

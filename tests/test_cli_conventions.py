@@ -22,6 +22,7 @@ from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.plan import segment_tasks
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import LocalStore
+from dgrpo.toyworld.presets import toy_preset
 
 RUN = "toy-a"
 
@@ -104,9 +105,9 @@ def test_plan_counts_segments_tasks_gpus_cost_and_store_growth():
     assert data["gpu_hours"] == pytest.approx(cfg.rounds * images * 2 / 3600)
     side = cfg.model.resolution // 8
     assert data["store_bytes_per_round"] == images * (cfg.sampling.num_steps + 1) * 16 * side * side * 4
-    staged = _cli("plan", "configs/toy.yaml", "--set", "rounds=4", "--set", "pipeline.rounds_per_run=3")
+    staged = _cli("plan", str(toy_preset("toy")), "--set", "rounds=4", "--set", "pipeline.rounds_per_run=3")
     assert staged.exit_code == 0, staged.output
-    toy = load_config("configs/toy.yaml", {"rounds": 4, "pipeline.rounds_per_run": 3})
+    toy = load_config(toy_preset("toy"), {"rounds": 4, "pipeline.rounds_per_run": 3})
     rows = [line.split() for line in staged.output.splitlines() if line.strip()[:1].isdigit()]
     assert [(r[1], int(r[3])) for r in rows] == [("1-3", segment_tasks(toy, 0)), ("4-4", segment_tasks(toy, 3))]
     assert "GPUs at once: 0" in staged.output and "assumed" in staged.output

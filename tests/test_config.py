@@ -1,6 +1,7 @@
 import pytest
 
 from dgrpo.config import ConfigError, load_config
+from dgrpo.toyworld.presets import PRESETS_DIR, toy_preset
 
 
 def test_defaults_are_the_toy_world():
@@ -35,7 +36,10 @@ def test_hash_is_stable_and_sensitive():
 
 def test_preset_files_load():
     from pathlib import Path
-    for path in Path(__file__).parents[1].glob("configs/*.yaml"):
+
+    presets = [*Path(__file__).parents[1].glob("configs/*.yaml"), *PRESETS_DIR.glob("*.yaml")]
+    assert len(presets) > 10
+    for path in presets:
         load_config(path)
 
 
@@ -64,8 +68,8 @@ def test_base_errors_name_the_file(tmp_path):
 
 
 def test_comparison_presets_differ_only_in_cluster_regulariser_and_baseline():
-    for family in ("toy", "sd35m"):
-        arms = [load_config(f"configs/{family}-{arm}.yaml").to_dict() for arm in ("flowgrpo", "sareg", "diversegrpo")]
+    for folder, family in ((PRESETS_DIR, "toy"), ("configs", "sd35m")):
+        arms = [load_config(f"{folder}/{family}-{arm}.yaml").to_dict() for arm in ("flowgrpo", "sareg", "diversegrpo")]
         for arm in arms:
             for key in ("name", "cluster"):
                 arm.pop(key)
@@ -278,7 +282,7 @@ def test_an_override_under_a_single_value_is_a_config_error(overrides):
                                           r"single value \(2\), so it has no field 'x'"):
         load_config(None, overrides)
     with pytest.raises(ConfigError, match=r"config field 'rounds.x': 'rounds' holds a single value \(10\)"):
-        load_config("configs/toy.yaml", {"rounds.x": 1})
+        load_config(toy_preset("toy"), {"rounds.x": 1})
 
 
 _HEX64 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

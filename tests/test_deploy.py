@@ -174,8 +174,9 @@ def test_the_exit_task_is_retried_and_stage_pods_have_deadlines(tmp_path):
     from dgrpo_pipelines.training import compile_pipeline
 
     from dgrpo.config import load_config
+    from dgrpo.toyworld.presets import PRESETS_DIR
 
-    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    presets = sorted([*(ROOT / "configs").glob("*.yaml"), *PRESETS_DIR.glob("*.yaml")])
     assert presets
     cfg = load_config(None, {"rounds": 2, "kubernetes.stages.update.timeout_s": 7200})
     ir, platform = yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())

@@ -4,7 +4,6 @@ compared at matched quality, and the issue's goals are decided by the numbers (a
 import csv
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,8 +30,9 @@ from dgrpo.toyworld.experiment import (
     with_seed,
     with_signal,
 )
+from dgrpo.toyworld.presets import PRESETS_DIR
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = PRESETS_DIR
 
 
 def test_arms_differ_only_in_their_method_sections():

@@ -7,8 +7,14 @@ import pytest
 
 from dgrpo.config import load_config
 from dgrpo.methods.progrpo import nfe_of_schedule
+from dgrpo.toyworld.presets import toy_preset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _preset(name: str) -> Path:
+    """A shipped preset by name: the toy ones are package data, the real ones in configs/."""
+    return toy_preset(name) if name.startswith("toy") else CONFIGS / f"{name}.yaml"
 
 
 @pytest.mark.parametrize(("preset", "base", "differs"), [
@@ -20,19 +26,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
     ("sd35m-gardo", "sd35m-flowgrpo", {"gardo", "reward", "train"}),
 ])
 def test_method_presets_build_on_the_recipe(preset, base, differs):
-    cfg, ref = load_config(CONFIGS / f"{preset}.yaml").to_dict(), load_config(CONFIGS / f"{base}.yaml").to_dict()
+    cfg, ref = load_config(_preset(preset)).to_dict(), load_config(_preset(base)).to_dict()
     assert cfg["name"] == preset
     assert {k for k in cfg if cfg[k] != ref[k]} == differs | {"name"}
 
 
 def test_method_presets_turn_their_options_on():
-    drift = load_config(CONFIGS / "toy-drift.yaml").drift
+    drift = load_config(toy_preset("toy-drift")).drift
     assert drift.outlier_filter and drift.prompt_noise and drift.shaping_weight > 0
     pro = load_config(CONFIGS / "sd35m-progrpo.yaml")
     assert pro.progrpo.mode == "expand_prune" and pro.sampling.group_size == pro.progrpo.prune_sizes[-1] == 12
     assert nfe_of_schedule(48, 10, pro.progrpo.prune_steps, pro.progrpo.prune_sizes) == 360  # this project's schedule
-    toy_pro = load_config(CONFIGS / "toy-progrpo.yaml")
-    assert toy_pro.sampling.group_size == load_config(CONFIGS / "toy-flowgrpo.yaml").sampling.group_size
+    toy_pro = load_config(toy_preset("toy-progrpo"))
+    assert toy_pro.sampling.group_size == load_config(toy_preset("toy-flowgrpo")).sampling.group_size
     gardo = load_config(CONFIGS / "sd35m-gardo.yaml")
     assert gardo.gardo.novelty_advantage and gardo.gardo.kl_gate and gardo.gardo.reference_reset
     assert gardo.reward.name == "multi" and gardo.gardo.aux_components == ["aesthetic", "imagereward"]
@@ -50,7 +56,7 @@ def test_paper_presets_run_the_papers_diversegrpo_and_nothing_of_ours(preset):
 
     from dgrpo.stages.cluster import score_group
 
-    cfg = load_config(CONFIGS / f"{preset}.yaml")
+    cfg = load_config(_preset(preset))
     c, t = cfg.cluster, cfg.train
     assert (c.method, c.normalization, c.quality_normalization, c.quality_gate) == ("diverse", "none", "none", False)
     assert (c.k_selection, c.width_heuristic) == ("fixed", "fixed") and c.beta in (1.0, 3.0, 5.0)

@@ -18,8 +18,8 @@ from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.update import run_update
 from dgrpo.store import LocalStore
+from dgrpo.toyworld.presets import toy_preset
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLUGINS = Path(__file__).parent / "plugins"
 
 
@@ -70,8 +70,8 @@ def _round(tmp_path, cfg):
 
 
 def test_the_preset_trains_a_round_with_guard_metrics_per_step(tmp_path):
-    preset = load_config(CONFIGS / "toy-grpo-guard.yaml")
-    base = load_config(CONFIGS / "toy-flowgrpo.yaml")
+    preset = load_config(toy_preset("toy-grpo-guard"))
+    base = load_config(toy_preset("toy-flowgrpo"))
     assert preset.methods == {"grpo_guard": {"ratio_norm": True, "step_reweight": True}}
     assert preset.recipe_differences(base) == ["methods"]
     cfg = small_config(**{"methods": preset.methods, "sampling.num_steps": 4, "train.batch_size": 16})

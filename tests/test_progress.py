@@ -91,15 +91,14 @@ def test_a_new_segment_raises_the_total_and_keeps_what_is_done():
 
 
 def test_dgrpo_run_without_config_trains_the_shipped_toy_preset(monkeypatch):
-    """One toy recipe under one name: `dgrpo run` with no --config is `make run`'s configs/toy.yaml, recipe for
+    """One toy recipe under one name: `dgrpo run` with no --config is `make run`'s toy.yaml (package data), recipe for
     recipe (not the bare field defaults, whose learning rate and held-out split differ)."""
-    from pathlib import Path
-
     import dgrpo_pipelines.local as local
     from dgrpo_pipelines.cli import DEFAULT_RUN_CONFIG, app
     from typer.testing import CliRunner
 
     from dgrpo.config import load_config
+    from dgrpo.toyworld.presets import toy_preset
 
     seen = []
 
@@ -110,8 +109,8 @@ def test_dgrpo_run_without_config_trains_the_shipped_toy_preset(monkeypatch):
     monkeypatch.setattr(local, "open_context", stop_here)
     result = CliRunner().invoke(app, ["run", "--engine", "inprocess"])
     assert len(seen) == 1 and "stopped before training" in result.output, result.output
-    shipped = load_config(Path(__file__).resolve().parent.parent / "configs" / "toy.yaml")
-    assert DEFAULT_RUN_CONFIG.samefile(Path(__file__).resolve().parent.parent / "configs" / "toy.yaml")
+    shipped = load_config(toy_preset("toy"))
+    assert DEFAULT_RUN_CONFIG.samefile(toy_preset("toy"))
     assert seen[0].recipe_sha256() == shipped.recipe_sha256() and seen[0].name == shipped.name == "toy"
     assert shipped.recipe_sha256() != load_config(None).recipe_sha256()  # the defaults alone are another recipe
 

@@ -29,14 +29,20 @@ from dgrpo.runtime.plan import (
 from dgrpo.stages.shared.context import StageResult
 from dgrpo.stages.shared.run_config import load_config as stored_config
 from dgrpo.store import ArtifactRef, LocalStore
+from dgrpo.toyworld.presets import PRESETS_DIR
 
 ROOT = Path(__file__).parents[1]
-PRESETS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+PRESETS = sorted(p.name for p in [*(ROOT / "configs").glob("*.yaml"), *PRESETS_DIR.glob("*.yaml")])
 REAL = [p for p in PRESETS if not p.startswith("toy")]
 
 
+def _preset(name: str) -> Path:
+    """A shipped preset by file name: the toy ones are package data, the real ones in configs/."""
+    return (PRESETS_DIR if name.startswith("toy") else ROOT / "configs") / name
+
+
 def _compile(tmp_path: Path, preset: str, **overrides) -> tuple[int, dict, dict | None]:
-    path = compile_pipeline(load_config(ROOT / "configs" / preset, overrides), tmp_path / f"{preset}.ir.yaml")
+    path = compile_pipeline(load_config(_preset(preset), overrides), tmp_path / f"{preset}.ir.yaml")
     docs = list(yaml.safe_load_all(path.read_text()))
     return path.stat().st_size, docs[0], docs[1] if len(docs) > 1 else None
 
@@ -90,8 +96,8 @@ def _largest_fitting(config) -> int:
 
 
 def test_the_compiled_staged_segment_executes_the_tasks_the_plan_counts(tmp_path):
-    fits = _largest_fitting(load_config(ROOT / "configs" / SD35, STAGED))
-    config = load_config(ROOT / "configs" / SD35, STAGED | {"pipeline.rounds_per_run": fits})
+    fits = _largest_fitting(load_config(_preset(SD35), STAGED))
+    config = load_config(_preset(SD35), STAGED | {"pipeline.rounds_per_run": fits})
     _, spec, _ = _compile(tmp_path, SD35, **STAGED, **{"pipeline.rounds_per_run": fits})
     counts = {start: _executed(spec, config, start) for start in range(config.rounds)}
     assert all(counts[s] == segment_tasks(config, s) for s in counts)  # the graph and the plan agree
@@ -101,7 +107,7 @@ def test_the_compiled_staged_segment_executes_the_tasks_the_plan_counts(tmp_path
 
 
 def test_a_staged_sd35m_segment_of_20_rounds_is_refused_naming_the_rounds_that_fit(tmp_path):
-    config = load_config(ROOT / "configs" / SD35, STAGED)
+    config = load_config(_preset(SD35), STAGED)
     assert (config.rounds, config.pipeline.rounds_per_run, config.pipeline.shards) == (600, 20, 8)
     fits = _largest_fitting(config)
     assert 1 <= fits < 20  # 20 rounds x 8 shards staged is ~2 MiB by the model: refused
@@ -116,7 +122,7 @@ def test_a_staged_sd35m_segment_of_20_rounds_is_refused_naming_the_rounds_that_f
 
 
 def _model(shards: int, **overrides):
-    config = load_config(ROOT / "configs" / SD35, STAGED | {"pipeline.shards": shards} | overrides)
+    config = load_config(_preset(SD35), STAGED | {"pipeline.shards": shards} | overrides)
     return config, workflow_size.size_model(config, segment_shape(config))
 
 
@@ -155,7 +161,7 @@ def test_a_fused_segment_is_a_constant_handful_of_tasks_whatever_its_rounds(tmp_
     sizes, tasks = set(), set()
     for rounds_per_run in (1, 20, 200):
         fused = {"pipeline.execution": "fused", "pipeline.rounds_per_run": rounds_per_run}
-        config = load_config(ROOT / "configs" / SD35, fused)
+        config = load_config(_preset(SD35), fused)
         model = workflow_size.size_model(config, segment_shape(config))
         assert model.round_nodes == model.evaluation_nodes == 0 and tasks_per_round(config) == 0
         sizes.add(workflow_bytes(config, model))
@@ -168,7 +174,7 @@ def test_a_fused_segment_is_a_constant_handful_of_tasks_whatever_its_rounds(tmp_
 
 
 def test_a_swapped_stage_adds_an_export_per_table_read_and_an_import_per_table_written():
-    config = load_config(ROOT / "configs" / "toy.yaml", {"pipeline.shards": 3})
+    config = load_config(_preset("toy.yaml"), {"pipeline.shards": 3})
     custom = CustomStage(image="registry.example/team:1", command=["score"])
     for stages, per_round in (({}, 1 + 3 * 2 + 2), ({"reward": custom}, 1 + 3 * (1 + 3) + 2),
                               ({"cluster": custom}, 1 + 3 * 2 + 4 + 1),
@@ -179,7 +185,7 @@ def test_a_swapped_stage_adds_an_export_per_table_read_and_an_import_per_table_w
 
 def test_the_model_gives_each_task_the_pod_settings_the_pipeline_gives_it():
     """Those that change a task's nodes (retries: a Retry node) or add bytes to every copy of its patch."""
-    config = load_config(ROOT / "configs" / SD35)
+    config = load_config(_preset(SD35))
     for ours, pipeline in ((workflow_size.task_settings(config, None), light(config.kubernetes)),
                            (workflow_size.task_settings(config, "rollout"), config.kubernetes.resolve("rollout"))):
         for field in ("retries", "gpus", "secrets", "config_maps", "env", "node_selector", "tolerations", "shm_size"):
@@ -196,7 +202,7 @@ def test_the_model_holds_at_least_the_compiled_ir_of_every_task(preset, executio
     """What the model copies from the component definitions (component spec, container with its source, task spec)
     is at least what the compiled IR holds, task by task; so is the Workflow spec allowance."""
     overrides = {"pipeline.execution": execution, "pipeline.rounds_per_run": 1}
-    config = load_config(ROOT / "configs" / preset, overrides)
+    config = load_config(_preset(preset), overrides)
     size, spec, _ = _compile(tmp_path, preset, **overrides)
     assert 8_500 + 1.8 * _json_len(spec) <= workflow_size.SPEC_BYTES
     shape = segment_shape(config)
@@ -245,7 +251,7 @@ def _prompt_file(tmp_path: Path, n: int) -> Path:
 def test_run_parameters_are_ids_and_hashes_even_with_25000_prompts(preset, tmp_path):
     store = LocalStore(tmp_path / "store")
     big = {"sampling.prompts_file": str(_prompt_file(tmp_path, 25_000))} if preset in REAL else {}
-    config = load_config(ROOT / "configs" / preset, big)
+    config = load_config(_preset(preset), big)
     record = fine_tune.start(store, config, "f" * 100)  # the longest run id
     params = fine_tune.segment_parameters(store, record) | {"store_uri": "s3://" + "b" * 63 + "/" + "p" * 200}
     assert len(json.dumps(params, separators=(",", ":"))) <= 4000
@@ -277,7 +283,7 @@ def _manifest(kind: str, name: str) -> dict:
 
 @pytest.mark.parametrize("preset", REAL)
 def test_real_presets_use_the_claim_secret_settings_and_service_account_of_manifests(preset, tmp_path):
-    config = load_config(ROOT / "configs" / preset)
+    config = load_config(_preset(preset))
     _, spec, platform = _compile(tmp_path, preset)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     claim = _manifest("PersistentVolumeClaim", config.kubernetes.model_cache.pvc)
