@@ -83,7 +83,8 @@ def cluster(store_uri: str, run_id: str, recipe_sha256: str, state: Input[Artifa
     from dgrpo.stages.cluster import run_cluster
 
     with cio.task(store_uri, run_id, "cluster", state) as (ctx, st, _):
-        result = run_cluster(ctx, st.round, cio.read_refs(rollouts), cio.read_refs(rewards))
+        result = run_cluster(ctx, st.round, cio.read_refs(rollouts), cio.read_refs(rewards),
+                             optimizer_state=st.optimizer_state)
         cio.publish(ctx, result, {"scores": scores}, metrics)
 
 

@@ -99,7 +99,7 @@ def test_scores_contract_v2_is_strict(store):
     wrong = v1.append_column("embedding", pa.array([[1.0, 2.0]], pa.list_(pa.float64())))
     with pytest.raises(ContractError, match="embedding.*float"):
         artifacts.write_table(store, wrong, SCORES, prov)
-    assert SCORES.version == 3
+    assert SCORES.version == 4
 
 
 @pytest.mark.parametrize(("overrides", "field"), [

@@ -79,6 +79,32 @@ def test_an_earlier_version_with_the_same_columns_still_reads(store):
     assert contracts.ROLLOUTS.also_reads == () and contracts.EVAL_SAMPLES.also_reads == (1,)
 
 
+def test_scores_v3_reads_with_the_controller_columns_null():
+    """Scores v4 added three nullable columns (the diversity controller's); a v3 table, written before, reads with
+    them null, and a v4 table without them is refused."""
+    import dataclasses
+    import io
+
+    import pyarrow.parquet as pq
+
+    added = SCORES.added[4]
+    v3 = dataclasses.replace(SCORES, version=3, schema=pa.schema([f for f in SCORES.schema if f.name not in added]),
+                             also_reads=(), added={})
+    table = pa.table({f.name: pa.nulls(2, f.type) if f.nullable else pa.array(
+        {pa.string(): ["a", "b"], pa.float64(): [0.1, 0.2], pa.int32(): [0, 1], pa.int64(): [0, 1]}[f.type], f.type)
+        for f in v3.schema}, schema=v3.schema)
+    buf = io.BytesIO()
+    pq.write_table(contracts.validate(table, v3, "t"), buf)
+    read = contracts.from_parquet_bytes(buf.getvalue(), SCORES, "t")
+    assert all(read.column(name).null_count == 2 for name in added)
+    forged = contracts.validate(table, v3, "t")
+    forged = forged.replace_schema_metadata({**forged.schema.metadata, contracts.VERSION_KEY: b"4"})
+    buf = io.BytesIO()
+    pq.write_table(forged, buf)
+    with pytest.raises(ContractError, match="missing column 'beta'"):
+        contracts.from_parquet_bytes(buf.getvalue(), SCORES, "t")
+
+
 def test_reading_with_wrong_contract_rejected(store):
     ref = artifacts.write_table(store, rewards_table(), REWARDS, prov())
     with pytest.raises(ContractError, match="is a 'rewards' artifact, expected 'scores'"):

@@ -66,7 +66,8 @@ def test_non_finite_values_inside_lists_and_maps_are_refused():
                        "final_reward": [0.1, 0.2],
                        "embedding": pa.array([[1.0, 0.0], [0.0, float("inf")]], pa.list_(pa.float32())),
                        "kept": pa.nulls(2, pa.bool_()), "shaping": pa.nulls(2, pa.float64()),
-                       "novelty": pa.nulls(2, pa.float64()), "kl_gate": pa.nulls(2, pa.bool_())})
+                       "novelty": pa.nulls(2, pa.float64()), "kl_gate": pa.nulls(2, pa.bool_()),
+                       **{name: pa.nulls(2, pa.float64()) for name in ("beta", "sa_lambda", "diversity_target")}})
     with pytest.raises(ContractError, match=r"column 'embedding' holds 0 NaN and 1 infinite .*sample_id 'b'"):
         contracts.validate(scores, SCORES, "scores")
     contracts.validate(scores.set_column(7, "embedding", pa.array([[1.0, 0.0], None], pa.list_(pa.float32()))),

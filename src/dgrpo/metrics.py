@@ -43,3 +43,35 @@ def pairwise_diversity(images: np.ndarray) -> float:
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0) / flat.shape[1]
     n = len(images)
     return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0
+
+
+DARK_LEVEL = 10
+"""A pixel at or below this in every channel (uint8) is near-black."""
+CLIPPED_LEVEL = 250
+"""A pixel at or above this in some channel is blown out (saturated)."""
+COLOUR_BINS = 4
+"""Bins per channel of the colour histogram (4^3 = 64 colours)."""
+
+
+def image_monitors(images: np.ndarray) -> dict[str, float]:
+    """Cheap statistics of uint8 images [B, H, W, 3] that catch what a reward may not see: the share of near-black
+    and of blown-out pixels (a policy hacking a reward with dark or saturated images), and the mean colour-histogram
+    entropy of an image, normalised to [0, 1] (a policy painting flat images drives it to 0)."""
+    pixels = images.reshape(len(images), -1, images.shape[-1])
+    dark = float((pixels <= DARK_LEVEL).all(axis=-1).mean())
+    clipped = float((pixels >= CLIPPED_LEVEL).any(axis=-1).mean())
+    codes = (pixels.astype(np.int64) * COLOUR_BINS // 256) @ (COLOUR_BINS ** np.arange(pixels.shape[-1]))
+    entropies = []
+    for row in codes:
+        p = np.bincount(row, minlength=COLOUR_BINS ** pixels.shape[-1]) / len(row)
+        p = p[p > 0]
+        entropies.append(float(-(p * np.log(p)).sum() / np.log(COLOUR_BINS ** pixels.shape[-1])))
+    return {"dark_pixel_share": dark, "clipped_pixel_share": clipped, "colour_entropy": float(np.mean(entropies))}
+
+
+def zero_spread_share(group_reward_stds: list[float], rewards_scale: float) -> float:
+    """The share of prompt groups whose rewards do not vary (std at most 1e-9 of the rewards' scale): they give the
+    update no signal, and a rising share means the groups collapse onto one image or the reward saturates."""
+    if not group_reward_stds:
+        return 0.0
+    return float(np.mean(np.asarray(group_reward_stds) <= 1e-9 * max(rewards_scale, 1.0)))

@@ -19,14 +19,16 @@ BUILTINS = {
 hooks act only where their options are on."""
 OPTIONAL = {
     "grpo_guard": "dgrpo.methods.grpo_guard:GRPOGuard",
+    "diversity_target": "dgrpo.methods.diversity_target:DiversityTarget",
 }
 """Methods a run turns on by naming them in `methods` (their options are `methods.<name>.*`)."""
 METHODS: Registry[Any] = Registry("method", "methods", BUILTINS | OPTIONAL)
 
 
-def method_options(name: str, options: dict[str, Any] | None) -> Any:
+def method_options(name: str, options: dict[str, Any] | None, cfg: Any = None) -> Any:
     """Method `name`'s options as its `Options` dataclass (an empty one where it declares none), checked: an unknown
-    option is an error naming `methods.<name>.<option>`."""
+    option is an error naming `methods.<name>.<option>`. With the run config `cfg`, the options' `check_run(cfg,
+    path)` (where it has one) checks what spans sections."""
     cls = METHODS.get(name)
     options_cls = getattr(cls, "Options", None)
     if options_cls is None:
@@ -40,4 +42,6 @@ def method_options(name: str, options: dict[str, Any] | None) -> Any:
                           f"{', '.join(sorted(known))})")
     built = options_cls(**(options or {}))
     validate_fields(built, f"methods.{name}")
+    if cfg is not None and hasattr(built, "check_run"):
+        built.check_run(cfg, f"methods.{name}")
     return built

@@ -103,7 +103,7 @@ class RunConfig:
         check_methods(self)
         for name, options in self.methods.items():
             check(name not in BUILTINS, f"methods.{name}", f"is a built-in method, set its own section '{name}'")
-            method_options(name, options)
+            method_options(name, options, self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

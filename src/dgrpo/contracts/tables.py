@@ -7,7 +7,7 @@ Tensors travel as safetensors bytes in binary columns, so dtype and shape surviv
 """
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +29,11 @@ class Contract:
     schema: pa.Schema
     description: str
     also_reads: tuple[int, ...] = ()
-    """Earlier versions with the same columns (only a meaning changed, e.g. how seeds derive): still readable, so
-    artifacts written before the change can be inspected and checked."""
+    """Earlier versions still readable, so artifacts written before a change can be inspected and checked: with the
+    same columns (only a meaning changed, e.g. how seeds derive), or without some nullable columns added since
+    (`added`), which read as null."""
+    added: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Nullable columns by the version that added them: a file of an earlier version in `also_reads` lacks them."""
     allow_nan: frozenset[str] = frozenset()
     """Float columns where NaN is a value with a meaning (the column's doc says which); every other float column,
     list element and map value must be finite, on write, on read and in `dgrpo contract check`. Infinities are
@@ -88,7 +91,7 @@ REWARDS = Contract("rewards", 1, _schema(
     ("components", pa.map_(pa.string(), pa.float64()), False, "named parts of the reward, for audit"),
 ), "Per-image quality reward.")
 
-SCORES = Contract("scores", 3, _schema(
+SCORES = Contract("scores", 4, _schema(
     *_SAMPLE_KEYS,
     ("quality", pa.float64(), False, "the quality reward Q"),
     ("bonus", pa.float64(), False, "the creativity bonus beta x E' (after normalisation and gate); 0 in pass-through"),
@@ -104,8 +107,13 @@ SCORES = Contract("scores", 3, _schema(
     ("novelty", pa.float64(), True,
      "GARDO: smallest cosine distance to the rest of the group; scales the advantage; null when off"),
     ("kl_gate", pa.bool_(), True, "GARDO: the KL applies to this sample; null: KL on every sample"),
+    ("beta", pa.float64(), True, "the round's bonus weight set by a diversity controller; null: cluster.beta"),
+    ("sa_lambda", pa.float64(), True,
+     "the round's SA-Reg weight set by a diversity controller, used by the update; null: train.sa_lambda"),
+    ("diversity_target", pa.float64(), True, "the rollout diversity the controller aims at; null without one"),
 ), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding; v3: kept, shaping, "
-   "novelty, kl_gate).")
+   "novelty, kl_gate; v4: beta, sa_lambda, diversity_target).", also_reads=(3,),
+   added={4: ("beta", "sa_lambda", "diversity_target")})
 
 UPDATE_METRICS = Contract("update_metrics", 3, _schema(
     ("round", pa.int32(), False, "training round"),
@@ -265,6 +273,12 @@ def from_parquet_bytes(data: bytes, contract: Contract, artifact: str) -> pa.Tab
     except pa.ArrowInvalid as exc:
         raise ContractError(f"{artifact}: not a readable Parquet file: {exc}") from exc
     check_metadata(table.schema, contract, artifact)
+    version = int(table.schema.metadata[VERSION_KEY])
+    for since, names in contract.added.items():
+        for name in names if version < since else ():
+            if name not in table.column_names:
+                table = table.append_column(contract.schema.field(name), pa.nulls(len(table), contract.schema.field(
+                    name).type))
     return validate(table, contract, artifact)
 
 

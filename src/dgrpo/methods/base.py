@@ -53,6 +53,18 @@ class PolicyStep:
     old_mean: Callable[[], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """A round's regulariser strengths set by a controller in the cluster stage (`Method.round_coefficients`):
+    DiverseGRPO's bonus weight, SA-Reg's lambda for the round's update, the diversity they aim at, and the
+    controller's metrics. The scores table records the first three."""
+
+    beta: float
+    sa_lambda: float
+    diversity_target: float
+    metrics: dict[str, float]
+
+
 class Method:
     """A training method: the hooks the stages call, all no-ops here. `cfg` is the whole run config, `options` the
     method's `Options` (None where it declares none)."""
@@ -103,6 +115,13 @@ class Method:
         """Scores columns computed over the whole round (the rewards table `scored`)."""
         return {}
 
+    def round_coefficients(self, *, round_index: int, group_embeddings: list[np.ndarray],
+                           previous: Callable[[], dict[str, torch.Tensor] | None]) -> Coefficients | None:
+        """The round's bonus weight and SA-Reg lambda, replacing cluster.beta and train.sa_lambda, or None.
+        `group_embeddings`: each prompt group's embeddings; `previous()`: the tensors of the optimizer state the round
+        trains from (None in the first round), read on first call."""
+        return None
+
     def cluster_metrics(self, *, columns: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, float]:
         return {}
 
@@ -136,6 +155,11 @@ class Method:
     def step_weight(self, *, j: int, sigma: float, sigma_next: float) -> float | None:
         """A weight of denoising step j's loss, or None (1)."""
         return None
+
+    def carry(self, *, coefficients: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Tensors the update stores in the optimizer-state artifact for the next round (`previous()` above);
+        `coefficients`: the round's recorded beta, sa_lambda and diversity_target (empty when none was set)."""
+        return {}
 
     def update_metrics(self, *, ratio_by_step: dict[int, dict[str, float]]) -> dict[str, float]:
         """Round metrics of the update; `ratio_by_step`: the ratio's mean and std at each trained step."""

@@ -104,7 +104,8 @@ def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
 
         embedded, seconds = embed_rollouts(ctx, [rollouts[i] for i in processes.shard_indices(len(rollouts))])
         embedded, seconds = processes.gather(embedded), max(processes.gather({processes.rank: seconds}).values())
-        result = run_cluster(ctx, state.round, rollouts, rewards, (embedded, seconds)) if processes.main else None
+        result = run_cluster(ctx, state.round, rollouts, rewards, (embedded, seconds),
+                             optimizer_state=state.optimizer_state) if processes.main else None
         return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
 
     def update(ctx: StageContext, state: seg.RoundState, *, shard: int, shards: int, rollouts: list, scores

@@ -75,7 +75,7 @@ def _cluster(ctx: StageContext, state: RoundState, *, shard: int, shards: int, r
              rewards: list[ArtifactRef]) -> StageResult:
     from dgrpo.stages.cluster import run_cluster
 
-    return run_cluster(ctx, state.round, rollouts, rewards)
+    return run_cluster(ctx, state.round, rollouts, rewards, optimizer_state=state.optimizer_state)
 
 
 def _update(ctx: StageContext, state: RoundState, *, shard: int, shards: int, rollouts: list[ArtifactRef],

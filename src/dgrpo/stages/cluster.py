@@ -9,9 +9,12 @@ of quality and of beta x bonus, the cluster counts and the rollouts' embedding d
 
 The run's methods (`dgrpo.methods`) act on the rewards here through their hooks (`method_columns`): a subset each
 group keeps (DRIFT's outlier filter, Pro-GRPO's Optimal Variance Filtering), per-group columns (DRIFT's shaping,
-GARDO's novelty) and whole-round ones (GARDO's KL gate). A column no method sets is null.
+GARDO's novelty) and whole-round ones (GARDO's KL gate). A column no method sets is null. A controller
+(`round_coefficients`, the diversity target) sets the round's beta and SA-Reg lambda from the rollouts' measured
+diversity and the state the round trains from, before any group is scored.
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -30,9 +33,11 @@ from dgrpo.diversity import (
 )
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
-from dgrpo.methods.base import Method, first, methods_of
+from dgrpo.methods.base import Coefficients, Method, first, methods_of
+from dgrpo.metrics import zero_spread_share
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
+from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
 
@@ -98,12 +103,27 @@ def embed_rollouts(ctx: StageContext, rollouts: list[ArtifactRef]) -> tuple[Embe
     return dict(zip(ids, embeddings, strict=True)), time.perf_counter() - start
 
 
+def round_coefficients(ctx: StageContext, methods: list[Method], round_index: int, groups: np.ndarray,
+                       embeddings: np.ndarray | None, optimizer_state: ArtifactRef | None) -> Coefficients | None:
+    """The controller's coefficients for the round (None without one); the optimizer state the round trains from is
+    read only if the controller asks for it."""
+    if embeddings is None:
+        return None
+    group_embeddings = [embeddings[groups == g] for g in dict.fromkeys(groups.tolist())]
+
+    def previous() -> dict | None:
+        return None if optimizer_state is None else artifacts.read_tensors(ctx.store, optimizer_state, OPTIMIZER_KIND)
+
+    return first([m.round_coefficients(round_index=round_index, group_embeddings=group_embeddings,
+                                       previous=previous) for m in methods])
+
+
 def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
-                rewards: ArtifactRef | list[ArtifactRef], embedded: tuple[Embedded, float] | None = None
-                ) -> StageResult:
+                rewards: ArtifactRef | list[ArtifactRef], embedded: tuple[Embedded, float] | None = None, *,
+                optimizer_state: ArtifactRef | None = None) -> StageResult:
     """Score a round; `rollouts` and `rewards` may each be one table or the shards of one. `embedded`: the
     round's samples already embedded (`embed_rollouts`) with the embedder's seconds; the rollouts are then not
-    read."""
+    read. `optimizer_state`: the state the round trains from, where a controller continues from."""
     cfg, c = ctx.config, ctx.config.cluster
     methods = methods_of(cfg)
     scored = read_merged(ctx.store, rewards, REWARDS)
@@ -126,6 +146,9 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                            f"rewards {uris(rewards)}")
         embeddings = None if c.embedder is None else np.stack([by_id[i] for i in ids])
 
+    coefficients = round_coefficients(ctx, methods, round_index, groups, embeddings, optimizer_state)
+    if coefficients is not None:
+        c = dataclasses.replace(c, beta=coefficients.beta)
     cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
     extra: dict[str, np.ndarray] = {}
     per_group: dict[str, list[float]] = {k: [] for k in ("quality_std", "bonus_std", "clusters", "singletons",
@@ -161,6 +184,9 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
         "final_reward": pa.array(final, pa.float64()), "embedding": emb_col,
         **{name: pa.array(extra[name], SCORES.schema.field(name).type) if name in extra
            else pa.nulls(n, SCORES.schema.field(name).type) for name in ("kept", "shaping", "novelty", "kl_gate")},
+        **{name: pa.nulls(n, pa.float64()) if coefficients is None
+           else pa.array(np.full(n, getattr(coefficients, name)), pa.float64())
+           for name in ("beta", "sa_lambda", "diversity_target")},
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
                           seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if c.method == "diverse"
@@ -171,6 +197,9 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                "bonus_std": float(bonus.std()), "embed_seconds": embed_seconds, "cluster_seconds": cluster_seconds}
     metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
                 for k, v in per_group.items() if v}
+    metrics["zero_spread_groups"] = zero_spread_share(per_group["quality_std"], float(np.abs(quality).max(initial=0)))
+    if coefficients is not None:
+        metrics |= coefficients.metrics
     for m in methods:
         metrics |= m.cluster_metrics(columns=extra, metrics=metrics)
     result = StageResult({"scores": ref}, metrics)

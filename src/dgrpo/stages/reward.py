@@ -1,4 +1,5 @@
-"""Reward stage: score every rollout image with the configured reward model."""
+"""Reward stage: score every rollout image with the configured reward model, and monitor the images' pixels
+(`dgrpo.metrics.image_monitors`) where the images are decoded anyway."""
 
 import numpy as np
 import pyarrow as pa
@@ -6,6 +7,7 @@ import pyarrow as pa
 from dgrpo import artifacts, lineage
 from dgrpo.contracts import REWARDS, ROLLOUTS
 from dgrpo.images import png_decode
+from dgrpo.metrics import image_monitors
 from dgrpo.rewards import load_reward
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import recorded_shard
@@ -31,6 +33,6 @@ def run_reward(ctx: StageContext, round_index: int, rollouts: ArtifactRef) -> St
     ref = artifacts.write_table(ctx.store, out, REWARDS, prov)
     reward = np.asarray(scores["reward"])
     result = StageResult({"rewards": ref}, {"reward_mean": float(reward.mean()), "reward_std": float(reward.std()),
-                                            "samples": float(len(reward))})
+                                            "samples": float(len(reward)), **image_monitors(images)})
     emit_event(ctx, "reward", round_index, result, shard)
     return result

@@ -1,0 +1,122 @@
+"""Hold a diversity target: DiverseGRPO's bonus weight beta and SA-Reg's lambda adapted each round (docs/algorithms.md,
+"Diversity target").
+
+Why: the DiverseGRPO paper fixes beta and lambda by hand and names an adaptive budget as future work; a team running
+unattended fine-tunes on a new domain cannot sweep them, but it can state how much diversity it wants to keep. As
+PPO's adaptive KL coefficient holds a KL target (Ziegler et al. 2019), the controller holds a diversity target: each
+round the cluster stage measures the rollouts' diversity d (the mean over prompt groups of an in-group measure on
+cluster.embedder's embeddings, of images the round's input policy sampled) and moves each adapted coefficient by
+
+    c <- clip(c exp(gain e), c_min, c_max),   e = clip((target - d) / target, -error_clip, error_clip),
+
+multiplicative and bounded: below the target both grow (more bonus for rare clusters, a tighter pull of the
+structure steps towards the base model), above it both shrink, and one round moves a coefficient by at most
+exp(gain error_clip). The target is absolute or a fraction of the base model's diversity, measured on the first
+round's rollouts (the base model sampled them).
+
+The coefficients are state: the scores table records each round's (columns beta, sa_lambda, diversity_target), the
+update reads lambda from there and carries the three into the optimizer-state artifact (tensors control.*), from
+which the next round's cluster stage continues; a resumed or retried round reads the same artifact and computes the
+same numbers. Turn it on with `methods: {diversity_target: {fraction: 0.95}}` on a DiverseGRPO config.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+
+from dgrpo.config import RunConfig
+from dgrpo.config.fields import POSITIVE, Range, check
+from dgrpo.diversity import mean_pairwise_distance, vendi_score
+from dgrpo.methods.base import Coefficients, Method
+
+Measure = Literal["mean_distance", "vendi"]
+Coefficient = Literal["beta", "sa_lambda"]
+STATE = ("beta", "sa_lambda", "diversity_target")
+"""What the controller carries from round to round, each as the optimizer-state tensor control.<name>."""
+
+
+@dataclass
+class TargetOptions:
+    """The diversity target and the controller's bounds (`methods.diversity_target.*`)."""
+
+    measure: Measure = "mean_distance"
+    """In-group diversity of a round's rollouts on cluster.embedder, averaged over groups: "mean_distance" (mean
+    pairwise cosine distance) or "vendi" (Vendi score, the effective number of distinct images, 1 to G)."""
+    fraction: Annotated[float, Range(gt=0)] | None = None
+    """Target as a fraction of the base model's diversity (the first round's rollouts), e.g. 0.95."""
+    target: Annotated[float, Range(gt=0)] | None = None
+    """Absolute target on `measure`, instead of `fraction`."""
+    adapt: list[Coefficient] = field(default_factory=lambda: ["beta", "sa_lambda"])
+    """Which coefficients follow the target: cluster.beta (needs cluster.method diverse) and train.sa_lambda (needs
+    train.regularizer sa or both); their config values are the first round's starting points."""
+    gain: Annotated[float, POSITIVE] = 2.0
+    """log-change of a coefficient per unit relative error."""
+    error_clip: Annotated[float, Range(gt=0, le=1)] = 0.2
+    """Bound of the relative error e, so one round changes a coefficient by at most exp(gain x error_clip) (1.49x
+    at the defaults): a noisy round cannot swing it."""
+    beta_range: list[Annotated[float, Range(ge=0)]] = field(default_factory=lambda: [0.01, 30.0])
+    """[min, max] of beta."""
+    sa_lambda_range: list[Annotated[float, Range(ge=0)]] = field(default_factory=lambda: [0.01, 100.0])
+    """[min, max] of lambda."""
+
+    def check_run(self, cfg: RunConfig, path: str) -> None:
+        """The checks that span sections (called when the config loads)."""
+        check((self.fraction is None) != (self.target is None), f"{path}.fraction",
+              "set exactly one of fraction (of the base model's diversity) and target (an absolute value)")
+        check(len(self.adapt) > 0 and len(set(self.adapt)) == len(self.adapt), f"{path}.adapt",
+              f"must name beta and/or sa_lambda once each, got {self.adapt}")
+        check(cfg.cluster.embedder is not None, "cluster.embedder",
+              f"must name an embedder: {path} measures diversity on the rollouts' embeddings")
+        check("beta" not in self.adapt or cfg.cluster.method == "diverse", f"{path}.adapt",
+              f"adapts beta, the bonus weight, but cluster.method is {cfg.cluster.method!r}: set it to diverse")
+        check("sa_lambda" not in self.adapt or cfg.train.uses_sa, f"{path}.adapt",
+              f"adapts sa_lambda, but train.regularizer is {cfg.train.regularizer!r}: set it to sa or both")
+        for name in ("beta_range", "sa_lambda_range"):
+            low_high = getattr(self, name)
+            check(len(low_high) == 2 and low_high[0] <= low_high[1], f"{path}.{name}",
+                  f"must be [min, max] with min <= max, got {low_high}")
+
+
+def measure_diversity(group_embeddings: list[np.ndarray], measure: Measure) -> float:
+    """The round's diversity: the in-group `measure` averaged over the prompt groups."""
+    one = mean_pairwise_distance if measure == "mean_distance" else vendi_score
+    return float(np.mean([one(e) for e in group_embeddings]))
+
+
+def adapt(value: float, *, measured: float, target: float, gain: float, error_clip: float,
+          bounds: list[float]) -> float:
+    """One controller step: `value` x exp(gain e), e the relative shortfall of `measured` below `target`, clipped
+    to +-error_clip, the result clipped to `bounds`. Below the target the value grows, above it shrinks."""
+    error = min(max((target - measured) / target, -error_clip), error_clip)
+    return min(max(value * math.exp(gain * error), bounds[0]), bounds[1])
+
+
+class DiversityTarget(Method):
+    """The controller's hooks: the round's coefficients in the cluster stage, their carry in the update."""
+
+    name = "diversity_target"
+    Options = TargetOptions
+
+    def round_coefficients(self, *, round_index: int, group_embeddings: list[np.ndarray],
+                           previous: Callable[[], dict[str, torch.Tensor] | None]) -> Coefficients:
+        o, c, t = self.options, self.cfg.cluster, self.cfg.train
+        measured = measure_diversity(group_embeddings, o.measure)
+        state = {k[len("control."):]: float(v) for k, v in (previous() or {}).items() if k.startswith("control.")}
+        if not state:  # the first round, or one whose input state predates the controller
+            state = {"beta": c.beta, "sa_lambda": t.sa_lambda,
+                     "diversity_target": o.target if o.target is not None else o.fraction * measured}
+        target = state["diversity_target"]
+        step = {"measured": measured, "target": target, "gain": o.gain, "error_clip": o.error_clip}
+        beta = adapt(state["beta"], bounds=o.beta_range, **step) if "beta" in o.adapt else c.beta
+        sa_lambda = adapt(state["sa_lambda"], bounds=o.sa_lambda_range, **step) if "sa_lambda" in o.adapt \
+            else t.sa_lambda
+        return Coefficients(beta=beta, sa_lambda=sa_lambda, diversity_target=target,
+                            metrics={"diversity_measured": measured, "diversity_target": target,
+                                     "diversity_gap": measured - target, "beta": beta, "sa_lambda": sa_lambda})
+
+    def carry(self, *, coefficients: dict[str, float]) -> dict[str, torch.Tensor]:
+        return {f"control.{k}": torch.tensor(coefficients[k], dtype=torch.float64) for k in STATE}
