@@ -1,4 +1,5 @@
 import pytest
+from support import small_config
 
 from dgrpo.config import ConfigError, load_config
 from dgrpo.toyworld.presets import PRESETS_DIR, toy_preset
@@ -73,7 +74,7 @@ def test_comparison_presets_differ_only_in_cluster_regulariser_and_baseline():
         for arm in arms:
             for key in ("name", "cluster"):
                 arm.pop(key)
-            for key in ("regularizer", "sa_lambda", "sa_steps", "detail_baseline"):
+            for key in ("regularizer", "sa_lambda", "structure_steps", "detail_baseline"):
                 arm["train"].pop(key)
         assert arms[0] == arms[1] == arms[2]
 
@@ -228,12 +229,15 @@ def test_a_config_recorded_before_the_restructure_still_loads():
     old = json.loads(text)
     new = cfg.to_dict()
     # fields added since, at the values that keep the old meaning (kl_form: the KL was divided by the noise variance)
-    added = {"train": {"detail_baseline": "group", "kl_form": "gaussian"}, "cluster": {"k_selection": "eigengap"}}
+    added = {"train": {"detail_baseline": "group", "kl_form": "gaussian", "structure_share": 0.8,
+                       "profile_prompts": 2}, "cluster": {"k_selection": "eigengap"}}
+    renamed = {"train": {"structure_steps": "sa_steps"}}
     recast = {"cluster": {"k": None, "kernel_width": None}}  # k None meant the eigengap, kernel_width None the
                                                              # width heuristic: now k_selection and width_heuristic
 
     def recorded(section: str, values: dict) -> dict:
-        return {k: recast.get(section, {}).get(k, v) for k, v in values.items() if k not in added.get(section, {})}
+        return {renamed.get(section, {}).get(k, k): recast.get(section, {}).get(k, v) for k, v in values.items()
+                if k not in added.get(section, {})}
 
     compared = [k for k in old if k not in ("pipeline", "kubernetes")]
     assert {k: recorded(k, new[k]) if isinstance(new[k], dict) else new[k] for k in compared} == {
@@ -340,3 +344,12 @@ def test_dgrpo_variables_given_to_the_pods_are_checked_at_load():
                              "kubernetes.defaults.config_maps": [{"config_map": "dgrpo-s3", "env": {
                                  "endpoint": "DGRPO_S3_ENDPOINT_URL"}}]})
     assert cfg.kubernetes.defaults.env["DGRPO_S3_MAX_ATTEMPTS"] == "5"
+
+
+def test_structure_steps_is_a_count_or_auto():
+    assert small_config(**{"train.structure_steps": "auto"}).train.structure_steps == "auto"
+    assert small_config(**{"train.structure_steps": "2"}).train.structure_steps == 2
+    with pytest.raises(ConfigError, match=r"'train.structure_steps': must be one of auto, got 'automatic'"):
+        small_config(**{"train.structure_steps": "automatic"})
+    with pytest.raises(ConfigError, match=r"'train.structure_steps': must be > 0, got 0"):
+        small_config(**{"train.structure_steps": 0})

@@ -98,7 +98,7 @@ def test_the_flux_paper_preset_compiles_fused_and_trains_one_round_on_tiny_flux(
         "sampling.batch_size": 4, "sampling.prompts_file": None, "sampling.prompts": ["a red square", "a blue cross"],
         "eval.prompts_file": None, "eval.prompts": ["a red square"], "reward.name": "toy", "cluster.embedder": "toy",
         "cluster.k": 2, "train.batch_size": 8, "train.micro_batch_size": 4, "train.num_processes": 1,
-        "train.mixed_precision": "no", "train.sa_steps": 1, "pipeline.shards": 1, "kubernetes.fused.gpus": 1,
+        "train.mixed_precision": "no", "train.structure_steps": 1, "pipeline.shards": 1, "kubernetes.fused.gpus": 1,
         "kubernetes.stages.update.gpus": 1})
     cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, embedder_options={}))  # no DreamSim
     ctx = StageContext(cfg, LocalStore(tmp_path / "store"), "flux-paper")

@@ -53,12 +53,26 @@ def _strip_optional(hint: Any) -> Any:
     return hint
 
 
+def _base_type(hint: Any) -> type:
+    """The Python type of a field type's values (int for Annotated[int, ...], str for Literal["auto"])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _base_type(args[0])
+    if origin is typing.Literal:
+        return type(args[0])
+    return origin or hint
+
+
 def _check_value(hint: Any, value: Any, path: str) -> None:
     """Check `value` against the rules in `hint` (Literal choices, Range annotations, finiteness), recursively."""
     if value is None:
         return
     hint = _strip_optional(hint)
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. a count or "auto": the rules of the member of its type
+        members = typing.get_args(hint)
+        _check_value(next((m for m in members if isinstance(value, _base_type(m))), members[-1]), value, path)
+        return
     if origin is typing.Annotated:
         base, *rules = typing.get_args(hint)
         _check_value(base, value, path)

@@ -4,6 +4,7 @@ Unknown keys and wrong types are errors that name the dotted field; `RunConfig.v
 declared in the field types and the cross-field checks.
 """
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -48,8 +49,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, path)
+        members = [a for a in args if a is not type(None)]
+        for member in members[:-1]:  # a number or a keyword (structure_steps: 3 or auto): the first that fits
+            with contextlib.suppress(ConfigError):
+                return _coerce(member, value, path)
+        return _coerce(members[-1], value, path)
     if origin is typing.Literal:  # membership is checked by validate_fields, the type here
         return _coerce(type(args[0]), value, path)
     if origin is list:

@@ -218,12 +218,19 @@ class TrainConfig:
     sa_lambda: Annotated[float, NON_NEGATIVE] = 1.0
     """SA-Reg weight lambda_reg (regularizer sa or both): mean((mu - mu_ref)^2), the squared W2 distance of the
     step distributions, no std denominator. The paper gives no value."""
-    sa_steps: Annotated[int, POSITIVE] = 3
-    """K: the trajectory's first K denoising steps (0..K-1) are the structure steps, where SA-Reg acts (~T_train / 3:
-    the early steps decide the layout). With an SDE window it acts on the window's steps among them, none when the
-    window starts at step K or later."""
+    structure_steps: Annotated[int, POSITIVE] | Literal["auto"] = 3
+    """K: the trajectory's first K denoising steps (0..K-1) are the structure steps, the rest the detail steps: SA-Reg
+    acts on the structure steps (~T_train / 3: the early steps decide the layout), the cluster baseline
+    (detail_baseline) on the detail steps. With an SDE window SA-Reg acts on the window's steps among them, none when
+    the window starts at step K or later. "auto": K from the base model's measured diversity sensitivity (the
+    smallest K whose first steps hold structure_share of it; dgrpo.stages.structure_profile)."""
+    structure_share: Annotated[float, Range(gt=0, le=1)] = 0.8
+    """Under structure_steps auto: the share of the steps' total diversity sensitivity the first K steps hold."""
+    profile_prompts: Annotated[int, POSITIVE] = 2
+    """Under structure_steps auto: training prompts the profile samples (sampling.group_size images each, once per
+    SDE step plus once unshared: (num_steps + 1) x profile_prompts groups, once per fine-tune)."""
     detail_baseline: DetailBaseline = "group"
-    """Baseline of the advantage on the trained steps from denoising step sa_steps on (the detail steps): "group"
+    """Baseline of the advantage on the trained steps from denoising step structure_steps on (the detail steps): "group"
     (Flow-GRPO: every step gets the image's group-normalised advantage) or "cluster" (the mean of the image's
     cluster in its group, from the cluster stage: by then the structure is drawn, so what the clusters explain of
     the reward is noise to these steps). Needs cluster.method "diverse"."""
@@ -253,8 +260,10 @@ class TrainConfig:
 
     @staticmethod
     def upgrade_recorded(section: dict[str, Any]) -> dict[str, Any]:
-        """A train section recorded before kl_form existed (a run's config.json), with its meaning kept: its KL was
-        divided by the step's noise variance, kl_form "gaussian"."""
+        """A train section recorded earlier (a run's config.json), with its meaning kept: before kl_form existed its
+        KL was divided by the step's noise variance, kl_form "gaussian"; sa_steps is now structure_steps."""
+        if "sa_steps" in section:
+            section = {("structure_steps" if k == "sa_steps" else k): v for k, v in section.items()}
         if "kl_form" in section or "beta_kl" not in section:
             return section
         return {**section, "kl_form": "gaussian"}

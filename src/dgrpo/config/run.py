@@ -83,20 +83,21 @@ class RunConfig:
         check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
               f"is {self.train.num_processes} but the {'fused' if fused else 'update'} pod gets {gpus} GPUs "
               f"(kubernetes.{'fused' if fused else 'stages.update'}): one process per GPU")
-        check(not self.train.uses_sa or self.train.sa_steps <= self.num_train_steps,
-              "train.sa_steps", f"must be <= the {self.num_train_steps} trained steps "
-              f"(train_fraction x sampling.num_steps), got {self.train.sa_steps}")
+        k = self.train.structure_steps  # "auto": measured at the first update, so only a given K is checked here
+        check(not self.train.uses_sa or k == "auto" or k <= self.num_train_steps,
+              "train.structure_steps", f"must be <= the {self.num_train_steps} trained steps "
+              f"(train_fraction x sampling.num_steps), got {k}")
         window_start = (self.sampling.sde_window_range or [0])[0]
-        check(not self.train.uses_sa or not self.sampling.sde_window_size
-              or window_start < self.train.sa_steps, "sampling.sde_window_range",
-              f"starts at step {window_start}, but SA-Reg acts on the trajectory's first train.sa_steps "
-              f"({self.train.sa_steps}) steps only: no window would train one")
+        check(not self.train.uses_sa or not self.sampling.sde_window_size or k == "auto"
+              or window_start < k, "sampling.sde_window_range",
+              f"starts at step {window_start}, but SA-Reg acts on the trajectory's first train.structure_steps "
+              f"({k}) steps only: no window would train one")
         if self.train.detail_baseline == "cluster":
             check(self.cluster.method == "diverse", "train.detail_baseline",
                   f"'cluster' needs the cluster stage's clusters (cluster.method 'diverse'), got cluster.method "
                   f"{self.cluster.method!r}")
-            check(self.train.sa_steps < self.num_train_steps, "train.detail_baseline",
-                  f"'cluster' acts on the trained steps after the first train.sa_steps ({self.train.sa_steps}), but "
+            check(k == "auto" or k < self.num_train_steps, "train.detail_baseline",
+                  f"'cluster' acts on the trained steps after the first train.structure_steps ({k}), but "
                   f"there are only {self.num_train_steps}")
             check(not self.gardo.novelty_advantage, "train.detail_baseline",
                   "'cluster' cannot combine with gardo.novelty_advantage, which replaces the advantage")
