@@ -60,7 +60,7 @@ test-images: $(STAMP)  ## build each stage image's environment as a venv (build/
 	$(BIN)/pytest -q -m images tests/test_stage_images.py
 
 lint: $(STAMP)  ## ruff, and the import layering with import-linter (pyproject.toml [tool.importlinter])
-	$(BIN)/ruff check src components pipelines tests scripts examples
+	$(BIN)/ruff check src components pipelines tests scripts examples lab
 	$(BIN)/lint-imports
 
 lint-images: $(STAMP) $(LINT_STAMP)  ## hadolint and checkov on every Dockerfile under images/
@@ -81,7 +81,7 @@ compile: $(STAMP)  ## write the KFP IR YAML of the pipeline (with the images of 
 pretrain: $(STAMP)  ## re-train the shipped toy checkpoint (a few CPU minutes)
 	$(BIN)/python -m dgrpo.toyworld.pretrain
 
-experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg, bonus alone, DiverseGRPO x 3 seeds on the toy world (EXPERIMENT_ARGS=--all-arms adds the paper's DiverseGRPO, DRIFT, Pro-GRPO, GARDO)
+experiment-toy: $(STAMP)  ## Flow-GRPO vs SA-Reg, bonus alone, DiverseGRPO x the 3 tuning seeds on the toy world (EXPERIMENT_ARGS="--seeds evaluation": the 5 seeds that decide the goals; --all-arms adds the paper's DiverseGRPO, DRIFT, Pro-GRPO, GARDO)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/dgrpo experiment --output outputs/experiment-toy $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side in one run

@@ -578,24 +578,43 @@ def _object_uri(st, sha: str) -> str:
 def experiment(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the store, tables, plot and reports.")
                       ] = Path("outputs/experiment-toy"),
-    configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (toy-flowgrpo.yaml, ...).")
-                       ] = PRESETS_DIR,
-    seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; default 0 1 2).")] = None,
+    configs: Annotated[Path, typer.Option(help="Directory holding the toy presets (default: the shipped ones, "
+                                               "package data).")] = PRESETS_DIR,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed of every arm (repeatable; 0-2 are tuning seeds, any "
+                                                        "other an evaluation seed).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help=(
+        "Seed groups instead of --seed: tuning (0 1 2, the default), evaluation (3-7, which decide the goals) or "
+        "all."))] = None,
     all_arms: Annotated[bool, typer.Option("--all-arms", help=(
         "Also run the paper's DiverseGRPO (no cluster baseline), DRIFT, Pro-GRPO and GARDO."))] = False,
     beta: Annotated[list[float] | None, typer.Option(help="Extra bonus-alone arm at this beta (repeatable).")] = None,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 2,
     threads: Annotated[int, typer.Option(help="Torch threads per run.", min=1)] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the arms, their preset files and the seeds by "
+                                                            "group; train nothing.")] = False,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO, SA-Reg, bonus alone, DiverseGRPO (x seeds) from one checkpoint, one budget."""
-    from dgrpo.toyworld.experiment import DEFAULT_SEEDS, OPTIONAL_PRESETS, PRESETS, run_experiment
+    from dgrpo_lab.arms import OPTIONAL_PRESETS, PRESETS, build_arms, plan_lines
+    from dgrpo_lab.seeds import DEFAULT_SEEDS, seeds_for
 
+    if seed and seeds:
+        raise typer.BadParameter("give --seed (the seeds themselves) or --seeds (a group), not both")
+    try:
+        chosen = tuple(seed) if seed else seeds_for(seeds) if seeds else DEFAULT_SEEDS
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    presets = PRESETS | OPTIONAL_PRESETS if all_arms else PRESETS
     overrides = _overrides(set_)
     start = time.monotonic()
     try:
-        paths = run_experiment(configs, output, beta or [], overrides, log=typer.echo, jobs=jobs, threads=threads,
-                               seeds=seed or DEFAULT_SEEDS,
-                               presets=PRESETS | OPTIONAL_PRESETS if all_arms else PRESETS)
+        if dry_run:
+            for line in plan_lines(build_arms(configs, beta or [], overrides, presets), chosen, configs, presets):
+                typer.echo(line)
+            return
+        from dgrpo_lab.run import run_experiment
+
+        paths = run_experiment(output, config_dir=configs, betas=beta or [], overrides=overrides, log=typer.echo,
+                               jobs=jobs, threads=threads, seeds=chosen, presets=presets)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"done in {time.monotonic() - start:.0f}s")

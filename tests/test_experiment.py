@@ -1,35 +1,33 @@
-"""The toy experiment's bookkeeping: arms share one budget, seeds are summarised by mean and spread, diversity is
-compared at matched quality, and the issue's goals are decided by the numbers (a failing case must FAIL)."""
+"""The toy experiment lab's bookkeeping: arms share one budget, seeds are summarised by mean and spread per seed group
+(tuning seeds apart from evaluation seeds), diversity is compared at matched quality, and the goals of
+docs/experiment.md#goals are decided by the numbers on the evaluation seeds (a failing case must FAIL)."""
 
 import csv
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dgrpo.toyworld.experiment import (
-    COLUMNS,
+from dgrpo_lab.analysis import at_matched, mean_std, pareto_front, path_means, summarise, summarise_groups
+from dgrpo_lab.arms import (
     OPTIONAL_PRESETS,
     PRESETS,
-    SIGNAL,
-    at_matched,
     build_arms,
-    check_goals,
+    config_differences,
+    difference_lines,
     favoured_mode,
-    markdown,
-    mean_std,
-    pareto_front,
-    path_means,
-    plot,
-    quadrant_quality,
-    run_experiment,
     run_id_of,
-    summarise,
-    variance_shares,
     with_seed,
-    with_signal,
 )
+from dgrpo_lab.columns import MEASURES, SIGNAL
+from dgrpo_lab.goals import GOAL_NAMES, GOALS, GOALS_DOC, check_goals
+from dgrpo_lab.measures import quadrant_quality, variance_shares, with_signal
+from dgrpo_lab.plot import plot
+from dgrpo_lab.report import markdown
+from dgrpo_lab.run import run_experiment
+from dgrpo_lab.seeds import EVALUATION_SEEDS, TUNING_SEEDS, describe, seed_group, seeds_for
+
 from dgrpo.toyworld.presets import PRESETS_DIR
 
 CONFIGS = PRESETS_DIR
@@ -47,7 +45,7 @@ def test_arms_differ_only_in_their_method_sections():
         assert {k for k in base if base[k] != other[k]} <= {"name", "cluster", "train", "drift", "progrpo", "gardo",
                                                             "reward"}
         assert {k for k in base["train"] if base["train"][k] != other["train"][k]} <= {
-            "regularizer", "sa_lambda", "sa_steps", "beta_kl", "detail_baseline"}
+            "regularizer", "sa_lambda", "structure_steps", "beta_kl", "detail_baseline"}
     assert by["flowgrpo"].cluster.method == "passthrough" and by["flowgrpo"].train.regularizer == "none"
     assert by["sareg"].train.regularizer == "sa" and by["sareg"].cluster.method == "passthrough"
     assert by["bonus"].cluster.method == "diverse" and by["bonus"].train.regularizer == "none"
@@ -62,8 +60,6 @@ def test_arms_differ_only_in_their_method_sections():
 
 
 def test_the_paper_arm_differs_from_the_shipped_one_in_the_named_additions():
-    from dgrpo.toyworld.experiment import config_differences, difference_lines
-
     arms = build_arms(CONFIGS, presets={k: (PRESETS | OPTIONAL_PRESETS)[k] for k in
                                         ("flowgrpo", "diversegrpo", "diversegrpo-paper")})
     by = {a.name: a.config for a in arms}
@@ -101,7 +97,7 @@ def test_run_ids_name_arm_seed_and_recipe():
 
 
 def _row(arm, seed, rnd, quality, entropy, modes=4.0):
-    row = {c: 0.5 for c in COLUMNS[3:]}
+    row = {c: 0.5 for c in MEASURES}
     return row | {"arm": arm, "seed": seed, "round": rnd, "heldout_quality": quality, "train_quality": quality,
                   "heldout_mode_entropy": entropy, "train_mode_entropy": entropy, "heldout_modes_over_10pct": modes}
 
@@ -122,10 +118,12 @@ def test_mean_std_is_the_sample_std_over_finite_values():
     assert math.isnan(mean_std([math.nan])[0])
 
 
-def _experiment(flow_final_q, flow_final_h, div_final_q, div_h=(0.95, 0.93, 0.9), noise=(-0.01, 0.0, 0.01)):
-    """Flow-GRPO and DiverseGRPO over 3 seeds, base quality 0.5, evaluations at rounds 0, 10, 20."""
+def _experiment(flow_final_q, flow_final_h, div_final_q, div_h=(0.95, 0.93, 0.9), noise=(-0.01, 0.0, 0.01),
+                seeds=EVALUATION_SEEDS):
+    """Flow-GRPO and DiverseGRPO over 3 seeds (evaluation seeds unless said), base quality 0.5, evaluations at
+    rounds 0, 10, 20."""
     rows = []
-    for seed, n in enumerate(noise):
+    for seed, n in zip(seeds, noise, strict=False):
         rows += [_row("flowgrpo", seed, 0, 0.5, 0.95), _row("flowgrpo", seed, 10, 0.6, 0.6, 2.0),
                  _row("flowgrpo", seed, 20, flow_final_q + n, flow_final_h, 1.0)]
         rows += [_row("diversegrpo", seed, r, q + n, h)
@@ -143,13 +141,14 @@ def test_summary_gains_matched_quality_and_goals_met():
     # seeds 1, 2 interpolated (0.9 at 0.7, 0.903 at 0.7 of 0.6 -> 0.71); seed 0 at its final evaluation (0.9)
     assert div["matched_heldout_mode_entropy"][0] == pytest.approx((0.9 + 0.903 + 0.9) / 3)
     goals = check_goals(summary)
-    assert len(goals) == 6 and all(g["met"] for g in goals), goals
+    assert [g["name"] for g in goals] == list(GOAL_NAMES[:6]) and all(g["met"] for g in goals), goals
 
 
 def test_goals_fail_when_the_baseline_does_not_collapse_or_the_method_lags():
     rows = _experiment(flow_final_q=0.7, flow_final_h=0.5, div_final_q=0.6, div_h=(0.95, 0.93, 0.8))
-    met = {g["goal"][:40]: g["met"] for g in check_goals(summarise(rows, ["flowgrpo", "diversegrpo"])[0])}
-    assert list(met.values()) == [True, False, False, False, False, True], met
+    met = {g["name"]: g["met"] for g in check_goals(summarise(rows, ["flowgrpo", "diversegrpo"])[0])}
+    assert met == {"baseline-learns": True, "baseline-collapses": False, "quality-matched": False,
+                   "diversity-kept": False, "diversity-ratio": False, "modes-kept": True}, met
     # a gain within the seed noise is not learning: 0.01 +- 0.02 is 0.9 standard errors
     rows = _experiment(flow_final_q=0.51, flow_final_h=0.2, div_final_q=0.51, noise=(-0.02, 0.0, 0.02))
     assert not check_goals(summarise(rows, ["flowgrpo", "diversegrpo"])[0])[0]["met"]
@@ -163,7 +162,7 @@ def test_ablation_goal_needs_each_part_to_help_and_both_to_do_best():
     assert check_goals(summarise(base + parts, arms)[0])[-1]["met"]  # ties count as "together do best"
     worse = [r | {"heldout_mode_entropy": 0.1} if r["arm"] == "bonus" else r for r in parts]
     goal = check_goals(summarise(base + worse, arms)[0])[-1]
-    assert goal["goal"].startswith("Ablation") and not goal["met"]
+    assert goal["name"] == "ablation" and not goal["met"]
 
 
 def test_path_means_pareto_front_table_and_plot(tmp_path):
@@ -173,14 +172,16 @@ def test_path_means_pareto_front_table_and_plot(tmp_path):
     assert last["round"] == 20 and last["seeds"] == 3
     assert last["heldout_quality"] == (pytest.approx(0.7), pytest.approx(0.01))
     assert pareto_front([(0.5, 0.9), (0.7, 0.2), (0.7, 0.9), (0.6, 0.95), (0.6, 0.5)]) == [(0.6, 0.95), (0.7, 0.9)]
-    costs = {("flowgrpo", s): {"rollout_nfe_per_round": 960.0, "wall_s": 100.0 + s} for s in range(3)}
-    costs |= {("diversegrpo", s): {"rollout_nfe_per_round": 720.0, "wall_s": math.nan if s else 90.0}
-              for s in range(3)}
+    costs = {("flowgrpo", s): {"rollout_nfe_per_round": 960.0, "wall_s": 100.0 + i}
+             for i, s in enumerate(EVALUATION_SEEDS[:3])}
+    costs |= {("diversegrpo", s): {"rollout_nfe_per_round": 720.0, "wall_s": math.nan if i else 90.0}
+              for i, s in enumerate(EVALUATION_SEEDS[:3])}
     summary, target = summarise(rows, arms, costs=costs)
     assert summary[0]["wall_s"] == (101.0, 1.0) and summary[1]["wall_s"] == (90.0, 0.0)  # nan: not recorded
-    text = markdown(summary, target, check_goals(summary), rows, arms, "# header")
-    assert "| PASS |" in text and "0.200 ± 0.010" in text
-    assert "| diversegrpo | 0.200 ± 0.000 | 0.900 ± 0.000 | 720.000 ± 0.000 | 90.000 ± 0.000 |" in text
+    groups = summarise_groups(rows, arms, costs=costs)
+    text = markdown(groups, {g: check_goals(s) for g, (s, _) in groups.items()}, rows, arms, "# header")
+    assert "| PASS |" in text and "0.200 ± 0.010" in text and f"## Goals ({GOALS_DOC})" in text
+    assert "| diversegrpo | evaluation | 0.200 ± 0.000 | 0.900 ± 0.000 | 720.000 ± 0.000 | 90.000 ± 0.000 |" in text
     plot(rows, arms, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -250,24 +251,92 @@ def test_signal_is_averaged_over_the_rounds_before_each_evaluation():
 
 @pytest.mark.e2e
 def test_tiny_experiment_end_to_end(tmp_path):
-    """Two arms x two seeds, one round each: the tables, the plot and the reports come out of real runs."""
+    """Two arms x two seeds (a tuning and an evaluation seed), one round each: the tables, the plot and the reports
+    come out of real runs, the seeds labelled and summarised by group."""
     presets = {"flowgrpo": PRESETS["flowgrpo"], "diversegrpo": PRESETS["diversegrpo"]}
-    paths = run_experiment(CONFIGS, tmp_path, overrides=TINY, log=lambda _m: None, jobs=1, seeds=[0, 1],
-                           presets=presets)
+    log: list[str] = []
+    paths = run_experiment(tmp_path, overrides=TINY, log=log.append, jobs=1, seeds=[0, 3], presets=presets)
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arm"], r["seed"], r["round"]) for r in rows] == [
-        (a, s, r) for s in ("0", "1") for a in presets for r in ("0", "1")]
+    assert [(r["arm"], r["seed"], r["seed_group"], r["round"]) for r in rows] == [
+        (a, s, g, r) for s, g in (("0", "tuning"), ("3", "evaluation")) for a in presets for r in ("0", "1")]
     assert rows[0]["heldout_quality"] == rows[2]["heldout_quality"]  # round 0: one checkpoint, one eval seed
     for row in rows:  # what round 0's update learned from, read back from its reward and cluster artifacts
         signal = [float(row[k]) for k in SIGNAL]
         assert all(math.isnan(v) for v in signal) if row["round"] == "0" else all(0 <= v <= 1 for v in signal)
-    assert "## The issue's goals" in paths["markdown"].read_text()
-    assert paths["html-seed1"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
+    assert f"## Goals ({GOALS_DOC})" in paths["markdown"].read_text()
+    assert any(line.startswith(f"goals ({GOALS_DOC}) on the evaluation seeds") for line in log), log
+    assert paths["html-seed3"].stat().st_size > 0 and paths["plot"].stat().st_size > 0
     with open(paths["summary"]) as f:
-        summary = {r["arm"]: r for r in csv.DictReader(f)}
+        summary = {(r["arm"], r["seed_group"]): r for r in csv.DictReader(f)}
+    assert set(summary) == {(a, g) for a in presets for g in ("tuning", "evaluation")}
+    assert {r["seeds"] for r in summary.values()} == {"1"}  # one seed per group: the groups are not pooled
     steps = build_arms(CONFIGS, overrides=TINY, presets=presets)[0].config.sampling.num_steps
-    for arm in presets:  # no pruning: every one of the 2 x 8 trajectories takes every step
-        assert float(summary[arm]["rollout_nfe_per_round_mean"]) == 2 * 8 * steps
-        assert float(summary[arm]["wall_s_mean"]) > 0
+    for row in summary.values():  # no pruning: every one of the 2 x 8 trajectories takes every step
+        assert float(row["rollout_nfe_per_round_mean"]) == 2 * 8 * steps
+        assert float(row["wall_s_mean"]) > 0
     assert "## Cost" in paths["markdown"].read_text()
+
+
+def test_seeds_are_tuning_or_evaluation_seeds():
+    assert TUNING_SEEDS == (0, 1, 2) and EVALUATION_SEEDS == (3, 4, 5, 6, 7)
+    assert [seed_group(s) for s in (0, 2, 3, 7, 11)] == ["tuning", "tuning", "evaluation", "evaluation", "evaluation"]
+    assert seeds_for("evaluation") == EVALUATION_SEEDS and seeds_for("all") == TUNING_SEEDS + EVALUATION_SEEDS
+    with pytest.raises(ValueError, match="tuning, evaluation, all"):
+        seeds_for("fresh")
+    assert describe([3, 0, 4]) == "tuning 0; evaluation 3 4"
+
+
+def test_the_seed_groups_are_summarised_apart_and_only_evaluation_seeds_decide():
+    """Flow-GRPO collapses on the tuning seeds but not on the evaluation seeds: pooled, the mean would hide it;
+    apart, the evaluation seeds' verdict is FAIL and the tuning seeds' pass decides nothing."""
+    tuning = _experiment(flow_final_q=0.7, flow_final_h=0.2, div_final_q=0.7, seeds=TUNING_SEEDS)
+    evaluation = _experiment(flow_final_q=0.6, flow_final_h=0.6, div_final_q=0.6, seeds=EVALUATION_SEEDS)
+    arms = ["flowgrpo", "diversegrpo"]
+    groups = summarise_groups(tuning + evaluation, arms)
+    assert list(groups) == ["evaluation", "tuning"]
+    (ev, ev_target), (tu, tu_target) = groups["evaluation"], groups["tuning"]
+    assert ev_target == pytest.approx(0.6) and tu_target == pytest.approx(0.7)
+    assert [(s["arm"], s["seed_group"], s["seeds"]) for s in ev] == [("flowgrpo", "evaluation", 3),
+                                                                     ("diversegrpo", "evaluation", 3)]
+    assert ev[0]["heldout_mode_entropy"][0] == pytest.approx(0.6)
+    assert tu[0]["heldout_mode_entropy"][0] == pytest.approx(0.2)
+    goals = {g: check_goals(s) for g, (s, _) in groups.items()}
+    text = markdown(groups, goals, tuning + evaluation, arms, "# header")
+    assert "| `baseline-collapses` | Flow-GRPO collapses: final held-out mode entropy <= 0.3 | FAIL |" in text
+    assert "| `baseline-collapses` | Flow-GRPO collapses: final held-out mode entropy <= 0.3 | pass (tuning) |" in text
+    only_tuning = summarise_groups(tuning, arms)
+    text = markdown(only_tuning, {"tuning": check_goals(only_tuning["tuning"][0])}, tuning, arms, "# header")
+    assert "no goal is decided" in text and "| PASS |" not in text and "| pass (tuning) |" in text
+
+
+def test_the_goals_are_the_ones_docs_experiment_md_names_with_their_thresholds():
+    """Every goal the code decides is a row of docs/experiment.md#goals under the same name, with its threshold."""
+    doc = (Path(__file__).parents[1] / "docs" / "experiment.md").read_text()
+    assert GOALS_DOC == "docs/experiment.md#goals" and "\n## Goals\n" in doc
+    section = doc.split("\n## Goals\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1]: line for line in section.splitlines() if line.startswith("| `")}
+    assert list(rows) == list(GOAL_NAMES)
+    for name, threshold in GOALS.items():
+        assert f"| {threshold:g} |" in rows[name], (name, rows[name])
+
+
+def test_cli_dry_run_lists_the_shipped_presets_and_the_seed_groups():
+    from dgrpo_pipelines.cli import app
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["experiment", "--dry-run", "--seeds", "all"])
+    assert out.exit_code == 0, out.output
+    assert "4 arms x 8 seeds (tuning 0 1 2; evaluation 3 4 5 6 7)" in out.output
+    assert f"flowgrpo           {PRESETS_DIR / 'toy-flowgrpo.yaml'}" in out.output
+    default = CliRunner().invoke(app, ["experiment", "--dry-run", "--all-arms", "--beta", "2"])
+    assert "9 arms x 3 seeds (tuning 0 1 2)" in default.output and "bonus-beta2" in default.output
+    both = CliRunner().invoke(app, ["experiment", "--dry-run", "--seed", "4", "--seeds", "all"])
+    assert both.exit_code != 0 and "not both" in _words(both.output)
+    bad = CliRunner().invoke(app, ["experiment", "--dry-run", "--seeds", "fresh"])
+    assert bad.exit_code != 0 and "choose one of tuning, evaluation, all" in _words(bad.output)
+
+
+def _words(output: str) -> str:
+    """A usage error's text without the box it is drawn in."""
+    return " ".join(output.replace("│", " ").split())
