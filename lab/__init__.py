@@ -5,6 +5,6 @@ the runs recorded, and writes tables, goals, a report and a plot. The toy world 
 leaf plug-in that knows nothing of engines or experiments.
 
 `arms` (the presets compared), `seeds` (tuning against evaluation seeds), `run` (training them, then the outputs),
-`measures` (what each run's records say), `analysis` (means over seeds, matched quality), `goals` (the decisions
-docs/experiment.md#goals names), `report` (Markdown and CSV) and `plot`.
+`measures` (what each run's records say), `columns` (what the tables hold), `analysis` (means over seeds, matched
+quality), `goals` (the decisions docs/experiment.md#goals names), `report` (Markdown and CSV) and `plot`.
 """
