@@ -51,6 +51,7 @@ CLIPPED_LEVEL = 250
 """A pixel at or above this in some channel is blown out (saturated)."""
 COLOUR_BINS = 4
 """Bins per channel of the colour histogram (4^3 = 64 colours)."""
+IMAGE_MONITORS = ("dark_pixel_share", "clipped_pixel_share", "colour_entropy")
 
 
 def image_monitors(images: np.ndarray) -> dict[str, float]:
@@ -68,10 +69,3 @@ def image_monitors(images: np.ndarray) -> dict[str, float]:
         entropies.append(float(-(p * np.log(p)).sum() / np.log(COLOUR_BINS ** pixels.shape[-1])))
     return {"dark_pixel_share": dark, "clipped_pixel_share": clipped, "colour_entropy": float(np.mean(entropies))}
 
-
-def zero_spread_share(group_reward_stds: list[float], rewards_scale: float) -> float:
-    """The share of prompt groups whose rewards do not vary (std at most 1e-9 of the rewards' scale): they give the
-    update no signal, and a rising share means the groups collapse onto one image or the reward saturates."""
-    if not group_reward_stds:
-        return 0.0
-    return float(np.mean(np.asarray(group_reward_stds) <= 1e-9 * max(rewards_scale, 1.0)))

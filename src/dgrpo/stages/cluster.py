@@ -34,7 +34,6 @@ from dgrpo.diversity import (
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
 from dgrpo.methods.base import Coefficients, Method, first, methods_of
-from dgrpo.metrics import zero_spread_share
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
@@ -197,7 +196,6 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
                "bonus_std": float(bonus.std()), "embed_seconds": embed_seconds, "cluster_seconds": cluster_seconds}
     metrics |= {f"{k}_in_group" if k.endswith("_std") else f"{k}_mean": float(np.mean(v))
                 for k, v in per_group.items() if v}
-    metrics["zero_spread_groups"] = zero_spread_share(per_group["quality_std"], float(np.abs(quality).max(initial=0)))
     if coefficients is not None:
         metrics |= coefficients.metrics
     for m in methods:

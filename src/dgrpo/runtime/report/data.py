@@ -12,6 +12,7 @@ import numpy as np
 from dgrpo import artifacts, lineage
 from dgrpo.config import RunConfig
 from dgrpo.contracts import REWARDS
+from dgrpo.metrics import IMAGE_MONITORS
 from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runs.records import Event
 from dgrpo.runtime.report.headline import Headline, build_headline, run_config
@@ -40,6 +41,10 @@ class TrainingRound:
     """Mean over the round's prompt groups of the reward's standard deviation within the group."""
     update: dict[str, float] = field(default_factory=dict)
     """The update stage's metrics of the round (losses, ratio statistics, zero-spread share)."""
+    rollouts: dict[str, float] = field(default_factory=dict)
+    """What the round's rollouts showed: the image monitors of the reward stage (over all shards, weighted by their
+    samples) and the cluster stage's metrics (the embedding diversity, a diversity controller's target, beta and
+    lambda)."""
 
 
 @dataclass
@@ -70,7 +75,8 @@ def load_run(store: ArtifactStore, run_id: str) -> RunData:
     if not evaluations:
         raise StoreError(f"run {run_id}: no evaluation recorded in {store.uri}")
     updates = sorted((e for e in events if e.stage == "update"), key=lambda e: e.round)
-    training = _training(store, [e for e in events if e.stage == "reward"], {e.round: e for e in updates})
+    training = _training(store, [e for e in events if e.stage == "reward"], {e.round: e for e in updates},
+                         {e.round: e for e in events if e.stage == "cluster"})
     final = updates[-1].output("adapter") if updates else None
     chain = lineage.chain(store, final.sha256) if final else []
     config, config_sha = _config(store, chain)
@@ -89,8 +95,10 @@ def _evaluations(store: ArtifactStore, run_id: str, events: list[Event]) -> list
     return out
 
 
-def _training(store: ArtifactStore, reward_events: list[Event], updates: dict[int, Event]) -> list[TrainingRound]:
-    """Per round: the quality reward's mean over all shards and its mean in-group spread, from the rewards tables."""
+def _training(store: ArtifactStore, reward_events: list[Event], updates: dict[int, Event],
+              clusters: dict[int, Event]) -> list[TrainingRound]:
+    """Per round: the quality reward's mean over all shards and its mean in-group spread, from the rewards tables,
+    and what the round's stages measured of its rollouts."""
     by_round: dict[int, list[ArtifactRef]] = {}
     for e in reward_events:
         by_round.setdefault(e.round, []).append(e.output("rewards"))
@@ -101,8 +109,17 @@ def _training(store: ArtifactStore, reward_events: list[Event], updates: dict[in
         rewards = np.concatenate([t.column("reward").to_numpy() for t in tables])
         stds = [rewards[groups == g].std() for g in np.unique(groups)]
         rounds.append(TrainingRound(r, float(rewards.mean()), float(np.mean(stds)),
-                                    updates[r].metrics if r in updates else {}))
+                                    updates[r].metrics if r in updates else {},
+                                    _monitors([e for e in reward_events if e.round == r])
+                                    | (clusters[r].metrics if r in clusters else {})))
     return rounds
+
+
+def _monitors(shard_events: list[Event]) -> dict[str, float]:
+    """The reward stage's image monitors of one round, averaged over its shards weighted by their samples."""
+    weights = np.array([e.metrics.get("samples", 1.0) for e in shard_events])
+    return {k: float(np.average([e.metrics[k] for e in shard_events], weights=weights)) for k in IMAGE_MONITORS
+            if all(k in e.metrics for e in shard_events)}
 
 
 def _config(store: ArtifactStore, chain: list[tuple[int, str, lineage.LineageRecord]]) -> tuple[RunConfig | None,

@@ -118,6 +118,7 @@ def _plots(runs: list[RunData]) -> str:
     svgs = [plots.quality_diversity(runs), plots.training_reward(runs)]
     svgs += [plots.metric_over_rounds(runs, k) for k in plots.evaluation_metrics(runs)]
     svgs += [s for s in (plots.update_metric(runs, k) for k in plots.UPDATE_LABELS) if s is not None]
+    svgs += [s for s in (plots.update_metric(runs, k, "rollouts") for k in plots.ROLLOUT_LABELS) if s is not None]
     svgs = plots.svg_ids_unique(svgs)
     figs = "".join(f'<figure class="plot">{s}</figure>' for s in svgs)
     legend = ("Line styles: solid, all evaluation prompts; dashed, held-out prompts; dotted, training prompts."

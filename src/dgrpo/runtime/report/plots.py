@@ -34,6 +34,12 @@ as a trend (or a trade-off on the Pareto plot)."""
 MIN_SPAN_REL = 0.10
 """...and at least this share of the largest value shown, for measures on other scales (Vendi score, modes)."""
 
+ROLLOUT_LABELS = {"diversity_mean": "rollout diversity (embedding, in-group; dashed: target)",
+                  "beta": "bonus weight beta (diversity controller)",
+                  "sa_lambda": "SA-Reg lambda (diversity controller)",
+                  "dark_pixel_share": "share of near-black pixels", "clipped_pixel_share": "share of blown-out pixels",
+                  "colour_entropy": "colour-histogram entropy (normalised)"}
+"""What the round's rollouts showed (`TrainingRound.rollouts`), drawn where a run reports it."""
 REGULARIZER_PANELS = {"kl": ("kl", "both"), "sa_reg": ("sa", "both")}
 """Update metrics drawn only for a recipe whose train.regularizer uses them (otherwise a flat zero)."""
 
@@ -122,20 +128,25 @@ def training_reward(runs: list[RunData]) -> str:
     return _svg(fig)
 
 
-def update_metric(runs: list[RunData], key: str) -> str | None:
-    """One update-stage metric against the round, or None when no run reports it."""
-    series = [(run, [(t.round + 1, t.update[key]) for t in run.training if key in t.update]) for run in runs
-              if key not in REGULARIZER_PANELS or run.config is None
+def update_metric(runs: list[RunData], key: str, source: str = "update") -> str | None:
+    """One metric of the round against the round, or None when no run reports it: the update's (`source`
+    "update") or of the round's rollouts ("rollouts"; the rollout diversity with the controller's target dashed)."""
+    def points(run: RunData, name: str) -> list[tuple[int, float]]:
+        return [(t.round + 1, getattr(t, source)[name]) for t in run.training if name in getattr(t, source)]
+
+    series = [(run, points(run, key)) for run in runs if key not in REGULARIZER_PANELS or run.config is None
               or run.config.train.regularizer in REGULARIZER_PANELS[key]]
-    if not any(points for _, points in series):
+    if not any(p for _, p in series):
         return None
-    fig, ax = _figure(UPDATE_LABELS.get(key, key), "round", key)
+    fig, ax = _figure({**UPDATE_LABELS, **ROLLOUT_LABELS}.get(key, key), "round", key)
     colours = dict(zip((r.run_id for r in runs), _colours(len(runs)), strict=True))
-    for run, points in series:
+    for run, own in series:
         colour = colours[run.run_id]
-        if points:
-            x, y = zip(*points, strict=True)
-            ax.plot(x, y, "-", color=colour, marker="o", markersize=3, label=run.run_id)
+        for style, drawn in (("-", own), ("--", points(run, "diversity_target") if key == "diversity_mean" else [])):
+            if drawn:
+                x, y = zip(*drawn, strict=True)
+                ax.plot(x, y, style, color=colour, marker="o" if style == "-" else None, markersize=3,
+                        label=run.run_id if style == "-" else None)
     ax.legend(fontsize=7)
     return _svg(fig)
 
