@@ -24,7 +24,7 @@ from dgrpo.methods.progrpo import nfe_of_schedule, optimal_variance_subset
 from dgrpo.models import FlowPolicy, load_policy
 from dgrpo.models.sd3 import SD3Policy
 from dgrpo.models.tiny import tiny_sd3_pipeline
-from dgrpo.models.trajectories import sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.rewards import load_reward
 
 
@@ -44,8 +44,10 @@ def rollout_round(policy: FlowPolicy, reward, prompts: list[str], args, prune: b
             scores = reward(policy.decode(previews), [prompt] * len(previews))["reward"]
             return [positions[i] for i in optimal_variance_subset(np.asarray(scores), sizes[step])]
 
-        traj = sample_sde(policy, cond, seeds, args.steps, None, 0.7, 4.5, batch_size=args.batch,
-                          prune_steps=tuple(args.prune_steps) if prune else (), prune=pruner if prune else None)
+        spec = SamplerSpec(num_steps=args.steps, shift=None, noise_level=0.7, guidance_scale=4.5,
+                           batch_size=args.batch, prune_steps=tuple(args.prune_steps) if prune else (),
+                           prune=pruner if prune else None)
+        traj = sample_sde(policy, cond, seeds, spec=spec)
         final = reward(policy.decode(traj.latents[:, -1]), [prompt] * len(traj.positions))["reward"]
         survivors = traj.positions if prune else [traj.positions[i] for i in
                                                   optimal_variance_subset(np.asarray(final), args.prune_sizes[-1])]

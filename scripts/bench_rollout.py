@@ -17,7 +17,7 @@ from dgrpo.config import ModelConfig
 from dgrpo.models import load_policy
 from dgrpo.models.sd3 import SD3Policy
 from dgrpo.models.tiny import tiny_sd3_pipeline
-from dgrpo.models.trajectories import sample_ode, sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_ode, sample_sde
 
 
 def _once(fn) -> float:
@@ -54,7 +54,8 @@ def measure_sd3(args) -> dict:
 
     def ours():
         with torch.no_grad():
-            return sample_sde(policy, policy.encode_prompts(prompts), seeds, args.steps, None, 0.7, 4.5)
+            spec = SamplerSpec(num_steps=args.steps, shift=None, noise_level=0.7, guidance_scale=4.5)
+            return sample_sde(policy, policy.encode_prompts(prompts), seeds, spec=spec)
 
     with torch.no_grad():
         ode = sample_ode(policy, policy.encode_prompts(prompts), seeds, args.steps, None, 4.5)
@@ -81,7 +82,8 @@ def bench_toy(args) -> None:
     cond = policy.encode_prompts(prompts)
     seeds = list(range(args.batch))
     ode, sde = timed_pair(lambda: sample_ode(policy, cond, seeds, args.steps, 1.0, 4.5),
-                          lambda: sample_sde(policy, cond, seeds, args.steps, 1.0, 0.7, 4.5), args.repeats)
+                          lambda: sample_sde(policy, cond, seeds, spec=SamplerSpec(
+                              num_steps=args.steps, shift=1.0, noise_level=0.7, guidance_scale=4.5)), args.repeats)
     print(f"toy policy, batch {args.batch}, {args.steps} steps, CFG 4.5, best of {args.repeats}")
     print(f"  plain ODE sampling       {ode * 1000:8.1f} ms")
     print(f"  SDE with log-probs       {sde * 1000:8.1f} ms")

@@ -36,7 +36,7 @@ from bench_rollout import SMOKE, add_arguments, apply_smoke, measure_sd3, timed_
 from dgrpo.config import ClusterConfig, LoraConfig, ModelConfig, load_config  # noqa: E402
 from dgrpo.models.sd3 import SD3Policy  # noqa: E402
 from dgrpo.models.tiny import tiny_sd3_pipeline  # noqa: E402
-from dgrpo.models.trajectories import sample_sde  # noqa: E402
+from dgrpo.models.trajectories import SamplerSpec, sample_sde  # noqa: E402
 
 SD35M_TRANSFORMER = {"attention_head_dim": 64, "caption_projection_dim": 1536, "in_channels": 16,
                      "joint_attention_dim": 4096, "num_attention_heads": 24, "out_channels": 16, "patch_size": 2,
@@ -137,12 +137,13 @@ def p2(args, tmp: Path) -> Row:
     policy = _tiny_policy(args)
     seeds = list(range(group))
     cond = policy.encode_prompts(["a red square"] * group)
+    spec = SamplerSpec(num_steps=args.steps, shift=None, noise_level=0.7, guidance_scale=4.5)
     with torch.no_grad():
-        images = policy.decode(sample_sde(policy, cond, seeds, args.steps, None, 0.7, 4.5).latents[:, -1])
+        images = policy.decode(sample_sde(policy, cond, seeds, spec=spec).latents[:, -1])
 
     def rollout():
         with torch.no_grad():
-            policy.decode(sample_sde(policy, cond, seeds, args.steps, None, 0.7, 4.5).latents[:, -1])
+            policy.decode(sample_sde(policy, cond, seeds, spec=spec).latents[:, -1])
 
     embed = load_embedder("dreamsim", {"cache_dir": str(write_random_dreamsim_cache(tmp / "dreamsim")),
                                        "device": "cpu", "batch_size": group}, cache=False)
@@ -165,7 +166,9 @@ def p2(args, tmp: Path) -> Row:
 
 
 def p3(args) -> Row:
+    from dgrpo.sampling import Schedule
     from dgrpo.stages.update.options import BaseReference
+    from dgrpo.stages.update.replay import Replay
     from dgrpo.stages.update.train import RoundExtras, _optimizer_step, make_accelerator, make_optimizer
 
     small = {"train.batch_size": 8, "train.micro_batch_size": 4, "train.num_processes": 1}
@@ -177,21 +180,25 @@ def p3(args) -> Row:
     seeds = list(range(8))
     cond = policy.encode_prompts(["a red square", "a blue cross"] * 4)
     with torch.no_grad():
-        traj = sample_sde(policy, cond, seeds, s.num_steps, None, s.noise_level, s.guidance_scale)
+        traj = sample_sde(policy, cond, seeds, spec=SamplerSpec(num_steps=s.num_steps, shift=None,
+                                                                noise_level=s.noise_level,
+                                                                guidance_scale=s.guidance_scale))
     acc = make_accelerator("no")
     opt = make_optimizer(policy, sa)
     policy.wrapped_transformer, opt = acc.prepare(policy.transformer, opt)
     adv = torch.randn(8, generator=torch.Generator().manual_seed(0)).unsqueeze(1).repeat(1, 2)  # structure, detail
+    replay = Replay(latents=traj.latents, cond=cond, old_log_probs=traj.log_probs, schedule=Schedule(traj.sigmas),
+                    advantages=adv)
     steps = list(range(sa.num_train_steps))
 
     def step(cfg):
         extras = RoundExtras(reference=BaseReference(policy))  # the base model, as the presets regularise
-        return lambda: _optimizer_step(acc, policy, opt, cfg, torch.arange(8), traj.latents, cond, traj.log_probs,
-                                       adv, traj.sigmas, steps, extras)
+        return lambda: _optimizer_step(acc, policy, opt, cfg=cfg, replay=replay, rows=torch.arange(8), steps=steps,
+                                       extras=extras)
 
     t_kl, t_sa = timed_pair(step(kl), step(sa), args.repeats)
     return Row("P3", "SA-Reg update step / KL update step", t_sa / t_kl, 0.75, None, [
-        f"tiny SD3, batch 8, T = {len(steps)} trained steps, SA on K = {sa.train.sa_steps} (the SD3.5-M SA-Reg "
+        f"tiny SD3, batch 8, T = {len(steps)} trained steps, SA on K = {sa.train.structure_steps} (the SD3.5-M SA-Reg "
         f"preset's): KL {t_kl * 1e3:.0f} ms, SA-Reg {t_sa * 1e3:.0f} ms; with a reference forward costing r of a "
         f"trained step, the ratio is (T + K r) / (T (1 + r))"])
 

@@ -8,7 +8,7 @@ import torch
 from support import small_config
 
 from dgrpo.models.tiny import tiny_sd3_pipeline
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import ScheduleStep, step_with_logprob
 from dgrpo.stages import rollout as rollout_stage
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
@@ -26,15 +26,17 @@ def test_the_bound_is_the_worked_first_order_bound():
     gen = torch.Generator().manual_seed(0)
     x, v, x_next = (torch.randn(2, 3, 4, 4, generator=gen) for _ in range(3))
     sigma, sigma_next, a = 0.8, 0.6, 0.7
-    step = step_with_logprob("sde", v, x, sigma, sigma_next, 0.9, a, prev_sample=x_next)
+    step = step_with_logprob(v, x, ScheduleStep(sigma, sigma_next, 0.9), method="sde", noise_level=a,
+                             prev_sample=x_next)
     dt = sigma_next - sigma
     std = a * math.sqrt(sigma / (1 - sigma))
     s = std * math.sqrt(-dt)
     c_v = (1 + std ** 2 * (1 - sigma) / (2 * sigma)) * dt
     by_hand = ((x_next - step.prev_sample_mean) * c_v * v).abs().flatten(1).sum(1) / (48 * s ** 2)
     stored = step.log_prob + torch.tensor([1e-3, 0.0])
-    delta, bound = agreement.step_disagreement(method="sde", v=v, x=x, x_next=x_next, sigmas=(sigma, sigma_next, 0.9),
-                                               noise_level=a, stored=stored, roundoff=2.0 ** -24)
+    delta, bound = agreement.step_disagreement(method="sde", v=v, x=x, x_next=x_next,
+                                               step=ScheduleStep(sigma, sigma_next, 0.9), noise_level=a,
+                                               stored=stored, roundoff=2.0 ** -24)
     floor = agreement.SUM_KAPPA * 2.0 ** -24 * math.log2(48) * (step.log_prob.abs() + 1)
     torch.testing.assert_close(bound, agreement.KAPPA * 2.0 ** -24 * by_hand + floor, rtol=1e-5, atol=0)
     torch.testing.assert_close(delta, torch.tensor([1e-3, 0.0]), rtol=1e-3, atol=1e-7)

@@ -10,8 +10,8 @@ from dgrpo.config import LoraConfig, ModelConfig
 from dgrpo.contracts import ROLLOUTS, UPDATE_METRICS
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
-from dgrpo.models.trajectories import sample_ode, sample_sde
-from dgrpo.sampling import flow_sigmas, step_with_logprob
+from dgrpo.models.trajectories import SamplerSpec, sample_ode, sample_sde
+from dgrpo.sampling import Schedule, flow_sigmas, step_with_logprob
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
@@ -76,12 +76,13 @@ def test_recomputed_logprob_is_on_policy(kind, sd3_dir, flux_dir):
     policy = load_policy(_model(kind, sd3_dir if kind == "sd3" else flux_dir))
     policy.add_lora(LoraConfig(rank=4, alpha=8), seed=0)
     cond = policy.encode_prompts(PROMPTS)
-    traj = sample_sde(policy, cond, [5, 6], 3, None, 0.7, 4.5)
+    traj = sample_sde(policy, cond, [5, 6], spec=SamplerSpec(num_steps=3, shift=None, noise_level=0.7,
+                                                             guidance_scale=4.5))
     s = traj.sigmas
     for j in range(3):
         with torch.no_grad():
             v = policy.velocity(traj.latents[:, j], s[j].expand(2), cond, 4.5)
-        step = step_with_logprob("sde", v, traj.latents[:, j], s[j].item(), s[j + 1].item(), s[1].item(), 0.7,
+        step = step_with_logprob(v, traj.latents[:, j], Schedule(s).step(j), method="sde", noise_level=0.7,
                                  prev_sample=traj.latents[:, j + 1])
         assert torch.equal(torch.exp(step.log_prob - traj.log_probs[:, j]), torch.ones(2))
 
@@ -106,7 +107,8 @@ def test_bfloat16_keeps_frozen_parts_in_dtype_and_the_step_in_float32(sd3_dir):
     assert policy.vae.dtype == torch.float32
     policy.add_lora(LoraConfig(rank=4, alpha=4), seed=0)
     assert all(p.dtype == torch.float32 for p in policy.lora_parameters())
-    traj = sample_sde(policy, policy.encode_prompts(PROMPTS), [1, 2], 2, None, 0.7, 4.5)
+    spec = SamplerSpec(num_steps=2, shift=None, noise_level=0.7, guidance_scale=4.5)
+    traj = sample_sde(policy, policy.encode_prompts(PROMPTS), [1, 2], spec=spec)
     assert traj.latents.dtype == torch.float32 and torch.isfinite(traj.log_probs).all()
 
 

@@ -15,7 +15,7 @@ from dgrpo.methods import drift
 from dgrpo.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
 from dgrpo.objectives import group_advantages
 from dgrpo.rng import Stream, derive_seed
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import Schedule, step_with_logprob
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
@@ -106,6 +106,7 @@ def _replayed_log_probs(ctx, table, replay: bool) -> torch.Tensor:
     cond = {k: torch.stack([c[k] for c in cond_rows]) for k in cond_rows[0]}
     noise = drift.PromptNoiseReplay.from_rollouts(table)
     sigmas = torch.tensor(table.column("sigmas")[0].as_py())
+    schedule = Schedule(sigmas)
     out = torch.empty(table.num_rows, cfg.sampling.num_steps)
     g = cfg.sampling.group_size
     with torch.no_grad():
@@ -115,8 +116,8 @@ def _replayed_log_probs(ctx, table, replay: bool) -> torch.Tensor:
                 c = {k: v[rows] for k, v in cond.items()}
                 c = noise.conditioning(c, rows, j) if replay else c
                 v = policy.velocity(latents[rows, j], sigmas[j].expand(g), c, cfg.sampling.guidance_scale)
-                out[rows, j] = step_with_logprob("sde", v, latents[rows, j], sigmas[j].item(), sigmas[j + 1].item(),
-                                                 sigmas[1].item(), cfg.sampling.noise_level,
+                out[rows, j] = step_with_logprob(v, latents[rows, j], schedule.step(j), method="sde",
+                                                 noise_level=cfg.sampling.noise_level,
                                                  prev_sample=latents[rows, j + 1]).log_prob
     return out
 

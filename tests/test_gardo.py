@@ -12,15 +12,16 @@ from dgrpo.contracts import REWARDS, SCORES, UPDATE_METRICS
 from dgrpo.methods import gardo
 from dgrpo.methods.gardo import LAST_RESET, REFERENCE_PREFIX
 from dgrpo.models import load_policy
-from dgrpo.models.trajectories import sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.rewards import load_reward
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import Schedule, step_with_logprob
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND
 from dgrpo.stages.update import run_update
+from dgrpo.stages.update.replay import Replay
 from dgrpo.stages.update.train import regularizer_terms
 
 TWO_REWARDS = {"reward.name": "multi", "reward.options": {
@@ -115,14 +116,16 @@ def test_gated_kl_applies_to_gated_samples_only():
                 p.add_(0.05)  # away from the reference (B = 0 is the base model)
     s = cfg.sampling
     cond = policy.encode_prompts(["a red square", "a blue cross"])
-    traj = sample_sde(policy, cond, [1, 2], 2, s.shift, s.noise_level, s.guidance_scale)
-    x, x_next, sig = traj.latents[:, 0], traj.latents[:, 1], traj.sigmas
+    traj = sample_sde(policy, cond, [1, 2], spec=SamplerSpec(num_steps=2, shift=s.shift, noise_level=s.noise_level,
+                                                             guidance_scale=s.guidance_scale))
 
     def kl(weight):
-        v = policy.velocity(x, sig[0].expand(2), cond, s.guidance_scale)
-        step = step_with_logprob(s.method, v, x, sig[0].item(), sig[1].item(), sig[1].item(), s.noise_level,
-                                 prev_sample=x_next)
-        return float(regularizer_terms(policy, cfg, 0, x, x_next, sig, cond, step, kl_weight=weight)[0].detach())
+        batch = Replay(latents=traj.latents, cond=cond, old_log_probs=traj.log_probs, schedule=Schedule(traj.sigmas),
+                       kl_weight=weight).batch(torch.arange(2), 0, policy.device)
+        v = policy.velocity(batch.x, batch.timesteps, cond, s.guidance_scale)
+        step = step_with_logprob(v, batch.x, batch.step, method=s.method, noise_level=s.noise_level,
+                                 prev_sample=batch.x_next)
+        return float(regularizer_terms(policy, cfg, batch=batch, step=step)[0].detach())
 
     each = [kl(torch.tensor([1.0, 0.0])), kl(torch.tensor([0.0, 1.0]))]
     assert min(each) > 0 and kl(torch.zeros(2)) == 0.0

@@ -11,7 +11,7 @@ from support import small_config
 from dgrpo.config import ConfigError, load_config
 from dgrpo.methods.base import PolicyStep, methods_of
 from dgrpo.methods.grpo_guard import GRPOGuard
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import ScheduleStep, step_with_logprob
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
@@ -47,8 +47,9 @@ def test_guard_ratio_matches_upstreams_formula():
     x, v = torch.randn(4, 2, 8, 8, generator=gen), torch.randn(4, 2, 8, 8, generator=gen)
     v_old = v + 0.05 * torch.randn(4, 2, 8, 8, generator=gen)
     sigma, sigma_next, first, a = 0.8, 0.7, 0.9, 0.7
-    old = step_with_logprob("sde", v_old, x, sigma, sigma_next, first, a)
-    new = step_with_logprob("sde", v, x, sigma, sigma_next, first, a, prev_sample=old.prev_sample)
+    at = ScheduleStep(sigma, sigma_next, first)
+    old = step_with_logprob(v_old, x, at, method="sde", noise_level=a)
+    new = step_with_logprob(v, x, at, method="sde", noise_level=a, prev_sample=old.prev_sample)
     guard = GRPOGuard(small_config(), GRPOGuard.Options())
     step = PolicyStep(j=2, log_prob=new.log_prob, old_log_prob=old.log_prob, mean=new.prev_sample_mean,
                       std_dev_t=new.std_dev_t, sigma=sigma, sigma_next=sigma_next,

@@ -8,7 +8,7 @@ from support import small_config
 
 from dgrpo.config import ConfigError, load_config
 from dgrpo.models import load_policy
-from dgrpo.models.trajectories import sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.sampling import euler_step
 from dgrpo.stages.shared.rounds import sde_steps, trained_steps
 
@@ -61,7 +61,8 @@ def test_steps_outside_the_sde_window_are_euler_steps():
     cfg = small_config()
     policy = load_policy(cfg.model)
     cond = policy.encode_prompts(["a red square", "a blue cross"])
-    traj = sample_sde(policy, cond, [1, 2], 4, None, 0.7, 4.5, sde_steps=range(1, 3))
+    spec = SamplerSpec(num_steps=4, shift=None, noise_level=0.7, guidance_scale=4.5, sde_steps=range(1, 3))
+    traj = sample_sde(policy, cond, [1, 2], spec=spec)
     assert torch.isnan(traj.log_probs[:, [0, 3]]).all() and torch.isfinite(traj.log_probs[:, 1:3]).all()
     s = traj.sigmas
     with torch.no_grad():

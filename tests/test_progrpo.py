@@ -2,6 +2,7 @@
 (contract, prune decisions in the table and in lineage, NFEs), a round trained on its survivors, and the config's
 refusals."""
 
+import dataclasses
 import itertools
 import json
 
@@ -18,7 +19,7 @@ from dgrpo.config import ConfigError, ModelConfig
 from dgrpo.contracts import ROLLOUTS, SCORES
 from dgrpo.methods.progrpo import nfe_of_schedule, optimal_variance_subset
 from dgrpo.models import load_policy
-from dgrpo.models.trajectories import sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import PRUNE_DECISIONS_KIND, run_rollout
@@ -77,14 +78,15 @@ def test_expand_and_prune_sampling_keeps_the_chosen_and_counts_nfes():
     policy = load_policy(ModelConfig())
     cond = {k: v.expand(6, *v.shape[1:]) for k, v in policy.encode_prompts(["a red square"]).items()}
     seeds = list(range(100, 106))
-    full = sample_sde(policy, cond, seeds, 4, None, 0.7, 4.5)
+    spec = SamplerSpec(num_steps=4, shift=None, noise_level=0.7, guidance_scale=4.5)
+    full = sample_sde(policy, cond, seeds, spec=spec)
     seen = []
 
     def prune(step, previews, positions):
         seen.append((step, previews.shape[0], list(positions)))
         return positions[::2]  # keep every other live sample
 
-    pruned = sample_sde(policy, cond, seeds, 4, None, 0.7, 4.5, prune_steps=(1, 2), prune=prune)
+    pruned = sample_sde(policy, cond, seeds, spec=dataclasses.replace(spec, prune_steps=(1, 2), prune=prune))
     assert seen[0][:2] == (1, 6) and seen[1] == (2, 3, [0, 2, 4])
     assert pruned.positions == [0, 4] and pruned.nfe == nfe_of_schedule(6, 4, [1, 2], [3, 2]) == 6 * 2 + 3 + 2
     assert full.nfe == 24

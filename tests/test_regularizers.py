@@ -8,9 +8,10 @@ from support import small_config
 
 from dgrpo.config import ConfigError
 from dgrpo.models import load_policy
-from dgrpo.models.trajectories import sample_sde
+from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.objectives import clipped_policy_loss, sa_regularizer, step_kl
-from dgrpo.sampling import flow_sigmas, sde_step_with_logprob, step_with_logprob
+from dgrpo.sampling import Schedule, flow_sigmas, sde_step_with_logprob, step_with_logprob
+from dgrpo.stages.update.replay import Replay
 from dgrpo.stages.update.train import regularizer_terms
 
 
@@ -27,22 +28,22 @@ def test_sa_regularizer_formula_and_detached_reference():
 @pytest.fixture
 def setup():
     cfg = small_config(**{"train.regularizer": "both", "train.beta_kl": 0.04, "train.sa_lambda": 1.0,
-                          "train.sa_steps": 3})
+                          "train.structure_steps": 3})
     policy = load_policy(cfg.model)
     policy.add_lora(cfg.lora, seed=0)
     cond = policy.encode_prompts(["a red square", "a blue cross"])
-    traj = sample_sde(policy, cond, [1, 2], cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.noise_level,
-                      cfg.sampling.guidance_scale)
+    traj = sample_sde(policy, cond, [1, 2], spec=SamplerSpec.from_config(cfg.sampling))
     return cfg, policy, cond, traj
 
 
 def _terms(cfg, policy, cond, traj, j):
     s = cfg.sampling
-    x, x_next = traj.latents[:, j], traj.latents[:, j + 1]
-    v = policy.velocity(x, traj.sigmas[j].expand(len(x)), cond, s.guidance_scale)
-    step = step_with_logprob(s.method, v, x, traj.sigmas[j].item(), traj.sigmas[j + 1].item(),
-                             traj.sigmas[1].item(), s.noise_level, prev_sample=x_next)
-    return regularizer_terms(policy, cfg, j, x, x_next, traj.sigmas, cond, step)
+    batch = Replay(latents=traj.latents, cond=cond, old_log_probs=traj.log_probs,
+                   schedule=Schedule(traj.sigmas)).batch(torch.arange(len(traj.latents)), j, policy.device)
+    v = policy.velocity(batch.x, batch.timesteps, cond, s.guidance_scale)
+    step = step_with_logprob(v, batch.x, batch.step, method=s.method, noise_level=s.noise_level,
+                             prev_sample=batch.x_next)
+    return regularizer_terms(policy, cfg, batch=batch, step=step)
 
 
 def _perturb(policy, amount):
@@ -62,8 +63,8 @@ def test_zero_at_the_initial_adapter_positive_after_an_update(setup):
     for j in range(3):
         x, x_next = traj.latents[:, j], traj.latents[:, j + 1]
         v = policy.velocity(x, traj.sigmas[j].expand(2), cond, s.guidance_scale)
-        step = step_with_logprob(s.method, v, x, traj.sigmas[j].item(), traj.sigmas[j + 1].item(),
-                                 traj.sigmas[1].item(), s.noise_level, prev_sample=x_next)
+        step = step_with_logprob(v, x, Schedule(traj.sigmas).step(j), method=s.method, noise_level=s.noise_level,
+                                 prev_sample=x_next)
         loss, _, _ = clipped_policy_loss(step.log_prob, traj.log_probs[:, j], torch.tensor([1.0, -1.0]), 1e-3)
         loss.backward()
     opt.step()
@@ -75,7 +76,7 @@ def test_zero_at_the_initial_adapter_positive_after_an_update(setup):
 def test_steps_at_or_beyond_k_contribute_nothing_and_skip_the_reference(setup, monkeypatch):
     cfg, policy, cond, traj = setup
     _perturb(policy, 0.01)
-    only_sa = small_config(**{"train.regularizer": "sa", "train.sa_lambda": 1.0, "train.sa_steps": 3})
+    only_sa = small_config(**{"train.regularizer": "sa", "train.sa_lambda": 1.0, "train.structure_steps": 3})
     calls = []
     original = policy.adapter_disabled
     monkeypatch.setattr(policy, "adapter_disabled", lambda: (calls.append(1), original())[1])
@@ -108,7 +109,7 @@ def test_gradients_flow_only_through_the_policy(setup):
     ({"train.beta_kl": 0.04}, "train.beta_kl"),  # a KL weight without the KL regulariser is a silent no-op
     ({"train.regularizer": "kl"}, "train.beta_kl"),
     ({"train.regularizer": "sa", "train.sa_lambda": 0.0}, "train.sa_lambda"),
-    ({"train.regularizer": "sa", "train.sa_steps": 10}, "train.sa_steps"),  # only 9 of 10 steps are trained
+    ({"train.regularizer": "sa", "train.structure_steps": 10}, "train.structure_steps"),  # 9 of 10 steps train
 ])
 def test_regularizer_config_is_validated(overrides, field):
     with pytest.raises(ConfigError, match=rf"'{field}'"):
@@ -161,17 +162,17 @@ def test_the_update_uses_the_configured_kl_form(setup, j):
 
 
 def test_sa_reg_acts_on_the_trajectorys_first_steps_under_an_sde_window(setup):
-    """With an SDE window the structure steps are still the trajectory's first sa_steps: step 1 of a window
+    """With an SDE window the structure steps are still the trajectory's first structure_steps: step 1 of a window
     starting there is regularised, step 3 is not."""
     _, policy, cond, traj = setup
     _perturb(policy, 0.01)
-    windowed = small_config(**{"train.regularizer": "sa", "train.sa_steps": 2, "sampling.sde_window_size": 2,
+    windowed = small_config(**{"train.regularizer": "sa", "train.structure_steps": 2, "sampling.sde_window_size": 2,
                                "sampling.sde_window_range": [1, 5]})
     assert float(_terms(windowed, policy, cond, traj, 1)[1].detach()) > 0
     assert float(_terms(windowed, policy, cond, traj, 3)[1].detach()) == 0.0
 
 
 def test_sa_reg_with_a_window_that_never_reaches_its_steps_is_refused():
-    with pytest.raises(ConfigError, match="'sampling.sde_window_range'.*train.sa_steps"):
-        small_config(**{"train.regularizer": "sa", "train.sa_steps": 2, "sampling.sde_window_size": 2,
+    with pytest.raises(ConfigError, match="'sampling.sde_window_range'.*train.structure_steps"):
+        small_config(**{"train.regularizer": "sa", "train.structure_steps": 2, "sampling.sde_window_size": 2,
                         "sampling.sde_window_range": [2, 6]})

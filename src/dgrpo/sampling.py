@@ -5,6 +5,7 @@ from 1 (noise) to 0 (data) and the model predicts the velocity v with x_{t+dt} =
 """
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,36 @@ class SDEStep(NamedTuple):
     """The SDE's diffusion std per unit time, a sqrt(sigma / (1 - sigma)) (std_dev_t = std_t sqrt(-dt)): what
     upstream's `sde_step_with_logprob` returns as `std_dev_t` since July 2025 and its KL divides by. A CPS step has
     no dt to factor out, so there it is the noise std."""
+
+
+class ScheduleStep(NamedTuple):
+    """One denoising step's sigmas: what a stochastic step reads of the schedule (`Schedule.step`)."""
+
+    sigma: float
+    sigma_next: float
+    sigma_max: float
+    """The schedule's second sigma, sigmas[1]: the SDE's std uses it in place of sigma where sigma == 1, where
+    sqrt(sigma / (1 - sigma)) is infinite (upstream's `sigma_max`)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """The T+1 sigmas of a sampling schedule, from 1 (noise) to 0 (data); one place that knows which of them a
+    step reads, so the triple sigmas[j], sigmas[j + 1], sigmas[1] is spelled nowhere else."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def step(self, j: int) -> ScheduleStep:
+        """Denoising step j's sigmas as Python floats (the float32 values exactly)."""
+        return ScheduleStep(self.sigmas[j].item(), self.sigmas[j + 1].item(), self.sigmas[1].item())
+
+    def timesteps(self, j: int, n: int, device: torch.device | str) -> torch.Tensor:
+        """Step j's sigma for `n` samples on `device`: the model's time input."""
+        return self.sigmas[j].expand(n).to(device)
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -68,8 +99,9 @@ def sde_step_with_logprob(
     sample: torch.Tensor,
     sigma: float | torch.Tensor,
     sigma_next: float | torch.Tensor,
-    sigma_1: float,
+    sigma_max: float,
     noise_level: float,
+    *,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
@@ -81,7 +113,7 @@ def sde_step_with_logprob(
     `std_dev_t` in the result is the noise std s = std_t sqrt(-dt), as a scalar or [B, 1, ...] tensor; `std_t` is
     the std per unit time. The mean is Flow-GRPO's: the reverse-time SDE dx = (v + std_t^2 / (2 sigma) (x + (1 -
     sigma) v)) dt + std_t dw, whose marginals are the flow's x_sigma = (1 - sigma) x0 + sigma eps at every noise level.
-    `sigma_1` is the schedule's second sigma, used in place of sigma where sigma == 1 to keep std finite.
+    `sigma_max` is the schedule's second sigma, used in place of sigma where sigma == 1 to keep std finite.
     The log-prob is the mean over all non-batch elements, which is why PPO clip ranges are tiny.
     """
     v = model_output.float()
@@ -89,7 +121,7 @@ def sde_step_with_logprob(
     s = _per_sample(sigma, x)
     s_next = _per_sample(sigma_next, x)
     dt = s_next - s
-    s_safe = torch.where(s == 1, torch.full_like(s, sigma_1), s)
+    s_safe = torch.where(s == 1, torch.full_like(s, sigma_max), s)
     std_t = noise_level * torch.sqrt(s / (1 - s_safe))
     mean = x * (1 + std_t**2 * dt / (2 * s)) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
     noise_std = std_t * torch.sqrt(-dt)
@@ -107,6 +139,7 @@ def cps_step_with_logprob(
     sigma: float | torch.Tensor,
     sigma_next: float | torch.Tensor,
     noise_level: float,
+    *,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
@@ -135,15 +168,15 @@ def euler_step(model_output: torch.Tensor, sample: torch.Tensor, sigma: float | 
     return x + model_output.float() * (_per_sample(sigma_next, x) - _per_sample(sigma, x))
 
 
-def step_with_logprob(method: str, model_output: torch.Tensor, sample: torch.Tensor, sigma, sigma_next,
-                      sigma_1: float, noise_level: float, prev_sample: torch.Tensor | None = None,
+def step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, step: ScheduleStep, *, method: str,
+                      noise_level: float, prev_sample: torch.Tensor | None = None,
                       generator: torch.Generator | list[torch.Generator] | None = None,
                       noise: torch.Tensor | None = None) -> SDEStep:
-    """Dispatch on the configured stochastic step ("sde" or "cps")."""
+    """Dispatch on the configured stochastic step ("sde" or "cps") over schedule step `step`."""
+    draw = {"prev_sample": prev_sample, "generator": generator, "noise": noise}
     if method == "sde":
-        return sde_step_with_logprob(model_output, sample, sigma, sigma_next, sigma_1, noise_level,
-                                     prev_sample, generator, noise)
+        return sde_step_with_logprob(model_output, sample, step.sigma, step.sigma_next, step.sigma_max, noise_level,
+                                     **draw)
     if method == "cps":
-        return cps_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level, prev_sample, generator,
-                                     noise)
+        return cps_step_with_logprob(model_output, sample, step.sigma, step.sigma_next, noise_level, **draw)
     raise ValueError(f"sampling method {method!r}: expected 'sde' or 'cps'")

@@ -19,7 +19,7 @@ from dgrpo.contracts import ROLLOUTS
 from dgrpo.images import png_bytes
 from dgrpo.methods.base import Method, first, methods_of
 from dgrpo.models import FlowPolicy
-from dgrpo.models.trajectories import Trajectories, expand_conditioning, sample_sde
+from dgrpo.models.trajectories import SamplerSpec, Trajectories, expand_conditioning, sample_sde
 from dgrpo.rewards import RewardModel, load_reward
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
@@ -78,9 +78,10 @@ def sample_group(cfg: RunConfig, methods: list[Method], policy: FlowPolicy, rewa
     noise = first([m.prompt_noise(sigmas=policy.sigmas(s.num_steps, s.shift), round_index=round_index,
                                   prompt_index=p, n=started) for m in methods])
     pruner = first([m.pruner(policy=policy, reward=reward, prompt=prompt, seeds=seeds) for m in methods])
-    traj = sample_sde(policy, cond, seeds, s.num_steps, s.shift, s.noise_level, s.guidance_scale, s.method,
-                      sde_steps(cfg, round_index), s.batch_size, noise.hook(cond) if noise else None,
-                      pruner.steps if pruner else (), pruner)
+    spec = SamplerSpec.from_config(s, sde_steps=sde_steps(cfg, round_index),
+                                   conditioning=noise.hook(cond) if noise else None,
+                                   prune_steps=pruner.steps if pruner else (), prune=pruner)
+    traj = sample_sde(policy, cond, seeds, spec=spec)
     n, size = len(traj.positions), s.batch_size or len(traj.positions)
     images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, n, size)])
     rows = [{

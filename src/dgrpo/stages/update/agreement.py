@@ -37,8 +37,10 @@ from dataclasses import dataclass
 import torch
 
 from dgrpo import lineage
+from dgrpo.config import SamplingConfig
 from dgrpo.models import FlowPolicy
-from dgrpo.sampling import step_with_logprob
+from dgrpo.sampling import ScheduleStep, step_with_logprob
+from dgrpo.stages.update.replay import Replay
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 KAPPA = 64.0
@@ -78,17 +80,15 @@ def velocity_dtype(policy: FlowPolicy, mixed_precision: str) -> torch.dtype:
     return AUTOCAST.get(mixed_precision, policy.dtype)
 
 
-def step_disagreement(*, method: str, v: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor,
-                      sigmas: tuple[float, float, float], noise_level: float, stored: torch.Tensor,
-                      roundoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+def step_disagreement(*, method: str, v: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor, step: ScheduleStep,
+                      noise_level: float, stored: torch.Tensor, roundoff: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(|stored - recomputed log p|, bound) per trajectory of one step, from the recomputed velocity `v`."""
-    sigma, sigma_next, sigma_1 = sigmas
     with torch.enable_grad():
         v32 = v.detach().float().requires_grad_(True)
-        step = step_with_logprob(method, v32, x.float(), sigma, sigma_next, sigma_1, noise_level,
-                                 prev_sample=x_next.float())
-        (grad,) = torch.autograd.grad(step.log_prob.sum(), v32)
-    log_prob = step.log_prob.detach()
+        recomputed = step_with_logprob(v32, x.float(), step, method=method, noise_level=noise_level,
+                                       prev_sample=x_next.float())
+        (grad,) = torch.autograd.grad(recomputed.log_prob.sum(), v32)
+    log_prob = recomputed.log_prob.detach()
     sensitivity = (grad * v32.detach()).abs().flatten(1).sum(1)
     elements = x[0].numel()
     bound = (KAPPA * roundoff * sensitivity
@@ -117,23 +117,18 @@ def refusal(round_index: int, result: Agreement, rollouts_from: str, roundoff_dt
             f"and attention backend, or re-roll the round")
 
 
-def measure(policy: FlowPolicy, *, method: str, noise_level: float, guidance_scale: float, roundoff: float,
-            idx: torch.Tensor, latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
-            sigmas: torch.Tensor, steps: list[int], prompt_noise=None) -> Agreement:
-    """Recompute the stored log-probs of trajectories `idx` (this process's first micro-batch) at every trained
-    step under the policy as loaded, and compare. `prompt_noise` replays DRIFT's noisy conditioning."""
+def measure(policy: FlowPolicy, replay: Replay, *, sampling: SamplingConfig, roundoff: float, rows: torch.Tensor,
+            steps: list[int]) -> Agreement:
+    """Recompute the stored log-probs of trajectories `rows` (this process's first micro-batch) at every trained
+    step under the policy as loaded, and compare; the replay's conditioning is the rollout's (DRIFT's noise too)."""
     deltas, bounds = [], []
     with torch.no_grad():
         for j in steps:
-            mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
-            if prompt_noise is not None:
-                mb_cond = prompt_noise.conditioning(mb_cond, idx.tolist(), j)
-            x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
-            v = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(idx)).to(policy.device), mb_cond,
-                                guidance_scale)
+            batch = replay.batch(rows, j, policy.device)
+            v = policy.velocity(batch.x.to(policy.dtype), batch.timesteps, batch.cond, sampling.guidance_scale)
             delta, bound = step_disagreement(
-                method=method, v=v, x=x, x_next=x_next, noise_level=noise_level, roundoff=roundoff,
-                sigmas=(sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item()), stored=old_log_probs[idx, j])
+                method=sampling.method, v=v, x=batch.x, x_next=batch.x_next, step=batch.step,
+                noise_level=sampling.noise_level, stored=batch.old_log_prob, roundoff=roundoff)
             deltas.append(delta.cpu().double())
             bounds.append(bound.cpu().double())
     delta, bound = torch.stack(deltas, 1), torch.stack(bounds, 1)  # [trajectory, step]

@@ -28,7 +28,7 @@ from dgrpo.objectives import (
     step_kl,
 )
 from dgrpo.rng import Stream, derive_seed
-from dgrpo.sampling import SDEStep, step_with_logprob
+from dgrpo.sampling import Schedule, ScheduleStep, SDEStep, step_with_logprob
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.shared.rounds import trained_steps
@@ -36,6 +36,7 @@ from dgrpo.stages.shared.shards import as_list, check_same_samples, named_inputs
 from dgrpo.stages.shared.training_state import ema_weights, load_training_state, training_state_to_tensors
 from dgrpo.stages.update import agreement, options
 from dgrpo.stages.update.finite import check_round_finite
+from dgrpo.stages.update.replay import Replay, ReplayBatch
 from dgrpo.store import ArtifactRef
 
 
@@ -133,9 +134,15 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     traj = all_traj if whole else all_traj.take(list(range(rank, all_traj.num_rows, world)))
     position = {sid: i for i, sid in enumerate(ids)}
     mine = [position[sid] for sid in traj.column("sample_id").to_pylist()]
-    adv = torch.tensor(np.stack([adv_all, detail_all], axis=1)[mine], dtype=torch.float32)  # structure, detail
-    extras = RoundExtras(first([m.conditioning_replay(rollouts=traj) for m in methods]), None if kl_weight_all is None
-                         else torch.tensor(kl_weight_all[mine], dtype=torch.float32), methods=methods)
+    replay = Replay(
+        latents=_stack_rows(traj.column("latents").to_pylist(), "latents"),
+        cond=_stack_rows(group_conditioning(all_traj, traj.column("group_id").to_pylist())),
+        old_log_probs=torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32),
+        schedule=Schedule(torch.tensor(traj.column("sigmas")[0].as_py(), dtype=torch.float32)),
+        advantages=torch.tensor(np.stack([adv_all, detail_all], axis=1)[mine], dtype=torch.float32),
+        kl_weight=None if kl_weight_all is None else torch.tensor(kl_weight_all[mine], dtype=torch.float32),
+        prompt_noise=first([m.conditioning_replay(rollouts=traj) for m in methods]))
+    extras = RoundExtras(methods=methods)
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
     opt = make_optimizer(policy, cfg)
@@ -152,22 +159,16 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             policy.transformer, frozen + [n for n, _ in policy.transformer.named_buffers()])
     policy.wrapped_transformer, opt = acc.prepare(policy.transformer, opt)
-    latents = _stack_rows(traj.column("latents").to_pylist(), "latents")
-    cond = _stack_rows(group_conditioning(all_traj, traj.column("group_id").to_pylist()))
-    old_log_probs = torch.tensor(traj.column("log_probs").to_pylist(), dtype=torch.float32)
-    sigmas = torch.tensor(traj.column("sigmas")[0].as_py(), dtype=torch.float32)
-    gate = check_agreement(ctx, inputs, acc, policy, latents=latents, cond=cond, old_log_probs=old_log_probs,
-                           sigmas=sigmas, prompt_noise=extras.prompt_noise)
+    gate = check_agreement(ctx, inputs, acc, policy, replay=replay)
 
     rows = []
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.UPDATE_ORDER, round_index))
-    n, batch_size = len(adv), t.batch_size // world
+    n, batch_size = len(replay), t.batch_size // world
     for _ in range(t.inner_epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, max(n - batch_size, 0) + 1, batch_size):  # drops a partial last batch
-            batch = order[start:start + batch_size]
-            stats = _optimizer_step(acc, policy, opt, cfg, batch, latents, cond, old_log_probs, adv, sigmas,
-                                    trained_steps(cfg, round_index), extras)
+            stats = _optimizer_step(acc, policy, opt, cfg=cfg, replay=replay, rows=order[start:start + batch_size],
+                                    steps=trained_steps(cfg, round_index), extras=extras)
             rows.append({"round": round_index, "optimizer_step": len(rows), **stats})
             if ema is not None and len(rows) % t.ema_every == 0:
                 ema.step(policy.lora_parameters())
@@ -187,17 +188,14 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
 
 
 def check_agreement(ctx: StageContext, inputs: UpdateInputs, acc: Accelerator, policy: FlowPolicy, *,
-                    latents: torch.Tensor, cond: dict[str, torch.Tensor], old_log_probs: torch.Tensor,
-                    sigmas: torch.Tensor, prompt_noise: Any) -> agreement.Agreement:
+                    replay: Replay) -> agreement.Agreement:
     """The agreement gate (`agreement`), before the first optimizer step: this process's first micro-batch
     recomputed at every trained step under the round's input adapter; every process fails if any disagrees."""
-    cfg, s = ctx.config, ctx.config.sampling
+    cfg = ctx.config
     dtype = agreement.velocity_dtype(policy, cfg.train.mixed_precision)
     result = agreement.measure(
-        policy, method=s.method, noise_level=s.noise_level, guidance_scale=s.guidance_scale,
-        roundoff=agreement.UNIT_ROUNDOFF[dtype], idx=torch.arange(min(cfg.train.micro_batch_size, len(latents))),
-        latents=latents, cond=cond, old_log_probs=old_log_probs, sigmas=sigmas,
-        steps=trained_steps(cfg, inputs.round_index), prompt_noise=prompt_noise)
+        policy, replay, sampling=cfg.sampling, roundoff=agreement.UNIT_ROUNDOFF[dtype],
+        rows=torch.arange(min(cfg.train.micro_batch_size, len(replay))), steps=trained_steps(cfg, inputs.round_index))
     worst = acc.reduce(torch.tensor([result.worst_share], device=acc.device), reduction="max")
     if float(worst) > 1:
         raise agreement.AgreementError(agreement.refusal(inputs.round_index, result, agreement.rollout_origin(
@@ -207,12 +205,10 @@ def check_agreement(ctx: StageContext, inputs: UpdateInputs, acc: Accelerator, p
 
 @dataclass
 class RoundExtras:
-    """What the methods add to a round's optimizer steps: the replayed conditioning (DRIFT's prompt noise),
-    per-sample KL weights (GARDO's gate), the regularisers' reference, the methods themselves (their loss hooks),
-    the round's input weights where a hook needs the old policy's step, and each step's summed ratio moments."""
+    """What the methods add to a round's optimizer steps besides the replay's data: the regularisers' reference,
+    the methods themselves (their loss hooks), the round's input weights where a hook needs the old policy's step,
+    and each step's summed ratio moments."""
 
-    prompt_noise: Any = None
-    kl_weight: torch.Tensor | None = None
     reference: Any = None
     methods: list[Method] = field(default_factory=list)
     round_start: "RoundStart | None" = None
@@ -231,18 +227,16 @@ class RoundStart:
     def if_needed(cls, methods: list[Method], policy: FlowPolicy) -> "RoundStart | None":
         return cls(policy) if any(type(m).log_ratio is not Method.log_ratio for m in methods) else None
 
-    def step_mean(self, cfg: RunConfig, x: torch.Tensor, x_next: torch.Tensor, sigmas: torch.Tensor, j: int,
-                  cond: dict[str, torch.Tensor]) -> torch.Tensor:
+    def step_mean(self, cfg: RunConfig, batch: ReplayBatch) -> torch.Tensor:
         s, params = cfg.sampling, self.policy.lora_parameters()
         saved = [p.detach().clone() for p in params]
         try:
             with torch.no_grad():
                 for p, w in zip(params, self.weights, strict=True):
                     p.data.copy_(w)
-                v = self.policy.velocity(x.to(self.policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond,
-                                         s.guidance_scale)
-                return step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
-                                         sigmas[1].item(), s.noise_level, prev_sample=x_next).prev_sample_mean
+                v = self.policy.velocity(batch.x.to(self.policy.dtype), batch.timesteps, batch.cond, s.guidance_scale)
+                return step_with_logprob(v.float(), batch.x, batch.step, method=s.method, noise_level=s.noise_level,
+                                         prev_sample=batch.x_next).prev_sample_mean
         finally:
             for p, w in zip(params, saved, strict=True):
                 p.data.copy_(w)
@@ -306,49 +300,28 @@ def ratio_stats(moments: torch.Tensor) -> dict[str, float]:
     return {"ratio_mean": 1.0 + mean_d, "ratio_std": max(squares / n - mean_d * mean_d, 0.0) ** 0.5}
 
 
-def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, cfg: RunConfig,
-                    batch: torch.Tensor, latents: torch.Tensor, cond: dict[str, torch.Tensor],
-                    old_log_probs: torch.Tensor, adv: torch.Tensor, sigmas: torch.Tensor, steps: list[int],
-                    extras: RoundExtras) -> dict[str, float]:
-    """Accumulate gradients over micro-batches and trained steps, then take one optimizer step.
-
-    `adv` holds two advantages per trajectory: the structure steps (`structure_step`) take column 0 (the group's),
-    the others column 1 (the detail baseline's; the same values unless train.detail_baseline is "cluster").
+def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optimizer, *, cfg: RunConfig,
+                    replay: Replay, rows: torch.Tensor, steps: list[int], extras: RoundExtras) -> dict[str, float]:
+    """Accumulate gradients over the micro-batches of `rows` and the trained steps, then take one optimizer step.
 
     Gradients are all-reduced (averaged over processes) on the last backward pass only; the logged terms are
     averaged over processes too.
     """
-    t, s = cfg.train, cfg.sampling
-    micro = [batch[i:i + t.micro_batch_size] for i in range(0, len(batch), t.micro_batch_size)]
+    t = cfg.train
+    micro = [rows[i:i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
     totals = torch.zeros(len(LOGGED), device=acc.device)
     moments = torch.zeros(3, dtype=torch.float64, device=acc.device)
     scale = 1.0 / (len(steps) * len(micro))
     passes = [(idx, j) for idx in micro for j in steps]
     for n, (idx, j) in enumerate(passes):
-        mb_cond = {k: v[idx].to(policy.device) for k, v in cond.items()}
-        if extras.prompt_noise is not None:
-            mb_cond = extras.prompt_noise.conditioning(mb_cond, idx.tolist(), j)
-        x, x_next = latents[idx, j].to(policy.device), latents[idx, j + 1].to(policy.device)
+        batch = replay.batch(idx, j, policy.device)
         sync = contextlib.nullcontext() if n == len(passes) - 1 else acc.no_sync(policy.wrapped_transformer)
         with sync:
-            v = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(idx)).to(policy.device), mb_cond,
-                                s.guidance_scale)
-            step = step_with_logprob(s.method, v.float(), x, sigmas[j].item(), sigmas[j + 1].item(),
-                                     sigmas[1].item(), s.noise_level, prev_sample=x_next)
-            old_lp = old_log_probs[idx, j].to(policy.device)
-            log_ratio = method_log_ratio(cfg, extras, step=step, old_log_prob=old_lp, x=x, x_next=x_next,
-                                         sigmas=sigmas, j=j, cond=mb_cond)
-            policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
-                step.log_prob, old_lp, adv[idx, 0 if structure_step(cfg, j) else 1].to(policy.device), t.clip_range,
-                **({} if log_ratio is None else {"log_ratio": log_ratio}))
-            weight = step_weight(extras.methods, j=j, sigmas=sigmas)
-            if weight is not None:
-                policy_loss = policy_loss * weight
-            kl, sa = regularizer_terms(policy, cfg, j, x, x_next, sigmas, mb_cond, step, extras.reference,
-                                       None if extras.kl_weight is None else extras.kl_weight[idx])
+            terms, log_ratio, step = _pass_terms(policy, cfg, batch, extras)
+            policy_loss, kl, sa = terms[:3]
             acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
-        totals += torch.stack([policy_loss, kl, sa, approx_kl, clip_fraction]).detach().float() * scale
-        step_moments = ratio_moments(step.log_prob, old_lp, log_ratio)
+        totals += torch.stack(terms).detach().float() * scale
+        step_moments = ratio_moments(step.log_prob, batch.old_log_prob, log_ratio)
         moments += step_moments
         if j not in extras.ratio_by_step:
             extras.ratio_by_step[j] = torch.zeros(3, dtype=torch.float64, device=acc.device)
@@ -361,9 +334,30 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
             "grad_norm": float(grad_norm)}
 
 
-def method_log_ratio(cfg: RunConfig, extras: RoundExtras, *, step: SDEStep, old_log_prob: torch.Tensor,
-                     x: torch.Tensor, x_next: torch.Tensor, sigmas: torch.Tensor, j: int,
-                     cond: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def _pass_terms(policy: FlowPolicy, cfg: RunConfig, batch: ReplayBatch, extras: RoundExtras
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None, SDEStep]:
+    """One micro-batch at one step: the `LOGGED` terms (policy loss, KL, SA-Reg, approx KL, clip fraction), the
+    methods' log ratio (None: log_prob - old_log_prob) and the policy's step.
+
+    The structure steps (`structure_step`) take the advantages' column 0 (the group's), the others column 1 (the
+    detail baseline's; the same values unless train.detail_baseline is "cluster")."""
+    t, s = cfg.train, cfg.sampling
+    v = policy.velocity(batch.x.to(policy.dtype), batch.timesteps, batch.cond, s.guidance_scale)
+    step = step_with_logprob(v.float(), batch.x, batch.step, method=s.method, noise_level=s.noise_level,
+                             prev_sample=batch.x_next)
+    log_ratio = method_log_ratio(cfg, extras, step=step, batch=batch)
+    policy_loss, approx_kl, clip_fraction = clipped_policy_loss(
+        step.log_prob, batch.old_log_prob, batch.advantages[:, 0 if structure_step(cfg, batch.j) else 1],
+        t.clip_range, **({} if log_ratio is None else {"log_ratio": log_ratio}))
+    weight = step_weight(extras.methods, j=batch.j, step=batch.step)
+    if weight is not None:
+        policy_loss = policy_loss * weight
+    kl, sa = regularizer_terms(policy, cfg, batch=batch, step=step, reference=extras.reference)
+    return [policy_loss, kl, sa, approx_kl, clip_fraction], log_ratio, step
+
+
+def method_log_ratio(cfg: RunConfig, extras: RoundExtras, *, step: SDEStep, batch: ReplayBatch
+                     ) -> torch.Tensor | None:
     """The log ratio of the first method whose `log_ratio` hook acts, or None (log_prob - old_log_prob)."""
     if extras.round_start is None:
         return None
@@ -371,52 +365,53 @@ def method_log_ratio(cfg: RunConfig, extras: RoundExtras, *, step: SDEStep, old_
 
     def lazy_old_mean() -> torch.Tensor:
         if not old_mean:
-            old_mean.append(extras.round_start.step_mean(cfg, x, x_next, sigmas, j, cond))
+            old_mean.append(extras.round_start.step_mean(cfg, batch))
         return old_mean[0]
 
-    view = PolicyStep(j=j, log_prob=step.log_prob, old_log_prob=old_log_prob, mean=step.prev_sample_mean,
-                      std_dev_t=step.std_dev_t, sigma=sigmas[j].item(), sigma_next=sigmas[j + 1].item(),
+    view = PolicyStep(j=batch.j, log_prob=step.log_prob, old_log_prob=batch.old_log_prob, mean=step.prev_sample_mean,
+                      std_dev_t=step.std_dev_t, sigma=batch.step.sigma, sigma_next=batch.step.sigma_next,
                       old_mean=lazy_old_mean)
     return first([m.log_ratio(step=view) for m in extras.methods])
 
 
-def step_weight(methods: list[Method], *, j: int, sigmas: torch.Tensor) -> float | None:
+def step_weight(methods: list[Method], *, j: int, step: ScheduleStep) -> float | None:
     """The product of the methods' weights of step j's policy loss, or None where no method weighs it."""
-    weights = [w for m in methods if (w := m.step_weight(j=j, sigma=sigmas[j].item(),
-                                                          sigma_next=sigmas[j + 1].item())) is not None]
+    weights = [w for m in methods if (w := m.step_weight(j=j, sigma=step.sigma, sigma_next=step.sigma_next))
+               is not None]
     return float(np.prod(weights)) if weights else None
 
 
 def structure_step(cfg: RunConfig, j: int) -> bool:
-    """Whether denoising step j is one of the trajectory's first train.sa_steps, which draw the structure: SA-Reg
+    """Whether denoising step j is one of the trajectory's first train.structure_steps, which draw the structure: SA-Reg
     acts there and the detail baseline does not. Counted in the trajectory, not in the trained steps, so an SDE
-    window starting at step 4 trains detail steps only when sa_steps <= 4 (docs/algorithms.md, "SA-Reg")."""
-    return j < cfg.train.sa_steps
+    window starting at step 4 trains detail steps only when structure_steps <= 4 (docs/algorithms.md, "SA-Reg")."""
+    return j < cfg.train.structure_steps
 
 
-def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, j: int, x: torch.Tensor, x_next: torch.Tensor,
-                      sigmas: torch.Tensor, cond: dict[str, torch.Tensor], step: SDEStep,
-                      reference: Any = None, kl_weight: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL, SA-Reg) of denoising step j; each a batch mean, 0 where not enabled.
+def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, *, batch: ReplayBatch, step: SDEStep,
+                      reference: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL, SA-Reg) of `batch`'s denoising step, where `step` is the policy's; each a batch mean, 0 where not
+    enabled.
 
     KL (in train.kl_form's form) acts on every trained step, SA-Reg on the structure steps only. The
     reference is the base model (adapter off; GARDO's reset `reference` once it has one) under no_grad, so
-    gradients flow through the policy's step mean alone. `kl_weight` weighs each sample's KL (GARDO's gate).
+    gradients flow through the policy's step mean alone. The batch's `kl_weight` weighs each sample's KL (GARDO's
+    gate).
     """
     t, s = cfg.train, cfg.sampling
     use_kl = t.uses_kl
-    use_sa = t.uses_sa and structure_step(cfg, j)
+    use_sa = t.uses_sa and structure_step(cfg, batch.j)
     zero = torch.zeros((), device=step.prev_sample_mean.device)
     if not (use_kl or use_sa):
         return zero, zero
     with torch.no_grad(), (policy.adapter_disabled() if reference is None else reference.active()):
-        v_ref = policy.velocity(x.to(policy.dtype), sigmas[j].expand(len(x)).to(x.device), cond, s.guidance_scale)
-        ref = step_with_logprob(s.method, v_ref, x, sigmas[j].item(), sigmas[j + 1].item(), sigmas[1].item(),
-                                s.noise_level, prev_sample=x_next)
+        v_ref = policy.velocity(batch.x.to(policy.dtype), batch.timesteps, batch.cond, s.guidance_scale)
+        ref = step_with_logprob(v_ref, batch.x, batch.step, method=s.method, noise_level=s.noise_level,
+                                prev_sample=batch.x_next)
     kl = zero
     if use_kl:
         per_sample = step_kl(step, ref.prev_sample_mean, t.kl_form)
-        kl = per_sample.mean() if kl_weight is None else (per_sample * kl_weight.to(per_sample.device)).mean()
+        kl = per_sample.mean() if batch.kl_weight is None else (
+            per_sample * batch.kl_weight.to(per_sample.device)).mean()
     sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
     return kl, sa
