@@ -5,6 +5,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dgrpo.config.recipe import TOY_WORLD
 from dgrpo.registry import Registry
 
 
@@ -17,8 +18,9 @@ class ModeClassifier(Protocol):
 
 
 MODE_CLASSIFIERS: Registry[Callable[[], ModeClassifier]] = Registry(
-    "mode classifier", "eval.mode_classifier", {"toy": "dgrpo.toyworld.data:mode_classifier"})
-"""Factories of mode classifiers by name (`eval.mode_classifier`); a domain with known modes adds one."""
+    "mode classifier", "eval.mode_classifier", {}, contributors=(TOY_WORLD,))
+"""Factories of mode classifiers by name (`eval.mode_classifier`); a domain with known modes adds one (the toy
+world's row is in `TOY_WORLD`)."""
 
 
 def load_mode_classifier(name: str) -> ModeClassifier:

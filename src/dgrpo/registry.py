@@ -3,7 +3,8 @@
 A name resolves to a factory in one of three ways:
 
 - a built-in, listed by its import path and imported on first use, so the core never imports a backbone or a
-  domain (the toy world included) that a run does not use;
+  domain (the toy world included) that a run does not use; a domain's rows may live in its own package, in a
+  module the registry names by path (`contributors`) and reads on first lookup;
 - registered in code with `@REGISTRY.register("name")`;
 - a `package.module:factory` path written in the config, so a team's reward, backbone or embedder plugs in from its
   own package with no edit to dgrpo.
@@ -123,10 +124,31 @@ def import_path(path: str, where: str) -> object:
 class Registry(Generic[T]):
     """Factories of one kind by name; see the module docstring for how a name resolves."""
 
-    def __init__(self, kind: str, config_field: str, builtins: dict[str, str]):
+    def __init__(self, kind: str, config_field: str, builtins: dict[str, str], contributors: tuple[str, ...] = ()):
+        """`contributors`: modules, by import path, whose `REGISTRY_ROWS[config_field]` (name -> path) are
+        built-ins too, read on first lookup so that naming them imports none of their code at import time."""
         self.kind, self.config_field = kind, config_field
-        self._builtins = dict(builtins)
+        self._own = dict(builtins)
+        self._contributors = contributors
+        self._merged: dict[str, str] | None = None
         self._entries: dict[str, T] = {}
+
+    @property
+    def _builtins(self) -> dict[str, str]:
+        """The built-in rows, the contributors' read once; a contributed name clashing with another is an error."""
+        if self._merged is None:
+            merged = dict(self._own)
+            for module in self._contributors:
+                try:
+                    rows = importlib.import_module(module).REGISTRY_ROWS.get(self.config_field, {})
+                except (ImportError, AttributeError) as exc:
+                    raise RegistryError(f"{self.kind} rows of {module!r} ({self.config_field}): {exc}") from exc
+                if clash := sorted(rows.keys() & merged.keys()):
+                    raise RegistryError(f"{self.kind} {clash[0]!r} of {module!r} is already a built-in "
+                                        f"({self.config_field})")
+                merged |= rows
+            self._merged = merged
+        return self._merged
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator adding `name`; refuses a name that is taken, or that looks like an import path."""

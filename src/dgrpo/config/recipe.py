@@ -1,10 +1,12 @@
 """The training recipe: what is trained and how (TRL style: one dataclass per concern, each field documented).
 
-Defaults describe the embedded toy world, so an empty YAML file is a complete run. Choices are `Literal` types and
-numbers carry a `Range`; `dgrpo.config.fields.validate_fields` checks both. A field marked `EXECUTION` changes how a
-result is computed (batching, processes) but not what it is, so it stays out of the recipe hash.
+Defaults describe the embedded toy world, so an empty YAML file is a complete run; the toy's own values (its
+captions, its registry names) live in the one toy module `TOY_WORLD` names, read on first use. Choices are `Literal`
+types and numbers carry a `Range`; `dgrpo.config.fields.validate_fields` checks both. A field marked `EXECUTION`
+changes how a result is computed (batching, processes) but not what it is, so it stays out of the recipe hash.
 """
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -13,10 +15,21 @@ from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, Range, check
 EXECUTION = {"execution": True}
 """Field metadata: the value changes how, not what, is computed (excluded from `RunConfig.recipe_sha256`)."""
 
-TOY_CAPTIONS = ["a red square", "a red cross", "a green square", "a green cross", "a blue square", "a blue cross",
-                "a yellow square", "a yellow cross"]
-"""The toy world's eight captions (`dgrpo.toyworld.data.CAPTIONS`), the default prompts: the first six train,
-the last two are held out."""
+TOY_WORLD = "dgrpo.toyworld.defaults"
+"""The one place the core names the toy world, the embedded default: the module holding its config defaults
+(`CONFIG_DEFAULTS`) and the registry rows (`REGISTRY_ROWS`) that `dgrpo.models`, `dgrpo.rewards`, `dgrpo.embedders`
+and `dgrpo.metrics` read. Named by path and read on first use, never imported: the core imports no toy code."""
+
+
+def toy_default(dotted: str) -> Any:
+    """A dataclass field whose default is the toy world's for `dotted` (e.g. "model.kind"), a fresh copy per
+    instance; the toy module is imported when a default is first built, not when the config is."""
+
+    def default() -> Any:
+        value = importlib.import_module(TOY_WORLD).CONFIG_DEFAULTS[dotted]
+        return list(value) if isinstance(value, list) else value
+
+    return field(default_factory=default)
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 StepMethod = Literal["sde", "cps"]
@@ -31,7 +44,7 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 class ModelConfig:
     """Which policy to fine-tune."""
 
-    kind: str = "toy"
+    kind: str = toy_default("model.kind")
     """Policy registry name (`dgrpo.models.POLICIES`: toy, sd3, flux) or a `package.module:factory` path."""
     pretrained: str = ""
     """Hub id or local path of the base weights; empty means the toy checkpoint shipped in the package."""
@@ -86,8 +99,8 @@ class SamplingConfig:
     """Images per prompt, G."""
     prompts_per_round: Annotated[int, POSITIVE] = 6
     """Prompts drawn per round from `prompts`."""
-    prompts: list[str] = field(default_factory=lambda: list(TOY_CAPTIONS[:6]))
-    """Training prompts; leave unset with `prompts_file`."""
+    prompts: list[str] = toy_default("sampling.prompts")
+    """Training prompts (default: six of the toy's eight captions); leave unset with `prompts_file`."""
     prompts_file: str | None = None
     """A .txt, .jsonl or .parquet file of training prompts (`dgrpo.config.prompt_files`), relative to the config
     file that names it; read into `prompts` when the config is loaded, so a run never depends on the file."""
@@ -121,7 +134,7 @@ class SamplingConfig:
 class RewardConfig:
     """The quality reward."""
 
-    name: str = "toy"
+    name: str = toy_default("reward.name")
     """Reward registry name (`dgrpo.rewards.REWARDS`) or a `package.module:factory` path."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the reward's factory."""
@@ -133,7 +146,7 @@ class ClusterConfig:
 
     method: Literal["passthrough", "diverse"] = "passthrough"
     """"passthrough": final reward = quality (Flow-GRPO); "diverse": quality + beta x creativity bonus."""
-    embedder: str | None = "toy"
+    embedder: str | None = toy_default("cluster.embedder")
     """Embedder registry name (`dgrpo.embedders.EMBEDDERS`: toy, dreamsim) or a `package.module:factory` path; its
     embeddings are stored in the scores table. None skips embedding, allowed in pass-through only."""
     embedder_options: dict[str, Any] = field(default_factory=dict)
@@ -299,9 +312,9 @@ class EvalConfig:
 
     every: Annotated[int, POSITIVE] = 5
     """Evaluate every this many rounds (and always before the first and after the last)."""
-    prompts: list[str] = field(default_factory=lambda: list(TOY_CAPTIONS))
-    """Evaluation prompts; those not in sampling.prompts are held out from training. Leave unset with
-    `prompts_file`."""
+    prompts: list[str] = toy_default("eval.prompts")
+    """Evaluation prompts (default: the toy's eight captions); those not in sampling.prompts are held out from
+    training. Leave unset with `prompts_file`."""
     prompts_file: str | None = None
     """A .txt, .jsonl or .parquet file of evaluation prompts, as `sampling.prompts_file`."""
     prompts_sha256: str | None = None
@@ -314,7 +327,7 @@ class EvalConfig:
     """Classifier-free guidance scale in evaluation."""
     seed: Annotated[int, NON_NEGATIVE] = 1_000_003
     """Root seed of the evaluation noise (stream EVAL_NOISE, disjoint from every training stream)."""
-    mode_classifier: str | None = "toy"
+    mode_classifier: str | None = toy_default("eval.mode_classifier")
     """Mode classifier registry name (`dgrpo.metrics.MODE_CLASSIFIERS`) or `package.module:factory` path, for
     mode coverage; None where the domain has no known modes."""
     grid_columns: Annotated[int, POSITIVE] = 8

@@ -2,8 +2,8 @@
 
 An embedder factory takes `cluster.embedder_options` as keyword arguments and returns a callable mapping uint8
 images [B, H, W, 3] to float32 embeddings [B, D]; distances are 1 - cosine, in [0, 2]. Built-ins: "dreamsim"
-(DreamSim, the paper's choice: `dgrpo.embedders.dreamsim`) and "toy" (the toy world's layout descriptor); a
-team's embedder is a `package.module:factory` path in `cluster.embedder`.
+(DreamSim, the paper's choice: `dgrpo.embedders.dreamsim`) and "toy" (the toy world's layout descriptor, its row in
+`TOY_WORLD`); a team's embedder is a `package.module:factory` path in `cluster.embedder`.
 """
 
 import json
@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dgrpo.config.recipe import TOY_WORLD
 from dgrpo.registry import Registry
 
 
@@ -22,9 +23,8 @@ class Embedder(Protocol):
 
 
 EMBEDDERS: Registry[Callable[..., Embedder]] = Registry("embedder", "cluster.embedder", {
-    "toy": "dgrpo.toyworld.embed:toy_embedder",
     "dreamsim": "dgrpo.embedders.dreamsim:DreamSimEmbedder",
-})
+}, contributors=(TOY_WORLD,))
 _LOADED: dict[str, Embedder] = {}
 
 

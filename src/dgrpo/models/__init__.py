@@ -1,9 +1,9 @@
 """Policies by name: a backbone is one registry entry (`dgrpo.registry`), added without editing the stages.
 
 A policy factory takes (model config, device or None for the backbone's default, transformer_only) and returns a
-`FlowPolicy`. Built-ins: sd3 and flux (diffusers pipelines) and toy (the toy world's model); a team's backbone is a
-`package.module:factory` path in `model.kind`. Importing this package does not import torch: the CLI and the
-pipeline compiler check `model.kind` against the registry without loading model code.
+`FlowPolicy`. Built-ins: sd3 and flux (diffusers pipelines) and toy (the toy world's model, its row in `TOY_WORLD`); a
+team's backbone is a `package.module:factory` path in `model.kind`. Importing this package does not import torch: the
+CLI and the pipeline compiler check `model.kind` against the registry without loading model code.
 """
 
 import contextlib
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dgrpo.config import ModelConfig
+from dgrpo.config.recipe import TOY_WORLD
 from dgrpo.registry import Registry
 
 if TYPE_CHECKING:
@@ -21,10 +22,9 @@ if TYPE_CHECKING:
 
 PolicyFactory = Callable[[ModelConfig, "torch.device | None", bool], "FlowPolicy"]
 POLICIES: Registry[PolicyFactory] = Registry("policy", "model.kind", {
-    "toy": "dgrpo.toyworld.policy:load_toy_policy",
     "sd3": "dgrpo.models.sd3:load_sd3_policy",
     "flux": "dgrpo.models.flux:load_flux_policy",
-})
+}, contributors=(TOY_WORLD,))
 
 
 _resident: dict[str, "FlowPolicy"] | None = None
