@@ -230,7 +230,7 @@ def test_a_config_recorded_before_the_restructure_still_loads():
     new = cfg.to_dict()
     # fields added since, at the values that keep the old meaning (kl_form: the KL was divided by the noise variance)
     added = {"train": {"detail_baseline": "group", "kl_form": "gaussian", "structure_share": 0.8,
-                       "profile_prompts": 2}, "cluster": {"k_selection": "eigengap"}}
+                       "profile_groups": 12}, "cluster": {"k_selection": "eigengap"}}
     renamed = {"train": {"structure_steps": "sa_steps"}}
     recast = {"cluster": {"k": None, "kernel_width": None}}  # k None meant the eigengap, kernel_width None the
                                                              # width heuristic: now k_selection and width_heuristic

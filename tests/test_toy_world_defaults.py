@@ -24,20 +24,21 @@ THE_ONE_PLACE = ("config/recipe.py", 'TOY_WORLD = "dgrpo.toyworld.defaults"')
 
 # Pinned on the code before the toy's defaults moved into dgrpo.toyworld.defaults (main abf19f5): the move must not
 # change any recipe, so the default config and every shipped toy preset keep their recipe hash. A change that means to
-# change a recipe updates these pins in its own commit, saying why.
+# change a recipe updates these pins in its own commit, saying why. Re-pinned when train.profile_prompts (2) became
+# train.profile_groups (12), a field of the structure profile (issue 27): the recipe holds every field.
 PINNED_RECIPE_SHA256 = {
-    None: "f1d8f15063e56007bb2228033328ed820acddf780358f97272bf84f633486a40",
-    "toy-bonus": "d66d04afae8088bea5bfbc990ca0353359b486820a99396b35f0335f30a40baa",
-    "toy-diversegrpo-paper": "e7ca4ec6f610ddef08cf5ef03863e0e628e79b5000c0e37e1a6ef80e07c8fa3f",
-    "toy-diversegrpo-target": "533ca357a309099bc1289e74028927727664671b6b8e31366919734c37b419a7",
-    "toy-diversegrpo": "2d4a2157ec606d7e8555d6636891be223c3a9b065dec60944bfb3a9ed228257f",
-    "toy-drift": "37cb867f69240b774d7037e8035a4b376affc9644ad78493da66246ee537d620",
-    "toy-flowgrpo": "8f3b508ba84deff3e6f75da0ca327ab8c1cdb9d8c6b5b0b2f77f9ea1e39f9314",
-    "toy-gardo": "f9546acf93b2c48b11f22b641f7fb44706b971023cc7214751c08ebe4ca345dc",
-    "toy-grpo-guard": "49ea55e34b5c292238ac589928ae58c0cb8751ef26ee433b36b2b54c11d58685",
-    "toy-progrpo": "af8e6f146b4fc31f8a68312ff5e7f1d2cd7ffff5ac9c400343103276083e7d5f",
-    "toy-sareg": "2647344fee21dee9f3d91a0937bbb899a0cde51f9d814ffcc7b4dab71b7752e1",
-    "toy": "8f3b508ba84deff3e6f75da0ca327ab8c1cdb9d8c6b5b0b2f77f9ea1e39f9314",
+    None: "8f28101ce2673ed3a3e64468b817216ab7a2aa43e86217507e32b05fcf20daa8",
+    "toy-bonus": "1ac4d54d629684f1c9ce43f635623715725a216e3a8c88c9627a33754e43b1a5",
+    "toy-diversegrpo-paper": "5dfdf05675c1060ef96709033895f9175521a2082ebf35ba855de6adfdc08531",
+    "toy-diversegrpo-target": "89f12d5799bcb441c651aaf26a659f71379c8fbcaa64ce7a0a3d6161ba7523d7",
+    "toy-diversegrpo": "32b0f98f95bb7792afb3e459c34644f23fe55669cd300770823179e945eac3fd",
+    "toy-drift": "69c6b48bef565332d45333c557287fedd7673ee7991198b53f9c73d4dafb8b41",
+    "toy-flowgrpo": "64e7b9b6cbb62580e5e17ee2b322ee84f3f19895490589fb0a016d352c981860",
+    "toy-gardo": "1ae61296b50037e2fd3d19fc4e2eb118c6634a84649f2e63684a35a5934b1fa2",
+    "toy-grpo-guard": "8cff080d40aee5c481a04ff4d3e16e9c049fa7cdab3f03d8fd97a29a47cd50e0",
+    "toy-progrpo": "59a5ec297ed53c38cf542f8e7f104b670e38111719088a0658f5dbaf82a59528",
+    "toy-sareg": "c9caf37f6542bca25aa2d4e448059e3fefb274224f4d5b9cc699c0d4ff90b7c6",
+    "toy": "64e7b9b6cbb62580e5e17ee2b322ee84f3f19895490589fb0a016d352c981860",
 }
 
 
@@ -53,7 +54,7 @@ def test_the_recipe_hashes_are_those_before_the_move(preset):
 
 def test_the_defaults_are_the_toy_modules():
     cfg = load_config(None)
-    assert TOY_WORLD == defaults.__name__
+    assert defaults.__name__ == TOY_WORLD
     assert cfg.sampling.prompts == defaults.TRAIN_CAPTIONS == CAPTIONS[:6]
     assert cfg.eval.prompts == CAPTIONS and [p for p in CAPTIONS if p not in cfg.sampling.prompts] == \
         defaults.HELD_OUT_CAPTIONS

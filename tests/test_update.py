@@ -222,11 +222,11 @@ def test_more_processes_than_the_update_pod_has_gpus_is_an_error():
 
 
 def test_detail_steps_take_the_cluster_baseline(tmp_path, monkeypatch):
-    """train.detail_baseline "cluster" with sa_steps 1: the first trained step of every trajectory gets its
+    """train.detail_baseline "cluster" with structure_steps 1: the first trained step of every trajectory gets its
     group-normalised advantage, every later step the one centred on its cluster; with "group" all steps get the
     group's (the negative control: the two sets of values differ on this round)."""
     store = LocalStore(tmp_path / "store")
-    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.sa_steps": 1, "train.regularizer": "sa",
+    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.structure_steps": 1, "train.regularizer": "sa",
                  "sampling.num_steps": 4}
     seen = []
     loss = update_train.clipped_policy_loss
@@ -258,15 +258,15 @@ def test_detail_steps_take_the_cluster_baseline(tmp_path, monkeypatch):
 def test_detail_baseline_needs_clusters():
     with pytest.raises(ConfigError, match="'train.detail_baseline'.*cluster.method"):
         small_config(**{"train.detail_baseline": "cluster"})
-    with pytest.raises(ConfigError, match="'train.detail_baseline'.*first train.sa_steps \\(4\\).*only 4"):
-        small_config(**{"train.detail_baseline": "cluster", "cluster.method": "diverse", "train.sa_steps": 4,
+    with pytest.raises(ConfigError, match="'train.detail_baseline'.*first train.structure_steps \\(4\\).*only 4"):
+        small_config(**{"train.detail_baseline": "cluster", "cluster.method": "diverse", "train.structure_steps": 4,
                         "sampling.num_steps": 4})
 
 
 def test_detail_column_follows_the_trajectory_step_under_an_sde_window(tmp_path, monkeypatch):
-    """An SDE window starting after step 0 with sa_steps 2: the column is chosen by the denoising step (step 1 is a
-    structure step, steps 2 and 3 are detail steps), as SA-Reg is, not by the position within the window."""
-    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.sa_steps": 2, "train.regularizer": "sa",
+    """An SDE window starting after step 0 with structure_steps 2: the column is chosen by the denoising step (step 1
+    is a structure step, steps 2 and 3 are detail steps), as SA-Reg is, not by the position within the window."""
+    overrides = {"cluster.method": "diverse", "cluster.k": 2, "train.structure_steps": 2, "train.regularizer": "sa",
                  "train.detail_baseline": "cluster", "sampling.num_steps": 4, "sampling.sde_window_size": 2,
                  "sampling.sde_window_range": [1, 4]}
     seen = []

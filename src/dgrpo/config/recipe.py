@@ -239,9 +239,9 @@ class TrainConfig:
     smallest K whose first steps hold structure_share of it; dgrpo.stages.structure_profile)."""
     structure_share: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Under structure_steps auto: the share of the steps' total diversity sensitivity the first K steps hold."""
-    profile_prompts: Annotated[int, POSITIVE] = 2
-    """Under structure_steps auto: training prompts the profile samples (sampling.group_size images each, once per
-    SDE step plus once unshared: (num_steps + 1) x profile_prompts groups, once per fine-tune)."""
+    profile_groups: Annotated[int, POSITIVE] = 12
+    """Under structure_steps auto: prompt groups the profile samples (the training prompts in turn, sampling.group_size
+    images each), once per SDE step plus once unshared: (num_steps + 1) x profile_groups groups, once per fine-tune."""
     detail_baseline: DetailBaseline = "group"
     """Baseline of the advantage on the trained steps from denoising step structure_steps on (the detail steps): "group"
     (Flow-GRPO: every step gets the image's group-normalised advantage) or "cluster" (the mean of the image's

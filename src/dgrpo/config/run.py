@@ -87,6 +87,8 @@ class RunConfig:
         check(not self.train.uses_sa or k == "auto" or k <= self.num_train_steps,
               "train.structure_steps", f"must be <= the {self.num_train_steps} trained steps "
               f"(train_fraction x sampling.num_steps), got {k}")
+        check(k != "auto" or self.cluster.embedder is not None, "train.structure_steps",
+              "'auto' measures the diversity sensitivity on cluster.embedder's embeddings: name an embedder")
         window_start = (self.sampling.sde_window_range or [0])[0]
         check(not self.train.uses_sa or not self.sampling.sde_window_size or k == "auto"
               or window_start < k, "sampling.sde_window_range",

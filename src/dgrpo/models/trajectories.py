@@ -61,6 +61,9 @@ class SamplerSpec:
     prune_steps: tuple[int, ...] = ()
     prune: Pruner | None = None
     """At each step of `prune_steps`, chooses the live samples that take the step and continue."""
+    shared_noise_steps: tuple[int, ...] = ()
+    """SDE steps whose noise every sample takes from the first one's (the structure profile's probe,
+    `dgrpo.stages.structure_profile`); the initial noise and the other steps' stay each sample's own."""
 
     @classmethod
     def from_config(cls, sampling: SamplingConfig, **overrides: Any) -> "SamplerSpec":
@@ -85,6 +88,8 @@ def sample_sde(policy: FlowPolicy, cond: dict[str, torch.Tensor], seeds: list[in
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     x = torch.stack([torch.randn(policy.latent_shape(), generator=g) for g in generators]).to(policy.device)
     noise = trajectory_noise(generators, len(sde_steps), policy.latent_shape())
+    for i in spec.shared_noise_steps:
+        noise[:, sde_steps.index(i)] = noise[0, sde_steps.index(i)]
     live = list(range(len(seeds)))
     history: list[list[torch.Tensor]] = [[x[b].cpu()] for b in live]
     log_probs: list[list[torch.Tensor]] = [[] for _ in live]

@@ -200,3 +200,8 @@ def notified_key(run_id: str, segment: int) -> str:
 
 def experiment_wall_key(run_id: str) -> str:
     return run_key(run_id, "experiment-wall.json")
+
+
+def structure_profile_key(run_id: str) -> str:
+    """The fine-tune's structure profile (`dgrpo.stages.structure_profile`), under train.structure_steps auto."""
+    return run_key(run_id, "structure_profile.json")

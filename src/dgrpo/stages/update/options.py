@@ -7,12 +7,14 @@ column null) is an error naming the column and the option.
 """
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from dgrpo.config import RunConfig
 from dgrpo.methods.base import Method, RoundSignals
 from dgrpo.models import FlowPolicy
 
@@ -48,6 +50,32 @@ def read_signals(methods: list[Method], sample_ids: list[str], groups: list[str]
         groups=groups, kept=None if cols["kept"] is None else cols["kept"].astype(bool),
         cluster_ids=np.asarray(scored.column("cluster_id").to_numpy()[order]),
         novelty=cols["novelty"], kl_gate=cols["kl_gate"])
+
+
+COEFFICIENTS = ("beta", "sa_lambda", "diversity_target")
+"""Scores columns a diversity controller sets for the round (`dgrpo.methods.base.Coefficients`)."""
+
+
+def recorded_coefficients(scored: pa.Table, source: str) -> dict[str, float]:
+    """The round's controller coefficients from the scores table, {} where none was set; they are one value per
+    round, so a column that varies or is only partly set is an error naming it."""
+    out = {}
+    for name in COEFFICIENTS:
+        values = scored.column(name).unique().to_pylist()
+        if values == [None]:
+            continue
+        if len(values) != 1 or values[0] is None:
+            raise ValueError(f"{source}: column '{name}' must hold one value for the whole round (a diversity "
+                             f"controller's), got {sorted(values, key=str)[:4]}")
+        out[name] = float(values[0])
+    return out
+
+
+def round_config(cfg: RunConfig, coefficients: dict[str, float], structure_steps: int) -> RunConfig:
+    """The run config this round trains with: SA-Reg's lambda as the controller set it and K as resolved."""
+    train = dataclasses.replace(cfg.train, sa_lambda=coefficients.get("sa_lambda", cfg.train.sa_lambda),
+                                structure_steps=structure_steps)
+    return dataclasses.replace(cfg, train=train)
 
 
 def metrics(signals: RoundSignals) -> dict[str, float]:

@@ -29,6 +29,7 @@ from dgrpo.objectives import (
 )
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.sampling import Schedule, ScheduleStep, SDEStep, step_with_logprob
+from dgrpo.stages import structure_profile
 from dgrpo.stages.shared.context import StageContext, StageResult
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND, OPTIMIZER_KIND, load_policy_for_round
 from dgrpo.stages.shared.rounds import trained_steps
@@ -145,6 +146,11 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     extras = RoundExtras(methods=methods)
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
+    coefficients = options.recorded_coefficients(scored, f"scores {inputs.scores.uri}")
+    profile = structure_profile.resolve(ctx, policy, round_index, main=acc.is_main_process,
+                                        wait=acc.wait_for_everyone)
+    cfg = options.round_config(cfg, coefficients, profile.structure_steps if profile else t.structure_steps)
+    t = cfg.train
     opt = make_optimizer(policy, cfg)
     ema = EMAModel(policy.lora_parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
     state = None if inputs.optimizer_state is None else artifacts.read_tensors(ctx.store, inputs.optimizer_state,
@@ -180,8 +186,13 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
         return None
     check_round_finite(round_index, rows, {"LoRA weight": policy.lora_state_dict(),
                                            "optimizer state": training_state_to_tensors(opt, ema)[0]})
-    result = _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups, extras.reference.to_tensors())
+    carried = extras.reference.to_tensors()
+    for m in methods:
+        carried |= m.carry(coefficients=coefficients)
+    result = _write_outputs(ctx, inputs, policy, opt, ema, rows, rewards, groups, carried,
+                            profile=profile.ref if profile else None)
     result.metrics |= options.metrics(signals) | extras.reference.metrics(round_index) | gate.metrics()
+    result.metrics |= coefficients | ({"structure_steps": float(t.structure_steps)} if profile else {})
     for m in methods:
         result.metrics |= m.update_metrics(ratio_by_step=ratio_by_step)
     return result
@@ -244,19 +255,21 @@ class RoundStart:
 
 def _write_outputs(ctx: StageContext, inputs: UpdateInputs, policy: FlowPolicy, opt: torch.optim.Optimizer,
                    ema: EMAModel | None, rows: list[dict], rewards: np.ndarray, groups: list[str],
-                   reference_state: dict[str, torch.Tensor]) -> StageResult:
+                   carried: dict[str, torch.Tensor], *, profile: ArtifactRef | None) -> StageResult:
+    """The round's adapter, optimizer state (with what the reference and the methods carry to the next round),
+    metrics table and EMA adapter; their lineage names the structure profile K came from, under auto."""
     cfg, round_index = ctx.config, inputs.round_index
     prov = ctx.provenance("update", round_index, {
         **named_inputs("rollouts", inputs.rollouts), "scores": inputs.scores, "adapter": inputs.adapter,
         "optimizer_state": inputs.optimizer_state, "base_model": ctx.base_model_ref(policy),
-        "config": ctx.config_ref()})
+        "config": ctx.config_ref(), "structure_profile": profile})
     lora_meta = {"lora_config": json.dumps({"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha,
                                             "target_modules": cfg.lora.target_modules or policy.lora_targets}),
                  "round": str(round_index), **policy.lora_adapter_metadata()}
     outputs = {"adapter": artifacts.write_tensors(ctx.store, policy.lora_state_dict(), ADAPTER_KIND, prov,
                                                   lora_meta)}
     state, state_meta = training_state_to_tensors(opt, ema)
-    state |= reference_state
+    state |= carried
     outputs["optimizer_state"] = artifacts.write_tensors(ctx.store, state, OPTIMIZER_KIND, prov, state_meta)
     outputs["metrics"] = artifacts.write_table(ctx.store, pa.Table.from_pylist(rows, schema=UPDATE_METRICS.schema),
                                                UPDATE_METRICS, prov)
