@@ -19,6 +19,14 @@ OPTIONAL_PRESETS = {"diversegrpo-paper": "toy-diversegrpo-paper.yaml", "drift": 
                     "progrpo": "toy-progrpo.yaml", "gardo": "toy-gardo.yaml"}
 """Run with `--all-arms` (they add about 100% to the experiment's time): DiverseGRPO as the paper has it, without any
 of this project's additions (`difference_lines` lists the fields), and the public baselines."""
+TARGET_PRESETS: dict[str, str | tuple[str, dict]] = {
+    "flowgrpo": "toy-flowgrpo.yaml", "diversegrpo": "toy-diversegrpo.yaml",
+    "diversegrpo-beta0.25": ("toy-diversegrpo.yaml", {"cluster.beta": 0.25}),
+    "target": "toy-diversegrpo-target.yaml",
+    "target-k3": ("toy-diversegrpo-target.yaml", {"train.structure_steps": 3}),
+    "target-kauto": ("toy-diversegrpo-target.yaml", {"train.structure_steps": "auto"})}
+"""`--target-arms` (docs/experiment.md, "Diversity target"): the baseline, DiverseGRPO at two fixed betas, and
+the diversity target at K 1 (the preset's), 3 and auto. An arm is a preset, or a preset with field overrides."""
 BASELINE = "flowgrpo"
 METHOD = "diversegrpo"
 ARM_REFERENCES = {"diversegrpo-paper": METHOD}
@@ -33,7 +41,7 @@ class Arm:
 
 
 def build_arms(config_dir: Path = PRESETS_DIR, betas: list[float] | None = None, overrides: dict | None = None,
-               presets: dict[str, str] | None = None) -> list[Arm]:
+               presets: dict[str, str | tuple[str, dict]] | None = None) -> list[Arm]:
     """The methods from their presets (in `config_dir`, default the shipped ones), then an optional beta sweep of
     the bonus alone ("bonus-beta<b>").
 
@@ -42,7 +50,8 @@ def build_arms(config_dir: Path = PRESETS_DIR, betas: list[float] | None = None,
     """
     overrides = overrides or {}
     presets = presets or PRESETS
-    arms = [Arm(name, load_config(config_dir / preset, overrides)) for name, preset in presets.items()]
+    arms = [Arm(name, load_config(config_dir / preset_file(spec), overrides | preset_overrides(spec)))
+            for name, spec in presets.items()]
     for beta in betas or []:
         arms.append(Arm(f"bonus-beta{beta:g}", load_config(config_dir / PRESETS["bonus"], overrides | {
             "cluster.beta": beta})))
@@ -53,6 +62,14 @@ def build_arms(config_dir: Path = PRESETS_DIR, betas: list[float] | None = None,
     if len(budget) != 1:
         raise ValueError(f"the presets in {config_dir} differ in budget or seeds; the comparison needs one: {budget}")
     return arms
+
+
+def preset_file(spec: str | tuple[str, dict]) -> str:
+    return spec if isinstance(spec, str) else spec[0]
+
+
+def preset_overrides(spec: str | tuple[str, dict]) -> dict:
+    return {} if isinstance(spec, str) else spec[1]
 
 
 def _leaves(value, prefix: str = "") -> dict[str, object]:
@@ -107,12 +124,13 @@ def favoured_mode(config: RunConfig) -> int:
 
 
 def plan_lines(arms: list[Arm], seeds: list[int] | tuple[int, ...], config_dir: Path = PRESETS_DIR,
-               presets: dict[str, str] | None = None) -> list[str]:
+               presets: dict[str, str | tuple[str, dict]] | None = None) -> list[str]:
     """What a call would train, without training (`dgrpo experiment --dry-run`): each arm with the preset file it
     is read from, and the seeds by group."""
     presets = presets or PRESETS
     lines = [f"{len(arms)} arms x {len(seeds)} seeds ({describe(seeds)}), {arms[0].config.rounds} rounds each"]
     for arm in arms:
-        source = config_dir / presets.get(arm.name, PRESETS["bonus"])  # a beta sweep arm is the bonus preset
-        lines.append(f"  {arm.name:<18} {source}")
+        spec = presets.get(arm.name, PRESETS["bonus"])  # a beta sweep arm is the bonus preset
+        changed = " ".join(f"{k}={v}" for k, v in preset_overrides(spec).items())
+        lines.append(f"  {arm.name:<20} {config_dir / preset_file(spec)}{' ' + changed if changed else ''}")
     return lines

@@ -19,6 +19,7 @@ from dgrpo_lab.measures import cost_of, eval_rows, rollout_signal, with_signal
 from dgrpo_lab.plot import plot
 from dgrpo_lab.report import fmt, markdown, write_csv
 from dgrpo_lab.seeds import DEFAULT_SEEDS, describe, seed_group
+from dgrpo_lab.target import target_lines
 
 from dgrpo.config import RunConfig, config_from_json
 from dgrpo.files import atomic_write_text
@@ -105,7 +106,8 @@ def _log_goals(goals: dict[str, list[dict]], log: Callable[[str], object]) -> No
 def run_experiment(output: Path, *, config_dir: Path = PRESETS_DIR, betas: list[float] | None = None,
                    overrides: dict | None = None, log: Callable[[str], object] = print, jobs: int = 2,
                    threads: int = 1, seeds: list[int] | tuple[int, ...] = DEFAULT_SEEDS,
-                   presets: dict[str, str] | None = None, html: bool = True) -> dict[str, Path]:
+                   presets: dict[str, str | tuple[str, dict]] | None = None, html: bool = True
+                   ) -> dict[str, Path]:
     """Run every arm x seed (`jobs` at a time, `threads` torch threads each; finished runs of the same recipe are
     reused), then write experiment.csv (every evaluation), experiment-summary.csv and experiment.md (per seed
     group), experiment.png (the deciding group) and, with `html`, one run report per seed overlaying the arms
@@ -138,7 +140,12 @@ def run_experiment(output: Path, *, config_dir: Path = PRESETS_DIR, betas: list[
     for line in differences[4:-1]:
         log(line)
     header += "\n\n" + "\n".join(differences)
-    atomic_write_text(paths["markdown"], markdown(groups, goals, rows, names, header))
+    text = markdown(groups, goals, rows, names, header)
+    if any(config.methods.get("diversity_target") for _, _, config in runs):
+        for group, (summary, _) in groups.items():
+            text += f"\n\n### {group} seeds\n\n" + "\n".join(target_lines(
+                store, [r for r in runs if seed_group(r[1]) == group], rows, summary)) + "\n"
+    atomic_write_text(paths["markdown"], text)
     shown = next(iter(groups))  # the deciding group when there is one
     plot([r for r in rows if seed_group(r["seed"]) == shown], names, paths["plot"], groups[shown][1],
          seeds=f"the {shown} seeds")

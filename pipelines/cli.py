@@ -587,6 +587,9 @@ def experiment(
         "all."))] = None,
     all_arms: Annotated[bool, typer.Option("--all-arms", help=(
         "Also run the paper's DiverseGRPO (no cluster baseline), DRIFT, Pro-GRPO and GARDO."))] = False,
+    target_arms: Annotated[bool, typer.Option("--target-arms", help=(
+        "Instead: the diversity-target comparison: Flow-GRPO, DiverseGRPO at beta 0.25 and 0.5, and the target "
+        "at K 1, 3 and auto."))] = False,
     beta: Annotated[list[float] | None, typer.Option(help="Extra bonus-alone arm at this beta (repeatable).")] = None,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 2,
     threads: Annotated[int, typer.Option(help="Torch threads per run.", min=1)] = 1,
@@ -594,7 +597,7 @@ def experiment(
                                                             "group; train nothing.")] = False,
     set_: SetOpt = None):
     """Toy reproduction: Flow-GRPO, SA-Reg, bonus alone, DiverseGRPO (x seeds) from one checkpoint, one budget."""
-    from dgrpo_lab.arms import OPTIONAL_PRESETS, PRESETS, build_arms, plan_lines
+    from dgrpo_lab.arms import OPTIONAL_PRESETS, PRESETS, TARGET_PRESETS, build_arms, plan_lines
     from dgrpo_lab.seeds import DEFAULT_SEEDS, seeds_for
 
     if seed and seeds:
@@ -603,7 +606,9 @@ def experiment(
         chosen = tuple(seed) if seed else seeds_for(seeds) if seeds else DEFAULT_SEEDS
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    presets = PRESETS | OPTIONAL_PRESETS if all_arms else PRESETS
+    if all_arms and target_arms:
+        raise typer.BadParameter("give --all-arms or --target-arms, not both")
+    presets = TARGET_PRESETS if target_arms else PRESETS | OPTIONAL_PRESETS if all_arms else PRESETS
     overrides = _overrides(set_)
     start = time.monotonic()
     try:

@@ -131,7 +131,7 @@ def p2(args, tmp: Path) -> Row:
     from dreamsim_cache import write_random_dreamsim_cache
 
     from dgrpo.embedders import load_embedder
-    from dgrpo.stages.cluster import score_group
+    from dgrpo.methods.diversegrpo import score_group
 
     group = args.group
     policy = _tiny_policy(args)

@@ -21,8 +21,8 @@ from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
 
 TARGET = {"cluster.method": "diverse", "cluster.beta": 2.0, "train.regularizer": "sa", "train.sa_lambda": 1.0,
-          "methods": {"diversity_target": {"fraction": 0.95, "gain": 2.0, "error_clip": 0.2}}}
-STEP = {"gain": 2.0, "error_clip": 0.2, "bounds": [0.01, 30.0]}
+          "methods": {"diversity_target": {"fraction": 0.95, "gain_up": 2.0, "gain_down": 2.0, "error_clip": 0.2}}}
+STEP = {"gain_up": 2.0, "gain_down": 2.0, "error_clip": 0.2, "bounds": [0.01, 30.0]}
 
 
 def test_below_the_target_raises_above_it_lowers_and_bounds_hold():
@@ -32,6 +32,9 @@ def test_below_the_target_raises_above_it_lowers_and_bounds_hold():
     assert adapt(1.0, measured=0.0, target=0.5, **STEP) == pytest.approx(math.exp(0.4))  # e clipped to 0.2
     assert adapt(29.0, measured=0.0, target=0.5, **STEP) == 30.0  # clipped to the bound
     assert adapt(0.011, measured=9.0, target=0.5, **STEP) == 0.01
+    uneven = STEP | {"gain_up": 4.0, "gain_down": 1.0}
+    assert adapt(1.0, measured=0.45, target=0.5, **uneven) == pytest.approx(math.exp(4.0 * 0.1))
+    assert adapt(1.0, measured=0.55, target=0.5, **uneven) == pytest.approx(math.exp(-1.0 * 0.1))
 
 
 def test_measures_average_the_groups():

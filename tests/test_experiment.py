@@ -340,3 +340,26 @@ def test_cli_dry_run_lists_the_shipped_presets_and_the_seed_groups():
 def _words(output: str) -> str:
     """A usage error's text without the box it is drawn in."""
     return " ".join(output.replace("│", " ").split())
+
+
+def test_target_comparison_end_to_end(tmp_path):
+    """The diversity-target comparison's arms (the baseline, a fixed-beta DiverseGRPO, the target at K auto), one
+    evaluation seed, two rounds: the report's section says how each arm's rollout diversity tracked the target, the
+    K auto chose, and the target's goals with their numbers."""
+    from dgrpo_lab.arms import TARGET_PRESETS
+    from dgrpo_lab.target import tracking
+
+    from dgrpo.store import LocalStore
+
+    presets = {k: TARGET_PRESETS[k] for k in ("flowgrpo", "diversegrpo", "target-kauto")}
+    overrides = TINY | {"rounds": 2, "eval.every": 2, "train.profile_groups": 2}
+    paths = run_experiment(tmp_path, overrides=overrides, log=lambda _: None, jobs=1, seeds=[3], presets=presets,
+                           html=False)
+    text = paths["markdown"].read_text()
+    assert "## Diversity target" in text and "method-per-seed" in text
+    section = text[text.index("## Diversity target"):]
+    rows = [line for line in section.splitlines() if line.startswith("| target-kauto |")]
+    assert len(rows) == 1 and rows[0].split("|")[-2].strip().isdigit()  # the K auto chose
+    arm = build_arms(CONFIGS, overrides=overrides, presets=presets)[2]
+    measured = tracking(LocalStore(tmp_path / "store"), run_id_of("target-kauto", with_seed(arm.config, 3)), 0.95)
+    assert measured["final_share"] > 0 and 0 <= measured["in_band"] <= 1 and measured["k"] >= 1

@@ -10,9 +10,9 @@ cluster.embedder's embeddings, of images the round's input policy sampled) and m
     c <- clip(c exp(gain e), c_min, c_max),   e = clip((target - d) / target, -error_clip, error_clip),
 
 multiplicative and bounded: below the target both grow (more bonus for rare clusters, a tighter pull of the
-structure steps towards the base model), above it both shrink, and one round moves a coefficient by at most
-exp(gain error_clip). The target is absolute or a fraction of the base model's diversity, measured on the first
-round's rollouts (the base model sampled them).
+structure steps towards the base model) with gain_up, above it both shrink with gain_down, and one round moves a
+coefficient by at most exp(gain error_clip). The target is absolute or a fraction of the base model's diversity,
+measured on the first round's rollouts (the base model sampled them).
 
 The coefficients are state: the scores table records each round's (columns beta, sa_lambda, diversity_target), the
 update reads lambda from there and carries the three into the optimizer-state artifact (tensors control.*), from
@@ -53,11 +53,15 @@ class TargetOptions:
     adapt: list[Coefficient] = field(default_factory=lambda: ["beta", "sa_lambda"])
     """Which coefficients follow the target: cluster.beta (needs cluster.method diverse) and train.sa_lambda (needs
     train.regularizer sa or both); their config values are the first round's starting points."""
-    gain: Annotated[float, POSITIVE] = 2.0
-    """log-change of a coefficient per unit relative error."""
+    gain_up: Annotated[float, POSITIVE] = 4.0
+    """log-change of a coefficient per unit relative error when the diversity is below the target (it grows)."""
+    gain_down: Annotated[float, POSITIVE] = 1.0
+    """The same when the diversity is above the target (it shrinks). A smaller gain_down than gain_up gives
+    diversity the benefit of the doubt: a collapse speeds itself up, so the controller tightens faster than it
+    relaxes."""
     error_clip: Annotated[float, Range(gt=0, le=1)] = 0.2
-    """Bound of the relative error e, so one round changes a coefficient by at most exp(gain x error_clip) (1.49x
-    at the defaults): a noisy round cannot swing it."""
+    """Bound of the relative error e, so one round changes a coefficient by at most exp(gain x error_clip) (2.2x up,
+    1.2x down at the defaults): a noisy round cannot swing it."""
     beta_range: list[Annotated[float, Range(ge=0)]] = field(default_factory=lambda: [0.01, 30.0])
     """[min, max] of beta."""
     sa_lambda_range: list[Annotated[float, Range(ge=0)]] = field(default_factory=lambda: [0.01, 100.0])
@@ -87,12 +91,13 @@ def measure_diversity(group_embeddings: list[np.ndarray], measure: Measure) -> f
     return float(np.mean([one(e) for e in group_embeddings]))
 
 
-def adapt(value: float, *, measured: float, target: float, gain: float, error_clip: float,
+def adapt(value: float, *, measured: float, target: float, gain_up: float, gain_down: float, error_clip: float,
           bounds: list[float]) -> float:
     """One controller step: `value` x exp(gain e), e the relative shortfall of `measured` below `target`, clipped
-    to +-error_clip, the result clipped to `bounds`. Below the target the value grows, above it shrinks."""
+    to +-error_clip, gain `gain_up` where e > 0 (below the target: the value grows) and `gain_down` where e < 0;
+    the result clipped to `bounds`."""
     error = min(max((target - measured) / target, -error_clip), error_clip)
-    return min(max(value * math.exp(gain * error), bounds[0]), bounds[1])
+    return min(max(value * math.exp((gain_up if error > 0 else gain_down) * error), bounds[0]), bounds[1])
 
 
 class DiversityTarget(Method):
@@ -110,7 +115,8 @@ class DiversityTarget(Method):
             state = {"beta": c.beta, "sa_lambda": t.sa_lambda,
                      "diversity_target": o.target if o.target is not None else o.fraction * measured}
         target = state["diversity_target"]
-        step = {"measured": measured, "target": target, "gain": o.gain, "error_clip": o.error_clip}
+        step = {"measured": measured, "target": target, "gain_up": o.gain_up, "gain_down": o.gain_down,
+                "error_clip": o.error_clip}
         beta = adapt(state["beta"], bounds=o.beta_range, **step) if "beta" in o.adapt else c.beta
         sa_lambda = adapt(state["sa_lambda"], bounds=o.sa_lambda_range, **step) if "sa_lambda" in o.adapt \
             else t.sa_lambda
