@@ -180,3 +180,31 @@ def test_a_crashing_swapped_component_is_named_with_where_its_error_is(tmp_path)
         named = f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 1"
         assert (named in end.error) is blamed, end.error
         assert "committed 0 of its 1 planned rounds" in end.error
+
+
+def test_a_swapped_component_that_crashes_twice_the_same_way_is_not_retried_again(tmp_path):
+    """The first crash of a team's container is retried (it may have been the pod's); the same crash at the same
+    round in the next segment stops the chain with pipeline.max_retries left; a different failure in between (the
+    control: a stage of ours stopped the second segment) keeps retrying."""
+    from dgrpo.runs.evaluations import write_event
+    from dgrpo.runs.keys import event_key
+    from dgrpo.runs.records import Event
+
+    component = str(Path(__file__).parents[1] / "examples" / "custom_reward" / "component.yaml")
+    config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": component},
+                                      "pipeline.max_retries": 3})
+    for second_blames_swap in (True, False):
+        store = LocalStore(tmp_path / f"store-{second_blames_swap}")
+        record = fine_tune.start(store, config, "ft")
+        decisions = []
+        for attempt in range(2):
+            seg.open_segment(store, "ft", record.config_sha256, f"k{attempt}")
+            if attempt == 0 or second_blames_swap:  # the rollout wrote its event: the swapped reward stopped it
+                write_event(store, "ft", Event(stage="rollout", round=0, metrics={}, outputs={}, shard=0))
+            else:
+                store.delete(event_key("ft", 0, "rollout", 0))
+            decisions.append(seg.finish_segment(store, "ft", record.config_sha256, f"k{attempt}", "FAILED").decision)
+        assert decisions[0].action == "retry"
+        assert decisions[1].action == ("failed" if second_blames_swap else "retry"), decisions[1]
+        if second_blames_swap:
+            assert "not retried: a retry from round 1 repeats this error" in decisions[1].reason

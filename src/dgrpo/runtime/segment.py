@@ -360,11 +360,28 @@ def _decide(store: ArtifactStore, run_id: str, config: RunConfig, record: Segmen
                  f"{final_state})")
         if done < planned_end:
             error = swapped_stage_failure(store, run_id, config, done, error)
+    in_a_row = _failures_in_a_row(store, run_id, n, failed, progress)
     decision = chain.decide(rounds_total=config.rounds, rounds_done=done, progress=progress, succeeded=not failed,
-                            failures_in_a_row=_failures_in_a_row(store, run_id, n, failed, progress),
-                            max_retries=config.pipeline.max_retries, stop=read_stop(store, run_id),
-                            error=error, permanent=bool(failed and cause and cause.permanent))
+                            failures_in_a_row=in_a_row, max_retries=config.pipeline.max_retries,
+                            stop=read_stop(store, run_id), error=error,
+                            permanent=bool(failed and ((cause and cause.permanent)
+                                                       or _team_crash_repeated(store, run_id, n, error, in_a_row))))
     return decision, error
+
+
+def _team_crash_repeated(store: ArtifactStore, run_id: str, n: int, error: str, failures_in_a_row: int) -> bool:
+    """Whether a swapped container stopped this segment exactly as it stopped the one before (same stage, component
+    and round, nothing committed in between): a team's code that fails twice on the same inputs fails a third time,
+    so the chain stops instead of spending the rest of pipeline.max_retries. A first crash is retried: it may have
+    been the pod's (preemption, a node lost), which a team's container cannot tell us."""
+    if failures_in_a_row < 2 or not error.startswith(SWAPPED_FAILURE):
+        return False
+    earlier = read_segment(store, run_id, n - 1)
+    return earlier is not None and earlier.error == error
+
+
+SWAPPED_FAILURE = "the swapped "
+"""How `swapped_stage_failure`'s message starts."""
 
 
 def swapped_stage_failure(store: ArtifactStore, run_id: str, config: RunConfig, round_index: int, error: str
@@ -380,9 +397,9 @@ def swapped_stage_failure(store: ArtifactStore, run_id: str, config: RunConfig, 
         if custom is None:
             return error
         what = f"component {custom.component}" if custom.component else f"image {custom.image}"
-        return (f"the swapped {stage} stage ({what}, pipeline.stages.{stage}) failed in round {shown(round_index)} "
-                f"before its output was imported: its own error is the end of its task's log (the `{stage}` node's "
-                f"logs in the KFP UI; task logs locally); the segment {error}")
+        return (f"{SWAPPED_FAILURE}{stage} stage ({what}, pipeline.stages.{stage}) failed in round "
+                f"{shown(round_index)} before its output was imported: its own error is the end of its task's log "
+                f"(the `{stage}` node's logs in the KFP UI; task logs locally); the segment {error}")
     return error
 
 
