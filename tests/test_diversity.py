@@ -18,8 +18,8 @@ from dgrpo.diversity import (
     spectral_clusters,
     vendi_score,
 )
+from dgrpo.methods.diversegrpo import score_group
 from dgrpo.objectives import group_advantages
-from dgrpo.stages.cluster import score_group
 
 
 def blobs(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,7 @@ def test_paper_presets_run_the_papers_diversegrpo_and_nothing_of_ours(preset):
     SA-Reg instead of KL, beta in the paper's sweep: by the fields, and by the rewards score_group pays."""
     import numpy as np
 
-    from dgrpo.stages.cluster import score_group
+    from dgrpo.methods.diversegrpo import score_group
 
     cfg = load_config(_preset(preset))
     c, t = cfg.cluster, cfg.train

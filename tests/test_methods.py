@@ -90,7 +90,7 @@ def test_a_method_from_a_team_package_plugs_in_by_path(tmp_path, monkeypatch):
 
     cfg = small_config(**{"methods": {"acme_methods:HalfLoss": None}, "sampling.num_steps": 4,
                           "train.batch_size": 16})
-    assert [type(m).__name__ for m in methods_of(cfg)] == ["Drift", "ProGRPO", "Gardo", "HalfLoss"]
+    assert [type(m).__name__ for m in methods_of(cfg)] == ["DiverseGRPO", "Drift", "ProGRPO", "Gardo", "HalfLoss"]
     acme_methods.CALLS.clear()
     metrics = _round(tmp_path, cfg).metrics
     assert sorted(set(acme_methods.CALLS)) == list(range(cfg.num_train_steps))

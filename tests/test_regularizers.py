@@ -7,12 +7,13 @@ import torch
 from support import small_config
 
 from dgrpo.config import ConfigError
+from dgrpo.methods.base import methods_of
 from dgrpo.models import load_policy
 from dgrpo.models.trajectories import SamplerSpec, sample_sde
 from dgrpo.objectives import clipped_policy_loss, sa_regularizer, step_kl
 from dgrpo.sampling import Schedule, flow_sigmas, sde_step_with_logprob, step_with_logprob
 from dgrpo.stages.update.replay import Replay
-from dgrpo.stages.update.train import regularizer_terms
+from dgrpo.stages.update.train import regularizer_terms, step_regularizer
 
 
 def test_sa_regularizer_formula_and_detached_reference():
@@ -43,7 +44,8 @@ def _terms(cfg, policy, cond, traj, j):
     v = policy.velocity(batch.x, batch.timesteps, cond, s.guidance_scale)
     step = step_with_logprob(v, batch.x, batch.step, method=s.method, noise_level=s.noise_level,
                              prev_sample=batch.x_next)
-    return regularizer_terms(policy, cfg, batch=batch, step=step)
+    return regularizer_terms(policy, cfg, batch=batch, step=step,
+                             regularizer=step_regularizer(methods_of(cfg), cfg=cfg, j=j))
 
 
 def _perturb(policy, amount):

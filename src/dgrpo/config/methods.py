@@ -11,12 +11,13 @@ from dgrpo.config.fields import ConfigError, validate_fields
 from dgrpo.registry import Registry
 
 BUILTINS = {
+    "diversegrpo": "dgrpo.methods.diversegrpo:DiverseGRPO",
     "drift": "dgrpo.methods.drift:Drift",
     "progrpo": "dgrpo.methods.progrpo:ProGRPO",
     "gardo": "dgrpo.methods.gardo:Gardo",
 }
-"""Methods every run consults, in this order; their config sections are top-level (`drift.*`, ...) and their
-hooks act only where their options are on."""
+"""Methods every run consults, in this order; their config sections are top-level (`drift.*`, ...; DiverseGRPO's
+are `cluster` and train's regulariser fields) and their hooks act only where their options are on."""
 OPTIONAL = {
     "grpo_guard": "dgrpo.methods.grpo_guard:GRPOGuard",
     "diversity_target": "dgrpo.methods.diversity_target:DiversityTarget",
@@ -45,3 +46,12 @@ def method_options(name: str, options: dict[str, Any] | None, cfg: Any = None) -
     if cfg is not None and hasattr(built, "check_run"):
         built.check_run(cfg, f"methods.{name}")
     return built
+
+
+def check_builtins(cfg: Any) -> None:
+    """The built-in methods' checks that span sections: each one's `check_run(cfg)` classmethod, looked up by name
+    when a config is validated, so the config layer still imports no method."""
+    for name in BUILTINS:
+        cls = METHODS.get(name)
+        if hasattr(cls, "check_run"):
+            cls.check_run(cfg)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig, TrackingConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
-from dgrpo.config.methods import BUILTINS, method_options
+from dgrpo.config.methods import BUILTINS, check_builtins, method_options
 from dgrpo.config.recipe import (
     ClusterConfig,
     DriftConfig,
@@ -71,9 +71,6 @@ class RunConfig:
         check(self.pipeline.shards <= self.sampling.prompts_per_round, "pipeline.shards",
               f"must be <= sampling.prompts_per_round ({self.sampling.prompts_per_round}): a shard holds whole "
               f"prompt groups, got {self.pipeline.shards}")
-        check(self.cluster.method != "diverse" or self.cluster.k_selection != "fixed"
-              or self.cluster.k <= self.sampling.group_size, "cluster.k",
-              f"must be <= sampling.group_size ({self.sampling.group_size}), got {self.cluster.k}")
         n = self.sampling.prompts_per_round * self.sampling.group_size
         check(n % self.train.num_processes == 0, "train.num_processes",
               f"must divide the {n} trajectories of a round (sampling.prompts_per_round x group_size), got "
@@ -83,26 +80,7 @@ class RunConfig:
         check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
               f"is {self.train.num_processes} but the {'fused' if fused else 'update'} pod gets {gpus} GPUs "
               f"(kubernetes.{'fused' if fused else 'stages.update'}): one process per GPU")
-        k = self.train.structure_steps  # "auto": measured at the first update, so only a given K is checked here
-        check(not self.train.uses_sa or k == "auto" or k <= self.num_train_steps,
-              "train.structure_steps", f"must be <= the {self.num_train_steps} trained steps "
-              f"(train_fraction x sampling.num_steps), got {k}")
-        check(k != "auto" or self.cluster.embedder is not None, "train.structure_steps",
-              "'auto' measures the diversity sensitivity on cluster.embedder's embeddings: name an embedder")
-        window_start = (self.sampling.sde_window_range or [0])[0]
-        check(not self.train.uses_sa or not self.sampling.sde_window_size or k == "auto"
-              or window_start < k, "sampling.sde_window_range",
-              f"starts at step {window_start}, but SA-Reg acts on the trajectory's first train.structure_steps "
-              f"({k}) steps only: no window would train one")
-        if self.train.detail_baseline == "cluster":
-            check(self.cluster.method == "diverse", "train.detail_baseline",
-                  f"'cluster' needs the cluster stage's clusters (cluster.method 'diverse'), got cluster.method "
-                  f"{self.cluster.method!r}")
-            check(k == "auto" or k < self.num_train_steps, "train.detail_baseline",
-                  f"'cluster' acts on the trained steps after the first train.structure_steps ({k}), but "
-                  f"there are only {self.num_train_steps}")
-            check(not self.gardo.novelty_advantage, "train.detail_baseline",
-                  "'cluster' cannot combine with gardo.novelty_advantage, which replaces the advantage")
+        check_builtins(self)  # DiverseGRPO's (dgrpo.methods.diversegrpo) and any other built-in's
         check_methods(self)
         for name, options in self.methods.items():
             check(name not in BUILTINS, f"methods.{name}", f"is a built-in method, set its own section '{name}'")

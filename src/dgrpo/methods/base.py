@@ -1,9 +1,9 @@
 """The hooks a training method implements, and the methods of a run.
 
-A method (DRIFT, Pro-GRPO, GARDO, GRPO-Guard, a team's own) is one module with a `Method` subclass; the stages
-call the hooks of every method of the run (`methods_of`) and name none of them. Each hook's default does nothing,
-so a method overrides only the hooks it needs, and a hook reads its own config section to decide whether it acts.
-Hooks take keyword arguments so that a new argument does not break a plug-in.
+A method (DiverseGRPO, DRIFT, Pro-GRPO, GARDO, GRPO-Guard, a team's own) is one module with a `Method` subclass;
+the stages call the hooks of every method of the run (`methods_of`) and name none of them. Each hook's default does
+nothing, so a method overrides only the hooks it needs, and a hook reads its own config section to decide whether it
+acts. Hooks take keyword arguments so that a new argument does not break a plug-in.
 
 Methods are listed by import path in `dgrpo.config.methods.METHODS` (imported on first use, as rewards and
 embedders are): the built-ins, consulted by every run, and the optional ones a run names in its `methods` section;
@@ -65,6 +65,28 @@ class Coefficients:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class GroupClusters:
+    """One prompt group's clusters and what a method pays on them (`Method.cluster_group`), in the group's order:
+    they replace the pass-through's cluster 0, bonus 0 and final reward = quality."""
+
+    cluster_id: np.ndarray
+    bonus: np.ndarray
+    final_reward: np.ndarray
+    kernel_width: float
+
+
+@dataclass(frozen=True)
+class StepRegularizer:
+    """A method's regulariser of one trained step (`Method.step_regularizer`): `weight` x the batch mean of
+    `term(mean, ref_mean)`, a per-sample pull of the policy's step mean towards the reference's, joins the loss; the
+    update logs the unweighted mean (the metrics' `sa_reg`). The reference's forward pass runs only where a
+    regulariser (this or the KL) acts."""
+
+    weight: float
+    term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class Method:
     """A training method: the hooks the stages call, all no-ops here. `cfg` is the whole run config, `options` the
     method's `Options` (None where it declares none)."""
@@ -74,6 +96,11 @@ class Method:
 
     def __init__(self, cfg: RunConfig, options: Any = None):
         self.cfg, self.options = cfg, options
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """A built-in method's checks that span config sections, run when the config loads (through
+        `dgrpo.config.methods.check_builtins`, by name); an optional method checks in its `Options.check_run`."""
 
     # rollout
     def rollout_reward(self) -> bool:
@@ -102,6 +129,13 @@ class Method:
         return {}
 
     # cluster
+    def cluster_group(self, *, quality: np.ndarray, embeddings: np.ndarray | None, seed: int,
+                      coefficients: Coefficients | None) -> GroupClusters | None:
+        """One prompt group's clusters, bonus and final rewards (before `keep` and `group_columns`), or None (pass
+        through). `seed`: the group's seed of stream CLUSTER; `coefficients`: the round's controller coefficients
+        (None without a controller), whose beta replaces the config's bonus weight."""
+        return None
+
     def keep(self, *, quality: np.ndarray, final: np.ndarray) -> np.ndarray | None:
         """One group's kept flags (a subset the advantages use), or None."""
         return None
@@ -134,6 +168,11 @@ class Method:
         """Advantages replacing the group-normalised ones, or None."""
         return None
 
+    def detail_advantages(self, *, signals: RoundSignals, advantages: np.ndarray) -> np.ndarray | None:
+        """Advantages of the detail steps (denoising steps from train.structure_steps on), replacing there the
+        round's `advantages` (which the structure steps keep), or None."""
+        return None
+
     def kl_weights(self, *, signals: RoundSignals) -> np.ndarray | None:
         """Per-sample KL weights, or None."""
         return None
@@ -150,6 +189,12 @@ class Method:
     def log_ratio(self, *, step: PolicyStep) -> torch.Tensor | None:
         """The log importance ratio the clipped loss uses at this step, replacing log_prob - old_log_prob, or
         None."""
+        return None
+
+    def step_regularizer(self, *, j: int, cfg: RunConfig) -> StepRegularizer | None:
+        """The regulariser this method adds at denoising step j, or None. `cfg`: the config the round trains with
+        (`dgrpo.stages.update.options.round_config`: a controller's coefficients and the resolved
+        train.structure_steps in place), which may differ from `self.cfg`."""
         return None
 
     def step_weight(self, *, j: int, sigma: float, sigma_next: float) -> float | None:

@@ -1,20 +1,17 @@
-"""Cluster stage: the DiverseGRPO slot that turns quality rewards into the final rewards of the update.
+"""Cluster stage: the slot that turns quality rewards into the final rewards of the update.
 
-Each image is embedded once (cluster.embedder) and the embedding is kept in the scores table. In "diverse" mode
-every prompt group is clustered spectrally on its embeddings' cosine distances and rare clusters earn the
-creativity bonus (docs/algorithms.md, "DiverseGRPO"); in pass-through mode (Flow-GRPO) the final reward is the
-quality reward.
+Each image is embedded once (cluster.embedder) and the embedding is kept in the scores table. The run's methods
+(`dgrpo.methods`) act on the rewards here through their hooks: a method may cluster each prompt group and pay on
+its clusters (`cluster_group`: DiverseGRPO's creativity bonus, docs/algorithms.md); without one the final reward is
+the quality reward (Flow-GRPO). Then a subset each group keeps (`keep`: DRIFT's outlier filter, Pro-GRPO's Optimal
+Variance Filtering), per-group columns (`group_columns`: DRIFT's shaping, GARDO's novelty) and whole-round ones
+(`round_columns`: GARDO's KL gate); a column no method sets is null. A controller (`round_coefficients`, the
+diversity target) sets the round's beta and SA-Reg lambda from the rollouts' measured diversity and the state the
+round trains from, before any group is scored.
 Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
-of quality and of beta x bonus, the cluster counts and the rollouts' embedding diversity.
-
-The run's methods (`dgrpo.methods`) act on the rewards here through their hooks (`method_columns`): a subset each
-group keeps (DRIFT's outlier filter, Pro-GRPO's Optimal Variance Filtering), per-group columns (DRIFT's shaping,
-GARDO's novelty) and whole-round ones (GARDO's KL gate). A column no method sets is null. A controller
-(`round_coefficients`, the diversity target) sets the round's beta and SA-Reg lambda from the rollouts' measured
-diversity and the state the round trains from, before any group is scored.
+of quality and of the bonus, the cluster counts and the rollouts' embedding diversity.
 """
 
-import dataclasses
 import time
 
 import numpy as np
@@ -24,13 +21,7 @@ import pyarrow.compute as pc
 from dgrpo import artifacts
 from dgrpo.config import ClusterConfig
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES
-from dgrpo.diversity import (
-    auto_kernel_width,
-    cosine_distances,
-    diverse_rewards,
-    mean_pairwise_distance,
-    spectral_clusters,
-)
+from dgrpo.diversity import mean_pairwise_distance
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
 from dgrpo.methods.base import Coefficients, Method, first, methods_of
@@ -39,21 +30,6 @@ from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
-
-
-def score_group(quality: np.ndarray, embeddings: np.ndarray, c: ClusterConfig, seed: int) -> dict[str, np.ndarray]:
-    """Cluster one prompt group and pay its rare clusters: cluster_id, bonus, final_reward and kernel width.
-
-    With the paper's options (k_selection "fixed", width_heuristic "fixed", normalization "none", no quality gate)
-    this is exactly R = Q + beta sqrt(N / n_k); each other value is one of this project's additions
-    (docs/algorithms.md, "What this project adds to DiverseGRPO")."""
-    d = cosine_distances(embeddings)
-    width = c.kernel_width if c.width_heuristic == "fixed" else auto_kernel_width(d, c.width_heuristic,
-                                                                                  c.n_neighbors)
-    k = c.k if c.k_selection == "fixed" else None
-    labels = spectral_clusters(d, k=k, k_max=c.k_max, kernel_width=width, seed=seed)
-    bonus, final = diverse_rewards(quality, labels, c.beta, c.normalization, c.quality_gate, c.quality_normalization)
-    return {"cluster_id": labels, "bonus": bonus, "final_reward": final, "kernel_width": np.array(width)}
 
 
 def method_columns(methods: list[Method], quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None
@@ -146,8 +122,7 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
         embeddings = None if c.embedder is None else np.stack([by_id[i] for i in ids])
 
     coefficients = round_coefficients(ctx, methods, round_index, groups, embeddings, optimizer_state)
-    if coefficients is not None:
-        c = dataclasses.replace(c, beta=coefficients.beta)
+    clustered = False
     cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
     extra: dict[str, np.ndarray] = {}
     per_group: dict[str, list[float]] = {k: [] for k in ("quality_std", "bonus_std", "clusters", "singletons",
@@ -158,13 +133,16 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
         per_group["quality_std"].append(float(quality[idx].std()))
         if embeddings is not None:
             per_group["diversity"].append(mean_pairwise_distance(embeddings[idx]))
-        if c.method == "diverse":
-            out = score_group(quality[idx], embeddings[idx], c, derive_seed(cfg.seed, Stream.CLUSTER, round_index, gi))
-            cluster_id[idx], bonus[idx], final[idx] = out["cluster_id"], out["bonus"], out["final_reward"]
-            sizes = np.bincount(out["cluster_id"])
+        out = first([m.cluster_group(quality=quality[idx], embeddings=None if embeddings is None else embeddings[idx],
+                                     seed=derive_seed(cfg.seed, Stream.CLUSTER, round_index, gi),
+                                     coefficients=coefficients) for m in methods])
+        if out is not None:
+            clustered = True
+            cluster_id[idx], bonus[idx], final[idx] = out.cluster_id, out.bonus, out.final_reward
+            sizes = np.bincount(out.cluster_id)
             per_group["clusters"].append(float(len(sizes)))
             per_group["singletons"].append(float(np.sum(sizes == 1)))
-            per_group["kernel_width"].append(float(out["kernel_width"]))
+            per_group["kernel_width"].append(out.kernel_width)
         per_group["bonus_std"].append(float(bonus[idx].std()))
         for key, values in method_columns(methods, quality[idx], final[idx], None if embeddings is None
                                           else embeddings[idx]).items():
@@ -188,8 +166,7 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
            for name in ("beta", "sa_lambda", "diversity_target")},
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
-                          seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if c.method == "diverse"
-                          else {})
+                          seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if clustered else {})
     ref = artifacts.write_table(ctx.store, out, SCORES, prov)
     metrics = {"final_reward_mean": float(pc.mean(out.column("final_reward")).as_py()),
                "quality_mean": float(quality.mean()), "quality_std": float(quality.std()),

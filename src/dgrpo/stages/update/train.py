@@ -12,21 +12,16 @@ import pyarrow.compute as pc
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object
 from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 
 from dgrpo import artifacts
 from dgrpo.config import RunConfig
 from dgrpo.contracts import ROLLOUTS, SCORES, UPDATE_METRICS
-from dgrpo.methods.base import Method, PolicyStep, first, methods_of
+from dgrpo.methods.base import Method, PolicyStep, StepRegularizer, first, methods_of
 from dgrpo.models import FlowPolicy
-from dgrpo.objectives import (
-    clipped_policy_loss,
-    cluster_advantages,
-    group_advantages,
-    sa_regularizer,
-    step_kl,
-)
+from dgrpo.objectives import clipped_policy_loss, group_advantages, step_kl
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.sampling import Schedule, ScheduleStep, SDEStep, step_with_logprob
 from dgrpo.stages import structure_profile
@@ -128,8 +123,9 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
     adv_all = first([m.advantages(signals=signals) for m in methods])
     if adv_all is None:
         adv_all = group_advantages(rewards, groups, t.global_std, t.adv_clip_max, signals.kept)
-    detail_all = adv_all if t.detail_baseline == "group" else cluster_advantages(
-        rewards, groups, signals.cluster_ids, t.global_std, t.adv_clip_max, signals.kept)
+    detail_all = first([m.detail_advantages(signals=signals, advantages=adv_all) for m in methods])
+    if detail_all is None:
+        detail_all = adv_all
     kl_weight_all = first([m.kl_weights(signals=signals) for m in methods])
 
     traj = all_traj if whole else all_traj.take(list(range(rank, all_traj.num_rows, world)))
@@ -147,8 +143,8 @@ def train_round(ctx: StageContext, inputs: UpdateInputs) -> StageResult | None:
 
     policy = load_policy_for_round(ctx, inputs.adapter, trainable=True, device=acc.device)
     coefficients = options.recorded_coefficients(scored, f"scores {inputs.scores.uri}")
-    profile = structure_profile.resolve(ctx, policy, round_index, main=acc.is_main_process,
-                                        wait=acc.wait_for_everyone)
+    profile = structure_profile.resolve(ctx, policy, round_index, rollouts=all_traj, groups=groups,
+                                        main=acc.is_main_process, wait=acc.wait_for_everyone, gather=gather_object)
     cfg = options.round_config(cfg, coefficients, profile.structure_steps if profile else t.structure_steps)
     t = cfg.train
     opt = make_optimizer(policy, cfg)
@@ -330,9 +326,9 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
         batch = replay.batch(idx, j, policy.device)
         sync = contextlib.nullcontext() if n == len(passes) - 1 else acc.no_sync(policy.wrapped_transformer)
         with sync:
-            terms, log_ratio, step = _pass_terms(policy, cfg, batch, extras)
+            terms, log_ratio, step, reg_weight = _pass_terms(policy, cfg, batch, extras)
             policy_loss, kl, sa = terms[:3]
-            acc.backward((policy_loss + t.beta_kl * kl + t.sa_lambda * sa) * scale)
+            acc.backward((policy_loss + t.beta_kl * kl + reg_weight * sa) * scale)
         totals += torch.stack(terms).detach().float() * scale
         step_moments = ratio_moments(step.log_prob, batch.old_log_prob, log_ratio)
         moments += step_moments
@@ -348,12 +344,13 @@ def _optimizer_step(acc: Accelerator, policy: FlowPolicy, opt: torch.optim.Optim
 
 
 def _pass_terms(policy: FlowPolicy, cfg: RunConfig, batch: ReplayBatch, extras: RoundExtras
-                ) -> tuple[list[torch.Tensor], torch.Tensor | None, SDEStep]:
-    """One micro-batch at one step: the `LOGGED` terms (policy loss, KL, SA-Reg, approx KL, clip fraction), the
-    methods' log ratio (None: log_prob - old_log_prob) and the policy's step.
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None, SDEStep, float]:
+    """One micro-batch at one step: the `LOGGED` terms (policy loss, KL, a method's regulariser, approx KL, clip
+    fraction), the methods' log ratio (None: log_prob - old_log_prob), the policy's step and the regulariser's
+    weight (0 where none acts).
 
-    The structure steps (`structure_step`) take the advantages' column 0 (the group's), the others column 1 (the
-    detail baseline's; the same values unless train.detail_baseline is "cluster")."""
+    The structure steps (`structure_step`) take the advantages' column 0 (the round's), the others column 1 (a
+    method's `detail_advantages`; the same values where none sets them)."""
     t, s = cfg.train, cfg.sampling
     v = policy.velocity(batch.x.to(policy.dtype), batch.timesteps, batch.cond, s.guidance_scale)
     step = step_with_logprob(v.float(), batch.x, batch.step, method=s.method, noise_level=s.noise_level,
@@ -365,8 +362,9 @@ def _pass_terms(policy: FlowPolicy, cfg: RunConfig, batch: ReplayBatch, extras: 
     weight = step_weight(extras.methods, j=batch.j, step=batch.step)
     if weight is not None:
         policy_loss = policy_loss * weight
-    kl, sa = regularizer_terms(policy, cfg, batch=batch, step=step, reference=extras.reference)
-    return [policy_loss, kl, sa, approx_kl, clip_fraction], log_ratio, step
+    reg = step_regularizer(extras.methods, cfg=cfg, j=batch.j)
+    kl, sa = regularizer_terms(policy, cfg, batch=batch, step=step, reference=extras.reference, regularizer=reg)
+    return [policy_loss, kl, sa, approx_kl, clip_fraction], log_ratio, step, 0.0 if reg is None else reg.weight
 
 
 def method_log_ratio(cfg: RunConfig, extras: RoundExtras, *, step: SDEStep, batch: ReplayBatch
@@ -395,27 +393,34 @@ def step_weight(methods: list[Method], *, j: int, step: ScheduleStep) -> float |
 
 
 def structure_step(cfg: RunConfig, j: int) -> bool:
-    """Whether denoising step j is one of the trajectory's first train.structure_steps, which draw the structure: SA-Reg
-    acts there and the detail baseline does not. Counted in the trajectory, not in the trained steps, so an SDE
-    window starting at step 4 trains detail steps only when structure_steps <= 4 (docs/algorithms.md, "SA-Reg")."""
+    """Whether denoising step j is one of the trajectory's first train.structure_steps, which draw the structure: the
+    detail steps after them take a method's `detail_advantages`. Counted in the trajectory, not in the trained steps,
+    so an SDE window starting at step 4 trains detail steps only when structure_steps <= 4 (docs/algorithms.md,
+    "SA-Reg")."""
     return j < cfg.train.structure_steps
 
 
-def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, *, batch: ReplayBatch, step: SDEStep,
-                      reference: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL, SA-Reg) of `batch`'s denoising step, where `step` is the policy's; each a batch mean, 0 where not
-    enabled.
+def step_regularizer(methods: list[Method], *, cfg: RunConfig, j: int) -> StepRegularizer | None:
+    """The regulariser of the first method that adds one at denoising step j (`Method.step_regularizer`), with
+    `cfg` the config the round trains with."""
+    return first([m.step_regularizer(j=j, cfg=cfg) for m in methods])
 
-    KL (in train.kl_form's form) acts on every trained step, SA-Reg on the structure steps only. The
-    reference is the base model (adapter off; GARDO's reset `reference` once it has one) under no_grad, so
-    gradients flow through the policy's step mean alone. The batch's `kl_weight` weighs each sample's KL (GARDO's
-    gate).
+
+def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, *, batch: ReplayBatch, step: SDEStep,
+                      reference: Any = None, regularizer: StepRegularizer | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL, a method's regulariser) of `batch`'s denoising step, where `step` is the policy's; each a batch mean
+    (the regulariser unweighted), 0 where not enabled.
+
+    KL (in train.kl_form's form) acts on every trained step, `regularizer` (`step_regularizer`: DiverseGRPO's
+    SA-Reg on the structure steps) where a method sets one. The reference is the base model (adapter off; GARDO's
+    reset `reference` once it has one) under no_grad, so gradients flow through the policy's step mean alone. The
+    batch's `kl_weight` weighs each sample's KL (GARDO's gate).
     """
     t, s = cfg.train, cfg.sampling
     use_kl = t.uses_kl
-    use_sa = t.uses_sa and structure_step(cfg, batch.j)
     zero = torch.zeros((), device=step.prev_sample_mean.device)
-    if not (use_kl or use_sa):
+    if not (use_kl or regularizer is not None):
         return zero, zero
     with torch.no_grad(), (policy.adapter_disabled() if reference is None else reference.active()):
         v_ref = policy.velocity(batch.x.to(policy.dtype), batch.timesteps, batch.cond, s.guidance_scale)
@@ -426,5 +431,5 @@ def regularizer_terms(policy: FlowPolicy, cfg: RunConfig, *, batch: ReplayBatch,
         per_sample = step_kl(step, ref.prev_sample_mean, t.kl_form)
         kl = per_sample.mean() if batch.kl_weight is None else (
             per_sample * batch.kl_weight.to(per_sample.device)).mean()
-    sa = sa_regularizer(step.prev_sample_mean, ref.prev_sample_mean).mean() if use_sa else zero
+    sa = zero if regularizer is None else regularizer.term(step.prev_sample_mean, ref.prev_sample_mean).mean()
     return kl, sa
