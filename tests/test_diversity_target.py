@@ -204,7 +204,39 @@ def test_sharing_the_steps_noise_removes_diversity_on_the_toy(tmp_path):
     cfg = small_config(**TARGET, **{"train.profile_groups": 6, "sampling.group_size": 16})
     policy = load_policy_for_round(StageContext(cfg, LocalStore(tmp_path), "p"), None, trainable=True,
                                    device="cpu")
-    profile = measure_profile(policy, cfg)
+    conditions = [(p, {k: v[0] for k, v in policy.encode_prompts([p]).items()})
+                  for p in cfg.sampling.prompts[:cfg.train.profile_groups]]
+    profile = measure_profile(policy, cfg, conditions)
     assert len(profile.diversity) == cfg.sampling.num_steps + 1
     assert profile.diversity[0] < profile.diversity[-1] - 0.03
     assert profile.structure_steps <= 4
+
+
+def test_the_profile_takes_the_same_groups_however_many_processes_hold_them():
+    """The first groups by id, in turn when there are fewer, gathered from every process's rollouts: one process
+    holding all groups and two holding half each give the same conditions."""
+    import pyarrow as pa
+
+    from dgrpo.stages.structure_profile import profile_conditions
+
+    def rows(groups):
+        return pa.table({"group_id": groups, "prompt": [f"p-{g}" for g in groups], "conditioning": [
+            artifacts.tensors_to_bytes({"emb": torch.full((2,), float(g[-1]))}) for g in groups]})
+
+    groups = ["g3", "g1", "g0", "g2"]
+    alone = profile_conditions(rows(groups), groups, 6, lambda parts: parts)
+    assert [p for p, _ in alone] == ["p-g0", "p-g1", "p-g2", "p-g3", "p-g0", "p-g1"]
+    first, second = rows(["g3", "g1"]), rows(["g0", "g2"])
+    theirs: list = []
+
+    class Gathered(Exception):
+        pass
+
+    def capture(parts):
+        theirs.extend(parts)
+        raise Gathered
+
+    with pytest.raises(Gathered):  # what the second process contributes to the gather
+        profile_conditions(second, groups, 6, capture)
+    together = profile_conditions(first, groups, 6, lambda parts: parts + theirs)
+    assert [(p, c["emb"].tolist()) for p, c in together] == [(p, c["emb"].tolist()) for p, c in alone]

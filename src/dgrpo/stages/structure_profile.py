@@ -13,9 +13,11 @@ random numbers), so a difference is the effect of the sharing, not of new draws.
 the mean in-group cosine distance on cluster.embedder. K is the smallest number of first steps whose sensitivities
 hold `train.structure_share` of their total.
 
-The profile of the base model is measured once per fine-tune, by the first update that needs it, and stored as an
-artifact (kind "structure_profile", with lineage) named by the run's record `structure_profile.json`; every later
-round, a resumed one included, reads K from there.
+The profile of the base model is measured once per fine-tune, by the first update that needs it, on the
+conditioning the round's rollouts stored (the update's policy has no text encoders) of the round's first groups by
+id, so the same groups however many processes train. It is stored as an artifact (kind "structure_profile", with
+lineage) named by the run's record `structure_profile.json`; every later round, a resumed one included, reads K
+from there.
 """
 
 import json
@@ -23,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from dgrpo import artifacts
@@ -78,28 +82,47 @@ class StructureProfile:
         return cls(diversity=d["diversity"], share=d["share"], prompts=d["prompts"], group_size=d["group_size"])
 
 
-def measure_profile(policy: FlowPolicy, cfg: RunConfig) -> StructureProfile:
-    """The sensitivity profile of `policy`: train.profile_groups groups of sampling.group_size images, the training
-    prompts in turn, sampled as the rollouts are (sampling.*, every step stochastic), the same seeds in every
-    condition; diversity on cluster.embedder, as the cluster stage and the diversity target measure it."""
-    s, t = cfg.sampling, cfg.train
-    prompts = [s.prompts[g % len(s.prompts)] for g in range(t.profile_groups)]
-    encoded = {p: policy.encode_prompts([p]) for p in dict.fromkeys(prompts)}
+Condition = tuple[str, dict[str, torch.Tensor]]
+"""One profile group's prompt and its conditioning (as the rollouts table stores it: no batch dimension)."""
+
+
+def measure_profile(policy: FlowPolicy, cfg: RunConfig, conditions: list[Condition]) -> StructureProfile:
+    """The sensitivity profile of `policy`: one group of sampling.group_size images per condition, sampled as the
+    rollouts are (sampling.*, every step stochastic), the same seeds in every condition j; diversity on
+    cluster.embedder, as the cluster stage and the diversity target measure it."""
+    s = cfg.sampling
     embed = load_embedder(cfg.cluster.embedder, cfg.cluster.embedder_options)
+    expanded = [{k: v.unsqueeze(0).to(policy.device) for k, v in cond.items()} for _, cond in conditions]
 
     def diversity(first_shared: int) -> float:
         spec = SamplerSpec.from_config(s, sde_steps=None, shared_noise_steps=tuple(range(first_shared, s.num_steps)))
         values = []
-        for g, prompt in enumerate(prompts):
-            cond = expand_conditioning(encoded[prompt], torch.zeros(s.group_size, dtype=torch.long))
+        for g, cond in enumerate(expanded):
             seeds = [derive_seed(cfg.seed, Stream.SAMPLE, PROFILE_ROUND, g, k) for k in range(s.group_size)]
-            images = policy.decode(sample_sde(policy, cond, seeds, spec=spec).latents[:, -1])
-            values.append(mean_pairwise_distance(np.asarray(embed(images), dtype=np.float32)))
+            latents = sample_sde(policy, expand_conditioning(cond, torch.zeros(s.group_size, dtype=torch.long)), seeds,
+                                 spec=spec).latents[:, -1]
+            values.append(mean_pairwise_distance(np.asarray(embed(policy.decode(latents)), dtype=np.float32)))
         return float(np.mean(values))
 
     with torch.no_grad():
-        return StructureProfile(diversity=[diversity(j) for j in range(s.num_steps + 1)], share=t.structure_share,
-                                prompts=prompts, group_size=s.group_size)
+        return StructureProfile(diversity=[diversity(j) for j in range(s.num_steps + 1)],
+                                share=cfg.train.structure_share, prompts=[p for p, _ in conditions],
+                                group_size=s.group_size)
+
+
+def profile_conditions(rollouts: pa.Table, groups: list[str], count: int,
+                       gather: Callable[[list], list]) -> list[Condition]:
+    """The conditioning of `count` of the round's groups (`groups`: all of them, wherever they train), the first by
+    group id and in turn when there are fewer: the same groups however many processes the update runs. Each process
+    holds its own rollouts' conditioning (`rollouts`); `gather` collects every process's (accelerate's
+    gather_object)."""
+    ordered = sorted(set(groups))
+    wanted = [ordered[g % len(ordered)] for g in range(count)]
+    stored = rollouts.filter(pc.is_valid(rollouts.column("conditioning")))
+    held = {g: (p, c) for g, p, c in zip(stored.column("group_id").to_pylist(), stored.column("prompt").to_pylist(),
+                                          stored.column("conditioning").to_pylist(), strict=True) if g in wanted}
+    everyone = {g: pc_ for part in gather([held]) for g, pc_ in part.items()}
+    return [(everyone[g][0], artifacts.tensors_from_bytes(everyone[g][1])) for g in wanted]
 
 
 @dataclass(frozen=True)
@@ -110,17 +133,22 @@ class Resolved:
     ref: ArtifactRef
 
 
-def resolve(ctx: StageContext, policy: FlowPolicy, round_index: int, *, main: bool = True,
-            wait: Callable[[], None] = lambda: None) -> Resolved | None:
+def resolve(ctx: StageContext, policy: FlowPolicy, round_index: int, *, rollouts: pa.Table, groups: list[str],
+            main: bool = True, wait: Callable[[], None] = lambda: None,
+            gather: Callable[[list], list] = lambda parts: parts) -> Resolved | None:
     """None unless train.structure_steps is "auto"; then the K of the fine-tune's profile, read from its record, or
-    measured now on the base model (`policy` with its adapter off) by the `main` process and recorded, so every
-    round and process uses the same K. `wait`: the processes' barrier. K is at most the trained steps."""
+    measured now on the base model (`policy` with its adapter off) on the round's conditioning (`rollouts`, this
+    process's; `groups`, the round's) by the `main` process and recorded, so every round and process uses the same
+    K. `wait`: the processes' barrier; `gather`: their gather. K is at most the trained steps."""
     cfg = ctx.config
     if cfg.train.structure_steps != "auto":
         return None
-    if main and structure_profile_ref(ctx.store, ctx.run_id) is None:
+    missing = structure_profile_ref(ctx.store, ctx.run_id) is None
+    if missing:  # every process takes part in gathering the conditioning; the main one measures
+        conditions = profile_conditions(rollouts, groups, cfg.train.profile_groups, gather)
+    if main and missing:
         with policy.adapter_disabled():
-            profile = measure_profile(policy, cfg)
+            profile = measure_profile(policy, cfg, conditions)
         prov = ctx.provenance("update", round_index, {"base_model": ctx.base_model_ref(policy)},
                               seeds={"seed": cfg.seed, "stream": int(Stream.SAMPLE), "round": PROFILE_ROUND})
         ref = artifacts.write_blob(ctx.store, profile.to_json().encode(), KIND, ".json", prov)
