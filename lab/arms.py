@@ -132,5 +132,5 @@ def plan_lines(arms: list[Arm], seeds: list[int] | tuple[int, ...], config_dir: 
     for arm in arms:
         spec = presets.get(arm.name, PRESETS["bonus"])  # a beta sweep arm is the bonus preset
         changed = " ".join(f"{k}={v}" for k, v in preset_overrides(spec).items())
-        lines.append(f"  {arm.name:<20} {config_dir / preset_file(spec)}{' ' + changed if changed else ''}")
+        lines.append(f"  {arm.name:<18} {config_dir / preset_file(spec)}{' ' + changed if changed else ''}")
     return lines
