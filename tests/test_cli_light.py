@@ -6,7 +6,7 @@ import sys
 import pyarrow as pa
 
 from dgrpo import artifacts, contracts
-from dgrpo.lineage import Provenance
+from dgrpo.runs.lineage import Provenance
 from dgrpo.store import LocalStore
 
 WITHOUT_KFP = """

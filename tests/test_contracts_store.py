@@ -6,9 +6,10 @@ import sys
 import pyarrow as pa
 import pytest
 
-from dgrpo import artifacts, contracts, lineage
+from dgrpo import artifacts, contracts
 from dgrpo.contracts import REWARDS, SCORES, ContractError
-from dgrpo.lineage import Provenance
+from dgrpo.runs import lineage
+from dgrpo.runs.lineage import Provenance
 from dgrpo.store import ArtifactRef, LocalStore, StoreError, open_store
 
 

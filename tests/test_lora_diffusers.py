@@ -6,10 +6,10 @@ import torch
 
 from dgrpo import artifacts
 from dgrpo.config import LoraConfig, ModelConfig
-from dgrpo.lineage import Provenance
 from dgrpo.models import load_policy
 from dgrpo.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
 from dgrpo.models.trajectories import sample_ode
+from dgrpo.runs.lineage import Provenance
 from dgrpo.stages.shared.policy_io import ADAPTER_KIND
 from dgrpo.store import LocalStore
 

@@ -9,6 +9,7 @@ import torch
 from support import small_config
 
 from dgrpo.config import ConfigError, load_config
+from dgrpo.config.methods import BUILTIN_OPTIONS, BUILTINS
 from dgrpo.methods.base import PolicyStep, methods_of
 from dgrpo.methods.grpo_guard import GRPOGuard
 from dgrpo.sampling import ScheduleStep, step_with_logprob
@@ -100,8 +101,11 @@ def test_a_method_from_a_team_package_plugs_in_by_path(tmp_path, monkeypatch):
 def test_the_methods_section_names_its_errors_and_keeps_old_hashes():
     with pytest.raises(ConfigError, match="methods.grpo_guard.ratio_normalisation"):
         small_config(methods={"grpo_guard": {"ratio_normalisation": True}})
-    with pytest.raises(ConfigError, match="methods.drift"):
+    with pytest.raises(ConfigError, match="methods.drift.*top-level section 'drift'"):
         small_config(methods={"drift": None})
+    with pytest.raises(ConfigError, match=r"methods.diversegrpo.*built in.*the cluster section"):
+        small_config(methods={"diversegrpo": {"beta": 1.0}})
+    assert set(BUILTIN_OPTIONS) == set(BUILTINS)  # every built-in says where its options are
     with pytest.raises(Exception, match="unknown method 'guard'"):
         small_config(methods={"guard": None})
     plain = small_config()

@@ -11,7 +11,8 @@ from dgrpo_pipelines.training import PIPELINE_PARAMETERS, compile_pipeline
 from support import small_config
 from typer.testing import CliRunner
 
-from dgrpo import artifacts, contracts, lineage
+from dgrpo import artifacts, contracts
+from dgrpo.runs import lineage
 from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.fine_tune import status

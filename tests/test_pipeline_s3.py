@@ -10,7 +10,8 @@ from dgrpo_pipelines.cli import app
 from support import S3_BUCKET, small_config
 from typer.testing import CliRunner
 
-from dgrpo import artifacts, contracts, lineage
+from dgrpo import artifacts, contracts
+from dgrpo.runs import lineage
 from dgrpo.runtime.plan import training_plan
 from dgrpo.store import ArtifactRef, open_store
 

@@ -14,12 +14,13 @@ from dgrpo_pipelines.cli import app
 from support import small_config
 from typer.testing import CliRunner
 
-from dgrpo import artifacts, contracts, lineage
+from dgrpo import artifacts, contracts
 from dgrpo.config import ConfigError, ModelConfig
 from dgrpo.contracts import ROLLOUTS, SCORES
 from dgrpo.methods.progrpo import nfe_of_schedule, optimal_variance_subset
 from dgrpo.models import load_policy
 from dgrpo.models.trajectories import SamplerSpec, sample_sde
+from dgrpo.runs import lineage
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import PRUNE_DECISIONS_KIND, run_rollout

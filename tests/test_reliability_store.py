@@ -12,8 +12,9 @@ from dgrpo_pipelines.main import main
 from reliability_helpers import tiny_config
 from support import S3_BUCKET, event_output
 
-from dgrpo import lineage
+from dgrpo.runs import lineage
 from dgrpo.runs.commits import last_commit
+from dgrpo.runs.keys import lineage_key
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import verify_run
 from dgrpo.stages.shared.context import StageContext
@@ -68,7 +69,7 @@ def test_an_identical_rerun_heals_a_corrupt_stage_output(store):
     """Before: `put` skipped the write because the key existed, and every rerun failed on the same object."""
     rollouts = event_output(store, "r0000-rollout", "rollouts")
     store.local_path(rollouts).write_bytes(b"PAR1 truncated")
-    record = lineage.record_key(rollouts.sha256)
+    record = lineage_key(rollouts.sha256)
     store._write(record, b'{"sha256": "trunc')  # and its lineage record half-written
     run_inprocess(StageContext(_cfg(rounds=1), store, "rerun"))
     assert store.check_object(rollouts) is None
@@ -102,7 +103,7 @@ def test_dgrpo_verify_checks_every_object_of_a_run(store, capsys):
     grid = event_output(store, "r0001-evaluate", "grid")
     store.local_path(grid).write_bytes(b"\x89PNG tampered")
     metrics = event_output(store, "r0000-update", "metrics")
-    store.delete(lineage.record_key(metrics.sha256))
+    store.delete(lineage_key(metrics.sha256))
     assert main(["verify", "ft", "--store", str(store.root)]) == 1
     out, err = capsys.readouterr()
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]

@@ -69,7 +69,8 @@ def test_kfp_run_resumes_a_fine_tune_with_a_swapped_in_reward_stage(tmp_path):
     from dgrpo_pipelines.local import run_pipeline
     from PIL import Image
 
-    from dgrpo import artifacts, contracts, lineage
+    from dgrpo import artifacts, contracts
+    from dgrpo.runs import lineage
     from dgrpo.store import ArtifactRef
 
     store = LocalStore(tmp_path / "store")

@@ -13,9 +13,10 @@ from dgrpo_pipelines.cli import app
 from support import S3_BUCKET
 from typer.testing import CliRunner
 
-from dgrpo import artifacts, lineage
+from dgrpo import artifacts
 from dgrpo.contracts import REWARDS
-from dgrpo.lineage import Provenance
+from dgrpo.runs import lineage
+from dgrpo.runs.lineage import Provenance
 from dgrpo.store import StoreError, open_store
 from dgrpo.store.s3 import S3Settings, S3Store, parse_s3_uri
 

@@ -2,8 +2,10 @@
 
 import pyarrow as pa
 
-from dgrpo import contracts, lineage
-from dgrpo.lineage import Provenance
+from dgrpo import contracts
+from dgrpo.runs import lineage
+from dgrpo.runs.keys import lineage_key
+from dgrpo.runs.lineage import Provenance
 from dgrpo.stages.shared.shards import read_merged, recorded_shard, shard_of
 from dgrpo.store import ArtifactRef
 
@@ -20,7 +22,7 @@ def _put(store, shard: int, old_style: bool) -> ArtifactRef:
     if old_style:
         record = lineage.record(store, ref, Provenance("rollout", "r", "0" * 64, round=0))
         data = {k: v for k, v in vars(record).items() if k not in ("shard", "shards")}
-        store.put_json(lineage.record_key(ref.sha256), data | {"seeds": {"first_sample_seed": 7, "shard": shard,
+        store.put_json(lineage_key(ref.sha256), data | {"seeds": {"first_sample_seed": 7, "shard": shard,
                                                                          "shards": 3}})
     else:
         lineage.record(store, ref, Provenance("rollout", "r", "0" * 64, round=0, shard=shard, shards=3))
@@ -36,7 +38,7 @@ def test_the_shard_is_a_field_of_the_record_not_a_seed(store):
 
 def test_a_record_written_before_the_field_still_gives_its_shard(store):
     ref = _put(store, 1, old_style=True)
-    assert "shard" not in store.get_json(lineage.record_key(ref.sha256))
+    assert "shard" not in store.get_json(lineage_key(ref.sha256))
     assert recorded_shard(lineage.read_record(store, ref.sha256)) == (1, 3)
     assert shard_of(store, ref) == 1
 

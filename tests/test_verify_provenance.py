@@ -10,7 +10,7 @@ import pytest
 from reliability_helpers import tiny_config
 from support import event_output
 
-from dgrpo import lineage
+from dgrpo.runs.keys import lineage_key
 from dgrpo.runtime.engine import run_inprocess
 from dgrpo.runtime.verify import expected_source, verify_run
 from dgrpo.stages.shared.context import StageContext
@@ -34,7 +34,7 @@ def store(two_rounds, tmp_path):
 
 def _edit_inputs(store: LocalStore, ref: ArtifactRef, **inputs: str) -> str:
     """Point inputs of `ref`'s lineage record at other artifacts (by sha256), as a person editing it would."""
-    key = lineage.record_key(ref.sha256)
+    key = lineage_key(ref.sha256)
     record = store.get_json(key)
     record["inputs"] |= inputs
     store.put_json(key, record)

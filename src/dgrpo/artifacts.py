@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dgrpo import contracts, lineage
+from dgrpo import contracts
 from dgrpo.contracts import Contract
-from dgrpo.lineage import Provenance
+from dgrpo.runs import lineage
+from dgrpo.runs.lineage import Provenance
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
 

@@ -27,7 +27,7 @@ KNOWN_VARIABLES: dict[str, str] = {
     "DGRPO_DEBUG": "the command line prints tracebacks (dgrpo_pipelines.errors)",
     "DGRPO_STORE": "the command line's default --store (dgrpo_pipelines.cli)",
     "DGRPO_NOTIFY_WEBHOOK": "URL posted when a fine-tune's chain ends (dgrpo.runtime.notify); from a Secret",
-    "DGRPO_CODE_VERSION": "the code version lineage records (dgrpo.lineage.code_version); set in the images",
+    "DGRPO_CODE_VERSION": "the code version lineage records (dgrpo.runs.lineage.code_version); set in the images",
     "DGRPO_IMAGE": "the image reference lineage records; set in the stage images",
     "DGRPO_IMAGES_FILE": "JSON map stage -> image reference (dgrpo_components.images)",
     "DGRPO_IMAGE_REGISTRY": "registry of the stage images",

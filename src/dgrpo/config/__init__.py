@@ -18,20 +18,17 @@ from dgrpo.config.fields import ConfigError, Range
 from dgrpo.config.loader import config_from_dict, config_from_json, load_config, read_yaml
 from dgrpo.config.recipe import (
     ClusterConfig,
-    DriftConfig,
     EvalConfig,
-    GardoConfig,
     LoraConfig,
     ModelConfig,
-    ProGRPOConfig,
     RewardConfig,
     SamplingConfig,
     TrainConfig,
 )
 from dgrpo.config.run import RECIPE_FIELDS, RunConfig
 
-__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "ConfigMapEnv", "CustomStage", "DriftConfig", "EvalConfig",
-           "GardoConfig", "GuardRails", "KubernetesConfig", "LoraConfig", "ModelCacheConfig", "ModelConfig",
-           "PipelineConfig", "ProGRPOConfig", "Range", "RewardConfig", "RunConfig",
+__all__ = ["RECIPE_FIELDS", "ClusterConfig", "ConfigError", "ConfigMapEnv", "CustomStage", "EvalConfig",
+           "GuardRails", "KubernetesConfig", "LoraConfig", "ModelCacheConfig", "ModelConfig",
+           "PipelineConfig", "Range", "RewardConfig", "RunConfig",
            "SamplingConfig", "SecretEnv", "StageResources", "Toleration", "TrainConfig", "config_from_dict",
            "config_from_json", "load_config", "read_yaml"]

@@ -23,6 +23,21 @@ def check(condition: bool, path: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class SectionOf:
+    """Annotation of a section whose dataclass is looked up on first use (`resolve()`): a built-in method's options
+    live in the method's module (`dgrpo.config.methods.builtin_section`), which the config layer must not import."""
+
+    resolve: typing.Callable[[], type]
+
+
+def section_of(hint: Any) -> SectionOf | None:
+    """The `SectionOf` marker of an `Annotated` hint, or None."""
+    if typing.get_origin(hint) is not typing.Annotated:
+        return None
+    return next((rule for rule in typing.get_args(hint)[1:] if isinstance(rule, SectionOf)), None)
+
+
+@dataclass(frozen=True)
 class Range:
     """Bounds of a numeric field: ge/le inclusive, gt/lt exclusive; None leaves that side open."""
 
@@ -73,6 +88,9 @@ def _check_value(hint: Any, value: Any, path: str) -> None:
         members = typing.get_args(hint)
         _check_value(next((m for m in members if isinstance(value, _base_type(m))), members[-1]), value, path)
         return
+    if section_of(hint):
+        validate_fields(value, path)
+        return
     if origin is typing.Annotated:
         base, *rules = typing.get_args(hint)
         _check_value(base, value, path)
@@ -114,6 +132,9 @@ def numeric_fields_without_range(cls: type, path: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         hint = _strip_optional(typing.get_type_hints(cls, include_extras=True)[f.name])
         here = f"{path}.{f.name}" if path else f.name
+        if section := section_of(hint):
+            missing += numeric_fields_without_range(section.resolve(), here)
+            continue
         if typing.get_origin(hint) is typing.Annotated:
             continue
         if hint in (int, float):

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dgrpo.config.fields import ConfigError
+from dgrpo.config.fields import ConfigError, section_of
 from dgrpo.config.prompt_files import PromptFileError, read_prompts
 from dgrpo.config.recipe import ClusterConfig, EvalConfig, SamplingConfig, TrainConfig
 from dgrpo.config.run import RunConfig
@@ -42,6 +42,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if section := section_of(hint):  # a built-in method's options, its dataclass in the method's module
+        return _build(section.resolve(), value or {}, path)
     if origin is typing.Annotated:  # the rules in the annotation are checked by validate_fields
         return _coerce(args[0], value, path)
     if dataclasses.is_dataclass(hint):

@@ -5,9 +5,9 @@ import path only, so the config layer imports no method (as `dgrpo.rewards` name
 """
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
-from dgrpo.config.fields import ConfigError, validate_fields
+from dgrpo.config.fields import ConfigError, SectionOf, validate_fields
 from dgrpo.registry import Registry
 
 BUILTINS = {
@@ -16,14 +16,32 @@ BUILTINS = {
     "progrpo": "dgrpo.methods.progrpo:ProGRPO",
     "gardo": "dgrpo.methods.gardo:Gardo",
 }
-"""Methods every run consults, in this order; their config sections are top-level (`drift.*`, ...; DiverseGRPO's
-are `cluster` and train's regulariser fields) and their hooks act only where their options are on."""
+"""Methods every run consults, in this order; their hooks act only where their options (`BUILTIN_OPTIONS`) are on."""
+BUILTIN_OPTIONS = {
+    "diversegrpo": "the cluster section (cluster.method: diverse, cluster.beta, ...) and train.regularizer, "
+                   "sa_lambda, structure_steps and detail_baseline",
+    "drift": "the top-level section 'drift'", "progrpo": "the top-level section 'progrpo'",
+    "gardo": "the top-level section 'gardo'",
+}
+"""Where each built-in method's options are set (its sections predate `methods`, so recorded configs keep their
+hash)."""
 OPTIONAL = {
     "grpo_guard": "dgrpo.methods.grpo_guard:GRPOGuard",
     "diversity_target": "dgrpo.methods.diversity_target:DiversityTarget",
 }
 """Methods a run turns on by naming them in `methods` (their options are `methods.<name>.*`)."""
 METHODS: Registry[Any] = Registry("method", "methods", BUILTINS | OPTIONAL)
+
+
+def builtin_options(name: str) -> Any:
+    """The annotation of built-in method `name`'s top-level section (`drift`, ...): its `Options` dataclass, which
+    lives in the method's module and is looked up on first use."""
+    return Annotated[Any, SectionOf(lambda: METHODS.get(name).Options)]
+
+
+def builtin_defaults(name: str) -> Any:
+    """That section's default: the method's `Options()`, a fresh one per config."""
+    return dataclasses.field(default_factory=lambda: METHODS.get(name).Options())
 
 
 def method_options(name: str, options: dict[str, Any] | None, cfg: Any = None) -> Any:

@@ -8,15 +8,19 @@ from typing import Annotated, Any
 
 from dgrpo.config.deployment import KubernetesConfig, PipelineConfig, RetentionConfig, TrackingConfig
 from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, check, validate_fields
-from dgrpo.config.methods import BUILTINS, check_builtins, method_options
+from dgrpo.config.methods import (
+    BUILTIN_OPTIONS,
+    BUILTINS,
+    builtin_defaults,
+    builtin_options,
+    check_builtins,
+    method_options,
+)
 from dgrpo.config.recipe import (
     ClusterConfig,
-    DriftConfig,
     EvalConfig,
-    GardoConfig,
     LoraConfig,
     ModelConfig,
-    ProGRPOConfig,
     RewardConfig,
     SamplingConfig,
     TrainConfig,
@@ -46,9 +50,12 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    drift: DriftConfig = field(default_factory=DriftConfig)
-    progrpo: ProGRPOConfig = field(default_factory=ProGRPOConfig)
-    gardo: GardoConfig = field(default_factory=GardoConfig)
+    drift: builtin_options("drift") = builtin_defaults("drift")
+    """DRIFT's options (`dgrpo.methods.drift.DriftOptions`)."""
+    progrpo: builtin_options("progrpo") = builtin_defaults("progrpo")
+    """Pro-GRPO's options (`dgrpo.methods.progrpo.ProGRPOOptions`)."""
+    gardo: builtin_options("gardo") = builtin_defaults("gardo")
+    """GARDO's options (`dgrpo.methods.gardo.GardoOptions`)."""
     methods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """Methods turned on beyond the built-in ones (`dgrpo.config.methods`): a name (grpo_guard) or a team's
     `package.module:Class` path, each with its options (`methods.<name>.<option>`; null for the defaults)."""
@@ -80,10 +87,11 @@ class RunConfig:
         check(not gpus or self.train.num_processes <= gpus, "train.num_processes",
               f"is {self.train.num_processes} but the {'fused' if fused else 'update'} pod gets {gpus} GPUs "
               f"(kubernetes.{'fused' if fused else 'stages.update'}): one process per GPU")
-        check_builtins(self)  # DiverseGRPO's (dgrpo.methods.diversegrpo) and any other built-in's
-        check_methods(self)
+        check_builtins(self)  # each built-in method's check_run (dgrpo.methods.diversegrpo, drift, ...)
         for name, options in self.methods.items():
-            check(name not in BUILTINS, f"methods.{name}", f"is a built-in method, set its own section '{name}'")
+            check(name not in BUILTINS, f"methods.{name}",
+                  f"{name} is built in (every run consults it): remove it from methods and set its options in "
+                  f"{BUILTIN_OPTIONS.get(name, 'its own section')}")
             method_options(name, options, self)
         return self
 
@@ -156,32 +164,3 @@ def _without_execution(section: Any) -> dict[str, Any]:
     return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
             for f in dataclasses.fields(section) if not f.metadata.get("execution")}
 
-
-def check_methods(cfg: RunConfig) -> None:
-    """The checks of the DRIFT, Pro-GRPO and GARDO options that span sections."""
-    d, p, g, s, t = cfg.drift, cfg.progrpo, cfg.gardo, cfg.sampling, cfg.train
-    check(not (d.outlier_filter and p.mode != "off"), "drift.outlier_filter",
-          f"cannot be combined with progrpo.mode {p.mode!r}: both choose a subset of each group (DRIFT keeps the "
-          "reward-concentrated middle, Pro-GRPO the high-variance extremes); turn one of them off")
-    for name, on in (("drift.shaping_weight", d.shaping_weight > 0), ("gardo.novelty_advantage", g.novelty_advantage)):
-        check(not on or cfg.cluster.embedder is not None, "cluster.embedder",
-              f"must name an embedder: {name} uses the distances between a group's embeddings")
-    check(not g.kl_gate or t.uses_kl, "gardo.kl_gate",
-          f"gates the KL, but train.regularizer is {t.regularizer!r}: set it to kl or both")
-    check(not g.reference_reset or t.regularizer != "none", "gardo.reference_reset",
-          "resets the regulariser's reference, but train.regularizer is 'none'")
-    if p.mode == "filter":
-        check(p.filter_keep < s.group_size, "progrpo.filter_keep",
-              f"must be < sampling.group_size ({s.group_size}), got {p.filter_keep}")
-    if p.mode == "expand_prune":
-        steps, sizes = p.prune_steps, p.prune_sizes
-        check(p.expand_group_size > s.group_size, "progrpo.expand_group_size",
-              f"must be > sampling.group_size ({s.group_size}), got {p.expand_group_size}")
-        check(len(steps) == len(sizes) > 0, "progrpo.prune_sizes",
-              f"needs one size per prune step ({len(steps)} steps), got {len(sizes)}")
-        check(all(a < b for a, b in zip(steps, steps[1:], strict=False)) and steps[-1] < s.num_steps,
-              "progrpo.prune_steps", f"must increase and stay below sampling.num_steps ({s.num_steps}), got {steps}")
-        check(all(a > b for a, b in zip([p.expand_group_size, *sizes], sizes, strict=False))
-              and sizes[-1] == s.group_size, "progrpo.prune_sizes",
-              f"must decrease from progrpo.expand_group_size ({p.expand_group_size}) and end at sampling.group_size "
-              f"({s.group_size}), got {sizes}")

@@ -9,15 +9,19 @@
 - Optimisation: potential-based shaping of the reward with an intra-group diversity potential (distances between
   the group's embeddings), added before normalisation, scaled and clipped.
 
-The paper publishes no code; every choice it leaves open is a config field (`dgrpo.config.recipe.DriftConfig`).
+The paper publishes no code; every choice it leaves open is an option of `DriftOptions` below (the config's `drift`
+section).
 """
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from dgrpo.config import RunConfig
+from dgrpo.config.fields import NON_NEGATIVE, POSITIVE, Range, check
 from dgrpo.diversity import cosine_distances
 from dgrpo.methods.base import Method, kept_metrics
 from dgrpo.models.trajectories import ConditioningAt
@@ -172,11 +176,63 @@ def potential_shaping(potential: np.ndarray, rewards: np.ndarray, weight: float,
     return s * np.clip(raw, -clip, clip), clipped
 
 
+@dataclass
+class DriftOptions:
+    """DRIFT's three options, the config's top-level `drift` section (docs/algorithms.md, "DRIFT"); each is off by
+    default. The paper publishes no code: every
+    default below is this project's choice."""
+
+    outlier_filter: bool = False
+    """Sampling: drop each group's reward outliers (|robust z of the quality reward| > outlier_threshold around the
+    median) before the advantages, which are computed on the kept subset; the scores table's `kept` column shows
+    what was dropped. Refused together with a Pro-GRPO mode (both pick a subset of the same group)."""
+    outlier_threshold: Annotated[float, Range(ge=1)] = 2.0
+    """alpha: robust z = 0.6745 (Q - median) / MAD (the mean absolute deviation where MAD is 0). At >= 1 at least
+    half of every group stays."""
+    prompt_noise: bool = False
+    """Prompting: annealed noise on the positive prompt embeddings during rollout, y' = sqrt(g) y + s sqrt(1 - g) eps,
+    replayed exactly in the update from per-step seeds stored in the rollouts table."""
+    prompt_noise_scale: Annotated[float, NON_NEGATIVE] = 0.25
+    """s, the noise's std relative to the unit normal (CADS' default)."""
+    prompt_noise_tau1: Annotated[float, Range(ge=0, le=1)] = 0.6
+    """g = 1 (no noise) for sigma <= tau1."""
+    prompt_noise_tau2: Annotated[float, Range(ge=0, le=1)] = 0.9
+    """g = 0 (the prompt replaced by noise) for sigma >= tau2; linear between tau1 and tau2."""
+    prompt_noise_resample: Literal["step", "trajectory"] = "step"
+    """"step": a fresh eps at every noisy step (CADS); "trajectory": one eps per sample for all its steps."""
+    shaping_weight: Annotated[float, NON_NEGATIVE] = 0.0
+    """Optimisation: weight of the potential-based shaping F = S clip(w (Phi - Phi_0), -c, c) added to the final
+    reward before normalisation; 0 turns it off. Phi is the intra-group diversity potential on cluster.embedder."""
+    shaping_potential: Literal["mean_distance", "nearest_distance"] = "mean_distance"
+    """Phi_i: mean (or smallest) cosine distance of image i to the other kept images of its group."""
+    shaping_clip: Annotated[float, POSITIVE] = 1.0
+    """c: the shaping's bound before the scale S."""
+    shaping_scale: Literal["absolute", "reward_std"] = "reward_std"
+    """S: 1, or the group's reward std, so that w and c are relative to the reward's own spread (PickScore spreads
+    ~0.01 in a group, the toy reward ~0.15)."""
+
+    def validate(self, path: str) -> None:
+        check(not self.prompt_noise or self.prompt_noise_tau1 < self.prompt_noise_tau2, f"{path}.prompt_noise_tau1",
+              f"must be < prompt_noise_tau2 ({self.prompt_noise_tau2}), got {self.prompt_noise_tau1}")
+
+
 class Drift(Method):
     """DRIFT's hooks: prompt noise in the rollout (replayed in the update), the outlier filter and the shaping in the
     cluster stage. Each acts only where its option in the `drift` section is on."""
 
     name = "drift"
+    Options = DriftOptions
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """DRIFT's checks that span sections."""
+        d = cfg.drift
+        check(not (d.outlier_filter and cfg.progrpo.mode != "off"), "drift.outlier_filter",
+              f"cannot be combined with progrpo.mode {cfg.progrpo.mode!r}: both choose a subset of each group (DRIFT "
+              "keeps the reward-concentrated middle, Pro-GRPO the high-variance extremes); turn one of them off")
+        check(d.shaping_weight == 0 or cfg.cluster.embedder is not None, "cluster.embedder",
+              "must name an embedder: drift.shaping_weight uses the distances between a group's embeddings")
+
 
     def prompt_noise(self, *, sigmas: torch.Tensor, round_index: int, prompt_index: int, n: int
                      ) -> "PromptNoise | None":

@@ -15,11 +15,15 @@ docs/algorithms.md ("GARDO") lists where this differs from the upstream script.
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from dgrpo.config import RunConfig
+from dgrpo.config.fields import POSITIVE, Range, check
 from dgrpo.diversity import cosine_distances
 from dgrpo.methods.base import Method, RoundSignals
 
@@ -104,11 +108,59 @@ def reset_due(step_kls: list[float], threshold: float, rounds_since_reset: int, 
     return any(k > threshold for k in step_kls) or rounds_since_reset >= every
 
 
+@dataclass
+class GardoOptions:
+    """GARDO's options, the config's top-level `gardo` section (docs/algorithms.md, "GARDO"); each is off by
+    default."""
+
+    novelty_advantage: bool = False
+    """A = (r - mean_g r) x novelty / mean_g(novelty) where r >= mean_g r, r - mean_g r elsewhere, no std division;
+    novelty = smallest cosine distance to the rest of the group on cluster.embedder's features. Replaces the
+    group-normalised advantage (train.global_std does not apply)."""
+    kl_gate: bool = False
+    """Apply the KL (train.regularizer kl or both) only to uncertain samples: uncertainty = rank under the reward
+    minus the mean rank under aux_components, over the round; gated above a percentile (kl_gate_share)."""
+    aux_components: list[str] = field(default_factory=list)
+    """Auxiliary rewards: names of the reward's `components` (the rewards table), e.g. aesthetic and imagereward
+    from the "multi" reward (upstream's), or the toy reward's quality."""
+    kl_gate_share: Annotated[float, Range(gt=0, le=1)] = 0.1
+    """Share of the non-negative uncertainties above the gate: the KL applies above their (100 - 100 share)th
+    percentile. Upstream starts at 0.1 and adapts it within [0.02, 0.2] across rounds; here it is fixed."""
+    kl_gate_rule: Literal["percentile", "top_share"] = "percentile"
+    """"percentile" (upstream): uncertainty strictly above that percentile; rank differences tie often, and when
+    more than kl_gate_share of them tie at the maximum nothing is gated. "top_share": exactly that share of them,
+    the largest first (ties in sample order)."""
+    reference_reset: bool = False
+    """Replace the regulariser's reference (first the base model) by the current policy after a round in which an
+    optimizer step's KL passed reset_kl_threshold, or reset_every rounds after the last reset."""
+    reset_kl_threshold: Annotated[float, POSITIVE] = 3e-4
+    """KL (as in the update metrics' `kl`) above which the reference is reset (upstream's kl_thres)."""
+    reset_every: Annotated[int, POSITIVE] = 15
+    """Rounds after which the reference is reset anyway (upstream's reset_freq)."""
+
+    def validate(self, path: str) -> None:
+        check(not self.kl_gate or len(self.aux_components) > 0, f"{path}.aux_components",
+              "must name at least one reward component when kl_gate is on")
+
+
 class Gardo(Method):
     """GARDO's hooks: novelty and the KL gate in the cluster stage; novelty-scaled advantages, gate weights and the
     resettable reference in the update."""
 
     name = "gardo"
+    Options = GardoOptions
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """GARDO's checks that span sections."""
+        g, t = cfg.gardo, cfg.train
+        check(not g.novelty_advantage or cfg.cluster.embedder is not None, "cluster.embedder",
+              "must name an embedder: gardo.novelty_advantage uses the distances between a group's embeddings")
+        check(not g.kl_gate or t.uses_kl, "gardo.kl_gate",
+              f"gates the KL, but train.regularizer is {t.regularizer!r}: set it to kl or both")
+        check(not g.reference_reset or t.regularizer != "none", "gardo.reference_reset",
+              "resets the regulariser's reference, but train.regularizer is 'none'")
+
 
     def group_columns(self, *, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None,
                       keep: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,9 +6,14 @@ G_max > G trajectories and applies OVF to reward previews at checkpoint steps, s
 where its savings in transformer evaluations (NFEs) come from.
 """
 
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 
+from dgrpo.config import RunConfig
+from dgrpo.config.fields import NON_NEGATIVE, Range, check
 from dgrpo.methods.base import Method, kept_metrics
 
 
@@ -50,11 +55,54 @@ def nfe_of_schedule(group_size: int, num_steps: int, prune_steps: list[int], pru
     return nfe + live * (num_steps - start)
 
 
+@dataclass
+class ProGRPOOptions:
+    """Pro-GRPO's options, the config's top-level `progrpo` section (docs/algorithms.md, "Pro-GRPO"): Optimal
+    Variance Filtering, after sampling or during it."""
+
+    mode: Literal["off", "filter", "expand_prune"] = "off"
+    """"filter": the cluster stage keeps the filter_keep samples of each group whose final rewards vary the most
+    (OVF; the others get no advantage). "expand_prune": the rollout samples expand_group_size trajectories per
+    prompt and at each prune step previews x0_hat = x - sigma v, scores the previews with the reward and keeps the
+    OVF subset; the sampling.group_size survivors are the group."""
+    filter_keep: Annotated[int, Range(ge=2)] = 8
+    """k, samples kept per group in "filter" mode (< sampling.group_size)."""
+    expand_group_size: Annotated[int, Range(ge=3)] = 32
+    """G_max, trajectories started per prompt in "expand_prune" mode (> sampling.group_size)."""
+    prune_steps: list[Annotated[int, NON_NEGATIVE]] = field(default_factory=lambda: [5, 7])
+    """Steps (0-based, increasing, < sampling.num_steps) at which the live trajectories are previewed and pruned."""
+    prune_sizes: list[Annotated[int, Range(ge=2)]] = field(default_factory=lambda: [24, 16])
+    """Trajectories kept at each prune step, decreasing; the last is sampling.group_size."""
+
+
 class ProGRPO(Method):
     """Pro-GRPO's hooks: expand-and-prune in the rollout (progrpo.mode expand_prune), OVF after sampling in the
     cluster stage (filter)."""
 
     name = "progrpo"
+    Options = ProGRPOOptions
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """Pro-GRPO's checks that span sections: the filter's and the prune schedule's sizes against the group."""
+        p, s = cfg.progrpo, cfg.sampling
+        if p.mode == "filter":
+            check(p.filter_keep < s.group_size, "progrpo.filter_keep",
+                  f"must be < sampling.group_size ({s.group_size}), got {p.filter_keep}")
+        if p.mode == "expand_prune":
+            steps, sizes = p.prune_steps, p.prune_sizes
+            check(p.expand_group_size > s.group_size, "progrpo.expand_group_size",
+                  f"must be > sampling.group_size ({s.group_size}), got {p.expand_group_size}")
+            check(len(steps) == len(sizes) > 0, "progrpo.prune_sizes",
+                  f"needs one size per prune step ({len(steps)} steps), got {len(sizes)}")
+            check(all(a < b for a, b in zip(steps, steps[1:], strict=False)) and steps[-1] < s.num_steps,
+                  "progrpo.prune_steps",
+                  f"must increase and stay below sampling.num_steps ({s.num_steps}), got {steps}")
+            check(all(a > b for a, b in zip([p.expand_group_size, *sizes], sizes, strict=False))
+                  and sizes[-1] == s.group_size, "progrpo.prune_sizes",
+                  f"must decrease from progrpo.expand_group_size ({p.expand_group_size}) and end at "
+                  f"sampling.group_size ({s.group_size}), got {sizes}")
+
 
     def rollout_reward(self) -> bool:
         return self.cfg.progrpo.mode == "expand_prune"

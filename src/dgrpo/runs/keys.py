@@ -205,3 +205,9 @@ def experiment_wall_key(run_id: str) -> str:
 def structure_profile_key(run_id: str) -> str:
     """The fine-tune's structure profile (`dgrpo.stages.structure_profile`), under train.structure_steps auto."""
     return run_key(run_id, "structure_profile.json")
+
+
+def lineage_key(sha256: str) -> str:
+    """Artifact `sha256`'s lineage record (`dgrpo.runs.lineage`): beside the object, not under a run, since runs
+    share artifacts."""
+    return f"lineage/{sha256}.json"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from dgrpo import lineage
 from dgrpo.config import RunConfig, config_from_dict
 from dgrpo.models.policy import LORA_METADATA_KEY
+from dgrpo.runs import lineage
 from dgrpo.runs.commits import read_commit, trained_state
 from dgrpo.runs.evaluations import read_best, read_evaluation, read_event
 from dgrpo.runs.ownership import read_claim

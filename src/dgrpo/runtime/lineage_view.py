@@ -6,8 +6,8 @@ adapter, what trained it and where that came from, by default) and hashes object
 `dgrpo gc` deleted is shown as pruned, with when, not flagged as missing.
 """
 
-from dgrpo import lineage
-from dgrpo.lineage import LineageRecord
+from dgrpo.runs import lineage
+from dgrpo.runs.lineage import LineageRecord
 from dgrpo.runtime.pruned import PrunedObject
 from dgrpo.store import ArtifactStore
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from dgrpo.config import ConfigError, RunConfig
-from dgrpo.lineage import code_version
 from dgrpo.runs import keys
 from dgrpo.runs.commits import trained_state
 from dgrpo.runs.evaluations import events, read_best
 from dgrpo.runs.exchange import get_mlflow_record, put_mlflow_record
+from dgrpo.runs.lineage import code_version
 from dgrpo.runs.records import Event
 from dgrpo.runs.segments import read_status
 from dgrpo.runtime.redaction import redact_secrets

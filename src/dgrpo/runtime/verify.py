@@ -17,10 +17,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dgrpo import lineage
-from dgrpo.runs import keys
+from dgrpo.runs import keys, lineage
 from dgrpo.runs.archive import read_raw, run_record_keys
-from dgrpo.runs.keys import after_round, shown
+from dgrpo.runs.keys import after_round, lineage_key, shown
 from dgrpo.runtime.pruned import PrunedObject, pruned_index
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -87,7 +86,7 @@ def refs_in(data: Any) -> list[ArtifactRef]:
 def describe(rec: lineage.LineageRecord) -> str:
     """A lineage record as a problem names it: its key, and what it says made its artifact."""
     made = rec.stage + (f" round {shown(rec.round)}" if rec.round is not None else "")
-    return f"lineage record {lineage.record_key(rec.sha256)} ({rec.kind} of {made})"
+    return f"lineage record {lineage_key(rec.sha256)} ({rec.kind} of {made})"
 
 
 def verify_run(store: ArtifactStore, run_id: str) -> Verification:

@@ -4,11 +4,12 @@
 import numpy as np
 import pyarrow as pa
 
-from dgrpo import artifacts, lineage
+from dgrpo import artifacts
 from dgrpo.contracts import REWARDS, ROLLOUTS
 from dgrpo.images import png_decode
 from dgrpo.metrics import image_monitors
 from dgrpo.rewards import load_reward
+from dgrpo.runs import lineage
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import recorded_shard
 from dgrpo.store import ArtifactRef

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dgrpo import artifacts, lineage
+from dgrpo import artifacts
 from dgrpo.config import RunConfig
 from dgrpo.contracts import REWARDS
 from dgrpo.metrics import IMAGE_MONITORS
+from dgrpo.runs import lineage
 from dgrpo.runs.evaluations import read_evaluation
 from dgrpo.runs.records import Event
 from dgrpo.runtime.report.headline import Headline, build_headline, run_config
@@ -54,7 +55,7 @@ class RunData:
     training: list[TrainingRound]
     final_adapter: ArtifactRef | None
     lineage: list[tuple[int, str, lineage.LineageRecord]]
-    """The final adapter's lineage chain (`dgrpo.lineage.chain`); empty without an adapter."""
+    """The final adapter's lineage chain (`dgrpo.runs.lineage.chain`); empty without an adapter."""
     recipe: dict | None
     """The recipe part of the run's config (`RunConfig.recipe_dict`), from the config artifact in the lineage."""
     config_sha256: str | None

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from dgrpo.files import atomic_write_text
-from dgrpo.lineage import code_version
+from dgrpo.runs.lineage import code_version
 from dgrpo.runtime.report import plots
 from dgrpo.runtime.report.data import Evaluation, RunData, load_run, quality_key
 from dgrpo.runtime.report.headline import flatten, non_default_fields

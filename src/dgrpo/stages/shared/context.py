@@ -4,10 +4,10 @@ import datetime
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dgrpo import lineage
 from dgrpo.config import RunConfig
-from dgrpo.lineage import Provenance
+from dgrpo.runs import lineage
 from dgrpo.runs.evaluations import write_event
+from dgrpo.runs.lineage import Provenance
 from dgrpo.runs.record import ref_dict
 from dgrpo.runs.records import Event
 from dgrpo.stages.shared import run_config

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from dgrpo import artifacts, contracts, lineage
+from dgrpo import artifacts, contracts
 from dgrpo.files import atomic_write_bytes
+from dgrpo.runs import lineage
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.shards import as_list, read_merged, recorded_shard
 from dgrpo.store import ArtifactRef

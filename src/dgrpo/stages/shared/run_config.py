@@ -9,9 +9,9 @@ costs the config a few bytes and is stored once however many runs use it.
 import json
 from typing import Any
 
-from dgrpo import lineage
 from dgrpo.config import RunConfig, config_from_dict
 from dgrpo.config.loader import PROMPT_SECTIONS
+from dgrpo.runs import lineage
 from dgrpo.store import ArtifactRef, ArtifactStore, StoreError, sha256_bytes
 
 CONFIG_KIND = "config"

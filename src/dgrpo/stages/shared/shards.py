@@ -7,8 +7,9 @@ an unsharded round, so a sharded round produces the same samples as an unsharded
 import numpy as np
 import pyarrow as pa
 
-from dgrpo import artifacts, lineage
+from dgrpo import artifacts
 from dgrpo.contracts import Contract, ContractError
+from dgrpo.runs import lineage
 from dgrpo.store import ArtifactRef, ArtifactStore
 
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dgrpo import lineage
 from dgrpo.config import SamplingConfig
 from dgrpo.models import FlowPolicy
+from dgrpo.runs import lineage
 from dgrpo.sampling import ScheduleStep, step_with_logprob
 from dgrpo.stages.update.replay import Replay
 from dgrpo.store import ArtifactRef, ArtifactStore
