@@ -26,12 +26,21 @@ app.add_typer(contract_app, name="contract")
 config_app = typer.Typer(help="The effective config of a run.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(config_app, name="config")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (errors too, on stderr).")]
+HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
+                                      envvar="KF_PIPELINES_ENDPOINT")]
+StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).",
+                                          envvar="DGRPO_STORE")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment.")]
+NamespaceOpt = Annotated[str, typer.Option(help="Profile namespace of the experiment (multi-user Kubeflow).")]
+TokenOpt = Annotated[str | None, typer.Option(help="Bearer token for the KFP API (default: $KF_PIPELINES_TOKEN, "
+                                                   "else the mounted service-account token).",
+                                              envvar="KF_PIPELINES_TOKEN")]
 
 
 def _version(value: bool) -> None:
     if value:
         from dgrpo import __version__
-        from dgrpo.lineage import code_version
+        from dgrpo.runs.lineage import code_version
 
         typer.echo(f"dgrpo {__version__} (code {code_version()})")
         raise typer.Exit()
@@ -179,24 +188,38 @@ def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
            store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False,
            watch: Annotated[bool, typer.Option("--watch", "-w", help="Print it again every --interval seconds "
                                                                      "until the chain has ended.")] = False,
-           interval: Annotated[float, typer.Option(help="Seconds between --watch readings.", min=0.1)] = 10.0):
+           interval: Annotated[float, typer.Option(help="Seconds between --watch readings.", min=0.1)] = 10.0,
+           host: Annotated[str | None, typer.Option(
+               help="KFP API endpoint of a cluster fine-tune: where a swapped component stopped it, its own last "
+                    "error line is read from the pod log (and kept in the store, redacted).")] = None,
+           namespace: NamespaceOpt = "", token: TokenOpt = None):
     """Rounds done, the current segment, the last error, a guard-rail stop and the best adapter of a fine-tune."""
     from dgrpo.runtime.fine_tune import format_status
     from dgrpo.runtime.fine_tune import status as fine_tune_status
     from dgrpo.runtime.listing import watch as watch_status
 
     st, run_id = open_store(store, "--store", create=False), _run_id(run_id, "run id")
+    client = _client(host, namespace, token) if host else None
+
+    def read() -> dict:
+        if client is not None:  # before the status: the line it reads is kept as the run's last error
+            from dgrpo_pipelines.remote import team_error
+
+            team = team_error(client, st, run_id)
+        value = fine_tune_status(st, run_id)
+        return value | {"team_error": team.removeprefix("; ")} if client is not None and team else value
 
     def show(value: dict) -> None:
         if as_json:
             typer.echo(json.dumps(value, default=str) if watch else json.dumps(value, indent=2, default=str))
         else:
-            typer.echo((time.strftime("%H:%M:%S ") if watch else "") + format_status(value))
+            text = format_status(value) + (f"\n  team:      {value['team_error']}" if "team_error" in value else "")
+            typer.echo((time.strftime("%H:%M:%S ") if watch else "") + text)
 
     if watch:
-        watch_status(lambda: fine_tune_status(st, run_id), show, interval)
+        watch_status(read, show, interval)
     else:
-        show(fine_tune_status(st, run_id))
+        show(read())
 
 
 @app.command("list")
@@ -319,17 +342,6 @@ def compile(config: ConfigOpt = None, set_: SetOpt = None,
     typer.echo(f"wrote {path} (segments of up to {cfg.pipeline.rounds_per_run} rounds, recipe "
                f"{cfg.recipe_sha256()[:12]}); images:")
     typer.echo("\n".join(image_lines(cfg.kubernetes)))
-
-
-HostOpt = Annotated[str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline.",
-                                      envvar="KF_PIPELINES_ENDPOINT")]
-StoreUriOpt = Annotated[str, typer.Option("--store", help="Artifact store URI the pods use (s3://... or file://).",
-                                          envvar="DGRPO_STORE")]
-ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment.")]
-NamespaceOpt = Annotated[str, typer.Option(help="Profile namespace of the experiment (multi-user Kubeflow).")]
-TokenOpt = Annotated[str | None, typer.Option(help="Bearer token for the KFP API (default: $KF_PIPELINES_TOKEN, "
-                                                   "else the mounted service-account token).",
-                                              envvar="KF_PIPELINES_TOKEN")]
 
 
 def _client(host: str, namespace: str = "", token: str | None = None):

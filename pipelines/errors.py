@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
@@ -25,10 +26,17 @@ except ImportError:  # pragma: no cover - an older typer on click itself
 
 from dgrpo.environment import check_environment
 from dgrpo.runtime import termination
+from dgrpo.runtime.redaction import redact_secrets
 from dgrpo.store import redact
 
 _TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
 _LAST_ERROR = re.compile(r"^(?:[\w.]+\.)?(?P<error>\w*(?:Error|Exception|Exit)\b.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOT_OWN = re.compile(r'^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ |time=".*\bargo=true|Error: exit status \d+$'
+                      r'|\[KFP Executor )')
+"""Lines of a task's log that are not its code's own: KFP's launcher (glog), Argo's emissary (its log line and
+its closing "Error: exit status N") and the KFP executor of a Python component."""
+_TRACEBACK = "Traceback (most recent call last):"
 
 OPERATOR_ERRORS = (ValueError, RuntimeError, OSError, LookupError)
 """What bad input, a bad store or a failed stage raises (ConfigError, StoreError, ContractError, ResumeError,
@@ -67,8 +75,21 @@ def _last_task_error(log: Path) -> str:
         return ""
     for line in reversed(lines):
         if (found := _LAST_ERROR.match(line.strip())) is not None:
-            return f"; the task's last error: {found['error']}"
+            return f"; the task's last error: {redact_secrets(found['error'])}"
     return ""
+
+
+def own_last_error(lines: Iterable[str], limit: int = 300) -> str:
+    """The last line of the error a task's own code wrote to its log, on one line, secrets redacted; "" if none.
+
+    It is the last exception line after the last Python traceback (a message spanning lines, or an exception note,
+    ends after it), else the last line the code wrote (a shell's or a compiled program's stderr). Lines of the
+    machinery around it (`_NOT_OWN`) are skipped: their "exit status 1" says nothing a person can act on."""
+    own = [s for line in lines if (s := _ANSI.sub("", line).strip()) and not _NOT_OWN.match(s)]
+    if _TRACEBACK in own:
+        after = own[len(own) - own[::-1].index(_TRACEBACK):]
+        own = [s for s in after if _LAST_ERROR.match(s)] or after or own
+    return one_line(redact_secrets(own[-1]), limit) if own else ""
 
 
 def debugging() -> bool:

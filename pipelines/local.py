@@ -7,14 +7,18 @@ KFP run itself; here this driver starts it.
 
 import builtins
 import contextlib
+import re
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from dgrpo_pipelines.errors import own_last_error
 from dgrpo_pipelines.progress import pipeline_order
+from dgrpo_pipelines.swaps import failed_swap, own_error_clause, record_own_error, swapped_task_names
 from dgrpo_pipelines.training import build_pipeline
+from google.protobuf import json_format
 from kfp import local
 
 from dgrpo.config import RunConfig
@@ -22,7 +26,7 @@ from dgrpo.runs.commits import trained_state
 from dgrpo.runs.evaluations import event_keys, read_event_at
 from dgrpo.runs.keys import validate_run_id
 from dgrpo.runs.ownership import OwnershipError
-from dgrpo.runs.records import ChainRecord
+from dgrpo.runs.records import ChainRecord, SegmentRecord
 from dgrpo.runs.segments import last_segment, segment_count
 from dgrpo.runtime import fine_tune
 from dgrpo.runtime import segment as seg
@@ -33,6 +37,9 @@ from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactStore, open_store
 
 ENGINES = ("kfp", "inprocess")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'$")
+_FAILED = re.compile(r"Task '(?P<task>[^']+)' finished with status FAILURE$")
 
 
 class EventWatcher(threading.Thread):
@@ -101,12 +108,14 @@ class KfpLocalSegments:
         self.store, self.log_path = store, work_dir / "kfp.log"
         self.params = fine_tune.segment_parameters(store, chain_record) | {"store_uri": store_uri}
         self.pipeline = build_pipeline(config)
+        self.ir = json_format.MessageToDict(self.pipeline.pipeline_spec)
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "pipeline_root"))
 
     def __call__(self) -> tuple[seg.SegmentEnd, BaseException | None]:
         run_id = self.params["run_id"]
         before = segment_count(self.store, run_id)
         errors_before = len(seg.errors(self.store, run_id))
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         failure: BaseException | None = None
         saved_print = builtins.print  # kfp.local leaks indenting print wrappers from its loop threads
         try:
@@ -129,9 +138,39 @@ class KfpLocalSegments:
         if ended is None:
             raise RuntimeError(f"segment {record.segment} of {run_id} ended without its exit step "
                                f"(task logs: {self.log_path})") from failure
+        own = self.own_error(record, log_start)
         if failure is not None and record.error:
-            failure = RuntimeError(f"{record.error} (task logs: {self.log_path})")
-        return seg.SegmentEnd(Decision(ended.action, ended.reason), record.error or "", record.segment), failure
+            failure = RuntimeError(f"{record.error}{own} (task logs: {self.log_path})")
+        return (seg.SegmentEnd(Decision(ended.action, ended.reason + own), (record.error or "") + own, record.segment),
+                failure)
+
+    def own_error(self, record: SegmentRecord, log_start: int) -> str:
+        """When a swapped component stopped segment `record`: the last line of its own error, from its task's
+        output in this segment's part of kfp.log, kept in the store (`swaps.record_own_error`) and returned as the
+        clause the chain's message ends with; else ""."""
+        found = failed_swap(record)
+        if found is None:
+            return ""
+        with open(self.log_path, errors="replace") as log:
+            log.seek(log_start)
+            lines = failed_task_output(log.read(), swapped_task_names(self.ir, found[0]))
+        line = own_last_error(lines)
+        if not line:
+            return ""
+        return own_error_clause(record_own_error(self.store, self.params["run_id"], record, line), "task logs")
+
+
+def failed_task_output(log: str, names: set[str]) -> list[str]:
+    """The output of the first task named in `names` that failed in kfp.local's log `log`: the lines between its
+    "Executing task" and its "finished with status FAILURE" (kfp/local/task_dispatcher.py writes both)."""
+    started: dict[str, int] = {}
+    lines = _ANSI.sub("", log).splitlines()
+    for i, line in enumerate(lines):
+        if (begun := _STARTED.search(line)) is not None:
+            started[begun["task"]] = i
+        elif (failed := _FAILED.search(line)) is not None and failed["task"] in names and failed["task"] in started:
+            return lines[started[failed["task"]] + 1:i]
+    return []
 
 
 def new_run_id(config: RunConfig) -> str:

@@ -5,20 +5,37 @@ fine-tune and creates its first segment run; every segment's exit task then subm
 ends. `schedule` creates a recurring run instead (max concurrency 1, no catch-up): each scheduled run is one
 segment, and once the fine-tune is complete the runs end at once. A resume, and every scheduled run, first breaks
 a lease whose holder's KFP run has finished (its exit task never ran), so a low-frequency schedule is a watchdog.
+`team_error` reads what a crashed team container wrote from its pod's log, which the exit task cannot.
 """
 
+import collections
+import json
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import yaml
+from dgrpo_pipelines.errors import one_line, own_last_error
 from dgrpo_pipelines.kubernetes import check_cluster_images
+from dgrpo_pipelines.swaps import (
+    failed_swap,
+    own_error_clause,
+    record_own_error,
+    recorded_own_error,
+    swapped_task_names,
+)
 from dgrpo_pipelines.training import compile_pipeline
 
 from dgrpo.config import RunConfig
 from dgrpo.runs.records import ChainRecord
-from dgrpo.runs.segments import read_chain
+from dgrpo.runs.segments import last_segment, read_chain
 from dgrpo.runtime import fine_tune, kfp_rest
 from dgrpo.store import ArtifactStore, check_store_uri, open_store
+
+LOG_TAIL_LINES = 2000
+"""How much of a pod's log is kept to find its last error: the end is what counts, and a log may be large."""
 
 
 def _store(store_uri: str) -> ArtifactStore:
@@ -102,3 +119,63 @@ def _refuse_a_second_schedule(client: kfp_rest.KfpClient, experiment: str, run_i
                          f"({name!r}, cron '{cron}') in experiment {experiment!r}; to change its schedule or "
                          "config, delete that recurring run (KFP UI, or `kfp recurring-run delete "
                          f"{job['recurring_run_id']}`) and schedule again")
+
+
+def team_error(client: kfp_rest.KfpClient, store: ArtifactStore, run_id: str) -> str:
+    """When a swapped component stopped fine-tune `run_id`'s last segment: the clause that adds the last line of
+    its own error, read from its pod's log through the KFP API, kept in the store once (`swaps.record_own_error`);
+    else "". A log that cannot be read (no permission, a pod and an archive gone) is said in the clause: this is
+    only a diagnosis, so it never raises."""
+    record = last_segment(store, run_id)
+    found = failed_swap(record)
+    if found is None or not record.kfp_run_id:
+        return ""
+    where = f"the pod log of KFP run {record.kfp_run_id}"
+    if (kept := recorded_own_error(store, run_id, record)) is not None:
+        return own_error_clause(kept, where)
+    try:
+        chain = read_chain(store, run_id)
+        if chain is None or not (chain.kfp or {}).get("pipeline_sha256"):
+            return f"; its own error could not be read from {where} (the chain record names no stored pipeline)"
+        ir, _ = kfp_rest.get_pipeline(store, chain.kfp["pipeline_sha256"])
+        names = swapped_task_names(ir, found[0])
+        details = (client.get_run(record.kfp_run_id).get("run_details") or {}).get("task_details") or []
+        pods = [child["pod_name"] for task in details if task.get("display_name") in names
+                and task.get("state") == "FAILED" for child in task.get("child_tasks") or [] if child.get("pod_name")]
+        why = "KFP lists no failed pod of it"
+        for pod in pods:
+            if line := own_last_error(read_pod_log(client, record.kfp_run_id, pod)):
+                return own_error_clause(record_own_error(store, run_id, record, line), where)
+            why = f"pod {pod}'s log holds no line of its own"
+    except Exception as exc:  # noqa: BLE001 - a diagnosis that fails must not fail the command that asked for it
+        why = one_line(f"{type(exc).__name__}: {exc}", 200)
+    return f"; its own error could not be read from {where} ({why})"
+
+
+def read_pod_log(client: kfp_rest.KfpClient, kfp_run_id: str, node_id: str) -> list[str]:
+    """The last lines of the `main` container's log of Argo node `node_id` (a task detail's `child_tasks[].pod_name`)
+    of run `kfp_run_id`, from the API server's log endpoint with the client's token: it reads the pod, else the log
+    archive. The server writes HTTP 200 before it reads (run_log_server.go), so a failure is a JSON body holding
+    `error_message`, alone or after the part of the log it streamed. KfpApiError when it cannot be read."""
+    run, node = urllib.parse.quote(kfp_run_id, safe=""), urllib.parse.quote(node_id, safe="")
+    url = f"{client.endpoint}/apis/v1alpha1/runs/{run}/nodes/{node}/log"
+    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=client.timeout_s) as resp:
+            if "html" in resp.headers.get("Content-Type", ""):
+                raise kfp_rest.KfpAuthError("answered with a login page, not the KFP API")
+            lines = collections.deque((raw.decode(errors="replace") for raw in resp), maxlen=LOG_TAIL_LINES)
+    except urllib.error.HTTPError as exc:
+        raise kfp_rest.KfpApiError(f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise kfp_rest.KfpUnavailable(str(getattr(exc, "reason", exc))) from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if lines and lines[-1].lstrip().startswith('{"error_message"'):
+        try:
+            message = json.loads(lines.pop())["error_message"]
+        except (ValueError, KeyError, TypeError):
+            message = "an error the server did not explain"
+        if not lines:
+            raise kfp_rest.KfpApiError(one_line(str(message), 200))
+    return list(lines)

@@ -15,6 +15,13 @@ query string (list_request_util.go), so a '+' turns into a space and a stray '%'
 `PipelineTaskFinalStatus.state` is at a run's end: RUNNING, not COMPLETE, after a successful run whose exit
 handler holds a `dsl.If` (metadata/client.go recounts a DAG only from a container launcher), and after a
 killed pod.
+
+A failed task is reported as the persistence agent reports an Argo Workflow (`fail_task`): a run's
+`run_details.task_details` holds one PipelineTaskDetail per Argo node (report_server.go, api_converter.go
+toModelTasks/toApiPipelineTaskDetail), whose `child_tasks[].pod_name` are its children's node ids; the log
+endpoint `GET /apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log` (main.go, run_log_server.go) streams a node's
+`main` container log as text and, since it writes HTTP 200 before reading, answers a failure with 200 and a JSON
+`{"error_message", "error_details"}` body.
 """
 
 import json
@@ -26,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote_plus, urlparse
 
 TIMESTAMP = "timestamp"
+LOG_PATH = re.compile(r"/apis/v1alpha1/runs/(?P<run_id>[^/]+)/nodes/(?P<node_id>[^/]+)/log")
 SCHEMA: dict[str, dict] = {
     "Run": {"experiment_id": str, "run_id": str, "display_name": str, "storage_state": str, "description": str,
             "pipeline_version_id": str, "pipeline_spec": dict, "pipeline_version_reference": "PipelineVersionReference",
@@ -123,13 +131,16 @@ class FakeKfp:
         """Seconds a terminated run's Workflow takes to fail (its pods deleted) before a get_run reads FAILED."""
         self.ending: dict[str, float] = {}
         self.allowed_tokens: set[str] = set()
+        self.logs: dict[str, str] = {}
+        """The `main` container log of each Argo node id that still has one (its pod, or the log archive)."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
+            def _reply(self, status: int, body: dict | str) -> None:
+                text = isinstance(body, str)  # a log: Go sniffs its Content-Type, the header being set too late
+                data = body.encode() if text else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -247,8 +258,45 @@ class FakeKfp:
             return "RUNNING" if has_condition(ir) else "COMPLETE"
         return {"killed": "RUNNING", "failed": "FAILED", "terminated": "CANCELED"}[outcome]
 
-    def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
+    def fail_task(self, run_id: str, task: str, log: str | None) -> str:
+        """Task `task` (its IR task key, the Argo DAG task's name) of run `run_id` failed in its executor pod, as
+        the persistence agent reports the Workflow: a task detail per Argo node (the Workflow's root, the task's
+        driver, the task's DAG node listing its executor's node id, the executor pod) with the node's display name
+        and state. `log` is the pod's `main` container log (None: the pod and its archived log are gone). Returns
+        the executor's node id."""
+        run = self.runs[run_id]
+        workflow = f"{run['display_name'].split()[0]}-{uuid.uuid4().hex[:5]}"
+        ids = [f"{workflow}-{uuid.uuid4().int % 10**10}" for _ in range(3)]
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+        def detail(name: str, state: str, children: tuple[str, ...] = ()) -> dict:
+            found = {"run_id": run_id, "task_id": str(uuid.uuid4()), "display_name": name, "create_time": at,
+                     "start_time": at, "end_time": at, "state": state}
+            return found | ({"child_tasks": [{"pod_name": c} for c in children]} if children else {})
+
+        details = run.setdefault("run_details", {}).setdefault("task_details", [])
+        details += [detail(workflow, "FAILED", tuple(ids[1:])), detail(f"{task}-driver", "SUCCEEDED"),
+                    detail(task, "FAILED", (ids[2],)), detail("executor", "FAILED")]
+        if log is not None:
+            self.logs[ids[2]] = log
+        return ids[2]
+
+    def read_log(self, run_id: str, node_id: str) -> str | dict:
+        """ResourceManager.ReadLog: the node's log, or the error the server writes after its 200."""
+        if run_id not in self.runs:
+            message = (f"Failed to read logs for run {run_id} due to run fetching error: Failed to fetch run {run_id}: "
+                       f"ResourceNotFoundError: Run {run_id} not found")
+        elif node_id not in self.logs:
+            message = (f"Failed to read logs for run {run_id}: Failed to read logs from archive {node_id} due to error "
+                       "fetching the log file: The specified key does not exist.")
+        else:
+            return self.logs[node_id]
+        return {"error_message": message, "error_details": f"{message}\nInvalidInputError: ..."}
+
+    def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict | str]:
         api = "/apis/v2beta1"
+        if method == "GET" and (log := LOG_PATH.fullmatch(path)) is not None:
+            return 200, self.read_log(log["run_id"], log["node_id"])
         if method == "GET" and path == f"{api}/experiments":
             names = self._names(query)
             ns = query.get("namespace", [""])[0]

@@ -5,6 +5,7 @@ Before: a broken reward plug-in failed with a bare "IndexError: list index out o
 nor the stage, was retried `pipeline.max_retries` times, its exception text (a token included) was stored verbatim,
 and the run id could be neither rerun nor resumed with the fix."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,169 @@ def test_a_swapped_component_that_crashes_twice_the_same_way_is_not_retried_agai
         assert decisions[1].action == ("failed" if second_blames_swap else "retry"), decisions[1]
         if second_blames_swap:
             assert "not retried: a retry from round 1 repeats this error" in decisions[1].reason
+
+
+SECRET = "sk-live-123456789abcdef"
+OWN_LINE = f"RuntimeError: acme-reward could not parse weights token={SECRET}"
+SHOWN = "RuntimeError: acme-reward could not parse weights token=***"
+POD_LOG = f"""I1206 02:24:10.123456      21 launcher_v2.go:151] executor input: {{...}}
+acme-reward: loading weights
+Traceback (most recent call last):
+  File "/app/reward.py", line 9, in <module>
+    raise RuntimeError("acme-reward could not parse weights token={SECRET}")
+{OWN_LINE}
+F1206 02:24:16.417000      21 main.go:130] failed to execute component: exit status 1
+time="2026-12-06T02:24:16.418Z" level=info msg="sub-process exited" argo=true error="<nil>"
+Error: exit status 1
+"""
+"""The end of a crashed team container's `main` log on KFP: its traceback, then the launcher's and Argo's lines."""
+
+
+def _acme_component(tmp_path: Path) -> Path:
+    """A team's reward component (a lightweight Python component kfp.local can run) that crashes quoting a token."""
+    from kfp import compiler, dsl
+    from kfp.dsl import Dataset, Input, Output
+
+    @dsl.component(base_image="python:3.11", install_kfp_package=False)
+    def acme_reward(rollouts: Input[Dataset], rewards: Output[Dataset]):
+        print("acme-reward: loading weights")
+        raise RuntimeError("acme-reward could not parse weights token=sk-live-123456789abcdef")
+
+    path = tmp_path / "acme.yaml"
+    compiler.Compiler().compile(acme_reward, str(path))
+    return path
+
+
+def _no_secret_under(root: Path) -> None:
+    """No record of the fine-tune (errors, segments, status) holds the token; the team's code quoting it may be in
+    the stored pipeline's objects, which are its own."""
+    leaks = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+def test_the_own_last_line_of_a_task_log_skips_the_machinery_and_is_redacted():
+    """The last line a team's code wrote: the exception after the last traceback (not KFP's launcher line, nor
+    Argo's "Error: exit status 1"); a program without a traceback: its last line. kfp.local's log gives the output
+    of the swapped task that failed, not of one that succeeded, nor of another task that failed."""
+    from dgrpo_pipelines.errors import own_last_error
+    from dgrpo_pipelines.local import failed_task_output
+
+    assert own_last_error(POD_LOG.splitlines()) == SHOWN
+    assert own_last_error(["I1206 02:24:10.1 1 x.go:1] start", "fatal: cannot open /models/acme: denied",
+                           "Error: exit status 3"]) == "fatal: cannot open /models/acme: denied"
+    assert own_last_error(["Error: exit status 1"]) == ""
+    cyan, red, reset = "\x1b[96m", "\x1b[91m", "\x1b[0m"
+    log = "\n".join([
+        f"02:24:08.937 - INFO - Executing task {cyan}'acme-reward'{reset}", "    all well",
+        f"02:24:09.000 - INFO - Task {cyan}'acme-reward'{reset} finished with status \x1b[92mSUCCESS{reset}",
+        f"02:24:16.314 - INFO - Executing task {cyan}'acme-reward'{reset}", "02:24:16.314 - INFO - Streamed logs:",
+        "    [KFP Executor 2026-12-06 02:24:16,397 INFO]: Looking for component `acme_reward`",
+        *(f"    {line}" for line in POD_LOG.splitlines()[1:6]), "    ",
+        f"02:24:16.416 - ERROR - Task {cyan}'acme-reward'{reset} finished with status {red}FAILURE{reset}",
+        f"02:24:17.000 - INFO - Executing task {cyan}'begin-round'{reset}", "    RoundOrderError: not the next round",
+        f"02:24:18.000 - ERROR - Task {cyan}'begin-round'{reset} finished with status {red}FAILURE{reset}"])
+    output = failed_task_output(log, {"acme-reward"})
+    assert "all well" not in "\n".join(output) and own_last_error(output) == SHOWN
+    assert failed_task_output(log, {"reward"}) == []
+
+
+@pytest.mark.e2e
+def test_a_crashing_swapped_container_s_own_last_line_is_shown_and_kept_redacted_on_kfp_local(tmp_path):
+    """Through kfp.local: the line the chain fails with names the swapped stage and its component, and ends with
+    the last line of the component's own error, its token redacted; `dgrpo status` shows it as the last error;
+    no record of the fine-tune holds the token."""
+    from dgrpo_pipelines.local import run_pipeline
+
+    component = _acme_component(tmp_path)
+    config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": str(component)},
+                                      "pipeline.max_retries": 0})
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(ChainFailed) as raised:
+        run_pipeline(StageContext(config, store, "ft"), str(store.root), tmp_path / "work", "kfp")
+    message = str(raised.value)
+    assert f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 1" in message
+    assert message.endswith(f"; the swapped reward component's own last error (task logs): {SHOWN}"), message
+    assert SECRET in (tmp_path / "work" / "kfp.log").read_text()  # where it came from
+    last = fine_tune.status(store, "ft")["last_error"]
+    assert (last["task"], last["segment"], last["round"]) == ("reward", 1, 0)
+    assert last["error"] == (f"SwappedStageError: stage reward of round 1: the swapped component (component "
+                             f"{component}, config field 'pipeline.stages.reward') failed: {SHOWN}")
+    _no_secret_under(tmp_path / "store" / "runs")
+
+
+def _crashed_on_kfp(kfp_api, tmp_path: Path, log: str | None):
+    """A cluster fine-tune whose first segment's swapped reward component crashed in its pod (the fake's run has
+    its Argo nodes), ended by its exit task; returns its store and KFP run id."""
+    from dgrpo_pipelines.remote import compiled
+
+    from dgrpo.runs.evaluations import write_event
+    from dgrpo.runs.records import Event
+    from dgrpo.runtime import kfp_rest
+
+    component = _acme_component(tmp_path)
+    config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": str(component)},
+                                      "pipeline.max_retries": 0})
+    store = LocalStore(tmp_path / "store")
+    spec, platform = compiled(config)
+    kfp = {"endpoint": kfp_api.url, "experiment_id": kfp_rest.KfpClient(kfp_api.url).experiment_id("dgrpo"),
+           "namespace": "", "pipeline_sha256": kfp_rest.put_pipeline(store, spec, platform).sha256}
+    record = fine_tune.start(store, config, "ft", mode="kfp", kfp=kfp)
+    run = kfp_rest.submit_next(store, record, 1, fine_tune.segment_parameters(store, record))
+    seg.open_segment(store, "ft", record.config_sha256, run)
+    write_event(store, "ft", Event(stage="rollout", round=0, metrics={}, outputs={}))
+    pod = kfp_api.fail_task(run, "acme-reward", log)
+    end = seg.finish_segment(store, "ft", record.config_sha256, run, kfp_api.final_status(run, "failed"))
+    assert end.error.startswith("the swapped reward stage (component ")
+    return store, run, pod
+
+
+def test_a_crashing_swapped_container_s_own_last_line_is_read_from_its_pod_log_on_kfp(kfp_api, tmp_path):
+    """On a cluster the watching client reads the failed task's pod log through the KFP API (the task detail of
+    the swapped component's Argo node names its executor's node), keeps its last own line redacted, once, and
+    adds it to what it shows; the run's other tasks and logs are not read."""
+    from dgrpo_pipelines.remote import team_error
+
+    from dgrpo.runtime import kfp_rest
+
+    store, run, pod = _crashed_on_kfp(kfp_api, tmp_path, POD_LOG)
+    client = kfp_rest.KfpClient(kfp_api.url)
+    clause = team_error(client, store, "ft")
+    assert clause == f"; the swapped reward component's own last error (the pod log of KFP run {run}): {SHOWN}"
+    log_requests = [p for m, p, _, _ in kfp_api.requests if "/log" in p]
+    assert log_requests == [f"/apis/v1alpha1/runs/{run}/nodes/{pod}/log"]
+    [kept] = [e for e in seg.errors(store, "ft") if e.task == "reward"]
+    assert kept.segment == 1 and kept.error.endswith(f"failed: {SHOWN}")
+    assert fine_tune.status(store, "ft")["last_error"]["error"] == kept.error
+    assert team_error(client, store, "ft") == clause  # asked again: kept, not read again
+    assert len([p for m, p, _, _ in kfp_api.requests if "/log" in p]) == 1
+    _no_secret_under(tmp_path / "store" / "runs")
+
+
+def test_dgrpo_status_with_the_kfp_host_shows_the_swapped_containers_own_line(kfp_api, tmp_path, capsys):
+    """`dgrpo status RUN --host URL` is where an operator sees it: the line read from the pod log, redacted."""
+    from dgrpo_pipelines.main import main
+
+    _crashed_on_kfp(kfp_api, tmp_path, POD_LOG)
+    main(["status", "ft", "--store", str(tmp_path / "store"), "--host", kfp_api.url])
+    shown = capsys.readouterr().out
+    assert "team:      the swapped reward component's own last error" in shown and SHOWN in shown
+    assert TOKEN not in shown
+    main(["status", "ft", "--store", str(tmp_path / "store"), "--json"])  # without --host: the kept record
+    assert SHOWN in json.loads(capsys.readouterr().out)["last_error"]["error"]
+
+
+def test_a_pod_log_that_cannot_be_read_is_said_in_one_clause(kfp_api, tmp_path):
+    """The pod and its archived log are gone: the server answers 200 with a JSON error (it writes the status first);
+    the client says so in one clause, records nothing and does not raise; so for a KFP API that refuses."""
+    from dgrpo_pipelines.remote import team_error
+
+    from dgrpo.runtime import kfp_rest
+
+    store, run, pod = _crashed_on_kfp(kfp_api, tmp_path, None)
+    clause = team_error(kfp_rest.KfpClient(kfp_api.url), store, "ft")
+    assert clause.startswith(f"; its own error could not be read from the pod log of KFP run {run} (KfpApiError: "
+                             f"Failed to read logs for run {run}: Failed to read logs from archive {pod}"), clause
+    assert not [e for e in seg.errors(store, "ft") if e.task == "reward"]
+    kfp_api.fail("GET", f"/apis/v2beta1/runs/{run}", 403)
+    refused = team_error(kfp_rest.KfpClient(kfp_api.url, attempts=1), store, "ft")
+    assert refused.startswith("; its own error could not be read") and "HTTP 403" in refused, refused
