@@ -10,7 +10,7 @@ from dgrpo import artifacts
 from dgrpo.contracts import ROLLOUTS, SCORES, ContractError
 from dgrpo.diversity import creativity_bonus
 from dgrpo.images import png_bytes
-from dgrpo.lineage import Provenance
+from dgrpo.runs.lineage import Provenance
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
@@ -99,7 +99,7 @@ def test_scores_contract_v2_is_strict(store):
     wrong = v1.append_column("embedding", pa.array([[1.0, 2.0]], pa.list_(pa.float64())))
     with pytest.raises(ContractError, match="embedding.*float"):
         artifacts.write_table(store, wrong, SCORES, prov)
-    assert SCORES.version == 4
+    assert SCORES.version == 5
 
 
 @pytest.mark.parametrize(("overrides", "field"), [

@@ -30,7 +30,8 @@ def test_the_bonus_hook_pays_with_the_rounds_beta():
     expected = score_group(quality, embeddings, cfg.cluster, 3)
     assert np.array_equal(plain.final_reward, expected["final_reward"])
     assert plain.kernel_width == float(expected["kernel_width"])
-    round_beta = Coefficients(beta=cfg.cluster.beta / 4, sa_lambda=1.0, diversity_target=0.5, metrics={})
+    round_beta = Coefficients(beta=cfg.cluster.beta / 4, sa_lambda=1.0, diversity_target=0.5,
+                              diversity_smoothed=0.5, metrics={})
     controlled = method.cluster_group(quality=quality, embeddings=embeddings, seed=3, coefficients=round_beta)
     by_hand = score_group(quality, embeddings, dataclasses.replace(cfg.cluster, beta=round_beta.beta), 3)
     assert np.array_equal(controlled.final_reward, by_hand["final_reward"])

@@ -12,8 +12,8 @@ from dgrpo import artifacts
 from dgrpo.config import ConfigError
 from dgrpo.contracts import SCORES
 from dgrpo.diversity import mean_pairwise_distance
-from dgrpo.lineage import Provenance
 from dgrpo.methods.diversity_target import adapt, measure_diversity
+from dgrpo.runs.lineage import Provenance
 from dgrpo.stages.cluster import run_cluster
 from dgrpo.stages.reward import run_reward
 from dgrpo.stages.rollout import run_rollout
@@ -90,18 +90,31 @@ def test_first_round_sets_the_target_from_the_base_models_diversity(rollout_roun
     measured = result.metrics["diversity_measured"]
     assert measured == pytest.approx(result.metrics["diversity_mean"])  # the stage's own in-group diversity
     assert s["diversity_target"] == pytest.approx([0.95 * measured] * 16)
-    grows = math.exp(2.0 * (0.05 / 0.95))  # the target is 0.95 d: e = (0.95 d - d) / (0.95 d) = -0.05 / 0.95
-    assert s["beta"] == pytest.approx([2.0 / grows] * 16) and s["sa_lambda"] == pytest.approx([1.0 / grows] * 16)
+    assert s["diversity_smoothed"] == pytest.approx([measured] * 16)
+    assert s["beta"] == [2.0] * 16 and s["sa_lambda"] == [1.0] * 16  # held during the base rounds
+
+
+def test_the_base_is_the_mean_of_the_base_rounds_and_the_coefficients_hold_meanwhile(rollout_round):
+    ctx, rollouts, rewards = rollout_round
+    measured = run_cluster(ctx, 0, rollouts, rewards).metrics["diversity_measured"]
+    second = run_cluster(ctx, 1, rollouts, rewards, optimizer_state=_state(
+        ctx, beta=3.0, sa_lambda=0.5, diversity_target=0.95 * 2 * measured, diversity_smoothed=2 * measured))
+    # round 1 of base_rounds 3: the base is the mean of round 0's 2d and this round's d; nothing adapts yet
+    assert second.metrics["diversity_target"] == pytest.approx(0.95 * 1.5 * measured)
+    assert second.metrics["diversity_smoothed"] == pytest.approx(0.7 * 2 * measured + 0.3 * measured)
+    assert (second.metrics["beta"], second.metrics["sa_lambda"]) == (3.0, 0.5)
 
 
 def test_the_controller_continues_from_the_state_the_round_trains_from(rollout_round):
     ctx, rollouts, rewards = rollout_round
-    measured = run_cluster(ctx, 1, rollouts, rewards).metrics["diversity_measured"]
-    below = run_cluster(ctx, 1, rollouts, rewards, optimizer_state=_state(
-        ctx, beta=3.0, sa_lambda=0.5, diversity_target=measured * 1.1))
-    above = run_cluster(ctx, 1, rollouts, rewards, optimizer_state=_state(
-        ctx, beta=3.0, sa_lambda=0.5, diversity_target=measured * 0.9))
-    assert below.metrics["beta"] > 3.0 and below.metrics["sa_lambda"] > 0.5
+    measured = run_cluster(ctx, 3, rollouts, rewards).metrics["diversity_measured"]
+    below = run_cluster(ctx, 3, rollouts, rewards, optimizer_state=_state(
+        ctx, beta=3.0, sa_lambda=0.5, diversity_target=measured * 1.1, diversity_smoothed=measured))
+    above = run_cluster(ctx, 3, rollouts, rewards, optimizer_state=_state(
+        ctx, beta=3.0, sa_lambda=0.5, diversity_target=measured * 0.9, diversity_smoothed=measured))
+    grows = math.exp(2.0 * 0.1 / 1.1)  # e = (1.1 d - d) / (1.1 d), gain 2
+    assert below.metrics["beta"] == pytest.approx(3.0 * grows) and below.metrics["sa_lambda"] == pytest.approx(
+        0.5 * grows)
     assert above.metrics["beta"] < 3.0 and above.metrics["sa_lambda"] < 0.5
     for result in (below, above):
         s = artifacts.read_table(ctx.store, result.outputs["scores"], SCORES).to_pydict()
@@ -113,15 +126,16 @@ def test_the_controller_continues_from_the_state_the_round_trains_from(rollout_r
 
 
 def _run_cfg(**overrides):
-    return small_config(**TARGET | {"train.structure_steps": "auto", "train.profile_groups": 2, "eval.every": 10,
-                                    "eval.num_steps": 2, "cluster.k": 2} | overrides)
+    target = {"diversity_target": TARGET["methods"]["diversity_target"] | {"base_rounds": 1}}
+    return small_config(**TARGET | {"methods": target, "train.structure_steps": "auto", "train.profile_groups": 2,
+                                    "eval.every": 10, "eval.num_steps": 2, "cluster.k": 2} | overrides)
 
 
 def test_a_fine_tune_holds_its_controller_state_across_rounds_and_a_resume(tmp_path):
     """Three rounds in one go against one round then a resume: the same beta and lambda each round, the same adapter;
     the update trains with the scores' lambda, carries the state in the optimizer state, and K comes from one
     recorded structure profile, named in the adapter's lineage."""
-    from dgrpo import lineage
+    from dgrpo.runs import lineage
     from dgrpo.runs.profiles import structure_profile_ref
     from dgrpo.runtime.engine import run_inprocess
     from dgrpo.runtime.report.summary import load_events
@@ -143,8 +157,10 @@ def test_a_fine_tune_holds_its_controller_state_across_rounds_and_a_resume(tmp_p
     targets = {m["diversity_target"] for m in clusters.values()}
     assert len(targets) == 1  # fixed in the first round: 0.95 of the base model's
     assert targets.pop() == pytest.approx(0.95 * clusters[0]["diversity_measured"])
-    for r in (1, 2):  # each round continues from the last: beta moved by the measured gap
-        gap = (clusters[r]["diversity_target"] - clusters[r]["diversity_measured"]) / clusters[r]["diversity_target"]
+    for r in (1, 2):  # each round continues from the last: beta moved by the smoothed gap
+        smoothed = 0.7 * clusters[r - 1]["diversity_smoothed"] + 0.3 * clusters[r]["diversity_measured"]
+        assert clusters[r]["diversity_smoothed"] == pytest.approx(smoothed, rel=1e-12)
+        gap = (clusters[r]["diversity_target"] - smoothed) / clusters[r]["diversity_target"]
         step = math.exp(2.0 * min(max(gap, -0.2), 0.2))
         assert clusters[r]["beta"] == pytest.approx(clusters[r - 1]["beta"] * step, rel=1e-12)
         assert updates[r]["sa_lambda"] == clusters[r]["sa_lambda"]
@@ -174,9 +190,10 @@ def test_the_update_trains_with_the_lambda_the_scores_record(rollout_round, monk
     ctx = StageContext(small_config(**TARGET, **{"train.inner_epochs": 2}), ctx.store, ctx.run_id)  # the first step
     adapters = []                                                 # leaves the base model, the second feels SA-Reg
     for sa_lambda in (0.5, 8.0):
-        scores = run_cluster(ctx, 1, rollouts, rewards, optimizer_state=_state(
-            ctx, beta=2.0, sa_lambda=sa_lambda / math.exp(0.4), diversity_target=10.0))  # far below: e = +0.2
-        result = train_round(ctx, UpdateInputs(1, [rollouts], scores.outputs["scores"]))
+        scores = run_cluster(ctx, 3, rollouts, rewards, optimizer_state=_state(  # past the base rounds
+            ctx, beta=2.0, sa_lambda=sa_lambda / math.exp(0.4), diversity_target=10.0,
+            diversity_smoothed=0.0))  # far below: e = +0.2
+        result = train_round(ctx, UpdateInputs(3, [rollouts], scores.outputs["scores"]))
         assert result.metrics["sa_lambda"] == pytest.approx(sa_lambda)
         adapters.append(result.outputs["adapter"].sha256)
     assert adapters[0] != adapters[1]

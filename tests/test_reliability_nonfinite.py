@@ -17,7 +17,8 @@ from support import small_config
 from dgrpo import artifacts, contracts
 from dgrpo.config import ConfigError
 from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES, ContractError
-from dgrpo.lineage import Provenance
+from dgrpo.methods.base import COEFFICIENT_COLUMNS
+from dgrpo.runs.lineage import Provenance
 from dgrpo.runtime.engine import ChainFailed, run_inprocess
 from dgrpo.stages.shared.context import StageContext
 from dgrpo.stages.update import run_update, train
@@ -67,7 +68,7 @@ def test_non_finite_values_inside_lists_and_maps_are_refused():
                        "embedding": pa.array([[1.0, 0.0], [0.0, float("inf")]], pa.list_(pa.float32())),
                        "kept": pa.nulls(2, pa.bool_()), "shaping": pa.nulls(2, pa.float64()),
                        "novelty": pa.nulls(2, pa.float64()), "kl_gate": pa.nulls(2, pa.bool_()),
-                       **{name: pa.nulls(2, pa.float64()) for name in ("beta", "sa_lambda", "diversity_target")}})
+                       **{name: pa.nulls(2, pa.float64()) for name in COEFFICIENT_COLUMNS}})
     with pytest.raises(ContractError, match=r"column 'embedding' holds 0 NaN and 1 infinite .*sample_id 'b'"):
         contracts.validate(scores, SCORES, "scores")
     contracts.validate(scores.set_column(7, "embedding", pa.array([[1.0, 0.0], None], pa.list_(pa.float32()))),

@@ -91,7 +91,7 @@ REWARDS = Contract("rewards", 1, _schema(
     ("components", pa.map_(pa.string(), pa.float64()), False, "named parts of the reward, for audit"),
 ), "Per-image quality reward.")
 
-SCORES = Contract("scores", 4, _schema(
+SCORES = Contract("scores", 5, _schema(
     *_SAMPLE_KEYS,
     ("quality", pa.float64(), False, "the quality reward Q"),
     ("bonus", pa.float64(), False, "the creativity bonus beta x E' (after normalisation and gate); 0 in pass-through"),
@@ -111,9 +111,11 @@ SCORES = Contract("scores", 4, _schema(
     ("sa_lambda", pa.float64(), True,
      "the round's SA-Reg weight set by a diversity controller, used by the update; null: train.sa_lambda"),
     ("diversity_target", pa.float64(), True, "the rollout diversity the controller aims at; null without one"),
+    ("diversity_smoothed", pa.float64(), True,
+     "the controller's smoothed rollout diversity (what it compared with the target); null without one"),
 ), "Final per-image rewards after the cluster stage, with what produced them (v2: embedding; v3: kept, shaping, "
-   "novelty, kl_gate; v4: beta, sa_lambda, diversity_target).", also_reads=(3,),
-   added={4: ("beta", "sa_lambda", "diversity_target")})
+   "novelty, kl_gate; v4: beta, sa_lambda, diversity_target; v5: diversity_smoothed).", also_reads=(3, 4),
+   added={4: ("beta", "sa_lambda", "diversity_target"), 5: ("diversity_smoothed",)})
 
 UPDATE_METRICS = Contract("update_metrics", 3, _schema(
     ("round", pa.int32(), False, "training round"),

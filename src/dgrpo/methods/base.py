@@ -57,12 +57,19 @@ class PolicyStep:
 class Coefficients:
     """A round's regulariser strengths set by a controller in the cluster stage (`Method.round_coefficients`):
     DiverseGRPO's bonus weight, SA-Reg's lambda for the round's update, the diversity they aim at, and the
-    controller's metrics. The scores table records the first three."""
+    controller's metrics. The scores table records all but the metrics (`COEFFICIENT_COLUMNS`): they are the
+    controller's state, which the update carries to the next round."""
 
     beta: float
     sa_lambda: float
     diversity_target: float
+    diversity_smoothed: float
+    """The smoothed rollout diversity the controller acted on."""
     metrics: dict[str, float]
+
+
+COEFFICIENT_COLUMNS = ("beta", "sa_lambda", "diversity_target", "diversity_smoothed")
+"""Scores columns a diversity controller sets for the round, one value each (`Coefficients`)."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ class Method:
 
     def carry(self, *, coefficients: dict[str, float]) -> dict[str, torch.Tensor]:
         """Tensors the update stores in the optimizer-state artifact for the next round (`previous()` above);
-        `coefficients`: the round's recorded beta, sa_lambda and diversity_target (empty when none was set)."""
+        `coefficients`: the round's recorded `COEFFICIENT_COLUMNS` (empty when none was set)."""
         return {}
 
     def update_metrics(self, *, ratio_by_step: dict[int, dict[str, float]]) -> dict[str, float]:

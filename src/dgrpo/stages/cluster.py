@@ -24,7 +24,7 @@ from dgrpo.contracts import REWARDS, ROLLOUTS, SCORES
 from dgrpo.diversity import mean_pairwise_distance
 from dgrpo.embedders import load_embedder
 from dgrpo.images import png_decode
-from dgrpo.methods.base import Coefficients, Method, first, methods_of
+from dgrpo.methods.base import COEFFICIENT_COLUMNS, Coefficients, Method, first, methods_of
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
@@ -163,7 +163,7 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
            else pa.nulls(n, SCORES.schema.field(name).type) for name in ("kept", "shaping", "novelty", "kl_gate")},
         **{name: pa.nulls(n, pa.float64()) if coefficients is None
            else pa.array(np.full(n, getattr(coefficients, name)), pa.float64())
-           for name in ("beta", "sa_lambda", "diversity_target")},
+           for name in COEFFICIENT_COLUMNS},
     }, schema=SCORES.schema)
     prov = ctx.provenance("cluster", round_index, named_inputs("rollouts", rollouts) | named_inputs("rewards", rewards),
                           seeds={"seed": cfg.seed, "stream": int(Stream.CLUSTER)} if clustered else {})

@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from dgrpo.config import RunConfig
-from dgrpo.methods.base import Method, RoundSignals
+from dgrpo.methods.base import COEFFICIENT_COLUMNS, Method, RoundSignals
 from dgrpo.models import FlowPolicy
 
 OPTIONAL_COLUMNS = ("kept", "novelty", "kl_gate")
@@ -52,15 +52,11 @@ def read_signals(methods: list[Method], sample_ids: list[str], groups: list[str]
         novelty=cols["novelty"], kl_gate=cols["kl_gate"])
 
 
-COEFFICIENTS = ("beta", "sa_lambda", "diversity_target")
-"""Scores columns a diversity controller sets for the round (`dgrpo.methods.base.Coefficients`)."""
-
-
 def recorded_coefficients(scored: pa.Table, source: str) -> dict[str, float]:
     """The round's controller coefficients from the scores table, {} where none was set; they are one value per
     round, so a column that varies or is only partly set is an error naming it."""
     out = {}
-    for name in COEFFICIENTS:
+    for name in COEFFICIENT_COLUMNS:
         values = scored.column(name).unique().to_pylist()
         if values == [None]:
             continue
