@@ -1,14 +1,16 @@
 """Methods as plug-ins (dgrpo.methods.base): GRPO-Guard against an independent implementation of upstream's
 formula, its preset and metrics, a team's method registered by path, and the `methods` section's config rules."""
 
+import dataclasses
 import math
 from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
 import torch
 from support import small_config
 
-from dgrpo.config import ConfigError, load_config
+from dgrpo.config import ConfigError, RunConfig, load_config
 from dgrpo.config.methods import BUILTIN_OPTIONS, BUILTINS
 from dgrpo.methods.base import PolicyStep, methods_of
 from dgrpo.methods.grpo_guard import GRPOGuard
@@ -110,3 +112,33 @@ def test_the_methods_section_names_its_errors_and_keeps_old_hashes():
         small_config(methods={"guard": None})
     plain = small_config()
     assert "methods" not in plain.to_dict() and "methods" not in plain.recipe_dict()
+
+
+def test_a_builtin_methods_section_is_its_modules_options_dataclass_loaded_and_checked_by_field():
+    """drift, progrpo and gardo are typed by the method modules' Options (the config imports no method): the loader
+    builds them, an unknown or out-of-range field is an error naming it, and every numeric field has its Range."""
+    from dgrpo.config.fields import SectionOf, numeric_fields_without_range
+    from dgrpo.methods.drift import DriftOptions
+    from dgrpo.methods.gardo import GardoOptions
+    from dgrpo.methods.progrpo import ProGRPOOptions
+
+    cfg = small_config(**{"drift.outlier_filter": True, "progrpo.filter_keep": 4})
+    assert (type(cfg.drift), type(cfg.progrpo), type(cfg.gardo)) == (DriftOptions, ProGRPOOptions, GardoOptions)
+    assert cfg.drift.outlier_filter and cfg.progrpo.filter_keep == 4
+    with pytest.raises(ConfigError, match="'drift.bogus': unknown field"):
+        small_config(**{"drift.bogus": 1})
+    with pytest.raises(ConfigError, match="'gardo.reset_every': must be > 0"):
+        small_config(**{"gardo.reset_every": 0})
+    with pytest.raises(ConfigError, match="'progrpo.mode': must be one of"):
+        small_config(**{"progrpo.mode": "sometimes"})
+    assert numeric_fields_without_range(RunConfig) == []
+
+    @dataclasses.dataclass
+    class Loose:  # a section's numeric field without a Range is found through the section's marker
+        weight: float = 1.0
+
+    @dataclasses.dataclass
+    class WithSection:
+        loose: Annotated[Any, SectionOf(lambda: Loose)] = dataclasses.field(default_factory=Loose)
+
+    assert numeric_fields_without_range(WithSection) == ["loose.weight"]

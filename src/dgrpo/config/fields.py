@@ -25,7 +25,7 @@ def check(condition: bool, path: str, message: str) -> None:
 @dataclass(frozen=True)
 class SectionOf:
     """Annotation of a section whose dataclass is looked up on first use (`resolve()`): a built-in method's options
-    live in the method's module (`dgrpo.config.methods.builtin_section`), which the config layer must not import."""
+    live in the method's module (`dgrpo.config.methods.builtin_options`), which the config layer must not import."""
 
     resolve: typing.Callable[[], type]
 

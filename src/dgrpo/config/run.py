@@ -163,4 +163,3 @@ def _diff(a: Any, b: Any, path: str) -> list[str]:
 def _without_execution(section: Any) -> dict[str, Any]:
     return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
             for f in dataclasses.fields(section) if not f.metadata.get("execution")}
-
