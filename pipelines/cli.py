@@ -202,12 +202,13 @@ def status(run_id: Annotated[str, typer.Argument(help="The fine-tune (run id).")
     client = _client(host, namespace, token) if host else None
 
     def read() -> dict:
+        team = ""
         if client is not None:  # before the status: the line it reads is kept as the run's last error
             from dgrpo_pipelines.remote import team_error
 
-            team = team_error(client, st, run_id)
+            team = team_error(client, st, run_id).removeprefix("; ")
         value = fine_tune_status(st, run_id)
-        return value | {"team_error": team.removeprefix("; ")} if client is not None and team else value
+        return value | {"team_error": team} if team else value
 
     def show(value: dict) -> None:
         if as_json:

@@ -31,7 +31,8 @@ from dgrpo.store import redact
 
 _TASK_LOGS = re.compile(r"\(task logs: (?P<path>[^)]+)\)")
 _LAST_ERROR = re.compile(r"^(?:[\w.]+\.)?(?P<error>\w*(?:Error|Exception|Exit)\b.*)$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""Terminal colour codes, which kfp.local writes into its task logs."""
 _NOT_OWN = re.compile(r'^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ |time=".*\bargo=true|Error: exit status \d+$'
                       r'|\[KFP Executor )')
 """Lines of a task's log that are not its code's own: KFP's launcher (glog), Argo's emissary (its log line and
@@ -85,7 +86,7 @@ def own_last_error(lines: Iterable[str], limit: int = 300) -> str:
     It is the last exception line after the last Python traceback (a message spanning lines, or an exception note,
     ends after it), else the last line the code wrote (a shell's or a compiled program's stderr). Lines of the
     machinery around it (`_NOT_OWN`) are skipped: their "exit status 1" says nothing a person can act on."""
-    own = [s for line in lines if (s := _ANSI.sub("", line).strip()) and not _NOT_OWN.match(s)]
+    own = [s for line in lines if (s := ANSI.sub("", line).strip()) and not _NOT_OWN.match(s)]
     if _TRACEBACK in own:
         after = own[len(own) - own[::-1].index(_TRACEBACK):]
         own = [s for s in after if _LAST_ERROR.match(s)] or after or own

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from dgrpo_pipelines.errors import own_last_error
+from dgrpo_pipelines.errors import ANSI, own_last_error
 from dgrpo_pipelines.progress import pipeline_order
 from dgrpo_pipelines.swaps import failed_swap, own_error_clause, record_own_error, swapped_task_names
 from dgrpo_pipelines.training import build_pipeline
@@ -37,7 +37,6 @@ from dgrpo.stages.shared.context import StageContext
 from dgrpo.store import ArtifactStore, open_store
 
 ENGINES = ("kfp", "inprocess")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '(?P<task>[^']+)'$")
 _FAILED = re.compile(r"Task '(?P<task>[^']+)' finished with status FAILURE$")
 
@@ -164,7 +163,7 @@ def failed_task_output(log: str, names: set[str]) -> list[str]:
     """The output of the first task named in `names` that failed in kfp.local's log `log`: the lines between its
     "Executing task" and its "finished with status FAILURE" (kfp/local/task_dispatcher.py writes both)."""
     started: dict[str, int] = {}
-    lines = _ANSI.sub("", log).splitlines()
+    lines = ANSI.sub("", log).splitlines()
     for i, line in enumerate(lines):
         if (begun := _STARTED.search(line)) is not None:
             started[begun["task"]] = i

@@ -170,13 +170,17 @@ def test_a_crashing_swapped_component_is_named_with_where_its_error_is(tmp_path)
     from dgrpo.runs.records import Event
 
     component = str(Path(__file__).parents[1] / "examples" / "custom_reward" / "component.yaml")
-    config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": component}})
-    for stage_events, blamed in (((), False), (("rollout",), True)):
-        store = LocalStore(tmp_path / f"store-{len(stage_events)}")
+    cases = [(shards, stage_events, blamed) for shards in (1, 2) for stage_events, blamed in (((), False),
+                                                                                              (("rollout",), True))]
+    for shards, stage_events, blamed in cases:  # a sharded stage's event names its shard only with several
+        config = tiny_config(rounds=1, **{"pipeline.stages.reward": {"component": component},
+                                          "pipeline.shards": shards})
+        store = LocalStore(tmp_path / f"store-{shards}-{len(stage_events)}")
         record = fine_tune.start(store, config, "ft")
         state, _ = seg.open_segment(store, "ft", record.config_sha256, "k")
         for stage in stage_events:
-            write_event(store, "ft", Event(stage=stage, round=0, metrics={}, outputs={}, shard=0))
+            write_event(store, "ft", Event(stage=stage, round=0, metrics={}, outputs={},
+                                           shard=0 if shards > 1 else None))
         end = seg.finish_segment(store, "ft", record.config_sha256, "k", "FAILED")
         named = f"the swapped reward stage (component {component}, pipeline.stages.reward) failed in round 1"
         assert (named in end.error) is blamed, end.error
@@ -201,9 +205,9 @@ def test_a_swapped_component_that_crashes_twice_the_same_way_is_not_retried_agai
         for attempt in range(2):
             seg.open_segment(store, "ft", record.config_sha256, f"k{attempt}")
             if attempt == 0 or second_blames_swap:  # the rollout wrote its event: the swapped reward stopped it
-                write_event(store, "ft", Event(stage="rollout", round=0, metrics={}, outputs={}, shard=0))
+                write_event(store, "ft", Event(stage="rollout", round=0, metrics={}, outputs={}))
             else:
-                store.delete(event_key("ft", 0, "rollout", 0))
+                store.delete(event_key("ft", 0, "rollout"))
             decisions.append(seg.finish_segment(store, "ft", record.config_sha256, f"k{attempt}", "FAILED").decision)
         assert decisions[0].action == "retry"
         assert decisions[1].action == ("failed" if second_blames_swap else "retry"), decisions[1]

@@ -179,8 +179,7 @@ def potential_shaping(potential: np.ndarray, rewards: np.ndarray, weight: float,
 @dataclass
 class DriftOptions:
     """DRIFT's three options, the config's top-level `drift` section (docs/algorithms.md, "DRIFT"); each is off by
-    default. The paper publishes no code: every
-    default below is this project's choice."""
+    default. The paper publishes no code: every default below is this project's choice."""
 
     outlier_filter: bool = False
     """Sampling: drop each group's reward outliers (|robust z of the quality reward| > outlier_threshold around the
@@ -232,7 +231,6 @@ class Drift(Method):
               "keeps the reward-concentrated middle, Pro-GRPO the high-variance extremes); turn one of them off")
         check(d.shaping_weight == 0 or cfg.cluster.embedder is not None, "cluster.embedder",
               "must name an embedder: drift.shaping_weight uses the distances between a group's embeddings")
-
 
     def prompt_noise(self, *, sigmas: torch.Tensor, round_index: int, prompt_index: int, n: int
                      ) -> "PromptNoise | None":

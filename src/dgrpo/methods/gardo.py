@@ -161,7 +161,6 @@ class Gardo(Method):
         check(not g.reference_reset or t.regularizer != "none", "gardo.reference_reset",
               "resets the regulariser's reference, but train.regularizer is 'none'")
 
-
     def group_columns(self, *, quality: np.ndarray, final: np.ndarray, embeddings: np.ndarray | None,
                       keep: np.ndarray) -> dict[str, np.ndarray]:
         return {"novelty": novelty(embeddings)} if self.cfg.gardo.novelty_advantage else {}

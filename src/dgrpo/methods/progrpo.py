@@ -103,7 +103,6 @@ class ProGRPO(Method):
                   f"must decrease from progrpo.expand_group_size ({p.expand_group_size}) and end at "
                   f"sampling.group_size ({s.group_size}), got {sizes}")
 
-
     def rollout_reward(self) -> bool:
         return self.cfg.progrpo.mode == "expand_prune"
 

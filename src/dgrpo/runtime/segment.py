@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dgrpo.config import ConfigError, RunConfig
 from dgrpo.contracts import ContractError
-from dgrpo.contracts.stages import ROUND_STAGES
+from dgrpo.contracts.stages import ROUND_STAGES, stage_spec
 from dgrpo.registry import RegistryError, last_line, plugin_of
 from dgrpo.runs.commits import has_commits, trained_state
 from dgrpo.runs.evaluations import has_evaluation, has_event
@@ -389,11 +389,12 @@ def swapped_stage_failure(store: ArtifactStore, run_id: str, config: RunConfig, 
     """`error` with the team component that stopped round `round_index` named, when that is what happened: the
     round's first stage without its event is a swapped one. A team's container records nothing in the store; its
     own error is in its task's log, which the exit task cannot read, so the message says where to look (the
-    client that watches the run copies its last line: `dgrpo_pipelines.swaps`). A stage's event names no shard
-    when the run has one shard (`pipeline.shards` 1), shard 0 when it has several: either counts."""
+    client that watches the run copies its last line: `dgrpo_pipelines.swaps`). A sharded stage's events name their
+    shard only when the run has several (`pipeline.shards` > 1), as the stages write them."""
     swaps = config.pipeline.swaps()
     for stage in ROUND_STAGES:
-        if any(has_event(store, run_id, round_index, stage, shard) for shard in (None, 0)):
+        shard = 0 if stage_spec(stage).sharded and config.pipeline.shards > 1 else None
+        if has_event(store, run_id, round_index, stage, shard):
             continue
         custom = swaps.get(stage)
         if custom is None:
