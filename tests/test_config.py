@@ -310,6 +310,7 @@ _HEX64 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     ({"kubernetes.defaults.env": {"NOTIFY": "xoxb-1234567890-abcdefghijk"}}, r"a Slack token"),
     ({"kubernetes.defaults.env": {"AWS_X": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"}}, r"a high-entropy token"),
     ({"name": "run-Zq3xT9vLp2WmR7nK4sYb8cJd"}, r"'name': looks like a high-entropy token"),
+    ({"model.pretrained": "s3://weights/Zq3xT9vLp2WmR7nK4sYb8cJd/sd35"}, r"'model.pretrained': looks like a high-"),
 ])
 def test_secrets_are_found_by_value_and_by_name_anywhere(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -328,7 +329,9 @@ def test_digests_revisions_and_model_names_are_not_taken_for_secrets():
         "kubernetes.defaults.env": {"HF_HUB_REVISION": _HEX64, "MODEL_URL": "https://hub.example:443/m@main",
                                     "TOKENIZERS_PARALLELISM": "false",
                                     "RUN_UUID": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
-                                    "CHECKPOINT": "/data/Models/SD35/checkpoint1200/unet"}})
+                                    "CHECKPOINT": "/data/Models/SD35/checkpoint1200/unet",
+                                    # a temporary directory's random name inside a path (mktemp -d) is a name
+                                    "WORK": "/tmp/tmp.EHkRC5EcwJ/main/examples/custom_reward/component.yaml"}})
     assert cfg.pipeline.stages["reward"].image.endswith(_HEX64)
 
 

@@ -42,6 +42,8 @@ _KEY_WORDS = {"KEY", "KEYS", "PWD", "PASS", "AUTH"}
 """A name ending in one of these (WANDB_KEY, OPENAI_KEY, MYSQL_PWD) holds a secret when its value looks like one; a
 column or dictionary key (`prompt_key: caption`) does not."""
 _TOKEN_RUN = re.compile(r"[A-Za-z0-9+/=]{20,}")
+_PATH = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|/|~|\.{1,2}/)")
+"""A path or URI: its '/' separates names rather than joining the characters of one base64 token."""
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _SECRET_PAIRS = {("ACCESS", "KEY"), ("API", "KEY"), ("PRIVATE", "KEY"), ("SECRET", "KEY"), ("AUTH", "KEY")}
 _LOCATION_WORDS = {"FILE", "PATH", "DIR", "NAME", "ARN"}
@@ -99,7 +101,8 @@ def secret_value(text: str) -> str | None:
     for what, pattern in _SECRET_VALUES:
         if pattern.search(text):
             return what
-    if any(_high_entropy(run) for run in _TOKEN_RUN.findall(text)):
+    pieces = text.split("/") if _PATH.match(text) else [text]  # mktemp's tmp.EHkRC5EcwJ is a name, not a key
+    if any(_high_entropy(run) for piece in pieces for run in _TOKEN_RUN.findall(piece)):
         return "a high-entropy token (an access key or API token)"
     return None
 
