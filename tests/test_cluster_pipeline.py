@@ -209,7 +209,7 @@ def test_contract_check_validates_any_parquet_file(tmp_path):
         assert out.exit_code == 0, out.output
         assert "valid rewards v1 table (3 rows)" in out.output
     out = CliRunner().invoke(app, ["contract", "check", "rollout", str(good)])
-    assert out.exit_code == 1 and "declares contract rewards v1, expected rollouts v4" in out.output
+    assert out.exit_code == 1 and "declares contract rewards v1, expected rollouts v5" in out.output
 
     no_meta = tmp_path / "plain.parquet"
     pq.write_table(_rewards(metadata=False), no_meta)

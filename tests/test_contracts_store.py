@@ -64,7 +64,8 @@ def test_wrong_schema_version_rejected_on_read(store):
 
 def test_an_earlier_version_with_the_same_columns_still_reads(store):
     """An earlier version whose columns the new one still has stays readable (eval_samples v1: only how the noise
-    seeds derive changed); rollouts v4 added columns, so v2 and v3 are no longer read."""
+    seeds derive changed), and one whose columns it lacks but the new one adds as nullable (rollouts v4: no diversity
+    probe); rollouts v4 added other columns, so v2 and v3 are no longer read."""
     import dataclasses
     import io
 
@@ -77,7 +78,7 @@ def test_an_earlier_version_with_the_same_columns_still_reads(store):
     assert contracts.from_parquet_bytes(buf.getvalue(), newer, "t").num_rows == 3
     with pytest.raises(ContractError, match="declares contract rewards v1, expected rewards v2"):
         contracts.from_parquet_bytes(buf.getvalue(), dataclasses.replace(REWARDS, version=2), "t")
-    assert contracts.ROLLOUTS.also_reads == () and contracts.EVAL_SAMPLES.also_reads == (1,)
+    assert contracts.ROLLOUTS.also_reads == (4,) and contracts.EVAL_SAMPLES.also_reads == (1,)
 
 
 def test_scores_v3_reads_with_the_controller_columns_null():

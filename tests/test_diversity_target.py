@@ -126,7 +126,8 @@ def test_the_controller_continues_from_the_state_the_round_trains_from(rollout_r
 
 
 def _run_cfg(**overrides):
-    target = {"diversity_target": TARGET["methods"]["diversity_target"] | {"base_rounds": 1}}
+    target = {"diversity_target": TARGET["methods"]["diversity_target"] | {"base_rounds": 1, "probe_prompts": 2,
+                                                                           "probe_images": 4}}
     return small_config(**TARGET | {"methods": target, "train.structure_steps": "auto", "train.profile_groups": 2,
                                     "eval.every": 10, "eval.num_steps": 2, "cluster.k": 2} | overrides)
 
@@ -134,7 +135,8 @@ def _run_cfg(**overrides):
 def test_a_fine_tune_holds_its_controller_state_across_rounds_and_a_resume(tmp_path):
     """Three rounds in one go against one round then a resume: the same beta and lambda each round, the same adapter;
     the update trains with the scores' lambda, carries the state in the optimizer state, and K comes from one
-    recorded structure profile, named in the adapter's lineage."""
+    recorded structure profile, named in the adapter's lineage. The controller measures a probe, each round its own
+    in the lineage."""
     from dgrpo.runs import lineage
     from dgrpo.runs.profiles import structure_profile_ref
     from dgrpo.runtime.engine import run_inprocess
@@ -156,7 +158,11 @@ def test_a_fine_tune_holds_its_controller_state_across_rounds_and_a_resume(tmp_p
     assert by_round("ft", "cluster") == clusters
     targets = {m["diversity_target"] for m in clusters.values()}
     assert len(targets) == 1  # fixed in the first round: 0.95 of the base model's
-    assert targets.pop() == pytest.approx(0.95 * clusters[0]["diversity_measured"])
+    assert targets.pop() == pytest.approx(0.95 * clusters[0]["diversity_probe"])
+    assert all(m["diversity_measured"] == m["diversity_probe"] != m["diversity_mean"] for m in clusters.values())
+    from dgrpo.runtime.verify import verify_run
+
+    assert verify_run(store, "whole").problems == [] and verify_run(store, "ft").problems == []
     for r in (1, 2):  # each round continues from the last: beta moved by the smoothed gap
         smoothed = 0.7 * clusters[r - 1]["diversity_smoothed"] + 0.3 * clusters[r]["diversity_measured"]
         assert clusters[r]["diversity_smoothed"] == pytest.approx(smoothed, rel=1e-12)
@@ -257,3 +263,73 @@ def test_the_profile_takes_the_same_groups_however_many_processes_hold_them():
         profile_conditions(second, groups, 6, capture)
     together = profile_conditions(first, groups, 6, lambda parts: parts + theirs)
     assert [(p, c["emb"].tolist()) for p, c in together] == [(p, c["emb"].tolist()) for p, c in alone]
+
+
+PROBE = {"diversity_target": TARGET["methods"]["diversity_target"] | {"probe_prompts": 2, "probe_images": 4}}
+
+
+def test_the_probe_draws_the_same_noise_every_round_and_the_controller_measures_it(tmp_path):
+    """Common random numbers: with the policy unchanged, rounds 1 and 2 sample different rollouts but the same probe,
+    over the shards however many there are; the controller measures the probe, the stage still logs the rollouts'."""
+    from dgrpo.contracts import ROLLOUTS
+    from dgrpo.stages.shared.probe import read_probe
+    from dgrpo.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    ctx = StageContext(small_config(**TARGET | {"methods": PROBE}), store, "probe")
+
+    def probe_of(*refs) -> dict:
+        return {j: e for ref in refs for j, e in read_probe(artifacts.read_table(store, ref, ROLLOUTS)).items()}
+
+    rounds = [run_rollout(ctx, r) for r in (0, 1)]
+    probes = [probe_of(r.outputs["rollouts"]) for r in rounds]
+    assert rounds[0].outputs["rollouts"].sha256 != rounds[1].outputs["rollouts"].sha256
+    assert sorted(probes[0]) == [0, 1] and probes[0][0].shape == (4, probes[0][0].shape[1])
+    for j in (0, 1):
+        np.testing.assert_array_equal(probes[0][j], probes[1][j])
+    assert rounds[0].metrics["probe_samples"] == 8.0
+
+    shards = [run_rollout(ctx, 1, shard=i, shards=2).outputs["rollouts"] for i in (0, 1)]
+    assert [sorted(probe_of(s)) for s in shards] == [[0], [1]]
+    for j, e in probe_of(*shards).items():
+        np.testing.assert_array_equal(e, probes[1][j])
+
+    rollouts = rounds[0].outputs["rollouts"]
+    result = run_cluster(ctx, 0, rollouts, run_reward(ctx, 0, rollouts).outputs["rewards"])
+    assert result.metrics["diversity_probe"] == result.metrics["diversity_measured"] == pytest.approx(
+        measure_diversity([probes[0][0], probes[0][1]], "mean_distance"))
+    assert result.metrics["diversity_probe"] != result.metrics["diversity_mean"]
+
+
+def test_a_probe_the_rollouts_lack_is_named(rollout_round):
+    """Rollouts written without a probe (a swapped rollout stage, or a config changed mid-run) under a config that
+    measures one: the error names the option and the column, never a silent fall back to the rollouts."""
+    ctx, rollouts, rewards = rollout_round
+    ctx = StageContext(small_config(**TARGET | {"methods": PROBE}), ctx.store, ctx.run_id)
+    with pytest.raises(ValueError, match=r"probe_prompts is 2, but the rollouts of round 1 carry 0 probe prompts"):
+        run_cluster(ctx, 0, rollouts, rewards)
+
+
+def test_the_probe_takes_at_most_the_training_prompts():
+    with pytest.raises(ConfigError, match=r"methods.diversity_target.probe_prompts.*at most the number of training"):
+        small_config(**TARGET | {"methods": {"diversity_target": PROBE["diversity_target"] | {"probe_prompts": 7}}})
+
+
+def test_rollouts_of_contract_v4_still_read_without_a_probe(rollout_round):
+    """A team's rollout stage still writing rollouts v4 (before the probe column) is read, its probe null."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from dgrpo import contracts
+    from dgrpo.contracts import ROLLOUTS
+    from dgrpo.contracts.tables import VERSION_KEY
+    from dgrpo.stages.shared.probe import COLUMN, read_probe
+
+    ctx, rollouts, _ = rollout_round
+    table = artifacts.read_table(ctx.store, rollouts, ROLLOUTS).drop_columns([COLUMN])
+    v4 = table.replace_schema_metadata(ROLLOUTS.metadata() | {VERSION_KEY: b"4"})
+    buf = io.BytesIO()
+    pq.write_table(v4, buf)
+    read = contracts.from_parquet_bytes(buf.getvalue(), ROLLOUTS, "v4 rollouts")
+    assert read.column(COLUMN).null_count == read.num_rows and read_probe(read) == {}

@@ -360,6 +360,32 @@ def test_target_comparison_end_to_end(tmp_path):
     section = text[text.index("## Diversity target"):]
     rows = [line for line in section.splitlines() if line.startswith("| target-kauto |")]
     assert len(rows) == 1 and rows[0].split("|")[-2].strip().isdigit()  # the K auto chose
+    assert rows[0].split("|")[3].strip() == "probe"  # the band is judged on what the controller measures
+    assert [line.split("|")[3].strip() for line in section.splitlines() if line.startswith("| flowgrpo |")] == [
+        "rollouts"]
     arm = build_arms(CONFIGS, overrides=overrides, presets=presets)[2]
     measured = tracking(LocalStore(tmp_path / "store"), run_id_of("target-kauto", with_seed(arm.config, 3)), 0.95)
     assert measured["final_share"] > 0 and 0 <= measured["in_band"] <= 1 and measured["k"] >= 1
+
+
+def test_tracking_judges_the_band_on_the_probe_where_a_run_has_one(monkeypatch):
+    """The band from round 5 on the probe when every round has one (else on the rollouts), beside the rollouts' own
+    deviation and the shortfall below the target alone; shares of the first 3 rounds' mean (1.0 here)."""
+    from types import SimpleNamespace
+
+    import dgrpo_lab.target as target
+
+    probe = [1.0, 1.0, 1.0, 0.97, 0.96, 0.93, 0.96, 1.02]
+    rollouts = [1.0, 1.0, 1.0, 0.80, 1.10, 0.95, 0.95, 0.95]  # round 4's 0.80 is before round 5
+    events = [SimpleNamespace(stage="cluster", round=r, metrics={"diversity_probe": p, "diversity_mean": d})
+              for r, (p, d) in enumerate(zip(probe, rollouts, strict=True))]
+    monkeypatch.setattr(target, "load_events", lambda store, run_id: events)
+    measured = target.tracking(None, "run", 0.95)
+    assert measured["probed"] == 1.0
+    assert measured["max_deviation"] == pytest.approx(0.07) and measured["max_shortfall"] == pytest.approx(0.02)
+    assert measured["max_deviation_rollouts"] == pytest.approx(0.15) and measured["in_band"] == pytest.approx(0.75)
+    for e in events:
+        del e.metrics["diversity_probe"]
+    unprobed = target.tracking(None, "run", 0.95)
+    assert unprobed["probed"] == 0.0 and unprobed["max_deviation"] == pytest.approx(0.15)
+    assert unprobed["max_shortfall"] == 0.0

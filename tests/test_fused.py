@@ -104,12 +104,15 @@ def _segment_in_processes(store: LocalStore, run_id: str, config_sha256: str) ->
 @pytest.mark.e2e
 def test_two_fused_processes_write_what_the_staged_stages_write(tmp_path):
     """2 processes (gloo) split the rollout and reward shards and embed their own images, the first clusters from
-    the gathered embeddings, both train data-parallel on their own shards: the same objects, bit for bit, as the
-    in-process engine whose update runs the same 2 data-parallel processes."""
+    the gathered embeddings (and the diversity probe each shard carries), both train data-parallel on their own
+    shards: the same objects, bit for bit, as the in-process engine whose update runs the same 2 data-parallel
+    processes."""
     from dgrpo.runtime import fine_tune
 
+    target = {"fraction": 0.95, "base_rounds": 1, "probe_prompts": 2, "probe_images": 4}
     knobs = {"rounds": 2, "pipeline.shards": 2, "train.num_processes": 2, "eval.every": 2, "eval.num_steps": 2,
-             "eval.samples_per_prompt": 2, "cluster.method": "diverse"}
+             "eval.samples_per_prompt": 2, "cluster.method": "diverse", "train.regularizer": "sa",
+             "methods": {"diversity_target": target}}
     config = small_config(**knobs)
     staged = LocalStore(tmp_path / "staged")
     run_inprocess(StageContext(config, staged, "ft"))
@@ -122,6 +125,8 @@ def test_two_fused_processes_write_what_the_staged_stages_write(tmp_path):
         staged.get_json("runs/ft/commits/r000001.json")["adapter"]["sha256"]
     events = {k.rsplit("/", 1)[-1] for k in store.list("runs/ft/events")}
     assert events == {k.rsplit("/", 1)[-1] for k in staged.list("runs/ft/events")}
+    probed = [store.get_json(f"runs/ft/events/r{r:04d}-cluster.json")["metrics"] for r in (0, 1)]
+    assert all(m["diversity_probe"] == m["diversity_measured"] for m in probed)
 
 
 @pytest.mark.e2e

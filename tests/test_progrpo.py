@@ -147,7 +147,7 @@ def test_prune_decisions_are_in_the_lineage_and_the_table_passes_its_contract(pr
     path = tmp_path / "rollouts.parquet"
     assert export_table(ctx, ref, "rollouts", str(path)) == 16
     out = CliRunner().invoke(app, ["contract", "check", "rollouts", str(path)])
-    assert out.exit_code == 0 and "valid rollouts v4 table (16 rows)" in out.output, out.output
+    assert out.exit_code == 0 and "valid rollouts v5 table (16 rows)" in out.output, out.output
     broken = table.set_column(table.schema.get_field_index("prune_record"), "prune_record",
                               pa.array([[1]] * 16, pa.list_(pa.int64())))
     with pytest.raises(contracts.ContractError, match="prune_record"):

@@ -32,10 +32,13 @@ class Stream(enum.IntEnum):
     """(sample index,) under the root eval.seed: the evaluation's fixed noise, the same every round."""
     PROMPT_NOISE = 8
     """(round, prompt index, sample index, step): DRIFT's prompt-embedding noise of one sample at one step."""
+    PROBE = 9
+    """(probe prompt index, sample index): the diversity probe's initial and SDE noise, the same every round."""
 
 
 ARITY = {Stream.PROMPTS: 1, Stream.SAMPLE: 3, Stream.SDE_WINDOW: 1, Stream.LORA_INIT: 0, Stream.UPDATE_ORDER: 1,
-         Stream.CLUSTER: 2, Stream.EVAL_NOISE: 1, Stream.PROMPT_NOISE: 4}
+         Stream.CLUSTER: 2, Stream.EVAL_NOISE: 1, Stream.PROMPT_NOISE: 4,
+         Stream.PROBE: 2}
 
 SEED_BITS = 63
 

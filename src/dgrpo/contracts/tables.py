@@ -61,7 +61,7 @@ PRUNE_DECISION = pa.struct([pa.field("step", pa.int32()), pa.field("sample_index
                             pa.field("kept", pa.bool_())])
 """One candidate at one prune step of Pro-GRPO's expand-and-prune: its preview's reward and whether it went on."""
 
-ROLLOUTS = Contract("rollouts", 4, _schema(
+ROLLOUTS = Contract("rollouts", 5, _schema(
     *_SAMPLE_KEYS,
     ("round", pa.int32(), False, "training round"),
     ("sample_index", pa.int32(), False, "index within the group (within the expanded group under expand-and-prune)"),
@@ -81,9 +81,13 @@ ROLLOUTS = Contract("rollouts", 4, _schema(
      "Pro-GRPO expand-and-prune: this survivor's preview reward at each prune step; null when off"),
     ("prune_record", pa.list_(PRUNE_DECISION), True,
      "Pro-GRPO expand-and-prune: every candidate of the group at every prune step; on the group's first row only"),
+    ("diversity_probe", pa.binary(), True,
+     "safetensors: the diversity target's fixed-noise probe sampled by this table's policy, 'embeddings' [P, M, D] "
+     "of its P probe prompts (of this shard) x M images and their 'prompt_index' [P]; on the table's first row "
+     "only; null without a probe"),
 ), "SDE trajectories with everything needed to recompute log-probs (v2: conditioning once per group; v3: seeds "
-   "from the named streams of dgrpo.rng; v4: DRIFT's prompt noise and Pro-GRPO's prune decisions).",
-   allow_nan=frozenset({"log_probs"}))
+   "from the named streams of dgrpo.rng; v4: DRIFT's prompt noise and Pro-GRPO's prune decisions; v5: the diversity "
+   "probe).", allow_nan=frozenset({"log_probs"}), also_reads=(4,), added={5: ("diversity_probe",)})
 
 REWARDS = Contract("rewards", 1, _schema(
     *_SAMPLE_KEYS,

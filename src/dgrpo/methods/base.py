@@ -84,6 +84,17 @@ class GroupClusters:
 
 
 @dataclass(frozen=True)
+class DiversityProbe:
+    """A fixed-noise sample of the round's policy that a method asks the rollout stage for (`Method.diversity_probe`):
+    `images` per prompt of `prompts`, sampled as the rollouts are but with the same noise every round (stream PROBE),
+    embedded by cluster.embedder and handed to the cluster stage's controller. Common random numbers: from round to
+    round its measurement moves with the policy, not with a new draw of noise."""
+
+    prompts: list[str]
+    images: int
+
+
+@dataclass(frozen=True)
 class StepRegularizer:
     """A method's regulariser of one trained step (`Method.step_regularizer`): `weight` x the batch mean of
     `term(mean, ref_mean)`, a per-sample pull of the policy's step mean towards the reference's, joins the loss; the
@@ -116,6 +127,10 @@ class Method:
 
     def started_group_size(self) -> int | None:
         """Trajectories to start per prompt when more than sampling.group_size survive to the group."""
+        return None
+
+    def diversity_probe(self) -> DiversityProbe | None:
+        """A fixed-noise probe the rollout stage samples and embeds each round beside the rollouts, or None."""
         return None
 
     def prompt_noise(self, *, sigmas: torch.Tensor, round_index: int, prompt_index: int, n: int) -> Any:
@@ -157,10 +172,12 @@ class Method:
         return {}
 
     def round_coefficients(self, *, round_index: int, group_embeddings: list[np.ndarray],
+                           probe_embeddings: list[np.ndarray] | None,
                            previous: Callable[[], dict[str, torch.Tensor] | None]) -> Coefficients | None:
         """The round's bonus weight and SA-Reg lambda, replacing cluster.beta and train.sa_lambda, or None.
-        `group_embeddings`: each prompt group's embeddings; `previous()`: the tensors of the optimizer state the round
-        trains from (None in the first round), read on first call."""
+        `group_embeddings`: each prompt group's embeddings; `probe_embeddings`: each probe prompt's (None without a
+        probe, `diversity_probe`); `previous()`: the tensors of the optimizer state the round trains from (None in
+        the first round), read on first call."""
         return None
 
     def cluster_metrics(self, *, columns: dict[str, np.ndarray], metrics: dict[str, float]) -> dict[str, float]:

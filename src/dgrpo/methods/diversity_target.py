@@ -15,10 +15,13 @@ structure steps towards the base model) with gain_up, above it both shrink with 
 coefficient by at most exp(gain error_clip). The target is absolute or a fraction of the base model's diversity,
 the mean measurement of the first `base_rounds` rounds, during which the coefficients keep their starting values.
 
-Why smooth: one round's measurement is a small sample (on the toy, 6 groups of 16 images scatter by about 4% of the
-base diversity round to round with the policy unchanged); acting on it raw, the controller chases the noise, and
-with unequal gains the noise itself biases where it settles. The exponential mean with w = 0.3 has 0.42 of the raw
-noise for a lag of about two rounds.
+Why a probe, and why smooth: one round's rollouts are a fresh draw of noise (on the toy, 6 groups of 16 images
+measure the base model's diversity with a 2.1% standard deviation), so the measurement moves even where the policy
+does not; acting on it raw, the controller chases the noise, and with unequal gains the noise itself biases where it
+settles. With `probe_prompts` the rollout stage also samples a probe, `probe_images` images of each of
+`probe_prompts` fixed training prompts, as the rollouts are sampled but from the same noise every round (common
+random numbers, stream PROBE), and the controller measures that: from round to round it moves only with the policy.
+Without a probe, the exponential mean with w = 0.3 has 0.42 of the raw noise for a lag of about two rounds.
 
 The coefficients are state: the scores table records each round's (columns beta, sa_lambda, diversity_target,
 diversity_smoothed), the update reads lambda from there and carries them into the optimizer-state artifact (tensors
@@ -37,7 +40,7 @@ import torch
 from dgrpo.config import RunConfig
 from dgrpo.config.fields import POSITIVE, Range, check
 from dgrpo.diversity import mean_pairwise_distance, vendi_score
-from dgrpo.methods.base import COEFFICIENT_COLUMNS, Coefficients, Method
+from dgrpo.methods.base import COEFFICIENT_COLUMNS, Coefficients, DiversityProbe, Method
 
 Measure = Literal["mean_distance", "vendi"]
 Coefficient = Literal["beta", "sa_lambda"]
@@ -59,6 +62,12 @@ class TargetOptions:
     adapt: list[Coefficient] = field(default_factory=lambda: ["beta", "sa_lambda"])
     """Which coefficients follow the target: cluster.beta (needs cluster.method diverse) and train.sa_lambda (needs
     train.regularizer sa or both); their config values are the first round's starting points."""
+    probe_prompts: Annotated[int, Range(ge=0)] = 0
+    """Measure a fixed-noise probe of this many training prompts (evenly spaced in sampling.prompts; the rollout
+    shards split them) instead of the round's rollouts; 0: the rollouts. Costs probe_prompts x probe_images samples a
+    round, not trained on."""
+    probe_images: Annotated[int, Range(ge=2)] = 16
+    """Images per probe prompt."""
     smoothing: Annotated[float, Range(gt=0, le=1)] = 0.3
     """Weight w of the newest round in the exponential mean the controller compares with the target (1: the raw
     round)."""
@@ -91,6 +100,9 @@ class TargetOptions:
               f"adapts beta, the bonus weight, but cluster.method is {cfg.cluster.method!r}: set it to diverse")
         check("sa_lambda" not in self.adapt or cfg.train.uses_sa, f"{path}.adapt",
               f"adapts sa_lambda, but train.regularizer is {cfg.train.regularizer!r}: set it to sa or both")
+        check(self.probe_prompts <= len(cfg.sampling.prompts), f"{path}.probe_prompts",
+              f"must be at most the number of training prompts ({len(cfg.sampling.prompts)}), got "
+              f"{self.probe_prompts}")
         for name in ("beta_range", "sa_lambda_range"):
             low_high = getattr(self, name)
             check(len(low_high) == 2 and low_high[0] <= low_high[1], f"{path}.{name}",
@@ -118,10 +130,23 @@ class DiversityTarget(Method):
     name = "diversity_target"
     Options = TargetOptions
 
+    def diversity_probe(self) -> DiversityProbe | None:
+        o, prompts = self.options, self.cfg.sampling.prompts
+        if o.probe_prompts == 0:
+            return None
+        return DiversityProbe([prompts[j * len(prompts) // o.probe_prompts] for j in range(o.probe_prompts)],
+                              o.probe_images)
+
     def round_coefficients(self, *, round_index: int, group_embeddings: list[np.ndarray],
+                           probe_embeddings: list[np.ndarray] | None,
                            previous: Callable[[], dict[str, torch.Tensor] | None]) -> Coefficients:
         o, c, t = self.options, self.cfg.cluster, self.cfg.train
-        measured = measure_diversity(group_embeddings, o.measure)
+        if o.probe_prompts and (probe_embeddings is None or len(probe_embeddings) != o.probe_prompts):
+            found = 0 if probe_embeddings is None else len(probe_embeddings)
+            raise ValueError(f"methods.diversity_target.probe_prompts is {o.probe_prompts}, but the rollouts of round "
+                             f"{round_index + 1} carry {found} probe prompts (rollouts column diversity_probe): a "
+                             "swapped rollout stage must write them, or set probe_prompts to 0")
+        measured = measure_diversity(probe_embeddings if o.probe_prompts else group_embeddings, o.measure)
         state = {k[len("control."):]: float(v) for k, v in (previous() or {}).items() if k.startswith("control.")}
         if set(STATE) <= set(state):
             smoothed = (1 - o.smoothing) * state["diversity_smoothed"] + o.smoothing * measured
@@ -139,6 +164,7 @@ class DiversityTarget(Method):
                 else t.sa_lambda
         return Coefficients(beta=beta, sa_lambda=sa_lambda, diversity_target=target, diversity_smoothed=smoothed,
                             metrics={"diversity_measured": measured, "diversity_smoothed": smoothed,
+                                     **({"diversity_probe": measured} if o.probe_prompts else {}),
                                      "diversity_target": target, "diversity_gap": smoothed - target, "beta": beta,
                                      "sa_lambda": sa_lambda})
 

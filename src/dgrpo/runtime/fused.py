@@ -100,11 +100,12 @@ def _distributed_calls(processes: Processes) -> dict[str, StepCall]:
 
     def cluster(ctx: StageContext, state: seg.RoundState, *, shard: int, shards: int, rollouts: list,
                 rewards: list) -> StageResult:
-        from dgrpo.stages.cluster import embed_rollouts, run_cluster
+        from dgrpo.stages.cluster import Embedded, embed_rollouts, run_cluster
 
-        embedded, seconds = embed_rollouts(ctx, [rollouts[i] for i in processes.shard_indices(len(rollouts))])
-        embedded, seconds = processes.gather(embedded), max(processes.gather({processes.rank: seconds}).values())
-        result = run_cluster(ctx, state.round, rollouts, rewards, (embedded, seconds),
+        mine = embed_rollouts(ctx, [rollouts[i] for i in processes.shard_indices(len(rollouts))])
+        embedded = Embedded(processes.gather(mine.by_id), processes.gather(mine.probe),
+                            max(processes.gather({processes.rank: mine.seconds}).values()))
+        result = run_cluster(ctx, state.round, rollouts, rewards, embedded,
                              optimizer_state=state.optimizer_state) if processes.main else None
         return processes.broadcast(None if result is None else StageResult(result.outputs, {}))
 

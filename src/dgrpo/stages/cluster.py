@@ -6,13 +6,14 @@ its clusters (`cluster_group`: DiverseGRPO's creativity bonus, docs/algorithms.m
 the quality reward (Flow-GRPO). Then a subset each group keeps (`keep`: DRIFT's outlier filter, Pro-GRPO's Optimal
 Variance Filtering), per-group columns (`group_columns`: DRIFT's shaping, GARDO's novelty) and whole-round ones
 (`round_columns`: GARDO's KL gate); a column no method sets is null. A controller (`round_coefficients`, the
-diversity target) sets the round's beta and SA-Reg lambda from the rollouts' measured diversity and the state the
-round trains from, before any group is scored.
+diversity target) sets the round's beta and SA-Reg lambda from the rollouts' measured diversity (or its fixed-noise
+probe's, `stages.shared.probe`) and the state the round trains from, before any group is scored.
 Either way the stage checks that the rewards cover exactly the round's rollouts, and logs the in-group spread
 of quality and of the bonus, the cluster counts and the rollouts' embedding diversity.
 """
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,8 @@ from dgrpo.methods.base import COEFFICIENT_COLUMNS, Coefficients, Method, first,
 from dgrpo.rng import Stream, derive_seed
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import OPTIMIZER_KIND
+from dgrpo.stages.shared.probe import COLUMN as PROBE_COLUMN
+from dgrpo.stages.shared.probe import ProbeEmbeddings, read_probe
 from dgrpo.stages.shared.shards import check_same_samples, named_inputs, read_merged, uris
 from dgrpo.store import ArtifactRef
 
@@ -49,8 +52,17 @@ def method_columns(methods: list[Method], quality: np.ndarray, final: np.ndarray
     return out
 
 
-Embedded = dict[str, np.ndarray | None]
-"""Each sample's embedding by sample id (None without cluster.embedder)."""
+@dataclass
+class Embedded:
+    """A round's samples embedded where their images are (`embed_rollouts`): what the process that clusters reads
+    instead of the rollouts."""
+
+    by_id: dict[str, np.ndarray | None] = field(default_factory=dict)
+    """Each sample's embedding by sample id (None without cluster.embedder)."""
+    probe: ProbeEmbeddings = field(default_factory=dict)
+    """The diversity probe the rollouts carry, by probe prompt."""
+    seconds: float = 0.0
+    """The embedder's time."""
 
 
 def embed_samples(cfg: ClusterConfig, samples: pa.Table, ids: list[str]) -> np.ndarray:
@@ -64,22 +76,23 @@ def embed_samples(cfg: ClusterConfig, samples: pa.Table, ids: list[str]) -> np.n
     return embeddings
 
 
-def embed_rollouts(ctx: StageContext, rollouts: list[ArtifactRef]) -> tuple[Embedded, float]:
-    """The samples of `rollouts` (some shards of a round) with their embeddings, and the embedder's seconds: what a
-    fused process computes where its images are, so the process that clusters never reads them."""
+def embed_rollouts(ctx: StageContext, rollouts: list[ArtifactRef]) -> Embedded:
+    """The samples of `rollouts` (some shards of a round) embedded, with the probe they carry: what a fused process
+    computes where its images are, so the process that clusters never reads them."""
     if not rollouts:
-        return {}, 0.0
-    samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png"])
+        return Embedded()
+    samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png", PROBE_COLUMN])
     ids = samples.column("sample_id").to_pylist()
     if ctx.config.cluster.embedder is None:
-        return dict.fromkeys(ids), 0.0
+        return Embedded(dict.fromkeys(ids))
     start = time.perf_counter()
     embeddings = embed_samples(ctx.config.cluster, samples, ids)
-    return dict(zip(ids, embeddings, strict=True)), time.perf_counter() - start
+    return Embedded(dict(zip(ids, embeddings, strict=True)), read_probe(samples), time.perf_counter() - start)
 
 
 def round_coefficients(ctx: StageContext, methods: list[Method], round_index: int, groups: np.ndarray,
-                       embeddings: np.ndarray | None, optimizer_state: ArtifactRef | None) -> Coefficients | None:
+                       embeddings: np.ndarray | None, probe: ProbeEmbeddings,
+                       optimizer_state: ArtifactRef | None) -> Coefficients | None:
     """The controller's coefficients for the round (None without one); the optimizer state the round trains from is
     read only if the controller asks for it."""
     if embeddings is None:
@@ -90,15 +103,16 @@ def round_coefficients(ctx: StageContext, methods: list[Method], round_index: in
         return None if optimizer_state is None else artifacts.read_tensors(ctx.store, optimizer_state, OPTIMIZER_KIND)
 
     return first([m.round_coefficients(round_index=round_index, group_embeddings=group_embeddings,
+                                       probe_embeddings=[probe[j] for j in sorted(probe)] or None,
                                        previous=previous) for m in methods])
 
 
 def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | list[ArtifactRef],
-                rewards: ArtifactRef | list[ArtifactRef], embedded: tuple[Embedded, float] | None = None, *,
+                rewards: ArtifactRef | list[ArtifactRef], embedded: Embedded | None = None, *,
                 optimizer_state: ArtifactRef | None = None) -> StageResult:
     """Score a round; `rollouts` and `rewards` may each be one table or the shards of one. `embedded`: the
-    round's samples already embedded (`embed_rollouts`) with the embedder's seconds; the rollouts are then not
-    read. `optimizer_state`: the state the round trains from, where a controller continues from."""
+    round's samples already embedded (`embed_rollouts`); the rollouts are then not read. `optimizer_state`: the
+    state the round trains from, where a controller continues from."""
     cfg, c = ctx.config, ctx.config.cluster
     methods = methods_of(cfg)
     scored = read_merged(ctx.store, rewards, REWARDS)
@@ -107,21 +121,22 @@ def run_cluster(ctx: StageContext, round_index: int, rollouts: ArtifactRef | lis
     groups = np.asarray(scored.column("group_id").to_pylist())
     n = len(ids)
 
-    embeddings, embed_seconds = None, 0.0
+    embeddings, embed_seconds, probe = None, 0.0, {}
     if embedded is None:
-        samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png"])
+        samples = read_merged(ctx.store, rollouts, ROLLOUTS).select(["sample_id", "image_png", PROBE_COLUMN])
         check_same_samples(samples, scored, f"rollouts {uris(rollouts)}", f"rewards {uris(rewards)}")
+        probe = read_probe(samples)
         if c.embedder is not None:
             start = time.perf_counter()
             embeddings = embed_samples(c, samples, ids)
             embed_seconds = time.perf_counter() - start
     else:
-        by_id, embed_seconds = embedded
-        check_same_samples(pa.table({"sample_id": list(by_id)}), scored, f"rollouts {uris(rollouts)}",
+        check_same_samples(pa.table({"sample_id": list(embedded.by_id)}), scored, f"rollouts {uris(rollouts)}",
                            f"rewards {uris(rewards)}")
-        embeddings = None if c.embedder is None else np.stack([by_id[i] for i in ids])
+        embeddings = None if c.embedder is None else np.stack([embedded.by_id[i] for i in ids])
+        embed_seconds, probe = embedded.seconds, embedded.probe
 
-    coefficients = round_coefficients(ctx, methods, round_index, groups, embeddings, optimizer_state)
+    coefficients = round_coefficients(ctx, methods, round_index, groups, embeddings, probe, optimizer_state)
     clustered = False
     cluster_id, bonus, final = np.zeros(n, np.int32), np.zeros(n), quality.copy()
     extra: dict[str, np.ndarray] = {}

@@ -4,7 +4,9 @@ The run's methods (`dgrpo.methods`) act here through their hooks: a conditioning
 noise, whose per-step seeds and factors go into the table so that the update replays the exact conditioning), more
 trajectories started than the group keeps and a pruner that decides which go on (Pro-GRPO's expand-and-prune: its
 decisions are stored in the table and, as a JSON artifact, in the rollouts' lineage; the rollout then needs the
-reward model's packages), and their own stage metrics.
+reward model's packages), a diversity probe (the diversity target's: a fixed-noise sample of the round's policy,
+embedded here and stored in the table's first row, `stages.shared.probe`; the rollout then needs the embedder's
+packages), and their own stage metrics.
 """
 
 import json
@@ -22,6 +24,7 @@ from dgrpo.models import FlowPolicy
 from dgrpo.models.trajectories import SamplerSpec, Trajectories, expand_conditioning, sample_sde
 from dgrpo.rewards import RewardModel, load_reward
 from dgrpo.rng import Stream, derive_seed
+from dgrpo.stages.shared import probe as diversity_probe
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.shared.rounds import round_prompts, sde_steps
@@ -48,6 +51,11 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
         nfe += traj.nfe
         if records is not None:
             decisions[group_rows[0]["group_id"]] = records
+    probe = first([m.diversity_probe() for m in methods])
+    mine = diversity_probe.shard_probe_indices(len(probe.prompts), shard, shards) if probe else []
+    if mine:
+        rows[0][diversity_probe.COLUMN] = diversity_probe.sample_probe(cfg, policy, probe, round_index=round_index,
+                                                                       indices=mine)
     table = pa.Table.from_pylist(rows, schema=ROLLOUTS.schema)
     inputs = {"adapter": adapter, "base_model": ctx.base_model_ref(policy), "config": ctx.config_ref()}
     seeds_info = {"first_sample_seed": rows[0]["seed"]}
@@ -61,6 +69,8 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
                                 ctx.provenance("rollout", round_index, inputs, seeds_info, **part))
     metrics = {"samples": float(len(rows)), "mean_log_prob": float(torch.cat(log_probs).nanmean()),
                "nfe": float(nfe), "nfe_per_sample": nfe / len(rows)}
+    if mine:
+        metrics["probe_samples"] = float(len(mine) * probe.images)
     for m in methods:
         metrics |= m.rollout_metrics(policy=policy, rows=rows)
     result = StageResult({"rollouts": ref}, metrics)

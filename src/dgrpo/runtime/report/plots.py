@@ -35,6 +35,7 @@ MIN_SPAN_REL = 0.10
 """...and at least this share of the largest value shown, for measures on other scales (Vendi score, modes)."""
 
 ROLLOUT_LABELS = {"diversity_mean": "rollout diversity (embedding, in-group; dashed: target)",
+                  "diversity_probe": "diversity probe (fixed noise, what the controller measures; dashed: target)",
                   "beta": "bonus weight beta (diversity controller)",
                   "sa_lambda": "SA-Reg lambda (diversity controller)",
                   "dark_pixel_share": "share of near-black pixels", "clipped_pixel_share": "share of blown-out pixels",
@@ -142,7 +143,8 @@ def update_metric(runs: list[RunData], key: str, source: str = "update") -> str 
     colours = dict(zip((r.run_id for r in runs), _colours(len(runs)), strict=True))
     for run, own in series:
         colour = colours[run.run_id]
-        for style, drawn in (("-", own), ("--", points(run, "diversity_target") if key == "diversity_mean" else [])):
+        measured = "diversity_probe" if points(run, "diversity_probe") else "diversity_mean"  # what the target is of
+        for style, drawn in (("-", own), ("--", points(run, "diversity_target") if key == measured else [])):
             if drawn:
                 x, y = zip(*drawn, strict=True)
                 ax.plot(x, y, style, color=colour, marker="o" if style == "-" else None, markersize=3,
