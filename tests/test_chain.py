@@ -98,3 +98,22 @@ def test_best_evaluation_by_the_configured_metric_and_direction():
     assert best_evaluation(GuardRails(best_metric="loss", best_mode="min"), evals).round == 5
     assert best_evaluation(GuardRails(best_metric="loss"), evals).round == 0
     assert best_evaluation(GuardRails(), []) is None
+
+
+def test_the_image_monitor_rule_reads_the_rounds_since_the_previous_evaluation():
+    """Training rounds [5, 10) (shown 6..10) average 0.7 dark pixels: above a 0.6 limit, below 0.8; an earlier
+    round's 0.99 is outside the window; a floor on colour entropy fires the same way; an unknown monitor is named."""
+    evals = _evals((0, {}), (5, {}), (10, {}))
+    monitors = {4: {"dark_pixel_share": 0.99, "colour_entropy": 0.5}} | {
+        r: {"dark_pixel_share": 0.6 + 0.05 * (r - 5), "colour_entropy": 0.1} for r in range(5, 10)}  # mean 0.7
+    assert check_guard_rails(GuardRails(monitor_max={"dark_pixel_share": 0.8}), evals, {}, monitors) is None
+    stop = check_guard_rails(GuardRails(monitor_max={"dark_pixel_share": 0.6}), evals, {}, monitors)
+    assert (stop.rule, stop.round) == ("degenerate-images", 10)
+    assert stop.values == {"monitor": "dark_pixel_share", "value": pytest.approx(0.7), "max": 0.6, "rounds": [6, 10]}
+    assert "averaged 0.7 over rounds 6..10, above the limit 0.6" in stop.message
+    floor = check_guard_rails(GuardRails(monitor_min={"colour_entropy": 0.2}), evals, {}, monitors)
+    assert floor.rule == "degenerate-images" and "below the floor 0.2" in floor.message
+    assert check_guard_rails(GuardRails(monitor_min={"colour_entropy": 0.05}), evals, {}, monitors) is None
+    assert check_guard_rails(GuardRails(monitor_max={"dark_pixel_share": 0.0}), evals[:1], {}, monitors) is None
+    with pytest.raises(ValueError, match=r"pipeline.guard_rails.monitor_max.*no monitor 'blur'"):
+        check_guard_rails(GuardRails(monitor_max={"blur": 0.5}), evals, {}, monitors)

@@ -199,6 +199,21 @@ def test_a_guard_rail_stops_the_chain_and_status_gives_the_rule_and_its_numbers(
     assert best["round"] == 0 or best["adapter"]["sha256"] == out["adapter"].sha256
 
 
+def test_the_image_monitor_rule_stops_a_chain_on_the_rollouts_it_trained_on(tmp_path):
+    """The toy's images are about half black background: a 0.2 limit on the rollouts' dark pixels stops the chain at
+    the first evaluation after training, with the rounds and the mean the reward stage recorded; 0.9 does not."""
+    store = LocalStore(tmp_path / "store")
+    knobs = {"eval.every": 1, "pipeline.guard_rails.monitor_max": {"dark_pixel_share": 0.2}}
+    run_inprocess(StageContext(_cfg(rounds=2, **knobs), store, "ft"))
+    st = fine_tune.status(store, "ft")
+    assert st["state"] == "stopped" and st["rounds_done"] == 1 and st["stop"]["rule"] == "degenerate-images"
+    recorded = store.get_json("runs/ft/events/r0000-reward.json")["metrics"]["dark_pixel_share"]
+    assert st["stop"]["values"]["value"] == pytest.approx(recorded) and st["stop"]["values"]["rounds"] == [1, 1]
+    loose = knobs | {"pipeline.guard_rails.monitor_max": {"dark_pixel_share": 0.9}}
+    run_inprocess(StageContext(_cfg(rounds=2, **loose), store, "loose"))
+    assert fine_tune.status(store, "loose")["state"] == "done"
+
+
 def _run(store_uri: str, out: Path, run_id: str, *extra: str) -> subprocess.Popen:
     cmd = [str(Path(sys.executable).parent / "dgrpo"), "run", "--engine", "inprocess", "--run-id", run_id,
            "--store", store_uri, "--output", str(out), *extra]

@@ -46,6 +46,13 @@ class GuardRails:
     hacking_evaluations: Annotated[int, Range(ge=2)] | None = None
     """Reward hacking: stop when the held-out metric fell at each of this many consecutive evaluations while the
     training reward rose over the same rounds."""
+    monitor_max: dict[str, Annotated[float, NON_NEGATIVE]] = field(default_factory=dict)
+    """Degenerate images: stop when an image monitor of the training rollouts (the reward stage's: dark_pixel_share,
+    clipped_pixel_share, colour_entropy), averaged over the rounds since the previous evaluation, is above its limit,
+    e.g. {dark_pixel_share: 0.6}. What a reward is hacked with (black or blown-out images) shows in the rollouts a
+    round after it starts, before an evaluation's metric moves."""
+    monitor_min: dict[str, Annotated[float, NON_NEGATIVE]] = field(default_factory=dict)
+    """The same, below a floor, e.g. {colour_entropy: 0.02}: flat images."""
     heldout_metric: str = "heldout_reward"
     """Evaluation metric of the held-out prompts the hacking rule reads (heldout_reward needs eval prompts that are
     not training prompts; reward otherwise)."""
@@ -56,7 +63,7 @@ class GuardRails:
 
     def enabled(self) -> bool:
         return (self.diversity_floor is not None or self.diversity_max_drop is not None
-                or self.hacking_evaluations is not None)
+                or self.hacking_evaluations is not None or bool(self.monitor_max) or bool(self.monitor_min))
 
 
 @dataclass

@@ -90,10 +90,11 @@ def _metric(evaluation: EvalRecord, name: str, field_name: str) -> float:
     return float(metrics[name])
 
 
-def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training_reward: dict[int, float]
-                      ) -> Stop | None:
+def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training_reward: dict[int, float],
+                      monitors: dict[int, dict[str, float]] | None = None) -> Stop | None:
     """The first rule that fires on `evaluations` (in round order; the first one is the base of the drop rule),
-    given the mean training reward of each round so far; None when none does.
+    given the mean training reward of each round so far and the training rollouts' image monitors by round (those
+    since the previous evaluation suffice); None when none does.
 
     Reward hacking pairs evaluation i (after round rho_i) with the training rewards of the rounds sampled since the
     previous evaluation, [rho_{i-1}, rho_i): the held-out metric must fall at each of the last
@@ -115,6 +116,10 @@ def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training
                         f"{value:.4g} {after_round(last.round)}, by {1 - value / base:.1%} > the allowed "
                         f"{rules.diversity_max_drop:.1%}", {"metric": rules.diversity_metric, "base": base,
                                                             "value": value, "max_drop": rules.diversity_max_drop})
+    if (rules.monitor_max or rules.monitor_min) and len(evaluations) > 1:
+        stop = _degenerate_images(rules, evaluations[-2].round, last.round, monitors or {})
+        if stop is not None:
+            return stop
     n = rules.hacking_evaluations
     if n is not None and len(evaluations) > n:
         window = evaluations[-(n + 1):]
@@ -130,6 +135,26 @@ def check_guard_rails(rules: GuardRails, evaluations: list[EvalRecord], training
                         f"{last.round}) while the training reward rose from {means[0]:.4g} to {means[-1]:.4g}",
                         {"metric": rules.heldout_metric, "rounds": [e.round for e in window], "heldout": held,
                          "training_reward": [means[0], means[-1]]})
+    return None
+
+
+def _degenerate_images(rules: GuardRails, since: int, until: int, monitors: dict[int, dict[str, float]]
+                       ) -> Stop | None:
+    """The monitor rule on the training rounds [since, until): each monitor's mean over them against its limit."""
+    rounds = [monitors[r] for r in range(since, until) if r in monitors]
+    if not rounds:
+        return None
+    for bound, limits in (("max", rules.monitor_max), ("min", rules.monitor_min)):
+        for name, limit in limits.items():
+            if any(name not in m for m in rounds):
+                raise ValueError(f"config field 'pipeline.guard_rails.monitor_{bound}': the training rollouts have no "
+                                 f"monitor {name!r} (they have: {', '.join(sorted(rounds[0]))})")
+            mean = sum(m[name] for m in rounds) / len(rounds)
+            if mean > limit if bound == "max" else mean < limit:
+                return Stop("degenerate-images", until,
+                            f"the training rollouts' {name} averaged {mean:.4g} over rounds {shown(since)}..{until}, "
+                            f"{'above the limit' if bound == 'max' else 'below the floor'} {limit:.4g}",
+                            {"monitor": name, "value": mean, bound: limit, "rounds": [since + 1, until]})
     return None
 
 

@@ -44,7 +44,8 @@ def review_evaluations(ctx: StageContext) -> chain.Stop | None:
             round=best.round, adapter=commit.adapter if commit else None,
             optimizer_state=commit.optimizer_state if commit else None,
             ema=ctx.config.eval.use_ema and ctx.config.train.ema_decay > 0, at=keys.now()))
-    stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals))
+    stop = chain.check_guard_rails(rules, evals, _training_rewards(ctx, rules, evals),
+                                   _training_monitors(ctx, rules, evals))
     if stop is not None:
         write_stop(ctx.store, ctx.run_id, stop.record(at=keys.now()))
     return stop
@@ -58,3 +59,14 @@ def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[EvalReco
     found = [k for k in event_keys(ctx.store, ctx.run_id)
              if keys.event_stage(k) == "reward" and keys.event_round(k) >= first]
     return report.round_means([read_event_at(ctx.store, k) for k in found])
+
+
+def _training_monitors(ctx: StageContext, rules: GuardRails, evals: list[EvalRecord]) -> dict[int, dict[str, float]]:
+    """The reward stage's metrics (its image monitors among them) of the rounds since the previous evaluation,
+    each a sample-weighted mean over a sharded round's shards; read only when a monitor rule is set."""
+    if not (rules.monitor_max or rules.monitor_min) or len(evals) < 2:
+        return {}
+    found = [read_event_at(ctx.store, k) for k in event_keys(ctx.store, ctx.run_id)
+             if keys.event_stage(k) == "reward" and keys.event_round(k) >= evals[-2].round]
+    names = {name for e in found for name in e.metrics}
+    return report.round_metric_means(found, names)

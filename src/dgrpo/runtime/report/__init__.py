@@ -15,6 +15,7 @@ from dgrpo.runtime.report.summary import (
     load_events,
     located_uri,
     round_means,
+    round_metric_means,
     save_report,
     summary_lines,
 )
@@ -36,4 +37,4 @@ def write_html(store: ArtifactStore, run_ids: list[str], path: str | Path) -> Pa
 
 
 __all__ = ["build_report", "evaluation_markdown", "format_report", "load_events", "located_uri", "render_html",
-           "round_means", "save_report", "summary_lines", "write_html"]
+           "round_means", "round_metric_means", "save_report", "summary_lines", "write_html"]

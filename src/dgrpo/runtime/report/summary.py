@@ -67,13 +67,20 @@ def save_report(store: ArtifactStore, run_id: str, report: dict) -> str:
 
 def round_means(reward_events: list[Event]) -> dict[int, float]:
     """Mean training reward per round, weighting a sharded round's shards by their sample counts."""
-    sums: dict[int, list[float]] = {}
+    return {r: m["reward_mean"] for r, m in round_metric_means(reward_events, {"reward_mean"}).items()}
+
+
+def round_metric_means(reward_events: list[Event], names: set[str]) -> dict[int, dict[str, float]]:
+    """Per round, the mean of each of `names` the reward events report, weighting a sharded round's shards by their
+    sample counts."""
+    sums: dict[int, dict[str, list[float]]] = {}
     for e in reward_events:
         n = e.metrics.get("samples", 1.0)
-        acc = sums.setdefault(e.round, [0.0, 0.0])
-        acc[0] += e.metrics["reward_mean"] * n
-        acc[1] += n
-    return {r: total / n for r, (total, n) in sums.items()}
+        for name in names & set(e.metrics):
+            acc = sums.setdefault(e.round, {}).setdefault(name, [0.0, 0.0])
+            acc[0] += e.metrics[name] * n
+            acc[1] += n
+    return {r: {name: total / n for name, (total, n) in by_name.items()} for r, by_name in sums.items()}
 
 
 def format_report(report: dict) -> str:
