@@ -25,12 +25,14 @@ THE_ONE_PLACE = ("config/recipe.py", 'TOY_WORLD = "dgrpo.toyworld.defaults"')
 # Pinned on the code before the toy's defaults moved into dgrpo.toyworld.defaults (main abf19f5): the move must not
 # change any recipe, so the default config and every shipped toy preset keep their recipe hash. A change that means to
 # change a recipe updates these pins in its own commit, saying why. Re-pinned when train.profile_prompts (2) became
-# train.profile_groups (12), a field of the structure profile (issue 27): the recipe holds every field.
+# train.profile_groups (12), a field of the structure profile (issue 27): the recipe holds every field. Re-pinned
+# toy-diversegrpo-target when it started measuring a fixed-noise probe (probe_prompts 6, probe_images 16) acted on
+# raw (smoothing 1): a different recipe by intent (issue 27, docs/algorithms.md "Diversity target").
 PINNED_RECIPE_SHA256 = {
     None: "8f28101ce2673ed3a3e64468b817216ab7a2aa43e86217507e32b05fcf20daa8",
     "toy-bonus": "1ac4d54d629684f1c9ce43f635623715725a216e3a8c88c9627a33754e43b1a5",
     "toy-diversegrpo-paper": "5dfdf05675c1060ef96709033895f9175521a2082ebf35ba855de6adfdc08531",
-    "toy-diversegrpo-target": "89f12d5799bcb441c651aaf26a659f71379c8fbcaa64ce7a0a3d6161ba7523d7",
+    "toy-diversegrpo-target": "5547217900feed1d1abcb337642ef737cf89a12f352a4c65f8de67167029efaa",
     "toy-diversegrpo": "32b0f98f95bb7792afb3e459c34644f23fe55669cd300770823179e945eac3fd",
     "toy-drift": "69c6b48bef565332d45333c557287fedd7673ee7991198b53f9c73d4dafb8b41",
     "toy-flowgrpo": "64e7b9b6cbb62580e5e17ee2b322ee84f3f19895490589fb0a016d352c981860",
