@@ -5,6 +5,7 @@ evaluate stage and its models: a task is a process (a pod on a cluster), and its
 """
 
 from dgrpo.config import GuardRails
+from dgrpo.metrics import IMAGE_MONITORS
 from dgrpo.runs import keys
 from dgrpo.runs.commits import read_commit
 from dgrpo.runs.evaluations import evaluations, event_keys, read_event_at, write_best
@@ -62,11 +63,10 @@ def _training_rewards(ctx: StageContext, rules: GuardRails, evals: list[EvalReco
 
 
 def _training_monitors(ctx: StageContext, rules: GuardRails, evals: list[EvalRecord]) -> dict[int, dict[str, float]]:
-    """The reward stage's metrics (its image monitors among them) of the rounds since the previous evaluation,
-    each a sample-weighted mean over a sharded round's shards; read only when a monitor rule is set."""
+    """The reward stage's image monitors of the rounds since the previous evaluation, each a sample-weighted mean
+    over a sharded round's shards; read only when a monitor rule is set."""
     if not (rules.monitor_max or rules.monitor_min) or len(evals) < 2:
         return {}
     found = [read_event_at(ctx.store, k) for k in event_keys(ctx.store, ctx.run_id)
              if keys.event_stage(k) == "reward" and keys.event_round(k) >= evals[-2].round]
-    names = {name for e in found for name in e.metrics}
-    return report.round_metric_means(found, names)
+    return report.round_metric_means(found, {*IMAGE_MONITORS, *rules.monitor_max, *rules.monitor_min})
