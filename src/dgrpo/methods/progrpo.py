@@ -152,8 +152,7 @@ class GroupPruner:
         self.records: list[dict] = []
 
     def __call__(self, step: int, previews: torch.Tensor, positions: list[int]) -> list[int]:
-        size = self.batch or len(previews)
-        images = np.concatenate([self.policy.decode(previews[i:i + size]) for i in range(0, len(previews), size)])
+        images = self.policy.decode_batches(previews, self.batch)
         scores = np.asarray(self.reward(images, [self.prompt] * len(images))["reward"], dtype=np.float64)
         keep = set(optimal_variance_subset(scores, self.size_at[step]).tolist())
         self.records += [{"step": step, "sample_index": pos, "seed": self.seeds[pos],

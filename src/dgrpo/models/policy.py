@@ -67,6 +67,12 @@ class FlowPolicy(ABC):
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents [B, ...] to uint8 images [B, H, W, 3]."""
 
+    def decode_batches(self, latents: torch.Tensor, batch_size: int | None) -> np.ndarray:
+        """`decode`, `batch_size` latents at a time (all at once for None): sampling.batch_size bounds the decoder's
+        memory as it bounds the transformer's."""
+        size = batch_size or len(latents)
+        return np.concatenate([self.decode(latents[i:i + size]) for i in range(0, len(latents), size)])
+
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor],
                  guidance_scale: float) -> torch.Tensor:
         """Guided velocity v = v_u + g (v_c - v_u); one pass when g == 1."""

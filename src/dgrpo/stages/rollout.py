@@ -11,7 +11,6 @@ packages), and their own stage metrics.
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -28,7 +27,7 @@ from dgrpo.stages.shared import probe as diversity_probe
 from dgrpo.stages.shared.context import StageContext, StageResult, emit_event
 from dgrpo.stages.shared.policy_io import load_policy_for_round
 from dgrpo.stages.shared.rounds import round_prompts, sde_steps
-from dgrpo.stages.shared.shards import shard_prompt_indices
+from dgrpo.stages.shared.shards import contiguous_part, shard_prompt_indices
 from dgrpo.store import ArtifactRef
 
 PRUNE_DECISIONS_KIND = "prune_decisions"
@@ -52,7 +51,7 @@ def run_rollout(ctx: StageContext, round_index: int, adapter: ArtifactRef | None
         if records is not None:
             decisions[group_rows[0]["group_id"]] = records
     probe = first([m.diversity_probe() for m in methods])
-    mine = diversity_probe.shard_probe_indices(len(probe.prompts), shard, shards) if probe else []
+    mine = contiguous_part(len(probe.prompts), shard, shards) if probe else []  # the shards split the probe too
     if mine:
         rows[0][diversity_probe.COLUMN] = diversity_probe.sample_probe(cfg, policy, probe, round_index=round_index,
                                                                        indices=mine)
@@ -92,8 +91,7 @@ def sample_group(cfg: RunConfig, methods: list[Method], policy: FlowPolicy, rewa
                                    conditioning=noise.hook(cond) if noise else None,
                                    prune_steps=pruner.steps if pruner else (), prune=pruner)
     traj = sample_sde(policy, cond, seeds, spec=spec)
-    n, size = len(traj.positions), s.batch_size or len(traj.positions)
-    images = np.concatenate([policy.decode(traj.latents[i:i + size, -1]) for i in range(0, n, size)])
+    images = policy.decode_batches(traj.latents[:, -1], s.batch_size)
     rows = [{
         "sample_id": f"r{round_index}/p{p}/s{k}", "group_id": f"r{round_index}/p{p}", "prompt": prompt,
         "round": round_index, "sample_index": k, "seed": seeds[k], "image_png": png_bytes(images[row]),

@@ -1,9 +1,10 @@
 """The diversity probe (`Method.diversity_probe`, the diversity target's): sampled and embedded by the rollout stage,
 read by the cluster stage's controller.
 
-Each rollout shard samples its share of the probe prompts and stores their embeddings in its rollouts table (column
-`diversity_probe`, on the first row), so the probe travels with the rollouts it was sampled beside: no port of its
-own between the stages, and rollouts with and without a probe are different objects of the store.
+Each rollout shard samples its share of the probe prompts (`shards.contiguous_part`) and stores their embeddings
+in its rollouts table (column `diversity_probe`, on the first row), so the probe travels with the rollouts it was
+sampled beside: no port of its own between the stages, and rollouts with and without a probe are different objects
+of the store.
 """
 
 import numpy as np
@@ -25,12 +26,6 @@ ProbeEmbeddings = dict[int, np.ndarray]
 """Each probe prompt's embeddings [images, D] by its index in the probe."""
 
 
-def shard_probe_indices(n_prompts: int, shard: int, shards: int) -> list[int]:
-    """The probe prompts rollout shard `shard` of `shards` samples: contiguous, sizes differing by at most one (a
-    shard may have none)."""
-    return [int(j) for j in np.array_split(np.arange(n_prompts), shards)[shard]]
-
-
 def sample_probe(cfg: RunConfig, policy: FlowPolicy, probe: DiversityProbe, *, round_index: int,
                  indices: list[int]) -> bytes:
     """The probe prompts `indices` embedded, as the rollouts column's safetensors ("embeddings" [len(indices),
@@ -39,14 +34,13 @@ def sample_probe(cfg: RunConfig, policy: FlowPolicy, probe: DiversityProbe, *, r
     every round draws the same."""
     embed = load_embedder(cfg.cluster.embedder, cfg.cluster.embedder_options)
     spec = SamplerSpec.from_config(cfg.sampling, sde_steps=sde_steps(cfg, round_index))
-    size = cfg.sampling.batch_size or probe.images
     out = []
     for j in indices:
         seeds = [derive_seed(cfg.seed, Stream.PROBE, j, k) for k in range(probe.images)]
         cond = expand_conditioning(policy.encode_prompts([probe.prompts[j]]),
                                    torch.zeros(probe.images, dtype=torch.long))
-        latents = sample_sde(policy, cond, seeds, spec=spec).latents
-        images = np.concatenate([policy.decode(latents[i:i + size, -1]) for i in range(0, probe.images, size)])
+        images = policy.decode_batches(sample_sde(policy, cond, seeds, spec=spec).latents[:, -1],
+                                       cfg.sampling.batch_size)
         out.append(torch.as_tensor(np.asarray(embed(images), dtype=np.float32)))
     return artifacts.tensors_to_bytes({"embeddings": torch.stack(out),
                                        "prompt_index": torch.tensor(indices, dtype=torch.int64)})

@@ -19,7 +19,13 @@ def shard_prompt_indices(n_prompts: int, shard: int, shards: int) -> list[int]:
         raise ValueError(f"shard index {shard} is outside 0..{shards - 1}")
     if shards > n_prompts:
         raise ValueError(f"{shards} shards for {n_prompts} prompts: a shard must hold at least one prompt group")
-    return [int(i) for i in np.array_split(np.arange(n_prompts), shards)[shard]]
+    return contiguous_part(n_prompts, shard, shards)
+
+
+def contiguous_part(n: int, part: int, parts: int) -> list[int]:
+    """Part `part` of 0..n-1 cut into `parts` contiguous parts whose sizes differ by at most one (empty where
+    parts > n: a rollout shard with no probe prompt)."""
+    return [int(i) for i in np.array_split(np.arange(n), parts)[part]]
 
 
 def as_list(refs: ArtifactRef | list[ArtifactRef]) -> list[ArtifactRef]:
