@@ -135,8 +135,8 @@ def _run_cfg(**overrides):
 def test_a_fine_tune_holds_its_controller_state_across_rounds_and_a_resume(tmp_path):
     """Three rounds in one go against one round then a resume: the same beta and lambda each round, the same adapter;
     the update trains with the scores' lambda, carries the state in the optimizer state, and K comes from one
-    recorded structure profile, named in the adapter's lineage. The controller measures a probe, each round its own
-    in the lineage."""
+    recorded structure profile, named in the adapter's lineage. The controller measures a probe, and the store it
+    leaves verifies."""
     from dgrpo.runs import lineage
     from dgrpo.runs.profiles import structure_profile_ref
     from dgrpo.runtime.engine import run_inprocess
